@@ -1,0 +1,230 @@
+/*
+ * pldr: an OpenCL inference engine for PLDR-LLM (Large Language Model from
+ * Power Law Decoder Representations).
+ *
+ * Conventions of this API:
+ *  - Handles are opaque; every constructor has one destructor.
+ *  - Parameter structs come from *_default_params() and are edited field by
+ *    field, so new fields do not break callers.
+ *  - Every call that can fail returns a pldr_status; the detailed message of
+ *    the last failure on the calling thread is pldr_last_error(). No call
+ *    aborts or exits the host program.
+ */
+#ifndef PLDR_H
+#define PLDR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PLDR_VERSION_STRING "0.1.0"
+
+typedef enum pldr_status {
+    PLDR_OK = 0,
+    PLDR_ERR_INVALID_ARGUMENT, /* a bad value passed by the caller */
+    PLDR_ERR_IO,               /* a file could not be read or written */
+    PLDR_ERR_FORMAT,           /* a file is damaged or not what it claims */
+    PLDR_ERR_UNSUPPORTED,      /* valid input this engine does not handle */
+    PLDR_ERR_NO_DEVICE,        /* no OpenCL device, or none matching the spec */
+    PLDR_ERR_OPENCL,           /* an OpenCL or CLBlast call failed */
+    PLDR_ERR_KERNEL_BUILD,     /* a kernel failed to compile (log in message) */
+    PLDR_ERR_HOST_MEMORY,      /* host allocation failed */
+    PLDR_ERR_DEVICE_MEMORY,    /* device allocation failed or would not fit */
+    PLDR_ERR_CONTEXT_FULL,     /* the sequence would exceed the context */
+    PLDR_ERR_NONFINITE,        /* non-finite activations or logits */
+    PLDR_ERR_MISMATCH          /* e.g. a session or G-cache from another model */
+} pldr_status;
+
+/* Short fixed description of a status code. */
+const char *pldr_status_string(pldr_status status);
+/* Detailed message of the last failure on this thread ("" if none). */
+const char *pldr_last_error(void);
+
+/* ------------------------------------------------------------------ */
+/* Devices                                                             */
+
+typedef struct pldr_device_info {
+    int index;          /* global index used by device specs */
+    int platform_index; /* position of the platform */
+    int device_index;   /* position of the device within its platform */
+    char platform[128];
+    char platform_version[128];
+    char name[128];
+    char vendor[128];
+    char driver_version[64];
+    char opencl_c_version[64];
+    char type[16]; /* "GPU", "CPU", "ACCELERATOR", "OTHER" */
+    unsigned compute_units;
+    uint64_t global_mem_bytes;
+    uint64_t max_alloc_bytes;
+    uint64_t local_mem_bytes;
+    size_t max_work_group_size;
+    int fp16;           /* cl_khr_fp16 */
+    int fp64;           /* cl_khr_fp64 */
+    int unified_memory; /* CL_DEVICE_HOST_UNIFIED_MEMORY */
+} pldr_device_info;
+
+/* Lists every device of every platform. Free the array with free(). */
+pldr_status pldr_list_devices(pldr_device_info **devices, int *count);
+
+/* Resolves a device spec: NULL or "" (then $PLDR_DEVICE, then the first
+ * GPU, else the first device), an index ("1"), "platform:device" ("0:1"),
+ * or a case-insensitive name substring ("nvidia", "pocl"). */
+pldr_status pldr_select_device(const char *spec, pldr_device_info *out);
+
+/* ------------------------------------------------------------------ */
+/* Model configuration (config.json)                                   */
+
+typedef enum pldr_g_type {
+    PLDR_G_LEARNED = 0, /* custom_G_type null: metric learner present */
+    PLDR_G_IDENTITY,
+    PLDR_G_RANDOM,
+    PLDR_G_EXTERNAL
+} pldr_g_type;
+
+typedef struct pldr_config {
+    int n_layers;      /* num_hidden_layers, L */
+    int d_model;       /* hidden_size, d */
+    int n_heads;       /* num_attention_heads, H */
+    int head_dim;      /* head_dim, dk */
+    int d_ff;          /* intermediate_size, F */
+    int n_reslayer_a;  /* num_reslayerA, R */
+    int n_dense_a;     /* num_denseA, D */
+    int a_dff;         /* A_dff, Fa */
+    int vocab_size;    /* V */
+    int max_position;  /* max_position_embeddings */
+    double layer_norm_eps;
+    double rope_theta;
+    int reference_rope; /* 1: interleaved pairs; 0: rotate-half */
+    pldr_g_type g_type;
+    int attention_bias, glu_bias, final_bias;
+    int bos_token_id, eos_token_id, pad_token_id;
+} pldr_config;
+
+/* Parses and range-checks a config.json. */
+pldr_status pldr_config_load(const char *path, pldr_config *config);
+
+/* ------------------------------------------------------------------ */
+/* Model and context                                                   */
+
+typedef struct pldr_model pldr_model;
+typedef struct pldr_context pldr_context;
+
+typedef enum pldr_dtype { PLDR_DTYPE_F32 = 0, PLDR_DTYPE_F16 = 1 } pldr_dtype;
+
+typedef enum pldr_cache_mode {
+    PLDR_CACHE_NONE = 0, /* every step recomputes the whole sequence */
+    PLDR_CACHE_KV = 1,   /* K, V and A cached; G_LM recomputed per step */
+    PLDR_CACHE_KVG = 2   /* K, V and [A, A_LM, G_LM] cached */
+} pldr_cache_mode;
+
+/* Called during long work (upload, kernel compilation). done <= total. */
+typedef void (*pldr_progress_fn)(const char *what, uint64_t done, uint64_t total, void *user);
+
+typedef struct pldr_model_params {
+    const char *device;     /* device spec, see pldr_select_device */
+    pldr_dtype weight_dtype; /* storage of the large matrices on the device */
+    const char *kernel_dir; /* read .cl files from here (default: embedded,
+                               or $PLDR_KERNEL_DIR) */
+    const char *cache_dir;  /* program-binary cache (default: $XDG_CACHE_HOME/pldr
+                               or ~/.cache/pldr); "" disables it */
+    pldr_progress_fn progress;
+    void *progress_user;
+} pldr_model_params;
+
+pldr_model_params pldr_model_default_params(void);
+
+/* Loads a Hugging Face checkpoint directory (config.json plus
+ * model.safetensors or shards with model.safetensors.index.json),
+ * validates every tensor and uploads the weights to the device. */
+pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pldr_model **model);
+void pldr_model_free(pldr_model *model);
+
+const pldr_config *pldr_model_config(const pldr_model *model);
+/* The device the model lives on. */
+const pldr_device_info *pldr_model_device(const pldr_model *model);
+/* Number of parameters (weights and biases) in the checkpoint. */
+uint64_t pldr_model_n_params(const pldr_model *model);
+/* Bytes of device memory held by the weights. */
+uint64_t pldr_model_device_bytes(const pldr_model *model);
+
+typedef struct pldr_context_params {
+    int n_ctx;                  /* 0: max_position_embeddings */
+    pldr_cache_mode cache_mode; /* default PLDR_CACHE_KVG */
+    int check_finite;           /* 1 (default): report non-finite values */
+} pldr_context_params;
+
+pldr_context_params pldr_context_default_params(void);
+pldr_status pldr_context_new(pldr_model *model, const pldr_context_params *params, pldr_context **ctx);
+void pldr_context_free(pldr_context *ctx);
+
+/* Forgets every token; the next eval is a prefill again. */
+void pldr_context_reset(pldr_context *ctx);
+/* Tokens processed so far. */
+int pldr_context_n_past(const pldr_context *ctx);
+int pldr_context_n_ctx(const pldr_context *ctx);
+/* Bytes of device memory held by the context (caches and activations). */
+uint64_t pldr_context_device_bytes(const pldr_context *ctx);
+
+/* Appends n tokens to the sequence and runs the model over them.
+ *  - first call after creation/reset: one forward over the n tokens
+ *    (the "prefill"); with KV/KVG caches, A and G_LM come from these tokens.
+ *  - later calls: KV/KVG modes process only the new tokens through the
+ *    caches; mode NONE recomputes a full forward over the whole sequence.
+ * logits: NULL, or room for n_rows x vocab_size floats where n_rows is n if
+ * all_rows is non-zero, else 1 (the last token's logits). */
+pldr_status pldr_eval(pldr_context *ctx, const int32_t *ids, int n, float *logits, int all_rows);
+
+/* As pldr_eval, but returns only the argmax of the last row, computed on the
+ * device (greedy decoding without reading the logits back). */
+pldr_status pldr_eval_greedy(pldr_context *ctx, const int32_t *ids, int n, int32_t *next_id);
+
+/* ------------------------------------------------------------------ */
+/* Sampling                                                            */
+
+typedef struct pldr_sampler pldr_sampler;
+
+typedef struct pldr_sampler_params {
+    float temperature; /* 0: greedy */
+    int top_k;         /* 0: off; 1: greedy */
+    float top_p;       /* in (0, 1]; 1: off */
+    uint64_t seed;
+} pldr_sampler_params;
+
+pldr_sampler_params pldr_sampler_default_params(void);
+/* Fails with PLDR_ERR_INVALID_ARGUMENT for a negative temperature or top_k,
+ * or top_p outside (0, 1]. */
+pldr_status pldr_sampler_new(const pldr_sampler_params *params, pldr_sampler **sampler);
+void pldr_sampler_free(pldr_sampler *sampler);
+/* Whether the sampler always picks the largest logit. */
+int pldr_sampler_is_greedy(const pldr_sampler *sampler);
+/* Draws a token id from one row of logits (temperature, then top-k, then
+ * top-p, applied in that order). */
+int32_t pldr_sampler_sample(pldr_sampler *sampler, const float *logits, int n_vocab);
+
+/* ------------------------------------------------------------------ */
+/* Tokenizer (SentencePiece unigram model)                            */
+
+typedef struct pldr_tokenizer pldr_tokenizer;
+
+pldr_status pldr_tokenizer_load(const char *path, pldr_tokenizer **tok);
+void pldr_tokenizer_free(pldr_tokenizer *tok);
+int pldr_tokenizer_vocab_size(const pldr_tokenizer *tok);
+
+/* Encodes text (no BOS/EOS). *ids is malloc'ed; free() it. */
+pldr_status pldr_tokenize(const pldr_tokenizer *tok, const char *text, size_t len, int32_t **ids,
+                          size_t *n_ids);
+/* Decodes ids to UTF-8 text (NUL-terminated, *len excludes the NUL).
+ * *text is malloc'ed; free() it. */
+pldr_status pldr_detokenize(const pldr_tokenizer *tok, const int32_t *ids, size_t n_ids, char **text,
+                            size_t *len);
+/* The piece string of an id, or NULL when out of range. */
+const char *pldr_token_piece(const pldr_tokenizer *tok, int32_t id);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PLDR_H */

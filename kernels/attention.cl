@@ -1,0 +1,121 @@
+/* Power law graph attention, inductive branch:
+ *   s = (q @ G_LM) . k^T / sqrt(DK) + causal mask;  att = softmax(s) . v
+ * With G_LM = identity this is scaled dot-product attention. The caches hold
+ * K (after RoPE) and V as [n_ctx, DMODEL] rows. */
+
+#define ATT_DIMS ((DK + ATT_WG - 1) / ATT_WG)
+
+/* One query row qg (already multiplied by G_LM and the scale, in local memory)
+ * of head h over keys 0 .. n_keys-1: an online softmax over tiles of ATT_WG
+ * keys, so the context length is not limited by local memory. Work-item lid
+ * scores key t0+lid of each tile and owns output dims lid, lid+ATT_WG, ... */
+inline void attend_row(__local const float *qg, __global const float *k_cache,
+                       __global const float *v_cache, const int h, const int n_keys,
+                       __global float *out, __local float *p, __local float *scratch)
+{
+    const int lid = get_local_id(0);
+    float acc[ATT_DIMS];
+    for (int m = 0; m < ATT_DIMS; m++)
+        acc[m] = 0.0f;
+    float run_max = -INFINITY, run_sum = 0.0f;
+    for (int t0 = 0; t0 < n_keys; t0 += ATT_WG) {
+        const int n = min(ATT_WG, n_keys - t0);
+        float s = -INFINITY;
+        if (lid < n) {
+            __global const float *kr = k_cache + (long)(t0 + lid) * DMODEL + h * DK;
+            s = 0.0f;
+            for (int i = 0; i < DK; i++)
+                s += qg[i] * kr[i];
+        }
+        const float new_max = fmax(run_max, wg_max(s, scratch));
+        const float corr = exp(run_max - new_max);
+        const float e = lid < n ? exp(s - new_max) : 0.0f;
+        p[lid] = e;
+        run_sum = run_sum * corr + e;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int m = 0; m < ATT_DIMS; m++) {
+            const int j = lid + m * ATT_WG;
+            if (j < DK) {
+                __global const float *vc = v_cache + (long)t0 * DMODEL + h * DK + j;
+                float a = acc[m] * corr;
+                for (int kk = 0; kk < n; kk++)
+                    a += p[kk] * vc[(long)kk * DMODEL];
+                acc[m] = a;
+            }
+        }
+        run_max = new_max;
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float total = wg_sum(run_sum, scratch);
+    for (int m = 0; m < ATT_DIMS; m++) {
+        const int j = lid + m * ATT_WG;
+        if (j < DK)
+            out[j] = acc[m] / total;
+    }
+}
+
+/* Prefill: qg[t][h*DK+j] = scale * sum_i q[t][h*DK+i] * G[h][i][j].
+ * Global size T*DMODEL. */
+__kernel void apply_g(__global const float *q, __global const float *g, const float scale,
+                      __global float *qg)
+{
+    const int gid = get_global_id(0);
+    const int j = gid % DK, h = (gid / DK) % HEADS;
+    const long row = (long)(gid / DMODEL) * DMODEL + h * DK;
+    __global const float *gh = g + h * DK * DK + j;
+    float s = 0.0f;
+    for (int i = 0; i < DK; i++)
+        s += q[row + i] * gh[i * DK];
+    qg[gid] = s * scale;
+}
+
+/* Prefill: one work-group per (token, head); token t sits at position pos0+t
+ * and attends to keys 0 .. pos0+t. */
+__kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
+void attention_prefill(__global const float *qg, __global const float *k_cache,
+                       __global const float *v_cache, const int pos0, __global float *out)
+{
+    __local float qs[DK], p[ATT_WG], scratch[ATT_WG];
+    const int t = get_group_id(0) / HEADS, h = get_group_id(0) % HEADS;
+    const long row = (long)t * DMODEL + h * DK;
+    for (int i = get_local_id(0); i < DK; i += ATT_WG)
+        qs[i] = qg[row + i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    attend_row(qs, k_cache, v_cache, h, pos0 + t + 1, out + row, p, scratch);
+}
+
+/* Decode of one token at position pos, one work-group per head: RoPE of q and
+ * k, the cache write of k and v, q @ G_LM and the attention, in one launch.
+ * qkv is the projection output with its bias. */
+__kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
+void attention_decode(__global const float *qkv, __global const float2 *rope,
+                      __global float *k_cache, __global float *v_cache, __global const float *g,
+                      const int pos, const float scale, __global float *out)
+{
+    __local float q[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
+    const int h = get_group_id(0), lid = get_local_id(0);
+    const int off = h * DK;
+    const long ko = (long)pos * DMODEL + off;
+    for (int i = lid; i < DK / 2; i += ATT_WG) {
+        const int2 pr = rope_pair(i);
+        const float2 cs = rope[(long)pos * (DK / 2) + i];
+        const float q0 = qkv[off + pr.x], q1 = qkv[off + pr.y];
+        const float k0 = qkv[DMODEL + off + pr.x], k1 = qkv[DMODEL + off + pr.y];
+        q[pr.x] = q0 * cs.x - q1 * cs.y;
+        q[pr.y] = q1 * cs.x + q0 * cs.y;
+        k_cache[ko + pr.x] = k0 * cs.x - k1 * cs.y;
+        k_cache[ko + pr.y] = k1 * cs.x + k0 * cs.y;
+        v_cache[ko + pr.x] = qkv[2 * DMODEL + off + pr.x];
+        v_cache[ko + pr.y] = qkv[2 * DMODEL + off + pr.y];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    __global const float *gh = g + h * DK * DK;
+    for (int j = lid; j < DK; j += ATT_WG) {
+        float s = 0.0f;
+        for (int i = 0; i < DK; i++)
+            s += q[i] * gh[i * DK + j];
+        qg[j] = s * scale;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    attend_row(qg, k_cache, v_cache, h, pos + 1, out + off, p, scratch);
+}

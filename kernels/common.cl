@@ -1,0 +1,92 @@
+/* Shared definitions of every pldr kernel.
+ *
+ * The host passes the model's dimensions as -D defines (DMODEL, DK, HEADS,
+ * FA, LN_EPS, ...), the work-group sizes it chose for the device, and
+ * WEIGHT_HALF=1 when the large matrices are stored as IEEE half. Half storage
+ * goes through vload_half, which needs no cl_khr_fp16: arithmetic stays f32. */
+
+#if WEIGHT_HALF
+#define WT half
+#define LOAD_W(p, i) vload_half((i), (p))
+#define LOAD_W4(p, i) vload_half4(0, (p) + (i))
+#else
+#define WT float
+#define LOAD_W(p, i) ((p)[i])
+#define LOAD_W4(p, i) vload4(0, (p) + (i))
+#endif
+
+/* Bits set in the context's flag words when a kernel meets a non-finite value. */
+#define FLAG_NONFINITE 1
+
+inline float silu(float x) { return x / (1.0f + exp(-x)); }
+
+/* Sum over the work-group of one value per work-item; scratch holds
+ * get_local_size(0) floats, a power of two. Every work-item must call it. */
+inline float wg_sum(float v, __local float *scratch)
+{
+    const int lid = get_local_id(0);
+    scratch[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            scratch[lid] += scratch[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline float wg_max(float v, __local float *scratch)
+{
+    const int lid = get_local_id(0);
+    scratch[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            scratch[lid] = fmax(scratch[lid], scratch[lid + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+/* LayerNorm of a row of n values held in local memory, in place when apply
+ * is set: y = (x - mean) / sqrt(var + eps) * w + b, variance without Bessel's
+ * correction as in torch.nn.LayerNorm. Returns mean + var so that callers can
+ * detect a non-finite row. The barriers are reached whatever apply is (some
+ * compilers mishandle barriers under a condition, even a uniform one). */
+inline float ln_local_if(__local float *x, const int n, __global const float *w, __global const float *b,
+                         __local float *scratch, const int apply)
+{
+    const int lid = get_local_id(0), wg = get_local_size(0);
+    float s = 0.0f;
+    for (int i = lid; i < n; i += wg)
+        s += x[i];
+    const float mean = wg_sum(s, scratch) / n;
+    float s2 = 0.0f;
+    for (int i = lid; i < n; i += wg) {
+        const float t = x[i] - mean;
+        s2 += t * t;
+    }
+    const float var = wg_sum(s2, scratch) / n;
+    const float rstd = rsqrt(var + LN_EPS);
+    if (apply)
+        for (int i = lid; i < n; i += wg)
+            x[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return mean + var;
+}
+
+inline float ln_local(__local float *x, const int n, __global const float *w, __global const float *b,
+                      __local float *scratch)
+{
+    return ln_local_if(x, n, w, b, scratch, 1);
+}
+
+inline void flag_if_nonfinite(float v, __global int *flags, int index)
+{
+    if (!isfinite(v))
+        atomic_or(flags + index, FLAG_NONFINITE);
+}

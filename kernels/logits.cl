@@ -1,0 +1,50 @@
+/* The final layer's bias on GEMM output rows, with the non-finite check of the
+ * logits. Global size: number of elements. */
+__kernel void add_bias_rows(__global float *y, __global const float *bias, const int n_cols,
+                            __global int *flags, const int flag_index)
+{
+    const int gid = get_global_id(0);
+    const float v = y[gid] + bias[gid % n_cols];
+    y[gid] = v;
+    flag_if_nonfinite(v, flags, flag_index);
+}
+
+/* Greedy decoding on the device: the index of the largest logit (the lowest
+ * index among equals), one work-group of ROW_WG. */
+__kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
+void argmax(__global const float *logits, const int n, __global int *out,
+            __global int *flags, const int flag_index)
+{
+    __local float best_v[ROW_WG];
+    __local int best_i[ROW_WG];
+    const int lid = get_local_id(0);
+    float bv = -INFINITY;
+    int bi = n;
+    int bad = 0;
+    for (int i = lid; i < n; i += ROW_WG) {
+        const float v = logits[i];
+        bad |= !isfinite(v);
+        if (v > bv || (v == bv && i < bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    if (bad)
+        atomic_or(flags + flag_index, FLAG_NONFINITE);
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = ROW_WG / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            const float ov = best_v[lid + s];
+            const int oi = best_i[lid + s];
+            if (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid])) {
+                best_v[lid] = ov;
+                best_i[lid] = oi;
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0)
+        out[0] = best_i[0] < n ? best_i[0] : 0;
+}

@@ -1,0 +1,41 @@
+/* Rotary position embedding, with the Q/K/V bias fused in.
+ *
+ * reference_rope (REFERENCE_ROPE=1) rotates interleaved pairs (x[2i], x[2i+1]);
+ * otherwise the "rotate half" pairs (x[i], x[i + DK/2]). The angle of pair i at
+ * position p is p * theta^(-2i/DK); rope[p][i] holds (cos, sin), computed on
+ * the host in double precision. */
+inline int2 rope_pair(const int i)
+{
+#if REFERENCE_ROPE
+    return (int2)(2 * i, 2 * i + 1);
+#else
+    return (int2)(i, i + DK / 2);
+#endif
+}
+
+/* Prefill: qkv is the raw [T, 3*DMODEL] projection output (q | k | v per row).
+ * Writes rotated q to q_out [T, DMODEL] and rotated k and v to the caches at
+ * positions pos0 .. pos0+T-1. Global size: T * HEADS * DK/2. */
+__kernel void qkv_rope(__global const float *qkv, __global const float *bias, __global const float2 *rope,
+                       __global float *q_out, __global float *k_cache, __global float *v_cache, const int pos0)
+{
+    const int gid = get_global_id(0);
+    const int i = gid % (DK / 2);
+    const int h = (gid / (DK / 2)) % HEADS;
+    const int t = gid / (DK / 2 * HEADS);
+    const int2 p = rope_pair(i);
+    const float2 cs = rope[(long)(pos0 + t) * (DK / 2) + i];
+    const long in = (long)t * 3 * DMODEL + h * DK;
+    const int off = h * DK;
+    const float q0 = qkv[in + p.x] + bias[off + p.x], q1 = qkv[in + p.y] + bias[off + p.y];
+    const float k0 = qkv[in + DMODEL + p.x] + bias[DMODEL + off + p.x];
+    const float k1 = qkv[in + DMODEL + p.y] + bias[DMODEL + off + p.y];
+    const long qo = (long)t * DMODEL + off;
+    q_out[qo + p.x] = q0 * cs.x - q1 * cs.y;
+    q_out[qo + p.y] = q1 * cs.x + q0 * cs.y;
+    const long ko = (long)(pos0 + t) * DMODEL + off;
+    k_cache[ko + p.x] = k0 * cs.x - k1 * cs.y;
+    k_cache[ko + p.y] = k1 * cs.x + k0 * cs.y;
+    v_cache[ko + p.x] = qkv[in + 2 * DMODEL + p.x] + bias[2 * DMODEL + off + p.x];
+    v_cache[ko + p.y] = qkv[in + 2 * DMODEL + p.y] + bias[2 * DMODEL + off + p.y];
+}

@@ -1,0 +1,60 @@
+/* The pldr command: shared declarations of its subcommands. */
+#ifndef PLDR_CLI_H
+#define PLDR_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pldr.h"
+
+/* Exit codes (documented in README and `pldr --help`). */
+enum {
+    EXIT_OK = 0,
+    EXIT_RUNTIME = 1, /* failure while running (OpenCL error, non-finite values) */
+    EXIT_USAGE = 2,   /* bad command line: unknown option, missing or out-of-range value */
+    EXIT_INPUT = 3,   /* unreadable, damaged or unsupported input file */
+    EXIT_DEVICE = 4,  /* no such device, kernel build failure, out of device memory */
+    EXIT_CONTEXT = 5  /* the sequence does not fit in the context */
+};
+
+/* Maps a status to an exit code. */
+int cli_exit_code(pldr_status st);
+/* Prints "pldr: <last error>" (or the status string) to stderr and returns its exit code. */
+int cli_report(pldr_status st);
+/* Prints "pldr <cmd>: <message>" and a hint to run --help; returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...);
+
+/* Strict number parsing; return 0 on success, -1 if s is not a number in [lo, hi]. */
+int cli_parse_int(const char *s, long lo, long hi, long *out);
+int cli_parse_double(const char *s, double lo, double hi, double *out);
+/* Parses "5,17,42" into a malloc'ed array. Returns 0 on success. */
+int cli_parse_ids(const char *s, int32_t **ids, int *n);
+
+/* The model directory to use: the argument if given, else $PLDR_MODEL, else
+ * the bundled default model (installed or in the source tree). */
+const char *cli_default_model_dir(void);
+
+/* Reads a whole text file or stdin ("-"); malloc'ed, NUL-terminated. */
+int cli_read_text(const char *path, char **text, size_t *len);
+
+/* Progress printer for pldr_model_params.progress (stderr, only on a terminal). */
+void cli_progress(const char *what, uint64_t done, uint64_t total, void *user);
+
+/* Parses "none" | "kv" | "kvg"; returns 0 on success. */
+int cli_parse_cache(const char *s, pldr_cache_mode *mode);
+/* Parses "f32" | "f16"; returns 0 on success. */
+int cli_parse_dtype(const char *s, pldr_dtype *dtype);
+/* Loads a model with progress on stderr; reports failures and returns an exit code. */
+int cli_load_model(const char *dir, const char *device, pldr_dtype dtype, pldr_model **model);
+
+/* Writes a float32 array [rows, cols] as a NumPy .npy file. Returns 0 on success. */
+int npy_write_f32(const char *path, const float *data, size_t rows, size_t cols);
+
+/* Subcommands: argv[0] is the subcommand name. Each returns an exit code. */
+int cmd_devices(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+
+#endif

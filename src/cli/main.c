@@ -1,0 +1,290 @@
+/* pldr: the command-line front end. Each subcommand lives in its own file and
+ * uses only the public API of include/pldr.h. */
+#include "config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "usage: pldr COMMAND [OPTIONS]\n"
+    "\n"
+    "An OpenCL inference engine for PLDR-LLM (power law graph attention with KV- and G-cache).\n"
+    "\n"
+    "commands:\n"
+    "  generate     generate text from a prompt\n"
+    "  logits       write the logits of a token sequence as .npy (the parity interface)\n"
+    "  tokenize     text to token ids (SentencePiece unigram)\n"
+    "  detokenize   token ids to text\n"
+    "  devices      list OpenCL platforms and devices\n"
+    "\n"
+    "Run 'pldr COMMAND --help' for the options of a command.\n"
+    "\n"
+    "environment:\n"
+    "  PLDR_DEVICE      default device spec (index, platform:device, or name substring)\n"
+    "  PLDR_MODEL       default model directory\n"
+    "  PLDR_KERNEL_DIR  read the .cl kernels from this directory instead of the embedded copy\n"
+    "  XDG_CACHE_HOME   compiled kernels are cached in $XDG_CACHE_HOME/pldr (default ~/.cache/pldr)\n"
+    "\n"
+    "exit codes:\n"
+    "  0 success, 1 runtime failure (OpenCL error, non-finite values), 2 bad command line,\n"
+    "  3 unreadable, damaged or unsupported input file, 4 device problem (no such device,\n"
+    "  kernel build failure, out of device memory), 5 sequence longer than the context\n";
+
+int cli_exit_code(pldr_status st)
+{
+    switch (st) {
+    case PLDR_OK: return EXIT_OK;
+    case PLDR_ERR_INVALID_ARGUMENT: return EXIT_USAGE;
+    case PLDR_ERR_IO:
+    case PLDR_ERR_FORMAT:
+    case PLDR_ERR_UNSUPPORTED:
+    case PLDR_ERR_MISMATCH: return EXIT_INPUT;
+    case PLDR_ERR_NO_DEVICE:
+    case PLDR_ERR_KERNEL_BUILD:
+    case PLDR_ERR_DEVICE_MEMORY: return EXIT_DEVICE;
+    case PLDR_ERR_CONTEXT_FULL: return EXIT_CONTEXT;
+    default: return EXIT_RUNTIME;
+    }
+}
+
+int cli_report(pldr_status st)
+{
+    const char *msg = pldr_last_error();
+    fprintf(stderr, "pldr: %s\n", msg && *msg ? msg : pldr_status_string(st));
+    return cli_exit_code(st);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "pldr %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see 'pldr %s --help')\n", cmd);
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+int cli_parse_int(const char *s, long lo, long hi, long *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_double(const char *s, double lo, double hi, double *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_ids(const char *s, int32_t **ids, int *n)
+{
+    *ids = NULL;
+    *n = 0;
+    if (!s || !*s)
+        return -1;
+    int cap = 16, cnt = 0;
+    int32_t *a = malloc((size_t)cap * sizeof *a);
+    if (!a)
+        return -1;
+    const char *p = s;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            free(a);
+            return -1;
+        }
+        if (cnt == cap) {
+            cap *= 2;
+            int32_t *b = realloc(a, (size_t)cap * sizeof *b);
+            if (!b) {
+                free(a);
+                return -1;
+            }
+            a = b;
+        }
+        a[cnt++] = (int32_t)v;
+        if (*end == '\0')
+            break;
+        if (*end != ',') {
+            free(a);
+            return -1;
+        }
+        p = end + 1;
+    }
+    *ids = a;
+    *n = cnt;
+    return 0;
+}
+
+static int is_model_dir(const char *dir)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return stat(path, &st) == 0;
+}
+
+const char *cli_default_model_dir(void)
+{
+    const char *env = getenv("PLDR_MODEL");
+    if (env && *env)
+        return env;
+    static char path[4096];
+    /* the source tree, when running the uninstalled binary */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            const char *rel[] = {"models/pldr-tiny-pydocs", "../models/pldr-tiny-pydocs"};
+            for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+                snprintf(path, sizeof path, "%s/%s", exe, rel[i]);
+                if (is_model_dir(path))
+                    return path;
+            }
+        }
+    }
+    snprintf(path, sizeof path, "%s/models/pldr-tiny-pydocs", PLDR_PKGDATADIR);
+    return path;
+}
+
+int cli_read_text(const char *path, char **text, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "pldr: %s: cannot open: %s\n", path, strerror(errno));
+        return EXIT_INPUT;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n + 1 >= cap) {
+            char *b = realloc(buf, cap * 2);
+            if (!b) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    int err = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (!buf || err) {
+        free(buf);
+        fprintf(stderr, "pldr: %s: read failed\n", path);
+        return EXIT_INPUT;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return EXIT_OK;
+}
+
+void cli_progress(const char *what, uint64_t done, uint64_t total, void *user)
+{
+    (void)user;
+    if (!isatty(STDERR_FILENO))
+        return;
+    if (total > 0)
+        fprintf(stderr, "\r%s: %3d%%", what, (int)(100.0 * (double)done / (double)total));
+    if (done >= total)
+        fprintf(stderr, "\r\033[K");
+    fflush(stderr);
+}
+
+int cli_parse_cache(const char *s, pldr_cache_mode *mode)
+{
+    if (strcmp(s, "none") == 0)
+        *mode = PLDR_CACHE_NONE;
+    else if (strcmp(s, "kv") == 0)
+        *mode = PLDR_CACHE_KV;
+    else if (strcmp(s, "kvg") == 0)
+        *mode = PLDR_CACHE_KVG;
+    else
+        return -1;
+    return 0;
+}
+
+int cli_parse_dtype(const char *s, pldr_dtype *dtype)
+{
+    if (strcmp(s, "f32") == 0)
+        *dtype = PLDR_DTYPE_F32;
+    else if (strcmp(s, "f16") == 0)
+        *dtype = PLDR_DTYPE_F16;
+    else
+        return -1;
+    return 0;
+}
+
+int cli_load_model(const char *dir, const char *device, pldr_dtype dtype, pldr_model **model)
+{
+    pldr_model_params mp = pldr_model_default_params();
+    mp.device = device;
+    mp.weight_dtype = dtype;
+    mp.progress = cli_progress;
+    pldr_status st = pldr_model_load(dir, &mp, model);
+    return st == PLDR_OK ? EXIT_OK : cli_report(st);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("pldr %s\n", PLDR_VERSION_STRING);
+        return EXIT_OK;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
+        {"detokenize", cmd_detokenize}, {"devices", cmd_devices},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (strcmp(cmd, cmds[i].name) == 0)
+            return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "pldr: unknown command '%s'\n\n%s", cmd, usage);
+    return EXIT_USAGE;
+}

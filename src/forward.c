@@ -1,0 +1,675 @@
+/* The PLDR-LLM forward pass on the device, and the inference context that
+ * holds its caches: K and V per layer, and the G-cache [A, A_LM, G_LM] per
+ * layer. See docs/pldr-llm.md of the model specification for the math.
+ *
+ * Two paths:
+ *  - a forward over T > 1 tokens (the prefill, and every step without
+ *    cache): GEMMs through CLBlast, the rest in kernels;
+ *  - a decode step of one token through the caches: the engine's own GEMV
+ *    kernels with the LayerNorms, biases, residuals and the GLU gate fused
+ *    in, and one attention kernel per layer that also applies RoPE, writes the
+ *    caches and multiplies by G_LM.
+ * Nothing returns to the host inside a forward except the logits (or the
+ * argmax) and the non-finite flags at its end. */
+#include "config.h"
+
+#include <clblast_c.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "util.h"
+
+#define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
+
+typedef struct kernels {
+    cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
+    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, bias_rows, argmax;
+} kernels;
+
+struct pldr_context {
+    pldr_model *m;
+    pldr_context_params p;
+    int n_ctx;
+    int n_past;
+    int32_t *tokens; /* the sequence so far (for mode NONE) */
+    int g_valid;     /* the G-cache holds the prefill's A, A_LM, G_LM */
+    kernels k;
+    uint64_t device_bytes;
+    /* caches */
+    cl_mem *k_cache, *v_cache;   /* per layer [n_ctx, d] */
+    cl_mem *g_a, *g_alm, *g_g;   /* per layer [H, dk, dk] */
+    cl_mem rope;                 /* [n_ctx, dk/2] (cos, sin) */
+    /* activations of a forward over up to n_ctx tokens */
+    cl_mem ids, x, x1, qkv, q, qg, att, o, h, g;
+    cl_mem a0, a_p;              /* [H, dk, dk] */
+    cl_mem logits;               /* [LOGIT_CHUNK, V] */
+    cl_mem flags;                /* non-finite flags, see flag_* */
+    cl_mem next_id;
+    cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast */
+    /* decode-step vectors */
+    cl_mem s1, s2, xn, x1n;
+    int32_t id_host;
+    int n_flags;
+    int *flags_host;
+};
+
+/* Flag words: [2l] attention sum of layer l, [2l+1] FFN sum of layer l,
+ * [2L+l] G_LM of layer l, [3L] logits, [3L+1] embedding. */
+static int flag_att(int l) { return 2 * l; }
+static int flag_ffn(int l) { return 2 * l + 1; }
+static int flag_g(const pldr_context *c, int l) { return 2 * c->m->cfg.n_layers + l; }
+static int flag_logits(const pldr_context *c) { return 3 * c->m->cfg.n_layers; }
+static int flag_embed(const pldr_context *c) { return 3 * c->m->cfg.n_layers + 1; }
+
+pldr_context_params pldr_context_default_params(void)
+{
+    pldr_context_params p;
+    memset(&p, 0, sizeof p);
+    p.n_ctx = 0;
+    p.cache_mode = PLDR_CACHE_KVG;
+    p.check_finite = 1;
+    return p;
+}
+
+int pldr_context_n_past(const pldr_context *c) { return c->n_past; }
+int pldr_context_n_ctx(const pldr_context *c) { return c->n_ctx; }
+uint64_t pldr_context_device_bytes(const pldr_context *c) { return c->device_bytes; }
+
+void pldr_context_reset(pldr_context *c)
+{
+    c->n_past = 0;
+    c->g_valid = c->m->cfg.g_type != PLDR_G_LEARNED;
+}
+
+/* ------------------------------------------------------------ launching */
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        pldr_status st_ = (x);                                                                     \
+        if (st_ != PLDR_OK)                                                                        \
+            return st_;                                                                            \
+    } while (0)
+
+typedef struct arg {
+    size_t size;
+    const void *value;
+} arg;
+
+#define A_MEM(b) ((arg){sizeof(cl_mem), &(b)})
+#define A_INT(v) ((arg){sizeof(cl_int), &(cl_int){(v)}})
+#define A_FLT(v) ((arg){sizeof(cl_float), &(cl_float){(v)}})
+#define A_LONG(v) ((arg){sizeof(cl_long), &(cl_long){(v)}})
+#define A_LOCAL(n) ((arg){(n), NULL})
+
+static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t global, size_t local,
+                          int n_args, const arg *args)
+{
+    for (int i = 0; i < n_args; i++) {
+        cl_int err = clSetKernelArg(k, (cl_uint)i, args[i].size, args[i].value);
+        if (err != CL_SUCCESS) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "setting argument %d of kernel %s", i, name);
+            return pldr_cl_fail(&c->m->ocl, err, msg);
+        }
+    }
+    if (global == 0)
+        return PLDR_OK;
+    cl_int err = clEnqueueNDRangeKernel(c->m->ocl.queue, k, 1, NULL, &global, local ? &local : NULL, 0,
+                                        NULL, NULL);
+    if (err != CL_SUCCESS) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "launching kernel %s", name);
+        return pldr_cl_fail(&c->m->ocl, err, msg);
+    }
+    return PLDR_OK;
+}
+
+#define LAUNCH(c, kern, global, local, ...)                                                        \
+    launch((c), (c)->k.kern, #kern, (global), (local), (int)(sizeof((arg[]){__VA_ARGS__}) / sizeof(arg)), \
+           (arg[]){__VA_ARGS__})
+
+/* C[M, N] = A[M, K] . W[N, K]^T through CLBlast (row-major). */
+static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
+                        cl_mem out, size_t out_off)
+{
+    pldr_model *m = c->m;
+    if (m->weight_half) {
+        TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
+                   A_LONG((cl_long)(N * K))));
+        w = c->w_scratch;
+    }
+    cl_command_queue q = m->ocl.queue;
+    CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, M, N, K,
+                                       1.0f, a, a_off, K, w, 0, K, 0.0f, out, out_off, N, &q, NULL);
+    if (s != CLBlastSuccess) {
+        if (s < 0 && s > -100)
+            return pldr_cl_fail(&m->ocl, (cl_int)s, "CLBlast SGEMM");
+        return pldr_fail(PLDR_ERR_OPENCL, "CLBlast SGEMM (%zux%zux%zu) failed with status %d on %s", M, N, K,
+                         (int)s, m->ocl.info.name);
+    }
+    return PLDR_OK;
+}
+
+/* y = W . xin + b with the options of the gemv kernel (see kernels/gemv.cl). */
+typedef struct gemv_op {
+    cl_mem w, bias;
+    int k_dim, n_out;
+    cl_mem x;
+    int ln_in;
+    cl_mem ln_w, ln_b, x_norm;
+    cl_mem residual; /* NULL: none */
+    int glu;
+    cl_mem y;
+    int flag_index;
+} gemv_op;
+
+static pldr_status gemv(pldr_context *c, const gemv_op *op)
+{
+    const pldr_model *m = c->m;
+    size_t groups = ((size_t)op->n_out + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
+    cl_mem none = op->x; /* any valid buffer for unused pointer arguments */
+    cl_mem ln_w = op->ln_in ? op->ln_w : none, ln_b = op->ln_in ? op->ln_b : none;
+    cl_mem x_norm = op->ln_in ? op->x_norm : none;
+    cl_mem res = op->residual ? op->residual : none;
+    return LAUNCH(c, gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
+                  A_INT(op->k_dim), A_INT(op->n_out), A_MEM(op->x), A_INT(op->ln_in), A_MEM(ln_w),
+                  A_MEM(ln_b), A_MEM(x_norm), A_MEM(res), A_INT(op->residual != NULL), A_INT(op->glu),
+                  A_MEM(op->y), A_LOCAL((size_t)op->k_dim * sizeof(float)), A_MEM(c->flags),
+                  A_INT(op->flag_index));
+}
+
+/* ------------------------------------------------------------ PLGA */
+
+/* The deductive branch of layer l from the current q (T rows): A, A_LM and
+ * G_LM into the layer's G-cache. With from_cached_a, A is the cached one. */
+static pldr_status plga(pldr_context *c, int l, int T, int from_cached_a)
+{
+    const pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const pldr_layer *ly = &m->layers[l];
+    const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
+    if (!from_cached_a) {
+        TRY(LAUNCH(c, metric, hdd, 0, A_MEM(c->q), A_INT(T), A_MEM(c->a0)));
+        TRY(LAUNCH(c, learner, (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)m->ml_wg, (size_t)m->ml_wg,
+                   A_MEM(c->a0), A_MEM(c->g_a[l]), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12),
+                   A_MEM(ly->ml_b12), A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w),
+                   A_MEM(ly->ml_ln_b)));
+    }
+    TRY(LAUNCH(c, potential, hdd, 0, A_MEM(c->g_a[l]), A_MEM(ly->plga), A_MEM(c->g_alm[l]), A_MEM(c->a_p)));
+    return LAUNCH(c, energy, hdd, 0, A_MEM(c->a_p), A_MEM(ly->plga), A_MEM(c->g_g[l]), A_MEM(c->flags),
+                  A_INT(flag_g(c, l)));
+}
+
+/* Whether this forward computes G_LM: always without caches, else only when
+ * the G-cache is empty; KV mode recomputes it from the cached A. */
+static pldr_status layer_g(pldr_context *c, int l, int T, int full)
+{
+    if (c->m->cfg.g_type != PLDR_G_LEARNED)
+        return PLDR_OK;
+    if (full || !c->g_valid)
+        return plga(c, l, T, 0);
+    if (c->p.cache_mode == PLDR_CACHE_KV)
+        return plga(c, l, T, 1);
+    return PLDR_OK;
+}
+
+/* ------------------------------------------------------------ forward */
+
+static pldr_status write_ids(pldr_context *c, const int32_t *ids, int n)
+{
+    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->ids, CL_TRUE, 0, (size_t)n * sizeof(cl_int), ids, 0,
+                                      NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading token ids");
+}
+
+/* A forward over T tokens at positions pos0 .. pos0+T-1 leaving the final
+ * hidden states in c->x. full: compute G_LM from these tokens regardless of
+ * the cache (mode NONE, or the prefill). */
+static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, int pos0, int full)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, t = (size_t)T;
+    const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
+    TRY(write_ids(c, ids, T));
+    TRY(LAUNCH(c, embed, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_MEM(m->emb),
+               A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags),
+               A_INT(flag_embed(c))));
+    for (int l = 0; l < cf->n_layers; l++) {
+        const pldr_layer *ly = &m->layers[l];
+        TRY(gemm(c, t, 3 * d, d, c->x, 0, ly->wqkv, c->qkv, 0));
+        TRY(LAUNCH(c, qkv_rope, t * (size_t)cf->n_heads * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv),
+                   A_MEM(ly->bqkv), A_MEM(c->rope), A_MEM(c->q), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
+                   A_INT(pos0)));
+        TRY(layer_g(c, l, T, full));
+        TRY(LAUNCH(c, apply_g, t * d, 0, A_MEM(c->q), A_MEM(c->g_g[l]), A_FLT(scale), A_MEM(c->qg)));
+        TRY(LAUNCH(c, att_prefill, t * (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg,
+                   A_MEM(c->qg), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0), A_MEM(c->att)));
+        TRY(gemm(c, t, d, d, c->att, 0, ly->wo, c->o, 0));
+        TRY(LAUNCH(c, brln, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
+                   A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
+        TRY(gemm(c, t, 2 * F, d, c->x1, 0, ly->w12, c->h, 0));
+        TRY(LAUNCH(c, glu, t * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
+        TRY(gemm(c, t, d, F, c->g, 0, ly->w3, c->o, 0));
+        TRY(LAUNCH(c, brln, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->o), A_MEM(ly->b3),
+                   A_MEM(c->x1), A_MEM(ly->ln2_w), A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags),
+                   A_INT(flag_ffn(l))));
+    }
+    return PLDR_OK;
+}
+
+/* One token at position pos through the caches, leaving the final layer's
+ * pre-norm sum in c->s2 (normalised on load by the final GEMV). */
+static pldr_status decode_token(pldr_context *c, int32_t id, int pos)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const int d = cf->d_model, F = cf->d_ff;
+    const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
+    c->id_host = id;
+    TRY(write_ids(c, &c->id_host, 1));
+    TRY(LAUNCH(c, embed, (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_MEM(m->emb),
+               A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->xn), A_MEM(c->flags),
+               A_INT(flag_embed(c))));
+    for (int l = 0; l < cf->n_layers; l++) {
+        const pldr_layer *ly = &m->layers[l];
+        const pldr_layer *prev = l > 0 ? &m->layers[l - 1] : NULL;
+        /* layer 0 reads the embedding (already normalised); later layers
+         * normalise the previous layer's FFN sum on load into xn */
+        gemv_op qkv = {ly->wqkv, ly->bqkv, d, 3 * d, l > 0 ? c->s2 : c->xn, l > 0,
+                       prev ? prev->ln2_w : NULL, prev ? prev->ln2_b : NULL, c->xn, NULL, 0, c->qkv,
+                       l > 0 ? flag_ffn(l - 1) : 0};
+        TRY(gemv(c, &qkv));
+        TRY(layer_g(c, l, 1, 0));
+        TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->qkv),
+                   A_MEM(c->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]), A_INT(pos),
+                   A_FLT(scale), A_MEM(c->att)));
+        gemv_op dense = {ly->wo, ly->bo, d, d, c->att, 0, NULL, NULL, NULL, c->xn, 0, c->s1, 0};
+        TRY(gemv(c, &dense));
+        gemv_op up = {ly->w12, ly->b12, d, F, c->s1, 1, ly->ln1_w, ly->ln1_b, c->x1n, NULL, 1, c->g,
+                      flag_att(l)};
+        TRY(gemv(c, &up));
+        gemv_op down = {ly->w3, ly->b3, F, d, c->g, 0, NULL, NULL, NULL, c->x1n, 0, c->s2, 0};
+        TRY(gemv(c, &down));
+    }
+    return PLDR_OK;
+}
+
+/* Logits of the last token of a decode step into c->logits row 0. */
+static pldr_status final_from_decode(pldr_context *c)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const pldr_layer *last = &m->layers[cf->n_layers - 1];
+    gemv_op fin = {m->wf, m->bf, cf->d_model, cf->vocab_size, c->s2, 1, last->ln2_w, last->ln2_b, c->xn,
+                   NULL, 0, c->logits, flag_ffn(cf->n_layers - 1)};
+    return gemv(c, &fin);
+}
+
+/* Logits of hidden row `row` of c->x (already normalised) into c->logits row 0. */
+static pldr_status final_row(pldr_context *c, int row)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const size_t d = (size_t)cf->d_model;
+    cl_int err = clEnqueueCopyBuffer(m->ocl.queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
+    gemv_op fin = {m->wf, m->bf, cf->d_model, cf->vocab_size, c->xn, 0, NULL, NULL, NULL,
+                   NULL, 0, c->logits, 0};
+    return gemv(c, &fin);
+}
+
+static pldr_status read_flags(pldr_context *c)
+{
+    if (!c->p.check_finite)
+        return PLDR_OK;
+    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, CL_TRUE, 0, (size_t)c->n_flags * sizeof(int),
+                                     c->flags_host, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&c->m->ocl, err, "reading the non-finite flags");
+    const int L = c->m->cfg.n_layers;
+    if (c->flags_host[flag_embed(c)])
+        return pldr_fail(PLDR_ERR_NONFINITE, "non-finite values in the token embedding");
+    for (int l = 0; l < L; l++) {
+        if (c->flags_host[flag_g(c, l)])
+            return pldr_fail(PLDR_ERR_NONFINITE,
+                             "non-finite G_LM in layer %d: the PLGA power A_LM^pw overflowed float32", l);
+        if (c->flags_host[flag_att(l)])
+            return pldr_fail(PLDR_ERR_NONFINITE, "non-finite activations after the attention of layer %d", l);
+        if (c->flags_host[flag_ffn(l)])
+            return pldr_fail(PLDR_ERR_NONFINITE, "non-finite activations after the feed-forward of layer %d", l);
+    }
+    if (c->flags_host[flag_logits(c)])
+        return pldr_fail(PLDR_ERR_NONFINITE, "non-finite logits");
+    return PLDR_OK;
+}
+
+static pldr_status clear_flags(pldr_context *c)
+{
+    if (!c->p.check_finite)
+        return PLDR_OK;
+    memset(c->flags_host, 0, (size_t)c->n_flags * sizeof(int));
+    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->flags, CL_FALSE, 0, (size_t)c->n_flags * sizeof(int),
+                                      c->flags_host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "clearing the flags");
+}
+
+static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
+{
+    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0,
+                                     rows * (size_t)c->m->cfg.vocab_size * sizeof(float), dst, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "reading the logits");
+}
+
+/* Logits of hidden rows [first, first+n) of c->x, in chunks, through CLBlast. */
+static pldr_status logits_rows(pldr_context *c, int first, int n, float *dst)
+{
+    pldr_model *m = c->m;
+    const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab_size;
+    for (int r = 0; r < n; r += LOGIT_CHUNK) {
+        size_t rows = (size_t)(n - r < LOGIT_CHUNK ? n - r : LOGIT_CHUNK);
+        TRY(gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, m->wf, c->logits, 0));
+        TRY(LAUNCH(c, bias_rows, rows * V, 0, A_MEM(c->logits), A_MEM(m->bf), A_INT((int)V), A_MEM(c->flags),
+                   A_INT(flag_logits(c))));
+        TRY(read_logits(c, dst + (size_t)r * V, rows));
+    }
+    return PLDR_OK;
+}
+
+static pldr_status check_ids(const pldr_context *c, const int32_t *ids, int n)
+{
+    if (!ids || n <= 0)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->m->cfg.vocab_size)
+            return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "token id %d at position %d is outside the vocabulary [0, %d)",
+                             (int)ids[i], i, c->m->cfg.vocab_size);
+    if (n > c->n_ctx - c->n_past)
+        return pldr_fail(PLDR_ERR_CONTEXT_FULL,
+                         "the sequence would be %d tokens, more than the context of %d tokens (--ctx)",
+                         c->n_past + n, c->n_ctx);
+    return PLDR_OK;
+}
+
+/* The forward of an eval: returns in *rows_at the index of the first
+ * hidden row of c->x that belongs to the new tokens, or -1 when the last
+ * token went through the decode path (its logits input is c->s2). */
+static pldr_status run(pldr_context *c, const int32_t *ids, int n, int *rows_at)
+{
+    TRY(check_ids(c, ids, n));
+    TRY(clear_flags(c));
+    memcpy(c->tokens + c->n_past, ids, (size_t)n * sizeof *ids);
+    if (c->p.cache_mode == PLDR_CACHE_NONE) {
+        int total = c->n_past + n;
+        TRY(forward_tokens(c, c->tokens, total, 0, 1));
+        *rows_at = c->n_past;
+    } else if (c->n_past > 0 && n == 1) {
+        TRY(decode_token(c, ids[0], c->n_past));
+        *rows_at = -1;
+    } else {
+        TRY(forward_tokens(c, ids, n, c->n_past, c->n_past == 0));
+        *rows_at = 0;
+    }
+    if (c->m->cfg.g_type == PLDR_G_LEARNED && c->p.cache_mode != PLDR_CACHE_NONE)
+        c->g_valid = 1;
+    c->n_past += n;
+    return PLDR_OK;
+}
+
+pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits, int all_rows)
+{
+    pldr_clear_error();
+    int rows_at;
+    TRY(run(c, ids, n, &rows_at));
+    if (!logits) {
+        cl_int err = clFinish(c->m->ocl.queue);
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&c->m->ocl, err, "running the forward pass");
+        return read_flags(c);
+    }
+    if (rows_at < 0) {
+        TRY(final_from_decode(c));
+        TRY(read_logits(c, logits, 1));
+    } else if (all_rows) {
+        TRY(logits_rows(c, rows_at, n, logits));
+    } else {
+        TRY(final_row(c, rows_at + n - 1));
+        TRY(read_logits(c, logits, 1));
+    }
+    TRY(read_flags(c));
+    if (c->p.check_finite) {
+        size_t count = (size_t)(all_rows && rows_at >= 0 ? n : 1) * (size_t)c->m->cfg.vocab_size;
+        for (size_t i = 0; i < count; i++)
+            if (!isfinite(logits[i]))
+                return pldr_fail(PLDR_ERR_NONFINITE, "non-finite logits");
+    }
+    return PLDR_OK;
+}
+
+pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
+{
+    pldr_clear_error();
+    int rows_at;
+    TRY(run(c, ids, n, &rows_at));
+    if (rows_at < 0)
+        TRY(final_from_decode(c));
+    else
+        TRY(final_row(c, rows_at + n - 1));
+    TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
+               A_INT(c->m->cfg.vocab_size), A_MEM(c->next_id), A_MEM(c->flags), A_INT(flag_logits(c))));
+    cl_int id = 0;
+    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->next_id, CL_TRUE, 0, sizeof id, &id, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&c->m->ocl, err, "reading the next token");
+    TRY(read_flags(c));
+    *next_id = id;
+    return PLDR_OK;
+}
+
+/* ------------------------------------------------------------ context */
+
+static pldr_status make_kernels(pldr_context *c)
+{
+    struct {
+        cl_kernel *k;
+        const char *name;
+    } list[] = {
+        {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
+        {&c->k.half2f, "half_to_float"},     {&c->k.qkv_rope, "qkv_rope"},
+        {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
+        {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
+        {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
+        {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
+        {&c->k.gemv, "gemv"},                {&c->k.bias_rows, "add_bias_rows"},
+        {&c->k.argmax, "argmax"},
+    };
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
+        cl_int err;
+        *list[i].k = clCreateKernel(c->m->program, list[i].name, &err);
+        if (!*list[i].k) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "creating kernel %s", list[i].name);
+            return pldr_cl_fail(&c->m->ocl, err, msg);
+        }
+    }
+    return PLDR_OK;
+}
+
+static pldr_status ctx_buffer(pldr_context *c, cl_mem *b, size_t bytes, const char *what)
+{
+    return pldr_buffer(c->m, bytes, what, b, &c->device_bytes);
+}
+
+static pldr_status upload_rope(pldr_context *c)
+{
+    const pldr_config *cf = &c->m->cfg;
+    const int half = cf->head_dim / 2;
+    size_t n = (size_t)c->n_ctx * (size_t)half * 2;
+    float *tab = malloc(n * sizeof *tab);
+    if (!tab)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the RoPE table");
+    for (int p = 0; p < c->n_ctx; p++)
+        for (int i = 0; i < half; i++) {
+            double inv = pow(cf->rope_theta, -2.0 * i / cf->head_dim);
+            double ang = p * inv;
+            tab[((size_t)p * half + i) * 2] = (float)cos(ang);
+            tab[((size_t)p * half + i) * 2 + 1] = (float)sin(ang);
+        }
+    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
+    free(tab);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading the RoPE table");
+}
+
+/* A predefined G (custom_G_type) fills the G-cache once, from the checkpoint. */
+static pldr_status fill_predefined_g(pldr_context *c)
+{
+    const pldr_config *cf = &c->m->cfg;
+    if (cf->g_type == PLDR_G_LEARNED)
+        return PLDR_OK;
+    const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim * 4;
+    for (int l = 0; l < cf->n_layers; l++) {
+        cl_mem dst[3] = {c->g_a[l], c->g_alm[l], c->g_g[l]};
+        for (int i = 0; i < 3; i++) {
+            cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
+                                             hdd, 0, NULL, NULL);
+            if (err != CL_SUCCESS)
+                return pldr_cl_fail(&c->m->ocl, err, "copying the predefined G_LM");
+        }
+    }
+    return PLDR_OK;
+}
+
+static pldr_status context_alloc(pldr_context *c)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const size_t L = (size_t)cf->n_layers, d = (size_t)cf->d_model, F = (size_t)cf->d_ff;
+    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->vocab_size;
+    const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
+
+    /* what the context will need, checked before anything is allocated */
+    uint64_t need = 2 * L * T * d * 4 + 3 * L * hdd * 4 + T * (size_t)cf->head_dim * 4 +
+                    T * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 + LOGIT_CHUNK * V * 4 +
+                    (m->weight_half ? m->max_matrix_elems * 4 : 0);
+    uint64_t have = m->ocl.info.global_mem_bytes;
+    if (need + m->device_bytes > have)
+        return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
+                         "a context of %d tokens needs %.1f MiB of device memory beside the %.1f MiB of weights, "
+                         "but %s has %.1f MiB (try a smaller --ctx%s)",
+                         c->n_ctx, need / 1048576.0, m->device_bytes / 1048576.0, m->ocl.info.name,
+                         have / 1048576.0, m->weight_half ? "" : ", or --dtype f16");
+
+    c->k_cache = calloc(L, sizeof(cl_mem));
+    c->v_cache = calloc(L, sizeof(cl_mem));
+    c->g_a = calloc(L, sizeof(cl_mem));
+    c->g_alm = calloc(L, sizeof(cl_mem));
+    c->g_g = calloc(L, sizeof(cl_mem));
+    c->tokens = calloc(T, sizeof *c->tokens);
+    c->n_flags = 3 * (int)L + 2;
+    c->flags_host = calloc((size_t)c->n_flags, sizeof(int));
+    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens || !c->flags_host)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
+    for (size_t l = 0; l < L; l++) {
+        TRY(ctx_buffer(c, &c->k_cache[l], T * d * 4, "the K cache"));
+        TRY(ctx_buffer(c, &c->v_cache[l], T * d * 4, "the V cache"));
+        TRY(ctx_buffer(c, &c->g_a[l], hdd * 4, "the G-cache"));
+        TRY(ctx_buffer(c, &c->g_alm[l], hdd * 4, "the G-cache"));
+        TRY(ctx_buffer(c, &c->g_g[l], hdd * 4, "the G-cache"));
+    }
+    TRY(ctx_buffer(c, &c->rope, T * (size_t)cf->head_dim * 4, "the RoPE table"));
+    TRY(ctx_buffer(c, &c->ids, T * 4, "the token ids"));
+    cl_mem *td[] = {&c->x, &c->x1, &c->q, &c->qg, &c->att, &c->o};
+    for (size_t i = 0; i < sizeof td / sizeof td[0]; i++)
+        TRY(ctx_buffer(c, td[i], T * d * 4, "activations"));
+    TRY(ctx_buffer(c, &c->qkv, T * 3 * d * 4, "activations"));
+    TRY(ctx_buffer(c, &c->h, T * 2 * F * 4, "activations"));
+    TRY(ctx_buffer(c, &c->g, T * F * 4, "activations"));
+    TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
+    TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
+    TRY(ctx_buffer(c, &c->logits, LOGIT_CHUNK * V * 4, "the logits"));
+    TRY(ctx_buffer(c, &c->flags, (size_t)c->n_flags * 4, "the flags"));
+    TRY(ctx_buffer(c, &c->next_id, 4, "the next token"));
+    cl_mem *vec[] = {&c->s1, &c->s2, &c->xn, &c->x1n};
+    for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++)
+        TRY(ctx_buffer(c, vec[i], d * 4, "activations"));
+    if (m->weight_half)
+        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
+    return PLDR_OK;
+}
+
+pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, pldr_context **out)
+{
+    *out = NULL;
+    pldr_clear_error();
+    pldr_context_params defaults = pldr_context_default_params();
+    if (!params)
+        params = &defaults;
+    if (params->n_ctx < 0 || params->n_ctx > m->cfg.max_position)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "context size %d is outside [1, %d] (max_position_embeddings)",
+                         params->n_ctx, m->cfg.max_position);
+    if (params->cache_mode < PLDR_CACHE_NONE || params->cache_mode > PLDR_CACHE_KVG)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown cache mode %d", (int)params->cache_mode);
+    pldr_context *c = calloc(1, sizeof *c);
+    if (!c)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    c->m = m;
+    c->p = *params;
+    c->n_ctx = params->n_ctx ? params->n_ctx : m->cfg.max_position;
+    pldr_status st = make_kernels(c);
+    if (st == PLDR_OK)
+        st = context_alloc(c);
+    if (st == PLDR_OK)
+        st = upload_rope(c);
+    if (st == PLDR_OK)
+        st = fill_predefined_g(c);
+    if (st == PLDR_OK) {
+        cl_int err = clFinish(m->ocl.queue);
+        if (err != CL_SUCCESS)
+            st = pldr_cl_fail(&m->ocl, err, "preparing the context");
+    }
+    if (st != PLDR_OK) {
+        pldr_context_free(c);
+        return st;
+    }
+    pldr_context_reset(c);
+    *out = c;
+    return PLDR_OK;
+}
+
+static void release(cl_mem *b)
+{
+    if (*b)
+        clReleaseMemObject(*b);
+    *b = NULL;
+}
+
+void pldr_context_free(pldr_context *c)
+{
+    if (!c)
+        return;
+    clFinish(c->m->ocl.queue);
+    cl_mem **per_layer[] = {&c->k_cache, &c->v_cache, &c->g_a, &c->g_alm, &c->g_g};
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
+        cl_mem *arr = *per_layer[i];
+        if (arr)
+            for (int l = 0; l < c->m->cfg.n_layers; l++)
+                release(&arr[l]);
+        free(arr);
+    }
+    cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
+                        &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->next_id, &c->w_scratch,
+                        &c->s1, &c->s2, &c->xn, &c->x1n};
+    for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
+        release(single[i]);
+    cl_kernel *ks = (cl_kernel *)&c->k;
+    for (size_t i = 0; i < sizeof c->k / sizeof(cl_kernel); i++)
+        if (ks[i])
+            clReleaseKernel(ks[i]);
+    free(c->tokens);
+    free(c->flags_host);
+    free(c);
+}

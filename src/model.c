@@ -1,0 +1,396 @@
+/* Loading a checkpoint onto the device: config, tensor checks, kernel build,
+ * weight upload. The safetensors files are memory-mapped and unmapped once the
+ * weights are on the device, so the host keeps no copy of the model. */
+#include "config.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
+
+pldr_model_params pldr_model_default_params(void)
+{
+    pldr_model_params p;
+    memset(&p, 0, sizeof p);
+    p.weight_dtype = PLDR_DTYPE_F32;
+    return p;
+}
+
+const pldr_config *pldr_model_config(const pldr_model *m) { return &m->cfg; }
+const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.info; }
+uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
+uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
+
+pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter)
+{
+    *out = NULL;
+    if (bytes == 0)
+        bytes = 4;
+    if (bytes > m->ocl.info.max_alloc_bytes)
+        return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
+                         "%s needs %zu bytes in one buffer, more than the %llu bytes %s allows in one "
+                         "allocation (try a smaller --ctx, or --dtype f16)",
+                         what, bytes, (unsigned long long)m->ocl.info.max_alloc_bytes, m->ocl.info.name);
+    cl_int err;
+    *out = clCreateBuffer(m->ocl.context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (!*out) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "allocating %s (%zu bytes)", what, bytes);
+        return pldr_cl_fail(&m->ocl, err, msg);
+    }
+    if (counter)
+        *counter += bytes;
+    return PLDR_OK;
+}
+
+/* ------------------------------------------------------------------ upload */
+
+typedef struct loader {
+    pldr_model *m;
+    const st_archive *ar;
+    float *staging;    /* float32 of the largest tensor */
+    uint16_t *hstage;  /* its half conversion */
+    uint64_t done, total;
+    pldr_progress_fn progress;
+    void *progress_user;
+} loader;
+
+static const st_tensor *find_tensor(const loader *ld, const char *fmt, va_list ap)
+{
+    char name[256];
+    vsnprintf(name, sizeof name, fmt, ap);
+    const st_tensor *t = st_find(ld->ar, name);
+    if (!t)
+        pldr_fail(PLDR_ERR_FORMAT, "tensor %s is missing", name);
+    return t;
+}
+
+/* Writes tensor `name` (printf format) into buf at element offset off, as
+ * half when half is set, else float32. */
+static PLDR_PRINTF(5, 6) pldr_status put(loader *ld, cl_mem buf, size_t off, int half, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const st_tensor *t = find_tensor(ld, fmt, ap);
+    va_end(ap);
+    if (!t)
+        return PLDR_ERR_FORMAT;
+    pldr_status st = st_to_f32(t, ld->staging);
+    if (st != PLDR_OK)
+        return st;
+    size_t n = (size_t)t->n_elements;
+    const void *src = ld->staging;
+    size_t esz = 4;
+    if (half) {
+        for (size_t i = 0; i < n; i++)
+            ld->hstage[i] = pldr_float_to_half(ld->staging[i]);
+        src = ld->hstage;
+        esz = 2;
+    }
+    cl_int err = clEnqueueWriteBuffer(ld->m->ocl.queue, buf, CL_TRUE, off * esz, n * esz, src, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "uploading %s (%zu bytes)", t->name, n * esz);
+        return pldr_cl_fail(&ld->m->ocl, err, msg);
+    }
+    ld->done += t->nbytes;
+    if (ld->progress)
+        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
+    return PLDR_OK;
+}
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        pldr_status st_ = (x);                                                                     \
+        if (st_ != PLDR_OK)                                                                        \
+            return st_;                                                                            \
+    } while (0)
+
+static pldr_status alloc_f32(pldr_model *m, cl_mem *b, size_t n, const char *what)
+{
+    return pldr_buffer(m, n * 4, what, b, &m->device_bytes);
+}
+
+static pldr_status alloc_w(pldr_model *m, cl_mem *b, size_t n, const char *what)
+{
+    if (n > m->max_matrix_elems)
+        m->max_matrix_elems = n;
+    return pldr_buffer(m, n * (m->weight_half ? 2 : 4), what, b, &m->device_bytes);
+}
+
+static pldr_status load_layer(loader *ld, int l)
+{
+    pldr_model *m = ld->m;
+    const pldr_config *c = &m->cfg;
+    pldr_layer *ly = &m->layers[l];
+    const size_t d = (size_t)c->d_model, F = (size_t)c->d_ff, dk = (size_t)c->head_dim;
+    const size_t H = (size_t)c->n_heads, Fa = (size_t)c->a_dff;
+    const size_t RD = (size_t)c->n_reslayer_a * (size_t)c->n_dense_a;
+    const int hw = m->weight_half;
+    const char *p = "decoder.dec_layers";
+
+    TRY(alloc_w(m, &ly->wqkv, 3 * d * d, "the Q/K/V projection weights"));
+    TRY(alloc_f32(m, &ly->bqkv, 3 * d, "the Q/K/V projection biases"));
+    const char *qkv[3] = {"wq", "wk", "wv"};
+    for (int i = 0; i < 3; i++) {
+        TRY(put(ld, ly->wqkv, i * d * d, hw, "%s.%d.mha1.%s.weight", p, l, qkv[i]));
+        TRY(put(ld, ly->bqkv, i * d, 0, "%s.%d.mha1.%s.bias", p, l, qkv[i]));
+    }
+    TRY(alloc_w(m, &ly->wo, d * d, "the attention output weights"));
+    TRY(alloc_f32(m, &ly->bo, d, "the attention output bias"));
+    TRY(put(ld, ly->wo, 0, hw, "%s.%d.mha1.dense.weight", p, l));
+    TRY(put(ld, ly->bo, 0, 0, "%s.%d.mha1.dense.bias", p, l));
+
+    cl_mem *lns[4] = {&ly->ln1_w, &ly->ln1_b, &ly->ln2_w, &ly->ln2_b};
+    const char *lnn[4] = {"layernorm1.weight", "layernorm1.bias", "layernorm2.weight", "layernorm2.bias"};
+    for (int i = 0; i < 4; i++) {
+        TRY(alloc_f32(m, lns[i], d, "a layer norm"));
+        TRY(put(ld, *lns[i], 0, 0, "%s.%d.%s", p, l, lnn[i]));
+    }
+
+    TRY(alloc_w(m, &ly->w12, 2 * F * d, "the feed-forward input weights"));
+    TRY(alloc_f32(m, &ly->b12, 2 * F, "the feed-forward input biases"));
+    TRY(put(ld, ly->w12, 0, hw, "%s.%d.ffn.gluw1.weight", p, l));
+    TRY(put(ld, ly->w12, F * d, hw, "%s.%d.ffn.gluw2.weight", p, l));
+    TRY(put(ld, ly->b12, 0, 0, "%s.%d.ffn.gluw1.bias", p, l));
+    TRY(put(ld, ly->b12, F, 0, "%s.%d.ffn.gluw2.bias", p, l));
+    TRY(alloc_w(m, &ly->w3, d * F, "the feed-forward output weights"));
+    TRY(alloc_f32(m, &ly->b3, d, "the feed-forward output bias"));
+    TRY(put(ld, ly->w3, 0, hw, "%s.%d.ffn.gluw3.weight", p, l));
+    TRY(put(ld, ly->b3, 0, 0, "%s.%d.ffn.gluw3.bias", p, l));
+
+    if (c->g_type != PLDR_G_LEARNED) {
+        TRY(alloc_f32(m, &ly->past_g, 3 * H * dk * dk, "the predefined G_LM"));
+        /* decoder.past_G_values is [L, 3, 1, H, dk, dk]: layer l is one slab */
+        const st_tensor *t = st_find(ld->ar, "decoder.past_G_values");
+        if (!t)
+            return pldr_fail(PLDR_ERR_FORMAT, "tensor decoder.past_G_values is missing");
+        size_t slab = 3 * H * dk * dk;
+        if (l == 0)
+            TRY(st_to_f32(t, ld->staging));
+        cl_int err = clEnqueueWriteBuffer(m->ocl.queue, ly->past_g, CL_TRUE, 0, slab * 4,
+                                          ld->staging + (size_t)l * slab, 0, NULL, NULL);
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&m->ocl, err, "uploading decoder.past_G_values");
+        return PLDR_OK;
+    }
+
+    TRY(alloc_f32(m, &ly->a_ln_w, dk, "the metric learner"));
+    TRY(alloc_f32(m, &ly->a_ln_b, dk, "the metric learner"));
+    TRY(put(ld, ly->a_ln_w, 0, 0, "%s.%d.mha1.layernorm1.weight", p, l));
+    TRY(put(ld, ly->a_ln_b, 0, 0, "%s.%d.mha1.layernorm1.bias", p, l));
+    TRY(alloc_f32(m, &ly->ml_w12, RD * 2 * Fa * dk, "the metric learner"));
+    TRY(alloc_f32(m, &ly->ml_b12, RD * 2 * Fa, "the metric learner"));
+    TRY(alloc_f32(m, &ly->ml_w3, RD * dk * Fa, "the metric learner"));
+    TRY(alloc_f32(m, &ly->ml_b3, RD * dk, "the metric learner"));
+    TRY(alloc_f32(m, &ly->ml_ln_w, (size_t)c->n_reslayer_a * dk, "the metric learner"));
+    TRY(alloc_f32(m, &ly->ml_ln_b, (size_t)c->n_reslayer_a * dk, "the metric learner"));
+    const char *ra = "mha1.reslayerAs";
+    for (int r = 0; r < c->n_reslayer_a; r++) {
+        for (int k = 0; k < c->n_dense_a; k++) {
+            size_t u = (size_t)r * (size_t)c->n_dense_a + (size_t)k;
+            TRY(put(ld, ly->ml_w12, u * 2 * Fa * dk, 0, "%s.%d.%s.%d.denseAs.%d.gluw1.weight", p, l, ra, r, k));
+            TRY(put(ld, ly->ml_w12, (u * 2 + 1) * Fa * dk, 0, "%s.%d.%s.%d.denseAs.%d.gluw2.weight", p, l, ra, r, k));
+            TRY(put(ld, ly->ml_b12, u * 2 * Fa, 0, "%s.%d.%s.%d.denseAs.%d.gluw1.bias", p, l, ra, r, k));
+            TRY(put(ld, ly->ml_b12, (u * 2 + 1) * Fa, 0, "%s.%d.%s.%d.denseAs.%d.gluw2.bias", p, l, ra, r, k));
+            TRY(put(ld, ly->ml_w3, u * dk * Fa, 0, "%s.%d.%s.%d.denseAs.%d.gluw3.weight", p, l, ra, r, k));
+            TRY(put(ld, ly->ml_b3, u * dk, 0, "%s.%d.%s.%d.denseAs.%d.gluw3.bias", p, l, ra, r, k));
+        }
+        TRY(put(ld, ly->ml_ln_w, (size_t)r * dk, 0, "%s.%d.%s.%d.layernormA.weight", p, l, ra, r));
+        TRY(put(ld, ly->ml_ln_b, (size_t)r * dk, 0, "%s.%d.%s.%d.layernormA.bias", p, l, ra, r));
+    }
+    TRY(alloc_f32(m, &ly->plga, 5 * H * dk * dk, "the PLGA parameters"));
+    const char *pl[5] = {"Wlst", "blst", "pwlst", "alst", "balst"};
+    for (int i = 0; i < 5; i++)
+        TRY(put(ld, ly->plga, (size_t)i * H * dk * dk, 0, "%s.%d.mha1.plgatt_layer.%s", p, l, pl[i]));
+    return PLDR_OK;
+}
+
+static pldr_status load_weights(loader *ld)
+{
+    pldr_model *m = ld->m;
+    const pldr_config *c = &m->cfg;
+    const size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size;
+    const int hw = m->weight_half;
+    TRY(alloc_w(m, &m->emb, V * d, "the token embedding"));
+    TRY(put(ld, m->emb, 0, hw, "decoder.embedding.weight"));
+    TRY(alloc_f32(m, &m->ln0_w, d, "the embedding layer norm"));
+    TRY(alloc_f32(m, &m->ln0_b, d, "the embedding layer norm"));
+    TRY(put(ld, m->ln0_w, 0, 0, "decoder.layernorm1.weight"));
+    TRY(put(ld, m->ln0_b, 0, 0, "decoder.layernorm1.bias"));
+    for (int l = 0; l < c->n_layers; l++)
+        TRY(load_layer(ld, l));
+    TRY(alloc_w(m, &m->wf, V * d, "the final layer"));
+    TRY(alloc_f32(m, &m->bf, V, "the final layer bias"));
+    TRY(put(ld, m->wf, 0, hw, "final_layer.weight"));
+    TRY(put(ld, m->bf, 0, 0, "final_layer.bias"));
+    return PLDR_OK;
+}
+
+/* ------------------------------------------------------------------ model */
+
+static int pow2_at_most(size_t limit, int want)
+{
+    int v = want;
+    while (v > 1 && (size_t)v > limit)
+        v /= 2;
+    return v;
+}
+
+static void choose_work_groups(pldr_model *m)
+{
+    const pldr_device_info *d = &m->ocl.info;
+    int cpu = strcmp(d->type, "CPU") == 0;
+    size_t lim = d->max_work_group_size ? d->max_work_group_size : 64;
+    m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
+    m->att_wg = pow2_at_most(lim, 64);
+    m->ml_wg = pow2_at_most(lim, 64);
+    m->gemv_wg = pow2_at_most(lim, cpu ? 64 : 256);
+    m->gemv_rows = cpu ? 4 : 8;
+    while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
+        m->gemv_rows /= 2;
+}
+
+static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
+{
+    const pldr_device_info *d = &m->ocl.info;
+    if (weight_bytes > d->global_mem_bytes)
+        return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
+                         "the weights need %.1f MiB but %s has %.1f MiB of global memory%s",
+                         weight_bytes / 1048576.0, d->name, d->global_mem_bytes / 1048576.0,
+                         m->weight_half ? "" : " (try --dtype f16)");
+    return PLDR_OK;
+}
+
+pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pldr_model **out)
+{
+    *out = NULL;
+    pldr_clear_error();
+    pldr_model_params defaults = pldr_model_default_params();
+    if (!params)
+        params = &defaults;
+    if (!dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
+    pldr_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    st_archive ar;
+    memset(&ar, 0, sizeof ar);
+    loader ld;
+    memset(&ld, 0, sizeof ld);
+    char *cfg_path = pldr_path_join(dir, "config.json");
+    pldr_status st = cfg_path ? pldr_config_load(cfg_path, &m->cfg) : PLDR_ERR_HOST_MEMORY;
+    free(cfg_path);
+    if (st == PLDR_OK)
+        st = st_open_dir(dir, &ar);
+    if (st == PLDR_OK)
+        st = pldr_checkpoint_check(&m->cfg, &ar, dir);
+    if (st == PLDR_OK)
+        st = pldr_ocl_open(params->device, &m->ocl);
+    if (st != PLDR_OK)
+        goto fail;
+    m->weight_half = params->weight_dtype == PLDR_DTYPE_F16;
+    choose_work_groups(m);
+
+    const pldr_config *c = &m->cfg;
+    uint64_t total_bytes = 0;
+    size_t max_elems = 0;
+    for (size_t i = 0; i < ar.n_tensors; i++) {
+        const st_tensor *t = &ar.tensors[i];
+        if (strcmp(t->name, "decoder.past_G_values") != 0)
+            m->n_params += t->n_elements;
+        total_bytes += t->nbytes;
+        if (t->n_elements > max_elems)
+            max_elems = (size_t)t->n_elements;
+    }
+    /* the matrices stored in the weight dtype: embedding, final layer, and per
+     * layer Q/K/V, dense and the three FFN matrices */
+    const uint64_t d = (uint64_t)c->d_model, F = (uint64_t)c->d_ff;
+    uint64_t matrix_elems = 2 * (uint64_t)c->vocab_size * d + (uint64_t)c->n_layers * (4 * d * d + 3 * F * d);
+    uint64_t weight_bytes = m->n_params * 4 - (m->weight_half ? matrix_elems * 2 : 0);
+    if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
+        goto fail;
+
+    char options[1024];
+    snprintf(options, sizeof options,
+             "-cl-std=CL1.2 -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
+             "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
+             "-DGEMV_WG=%d -DGEMV_ROWS=%d",
+             c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
+             c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
+             m->ml_wg, m->gemv_wg, m->gemv_rows);
+    st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
+                        params->progress_user, &m->program);
+    if (st != PLDR_OK)
+        goto fail;
+
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    ld.m = m;
+    ld.ar = &ar;
+    ld.staging = malloc(max_elems * sizeof(float));
+    ld.hstage = m->weight_half ? malloc(max_elems * sizeof(uint16_t)) : NULL;
+    ld.total = total_bytes;
+    ld.progress = params->progress;
+    ld.progress_user = params->progress_user;
+    if (!m->layers || !ld.staging || (m->weight_half && !ld.hstage)) {
+        st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory while loading %s", dir);
+        goto fail;
+    }
+    st = load_weights(&ld);
+    if (st != PLDR_OK) {
+        pldr_fail_prefix(st, "%s", dir);
+        goto fail;
+    }
+    free(ld.staging);
+    free(ld.hstage);
+    st_close(&ar);
+    *out = m;
+    return PLDR_OK;
+
+fail:
+    free(ld.staging);
+    free(ld.hstage);
+    st_close(&ar);
+    pldr_model_free(m);
+    return st;
+}
+
+static void release(cl_mem *b)
+{
+    if (*b)
+        clReleaseMemObject(*b);
+    *b = NULL;
+}
+
+void pldr_model_free(pldr_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            pldr_layer *ly = &m->layers[l];
+            cl_mem *all[] = {&ly->wqkv, &ly->bqkv, &ly->wo, &ly->bo, &ly->ln1_w, &ly->ln1_b,
+                             &ly->ln2_w, &ly->ln2_b, &ly->w12, &ly->b12, &ly->w3, &ly->b3,
+                             &ly->a_ln_w, &ly->a_ln_b, &ly->ml_w12, &ly->ml_b12, &ly->ml_w3,
+                             &ly->ml_b3, &ly->ml_ln_w, &ly->ml_ln_b, &ly->plga, &ly->past_g};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+                release(all[i]);
+        }
+        free(m->layers);
+    }
+    release(&m->emb);
+    release(&m->ln0_w);
+    release(&m->ln0_b);
+    release(&m->wf);
+    release(&m->bf);
+    if (m->program)
+        clReleaseProgram(m->program);
+    pldr_ocl_close(&m->ocl);
+    free(m);
+}

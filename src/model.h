@@ -1,0 +1,44 @@
+/* Internal layout of a loaded model and of an inference context. */
+#ifndef PLDR_MODEL_H
+#define PLDR_MODEL_H
+
+#include "ocl.h"
+#include "pldr.h"
+
+/* Device weights of one decoder layer. The large matrices (wqkv, wo, w12,
+ * w3) are in the model's weight dtype; everything else is float32. */
+typedef struct pldr_layer {
+    cl_mem wqkv, bqkv; /* [3d, d] = wq; wk; wv, and [3d] */
+    cl_mem wo, bo;     /* mha1.dense [d, d], [d] */
+    cl_mem ln1_w, ln1_b, ln2_w, ln2_b; /* layer.layernorm1/2 [d] */
+    cl_mem w12, b12;   /* ffn.gluw1; gluw2 [2F, d], [2F] */
+    cl_mem w3, b3;     /* ffn.gluw3 [d, F], [d] */
+    /* metric learner, absent for a predefined G */
+    cl_mem a_ln_w, a_ln_b;   /* mha1.layernorm1 [dk] */
+    cl_mem ml_w12, ml_b12;   /* [R*D, 2*Fa, dk], [R*D, 2*Fa] */
+    cl_mem ml_w3, ml_b3;     /* [R*D, dk, Fa], [R*D, dk] */
+    cl_mem ml_ln_w, ml_ln_b; /* reslayerAs.j.layernormA [R, dk] */
+    cl_mem plga;             /* Wlst, blst, pwlst, alst, balst: [5, H, dk, dk] */
+    cl_mem past_g;           /* predefined [A, A_LM, G_LM]: [3, H, dk, dk] */
+} pldr_layer;
+
+struct pldr_model {
+    pldr_config cfg;
+    pldr_ocl ocl;
+    cl_program program;
+    int weight_half;
+    cl_mem emb;            /* [V, d], weight dtype */
+    cl_mem ln0_w, ln0_b;   /* decoder.layernorm1 */
+    cl_mem wf, bf;         /* final_layer [V, d] (weight dtype), [V] */
+    pldr_layer *layers;
+    uint64_t n_params;
+    uint64_t device_bytes;
+    size_t max_matrix_elems; /* largest weight matrix, for the f16 prefill scratch */
+    /* work-group sizes chosen for the device (also passed as -D defines) */
+    int row_wg, att_wg, ml_wg, gemv_wg, gemv_rows;
+};
+
+/* Creates a device buffer, recording its size in *counter when given. */
+pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter);
+
+#endif
