@@ -148,6 +148,10 @@ const pldr_config *pldr_model_config(const pldr_model *model);
 const pldr_device_info *pldr_model_device(const pldr_model *model);
 /* Number of parameters (weights and biases) in the checkpoint. */
 uint64_t pldr_model_n_params(const pldr_model *model);
+/* A 64-bit fingerprint of the config and every weight byte (crc32 of the
+ * tensor data combined with a hash of the config and tensor names), used to
+ * match sessions and caches to the model that made them. */
+uint64_t pldr_model_fingerprint(const pldr_model *model);
 /* Bytes of device memory held by the weights. */
 uint64_t pldr_model_device_bytes(const pldr_model *model);
 
@@ -177,6 +181,37 @@ uint64_t pldr_context_device_bytes(const pldr_context *ctx);
  * logits: NULL, or room for n_rows x vocab_size floats where n_rows is n if
  * all_rows is non-zero, else 1 (the last token's logits). */
 pldr_status pldr_eval(pldr_context *ctx, const int32_t *ids, int n, float *logits, int all_rows);
+
+/* The G-cache: per layer [A, A_LM, G_LM], each [H, dk, dk], as one float32
+ * array [L, 3, H, dk, dk]. A is the metric learner's output (the input of
+ * A_LM = iSwiGLU(W A + b) + 1e-9). Valid after the first eval (for a
+ * predefined or external G, from the start); in mode NONE it holds the last
+ * forward's tensors. */
+pldr_status pldr_context_get_gcache(pldr_context *ctx, float *out);
+/* Replaces the metric learner with given tensors from the first forward on,
+ * in every mode (the paper's predefined G_LM). g_lm is [L, H, dk, dk]; a and
+ * a_lm may be NULL (then stored as zeros: they only feed reports). The
+ * context keeps using them until pldr_context_clear_external_g. */
+pldr_status pldr_context_set_external_g(pldr_context *ctx, const float *a, const float *a_lm, const float *g_lm);
+void pldr_context_clear_external_g(pldr_context *ctx);
+
+/* Snapshot of a context for sessions: the tokens, K and V of every layer for
+ * the first n_past positions, and the G-cache. */
+typedef struct pldr_state {
+    int n_past;
+    int g_valid;     /* the G-cache is in use */
+    int external_g;  /* it came from pldr_context_set_external_g */
+    int32_t *tokens; /* [n_past] */
+    float *k, *v;    /* [L, n_past, d] */
+    float *gcache;   /* [L, 3, H, dk, dk] */
+} pldr_state;
+
+/* Copies the context's state to host memory (free with pldr_state_free). */
+pldr_status pldr_context_get_state(pldr_context *ctx, pldr_state *state);
+/* Restores a state taken from a context of the same model and cache mode. */
+pldr_status pldr_context_set_state(pldr_context *ctx, const pldr_state *state);
+void pldr_state_free(pldr_state *state);
+pldr_cache_mode pldr_context_cache_mode(const pldr_context *ctx);
 
 /* As pldr_eval, but returns only the argmax of the last row, computed on the
  * device (greedy decoding without reading the logits back). */

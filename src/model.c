@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zlib.h>
+
 #include "checkpoint.h"
 #include "model.h"
 #include "safetensors.h"
@@ -26,6 +28,7 @@ const pldr_config *pldr_model_config(const pldr_model *m) { return &m->cfg; }
 const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.info; }
 uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
 uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
+uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
 
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter)
 {
@@ -301,14 +304,29 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     const pldr_config *c = &m->cfg;
     uint64_t total_bytes = 0;
     size_t max_elems = 0;
+    char canon[512];
+    int canon_len = snprintf(canon, sizeof canon, "%d %d %d %d %d %d %d %d %d %d %.17g %.17g %d %d",
+                             c->n_layers, c->d_model, c->n_heads, c->head_dim, c->d_ff, c->n_reslayer_a,
+                             c->n_dense_a, c->a_dff, c->vocab_size, c->max_position, c->layer_norm_eps,
+                             c->rope_theta, c->reference_rope, (int)c->g_type);
+    uint64_t h = pldr_fnv1a(PLDR_FNV_INIT, canon, (size_t)canon_len);
     for (size_t i = 0; i < ar.n_tensors; i++) {
         const st_tensor *t = &ar.tensors[i];
+        h = pldr_fnv1a(h, t->name, strlen(t->name) + 1);
+        h = pldr_fnv1a(h, &t->dtype, sizeof t->dtype);
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (uint64_t o = 0; o < t->nbytes; o += 1u << 30) {
+            uint64_t len = t->nbytes - o < (1u << 30) ? t->nbytes - o : (1u << 30);
+            crc = crc32(crc, t->data + o, (uInt)len);
+        }
+        h = pldr_fnv1a(h, &crc, sizeof crc);
         if (strcmp(t->name, "decoder.past_G_values") != 0)
             m->n_params += t->n_elements;
         total_bytes += t->nbytes;
         if (t->n_elements > max_elems)
             max_elems = (size_t)t->n_elements;
     }
+    m->fingerprint = h;
     /* the matrices stored in the weight dtype: embedding, final layer, and per
      * layer Q/K/V, dense and the three FFN matrices */
     const uint64_t d = (uint64_t)c->d_model, F = (uint64_t)c->d_ff;

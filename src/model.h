@@ -32,6 +32,7 @@ struct pldr_model {
     cl_mem wf, bf;         /* final_layer [V, d] (weight dtype), [V] */
     pldr_layer *layers;
     uint64_t n_params;
+    uint64_t fingerprint;
     uint64_t device_bytes;
     size_t max_matrix_elems; /* largest weight matrix, for the f16 prefill scratch */
     /* work-group sizes chosen for the device (also passed as -D defines) */
