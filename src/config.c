@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_parse.h"
 #include "pldr.h"
 #include "util.h"
 
@@ -287,6 +288,28 @@ static void set_defaults(pldr_config *c)
     c->pad_token_id = 0;
 }
 
+pldr_status pldr_config_parse(const char *json, size_t len, const char *label, pldr_config *config)
+{
+    if (!json || !label || !config)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_config_parse: NULL argument");
+    json_error_t err;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", label, err.text,
+                         err.line, err.column);
+    pldr_config c;
+    set_defaults(&c);
+    pldr_status st;
+    if (!json_is_object(root))
+        st = pldr_fail(PLDR_ERR_FORMAT, "%s: not a JSON object", label);
+    else
+        st = read_config(&(cfg_reader){label, root}, &c);
+    json_decref(root);
+    if (st == PLDR_OK)
+        *config = c;
+    return st;
+}
+
 pldr_status pldr_config_load(const char *path, pldr_config *config)
 {
     if (!path || !config)
@@ -296,20 +319,7 @@ pldr_status pldr_config_load(const char *path, pldr_config *config)
     pldr_status st = pldr_read_file(path, CONFIG_MAX_BYTES, &text, &len);
     if (st != PLDR_OK)
         return st;
-    json_error_t err;
-    json_t *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &err);
+    st = pldr_config_parse((const char *)text, len, path, config);
     free(text);
-    if (!root)
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, err.text,
-                         err.line, err.column);
-    pldr_config c;
-    set_defaults(&c);
-    if (!json_is_object(root))
-        st = pldr_fail(PLDR_ERR_FORMAT, "%s: not a JSON object", path);
-    else
-        st = read_config(&(cfg_reader){path, root}, &c);
-    json_decref(root);
-    if (st == PLDR_OK)
-        *config = c;
     return st;
 }

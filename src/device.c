@@ -237,8 +237,9 @@ static int resolve(const char *spec, const pldr_device_info *infos, int n)
             return (int)a;
     } else {
         for (int i = 0; i < n; i++) {
-            char both[300];
-            snprintf(both, sizeof both, "%s %s", infos[i].platform, infos[i].name);
+            char both[600];
+            snprintf(both, sizeof both, "%s %s %s %s", infos[i].platform, infos[i].platform_version,
+                     infos[i].vendor, infos[i].name);
             if (contains_nocase(both, spec))
                 return i;
         }

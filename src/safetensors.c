@@ -448,6 +448,165 @@ pldr_status st_open_file(const char *path, st_archive *ar)
 }
 
 /* ------------------------------------------------------------------ */
+/* The index (model.safetensors.index.json)                            */
+
+/* A shard must be a plain file name inside the checkpoint directory. */
+static pldr_status check_shard_name(const json_t *v, const char *label, const char *tensor)
+{
+    if (!json_is_string(v))
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: weight_map entry \"%s\" is not a string", label, tensor);
+    const char *s = json_string_value(v);
+    if (s[0] == '\0' || strlen(s) != json_string_length(v) || strchr(s, '/') ||
+        strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        return pldr_fail(PLDR_ERR_FORMAT,
+                         "%s: weight_map entry \"%s\": shard \"%s\" is not a plain file name in the "
+                         "checkpoint directory",
+                         label, tensor, s);
+    return PLDR_OK;
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int compare_entries_by_name(const void *a, const void *b)
+{
+    return strcmp((*(st_index_entry *const *)a)->tensor, (*(st_index_entry *const *)b)->tensor);
+}
+
+static int shard_of(const st_index *ix, const char *name)
+{
+    char *const *hit = bsearch(&name, ix->shards, (size_t)ix->n_shards, sizeof *ix->shards, compare_strings);
+    return hit ? (int)(hit - ix->shards) : -1;
+}
+
+static const st_index_entry *index_find(const st_index *ix, const char *tensor)
+{
+    st_index_entry key = {(char *)tensor, 0}, *kp = &key;
+    st_index_entry *const *hit =
+        bsearch(&kp, ix->by_name, ix->n_entries, sizeof *ix->by_name, compare_entries_by_name);
+    return hit ? *hit : NULL;
+}
+
+/* Copies the names out of weight_map (already checked): the entries in file
+ * order, the distinct shard names sorted, each entry pointing at its shard. */
+static pldr_status build_index(json_t *weight_map, const char *label, st_index *ix)
+{
+    size_t n = json_object_size(weight_map);
+    ix->entries = calloc(n, sizeof *ix->entries);
+    ix->by_name = calloc(n, sizeof *ix->by_name);
+    ix->shards = calloc(n, sizeof *ix->shards);
+    if (!ix->entries || !ix->by_name || !ix->shards)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: out of memory", label);
+    const char *key;
+    json_t *value;
+    json_object_foreach(weight_map, key, value) {
+        st_index_entry *e = &ix->entries[ix->n_entries];
+        char *shard = pldr_strdup(json_string_value(value));
+        e->tensor = pldr_strdup(key);
+        if (e->tensor)
+            ix->by_name[ix->n_entries++] = e;
+        if (shard)
+            ix->shards[ix->n_shards++] = shard;
+        if (!e->tensor || !shard)
+            return pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: out of memory", label);
+    }
+    qsort(ix->by_name, ix->n_entries, sizeof *ix->by_name, compare_entries_by_name);
+    qsort(ix->shards, (size_t)ix->n_shards, sizeof *ix->shards, compare_strings);
+    int distinct = 0;
+    for (int i = 0; i < ix->n_shards; i++) {
+        if (distinct > 0 && strcmp(ix->shards[distinct - 1], ix->shards[i]) == 0)
+            free(ix->shards[i]);
+        else
+            ix->shards[distinct++] = ix->shards[i];
+    }
+    ix->n_shards = distinct;
+    for (size_t i = 0; i < ix->n_entries; i++)
+        ix->entries[i].shard = shard_of(ix, json_string_value(json_object_get(weight_map, ix->entries[i].tensor)));
+    return PLDR_OK;
+}
+
+pldr_status st_index_parse(const char *json, size_t len, const char *label, st_index *ix)
+{
+    memset(ix, 0, sizeof *ix);
+    json_error_t err;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        return json_failure(label, "index", &err);
+    json_t *weight_map = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
+    pldr_status st = PLDR_OK;
+    if (!json_is_object(weight_map))
+        st = pldr_fail(PLDR_ERR_FORMAT, "%s: \"weight_map\" is missing or not an object", label);
+    else if (json_object_size(weight_map) == 0)
+        st = pldr_fail(PLDR_ERR_FORMAT, "%s: \"weight_map\" is empty", label);
+    else if (json_object_size(weight_map) > INT32_MAX)
+        st = pldr_fail(PLDR_ERR_UNSUPPORTED, "%s: too many weight_map entries", label);
+    const char *key;
+    json_t *value;
+    if (st == PLDR_OK) {
+        json_object_foreach(weight_map, key, value) {
+            if ((st = check_shard_name(value, label, key)) != PLDR_OK)
+                break;
+        }
+    }
+    if (st == PLDR_OK)
+        st = build_index(weight_map, label, ix);
+    json_decref(root);
+    if (st != PLDR_OK)
+        st_index_free(ix);
+    return st;
+}
+
+void st_index_free(st_index *ix)
+{
+    for (size_t i = 0; ix->entries && i < ix->n_entries; i++)
+        free(ix->entries[i].tensor);
+    for (int i = 0; ix->shards && i < ix->n_shards; i++)
+        free(ix->shards[i]);
+    free(ix->entries);
+    free(ix->by_name);
+    free(ix->shards);
+    memset(ix, 0, sizeof *ix);
+}
+
+/* weight_map and the shards must agree exactly: each listed tensor is in its
+ * shard, and no shard holds a tensor the map does not list. */
+pldr_status st_index_check(const st_index *ix, const st_archive *ar, const char *label)
+{
+    for (size_t i = 0; i < ar->n_tensors; i++) {
+        int f = ar->tensors[i].file;
+        if (f < 0 || f >= ix->n_shards)
+            return pldr_fail(PLDR_ERR_INVALID_ARGUMENT,
+                             "%s: st_index_check: tensor \"%s\" comes from file %d, not one of the %d shards",
+                             label, ar->tensors[i].name, f, ix->n_shards);
+    }
+    for (size_t i = 0; i < ix->n_entries; i++) {
+        const st_index_entry *e = &ix->entries[i];
+        const char *shard = ix->shards[e->shard];
+        const st_tensor *t = st_find(ar, e->tensor);
+        if (!t)
+            return pldr_fail(PLDR_ERR_FORMAT, "%s: tensor \"%s\" listed in weight_map is not in %s",
+                             label, e->tensor, shard);
+        if (t->file != e->shard)
+            return pldr_fail(PLDR_ERR_FORMAT,
+                             "%s: tensor \"%s\" is listed in weight_map for %s but is stored in %s", label,
+                             e->tensor, shard, ix->shards[t->file]);
+    }
+    /* every listed tensor was found, and names are unique: equal counts mean no extra */
+    if (ar->n_tensors == ix->n_entries)
+        return PLDR_OK;
+    for (size_t i = 0; i < ar->n_tensors; i++) {
+        const st_tensor *t = &ar->tensors[i];
+        if (!index_find(ix, t->name))
+            return pldr_fail(PLDR_ERR_FORMAT, "%s: tensor \"%s\" is not listed in the weight_map of %s",
+                             t->file < ar->n_files ? ar->files[t->file].path : ix->shards[t->file],
+                             t->name, label);
+    }
+    return PLDR_OK;
+}
+
+/* ------------------------------------------------------------------ */
 /* Checkpoint directories                                              */
 
 static int path_exists(const char *path)
@@ -457,63 +616,11 @@ static int path_exists(const char *path)
     return stat(path, &sb) == 0 || errno != ENOENT;
 }
 
-/* A shard must be a plain file name inside the checkpoint directory. */
-static pldr_status check_shard_name(const json_t *v, const char *index, const char *tensor)
+/* Opens the shards in the order of ix->shards, so that file i is shard i. */
+static pldr_status open_shards(const char *dir, const char *index, const st_index *ix, st_archive *ar)
 {
-    if (!json_is_string(v))
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: weight_map entry \"%s\" is not a string", index, tensor);
-    const char *s = json_string_value(v);
-    if (s[0] == '\0' || strlen(s) != json_string_length(v) || strchr(s, '/') ||
-        strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-        return pldr_fail(PLDR_ERR_FORMAT,
-                         "%s: weight_map entry \"%s\": shard \"%s\" is not a plain file name in the "
-                         "checkpoint directory",
-                         index, tensor, s);
-    return PLDR_OK;
-}
-
-static int compare_strings(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* Collects the distinct shard names of weight_map, sorted. */
-static pldr_status list_shards(json_t *weight_map, const char *index, const char ***shards, int *n_shards)
-{
-    size_t n = json_object_size(weight_map);
-    const char **names = malloc(n * sizeof *names);
-    if (!names)
-        return pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: out of memory", index);
-    size_t i = 0;
-    const char *key;
-    json_t *value;
-    json_object_foreach(weight_map, key, value) {
-        pldr_status st = check_shard_name(value, index, key);
-        if (st != PLDR_OK) {
-            free(names);
-            return st;
-        }
-        names[i++] = json_string_value(value);
-    }
-    qsort(names, n, sizeof *names, compare_strings);
-    size_t distinct = 0;
-    for (i = 0; i < n; i++)
-        if (distinct == 0 || strcmp(names[distinct - 1], names[i]) != 0)
-            names[distinct++] = names[i];
-    if (distinct > INT32_MAX) {
-        free(names);
-        return pldr_fail(PLDR_ERR_UNSUPPORTED, "%s: too many shards", index);
-    }
-    *shards = names;
-    *n_shards = (int)distinct;
-    return PLDR_OK;
-}
-
-static pldr_status open_shards(const char *dir, const char *index, const char **shards, int n,
-                               st_archive *ar)
-{
-    for (int i = 0; i < n; i++) {
-        char *path = pldr_path_join(dir, shards[i]);
+    for (int i = 0; i < ix->n_shards; i++) {
+        char *path = pldr_path_join(dir, ix->shards[i]);
         if (!path)
             return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
         pldr_status st = st_open_file(path, ar);
@@ -527,36 +634,6 @@ static pldr_status open_shards(const char *dir, const char *index, const char **
     return PLDR_OK;
 }
 
-/* weight_map and the shards must agree exactly: each listed tensor is in its
- * shard, and no shard holds a tensor the map does not list. */
-static pldr_status check_weight_map(json_t *weight_map, const char **shards, const char *index,
-                                    const st_archive *ar)
-{
-    const char *key;
-    json_t *value;
-    json_object_foreach(weight_map, key, value) {
-        const char *shard = json_string_value(value);
-        const st_tensor *t = st_find(ar, key);
-        if (!t)
-            return pldr_fail(PLDR_ERR_FORMAT, "%s: tensor \"%s\" listed in weight_map is not in %s",
-                             index, key, shard);
-        if (strcmp(shards[t->file], shard) != 0)
-            return pldr_fail(PLDR_ERR_FORMAT,
-                             "%s: tensor \"%s\" is listed in weight_map for %s but is stored in %s", index,
-                             key, shard, shards[t->file]);
-    }
-    /* every listed tensor was found, and names are unique: equal counts mean no extra */
-    if (ar->n_tensors == json_object_size(weight_map))
-        return PLDR_OK;
-    for (size_t i = 0; i < ar->n_tensors; i++) {
-        const st_tensor *t = &ar->tensors[i];
-        if (!json_object_get(weight_map, t->name))
-            return pldr_fail(PLDR_ERR_FORMAT, "%s: tensor \"%s\" is not listed in the weight_map of %s",
-                             ar->files[t->file].path, t->name, index);
-    }
-    return PLDR_OK;
-}
-
 static pldr_status open_sharded(const char *dir, const char *index, st_archive *ar)
 {
     unsigned char *text = NULL;
@@ -564,26 +641,15 @@ static pldr_status open_sharded(const char *dir, const char *index, st_archive *
     pldr_status st = pldr_read_file(index, ST_MAX_HEADER, &text, &len);
     if (st != PLDR_OK)
         return st;
-    json_error_t err;
-    json_t *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &err);
+    st_index ix;
+    st = st_index_parse((const char *)text, len, index, &ix);
     free(text);
-    if (!root)
-        return json_failure(index, "index", &err);
-    json_t *weight_map = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
-    const char **shards = NULL;
-    int n_shards = 0;
-    if (!json_is_object(weight_map))
-        st = pldr_fail(PLDR_ERR_FORMAT, "%s: \"weight_map\" is missing or not an object", index);
-    else if (json_object_size(weight_map) == 0)
-        st = pldr_fail(PLDR_ERR_FORMAT, "%s: \"weight_map\" is empty", index);
-    else
-        st = list_shards(weight_map, index, &shards, &n_shards);
+    if (st != PLDR_OK)
+        return st;
+    st = open_shards(dir, index, &ix, ar);
     if (st == PLDR_OK)
-        st = open_shards(dir, index, shards, n_shards, ar);
-    if (st == PLDR_OK)
-        st = check_weight_map(weight_map, shards, index, ar);
-    free(shards);
-    json_decref(root);
+        st = st_index_check(&ix, ar, index);
+    st_index_free(&ix);
     return st;
 }
 

@@ -66,6 +66,33 @@ pldr_status st_parse(const uint8_t *data, size_t size, const char *label, int fi
  * earlier files). On failure ar is left as it was. */
 pldr_status st_open_file(const char *path, st_archive *ar);
 
+/* A model.safetensors.index.json: its weight_map (tensor name -> shard file
+ * name), checked on its own. */
+typedef struct st_index_entry {
+    char *tensor;
+    int shard; /* index into st_index.shards */
+} st_index_entry;
+
+typedef struct st_index {
+    char **shards; /* the distinct shard names, sorted */
+    int n_shards;
+    st_index_entry *entries; /* in the order of the file */
+    size_t n_entries;
+    st_index_entry **by_name; /* the same entries sorted by tensor name */
+} st_index;
+
+/* Parses an index held in memory (json, len; no NUL needed). Rules: valid
+ * JSON without duplicate keys, "weight_map" a non-empty object whose values
+ * are plain file names (no '/', not "." or "..", no NUL). `label` names the
+ * file in messages. On failure ix is zeroed. Exposed separately for fuzzing. */
+pldr_status st_index_parse(const char *json, size_t len, const char *label, st_index *ix);
+
+/* Checks an archive whose file i was opened from shard i of ix: every tensor
+ * of weight_map is in its shard, and the shards hold no other tensor. */
+pldr_status st_index_check(const st_index *ix, const st_archive *ar, const char *label);
+
+void st_index_free(st_index *ix);
+
 /* Opens a checkpoint directory: model.safetensors, or the shards listed by
  * model.safetensors.index.json (shard names must be plain file names; every
  * tensor of weight_map must exist in its shard and appear once; a shard's
