@@ -155,6 +155,13 @@ uint64_t pldr_model_fingerprint(const pldr_model *model);
 /* Bytes of device memory held by the weights. */
 uint64_t pldr_model_device_bytes(const pldr_model *model);
 
+/* Measures the device's memory bandwidth with a copy kernel (bytes read +
+ * written per second), on buffers of up to 256 MiB. */
+pldr_status pldr_model_measure_bandwidth(pldr_model *model, double *bytes_per_second);
+/* Bytes one decode step reads from the weights (every matrix except the
+ * embedding, of which it reads one row). */
+uint64_t pldr_model_decode_bytes(const pldr_model *model);
+
 typedef struct pldr_context_params {
     int n_ctx;                  /* 0: max_position_embeddings */
     pldr_cache_mode cache_mode; /* default PLDR_CACHE_KVG */
@@ -258,6 +265,72 @@ pldr_status pldr_detokenize(const pldr_tokenizer *tok, const int32_t *ids, size_
                             size_t *len);
 /* The piece string of an id, or NULL when out of range. */
 const char *pldr_token_piece(const pldr_tokenizer *tok, int32_t id);
+
+/* ------------------------------------------------------------------ */
+/* Sessions                                                            */
+/* A session file holds a context's state (tokens, K and V, the G-cache)
+ * and the logits the next token is to be drawn from, zlib-compressed after
+ * a header that names the model (fingerprint, dims, weight dtype) and the
+ * cache mode, with CRC32s of the header and of the payload. In every call
+ * below, `model` must be the model the context was made with. */
+
+typedef struct pldr_session_info {
+    uint32_t version;
+    uint64_t fingerprint;
+    pldr_dtype weight_dtype;
+    pldr_cache_mode cache_mode;
+    int n_layers, d_model, n_heads, head_dim, vocab_size;
+    int n_tokens;   /* tokens processed by the context */
+    int has_logits; /* the next-token logits are stored */
+    int external_g; /* the G-cache came from pldr_context_set_external_g */
+} pldr_session_info;
+
+/* What pldr_session_load gives back besides the restored context. */
+typedef struct pldr_session {
+    pldr_session_info info;
+    int32_t *tokens; /* [info.n_tokens] */
+    float *logits;   /* [info.vocab_size], NULL when not stored */
+} pldr_session;
+
+/* Writes the context's state to path (atomically). last_logits: NULL, or the
+ * vocab_size logits of the context's last token (what the next token is
+ * drawn from), so that a restored run continues without any forward. */
+pldr_status pldr_session_save(pldr_context *ctx, const pldr_model *model, const char *path,
+                              const float *last_logits);
+/* Reads and checks only the header (no model needed). */
+pldr_status pldr_session_read_info(const char *path, pldr_session_info *info);
+/* Restores a session into ctx. A session of another model (fingerprint,
+ * dims), weight dtype or cache mode is PLDR_ERR_MISMATCH; a damaged or
+ * truncated file PLDR_ERR_FORMAT; one longer than the context
+ * PLDR_ERR_CONTEXT_FULL; ctx is untouched on failure. out may be NULL;
+ * otherwise free it with pldr_session_clear. */
+pldr_status pldr_session_load(pldr_context *ctx, const pldr_model *model, const char *path, pldr_session *out);
+void pldr_session_clear(pldr_session *session);
+
+/* ------------------------------------------------------------------ */
+/* G-cache files                                                       */
+/* A safetensors file with G_LM and optionally A and A_LM, each of shape
+ * [L, H, dk, dk] or [L, 1, H, dk, dk], in F32, F16 or BF16 (A is the
+ * metric learner's output, as in pldr_context_get_gcache). */
+
+typedef struct pldr_gcache {
+    int n_layers, n_heads, head_dim;
+    float *a, *a_lm, *g_lm; /* [L, H, dk, dk] each; a and a_lm may be NULL */
+} pldr_gcache;
+
+/* Reads a G-cache file; the dims come from G_LM. */
+pldr_status pldr_gcache_read(const char *path, pldr_gcache *gcache);
+/* Writes A, A_LM (those present) and G_LM as F32 [L, H, dk, dk] with
+ * __metadata__ holding the model fingerprint and the prompt token count
+ * (omitted when n_tokens < 0). */
+pldr_status pldr_gcache_write(const char *path, const pldr_gcache *gcache, uint64_t fingerprint, int n_tokens);
+/* The context's G-cache, split into A, A_LM and G_LM. */
+pldr_status pldr_gcache_from_context(pldr_context *ctx, const pldr_model *model, pldr_gcache *gcache);
+void pldr_gcache_free(pldr_gcache *gcache);
+/* Reads a G-cache file, checks its dims against the model (a mismatch is
+ * PLDR_ERR_MISMATCH naming the expected shape) and installs it with
+ * pldr_context_set_external_g. */
+pldr_status pldr_context_load_gcache(pldr_context *ctx, const pldr_model *model, const char *path);
 
 #ifdef __cplusplus
 }

@@ -221,6 +221,12 @@ pldr_status pldr_checkpoint_check(const pldr_config *cfg, const st_archive *ar, 
     pldr_status st = pldr_checkpoint_foreach(cfg, check_tensor, &c);
     /* every expected tensor matched a distinct one, so any left over is extra */
     for (size_t i = 0; st == PLDR_OK && c.n_used < ar->n_tensors && i < ar->n_tensors; i++) {
+        const st_tensor *t = &ar->tensors[i];
+        /* the Hugging Face port saves a per-layer flag beside a predefined G;
+         * the engine has no use for it */
+        if (cfg->g_type != PLDR_G_LEARNED && strcmp(t->name, "decoder.past_G_values_status") == 0 &&
+            t->ndim == 1 && t->shape[0] == cfg->n_layers)
+            continue;
         if (!c.used[i])
             st = pldr_fail(PLDR_ERR_FORMAT,
                            "%s: unexpected tensor %s: a model with this config.json (custom_G_type %s) "

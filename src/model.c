@@ -59,6 +59,7 @@ typedef struct loader {
     const st_archive *ar;
     float *staging;    /* float32 of the largest tensor */
     uint16_t *hstage;  /* its half conversion */
+    float *past_g;     /* decoder.past_G_values as float32 (predefined G only) */
     uint64_t done, total;
     pldr_progress_fn progress;
     void *progress_user;
@@ -170,15 +171,11 @@ static pldr_status load_layer(loader *ld, int l)
 
     if (c->g_type != PLDR_G_LEARNED) {
         TRY(alloc_f32(m, &ly->past_g, 3 * H * dk * dk, "the predefined G_LM"));
-        /* decoder.past_G_values is [L, 3, 1, H, dk, dk]: layer l is one slab */
-        const st_tensor *t = st_find(ld->ar, "decoder.past_G_values");
-        if (!t)
-            return pldr_fail(PLDR_ERR_FORMAT, "tensor decoder.past_G_values is missing");
+        /* decoder.past_G_values is [L, 3, 1, H, dk, dk]: layer l is one slab
+         * of the float32 copy made once by load_weights */
         size_t slab = 3 * H * dk * dk;
-        if (l == 0)
-            TRY(st_to_f32(t, ld->staging));
         cl_int err = clEnqueueWriteBuffer(m->ocl.queue, ly->past_g, CL_TRUE, 0, slab * 4,
-                                          ld->staging + (size_t)l * slab, 0, NULL, NULL);
+                                          ld->past_g + (size_t)l * slab, 0, NULL, NULL);
         if (err != CL_SUCCESS)
             return pldr_cl_fail(&m->ocl, err, "uploading decoder.past_G_values");
         return PLDR_OK;
@@ -227,6 +224,14 @@ static pldr_status load_weights(loader *ld)
     TRY(alloc_f32(m, &m->ln0_b, d, "the embedding layer norm"));
     TRY(put(ld, m->ln0_w, 0, 0, "decoder.layernorm1.weight"));
     TRY(put(ld, m->ln0_b, 0, 0, "decoder.layernorm1.bias"));
+    if (c->g_type != PLDR_G_LEARNED) {
+        const st_tensor *t = st_find(ld->ar, "decoder.past_G_values");
+        if (!t)
+            return pldr_fail(PLDR_ERR_FORMAT, "tensor decoder.past_G_values is missing");
+        if (!(ld->past_g = malloc((size_t)t->n_elements * sizeof(float))))
+            return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for decoder.past_G_values");
+        TRY(st_to_f32(t, ld->past_g));
+    }
     for (int l = 0; l < c->n_layers; l++)
         TRY(load_layer(ld, l));
     TRY(alloc_w(m, &m->wf, V * d, "the final layer"));
@@ -367,6 +372,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     }
     free(ld.staging);
     free(ld.hstage);
+    free(ld.past_g);
     st_close(&ar);
     *out = m;
     return PLDR_OK;
@@ -374,6 +380,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
 fail:
     free(ld.staging);
     free(ld.hstage);
+    free(ld.past_g);
     st_close(&ar);
     pldr_model_free(m);
     return st;
@@ -411,4 +418,65 @@ void pldr_model_free(pldr_model *m)
         clReleaseProgram(m->program);
     pldr_ocl_close(&m->ocl);
     free(m);
+}
+
+uint64_t pldr_model_decode_bytes(const pldr_model *m)
+{
+    const uint64_t esz = m->weight_half ? 2 : 4;
+    const uint64_t emb = (uint64_t)m->cfg.vocab_size * (uint64_t)m->cfg.d_model * esz;
+    return m->device_bytes - emb + (uint64_t)m->cfg.d_model * esz;
+}
+
+pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
+{
+    pldr_clear_error();
+    *bps = 0.0;
+    size_t bytes = 256u << 20;
+    while (bytes > m->ocl.info.max_alloc_bytes || 2 * (uint64_t)bytes > m->ocl.info.global_mem_bytes / 4)
+        bytes /= 2;
+    cl_mem a = NULL, b = NULL;
+    cl_kernel k = NULL;
+    pldr_status st = pldr_buffer(m, bytes, "the bandwidth probe", &a, NULL);
+    if (st == PLDR_OK)
+        st = pldr_buffer(m, bytes, "the bandwidth probe", &b, NULL);
+    cl_int err = CL_SUCCESS;
+    if (st == PLDR_OK) {
+        k = clCreateKernel(m->program, "copy_float4", &err);
+        if (!k)
+            st = pldr_cl_fail(&m->ocl, err, "creating the copy kernel");
+    }
+    cl_long n = (cl_long)(bytes / 16);
+    float zero = 0.0f;
+    if (st == PLDR_OK) {
+        err = clEnqueueFillBuffer(m->ocl.queue, a, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
+        err |= clSetKernelArg(k, 0, sizeof a, &a);
+        err |= clSetKernelArg(k, 1, sizeof b, &b);
+        err |= clSetKernelArg(k, 2, sizeof n, &n);
+        if (err != CL_SUCCESS)
+            st = pldr_cl_fail(&m->ocl, err, "preparing the bandwidth probe");
+    }
+    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256;
+    if (local > m->ocl.info.max_work_group_size)
+        local = m->ocl.info.max_work_group_size;
+    global = (global / local) * local;
+    double best = 0.0;
+    for (int rep = 0; rep < 6 && st == PLDR_OK; rep++) {
+        double t0 = pldr_now();
+        err = clEnqueueNDRangeKernel(m->ocl.queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
+        if (err == CL_SUCCESS)
+            err = clFinish(m->ocl.queue);
+        double dt = pldr_now() - t0;
+        if (err != CL_SUCCESS)
+            st = pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
+        else if (rep > 0 && 2.0 * (double)bytes / dt > best) /* the first run warms up */
+            best = 2.0 * (double)bytes / dt;
+    }
+    if (k)
+        clReleaseKernel(k);
+    if (a)
+        clReleaseMemObject(a);
+    if (b)
+        clReleaseMemObject(b);
+    *bps = best;
+    return st;
 }

@@ -12,6 +12,10 @@
  *   normalizer
  *   unigram Viterbi encoder, byte fallback
  *   decoder
+ *
+ * Trainer options such as split_digits only shape the vocabulary; encoding
+ * does not consult them, in SentencePiece either. BPE, word and char models
+ * are rejected as unsupported.
  */
 #include "config.h"
 
@@ -329,21 +333,27 @@ static int compare_keys(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+/* An empty trie: no nodes, and no edge from the root. */
+static void trie_clear(piece_trie *t)
+{
+    memset(t, 0, sizeof *t);
+    for (int c = 0; c < 256; c++)
+        t->root_child[c] = -1;
+}
+
 static void trie_free(piece_trie *t)
 {
     free(t->nodes);
     free(t->edge_labels);
     free(t->edge_targets);
-    memset(t, 0, sizeof *t);
+    trie_clear(t);
 }
 
 /* Builds a trie over the given pieces. dup_a and dup_b receive the ids of two
  * pieces with equal strings (and the build fails) if there are any. */
 static pldr_status trie_build(piece_trie *t, trie_key *keys, size_t n_keys, int32_t *dup_a, int32_t *dup_b)
 {
-    memset(t, 0, sizeof *t);
-    for (int c = 0; c < 256; c++)
-        t->root_child[c] = -1;
+    trie_clear(t);
     *dup_a = *dup_b = -1;
 
     qsort(keys, n_keys, sizeof *keys, compare_keys);
@@ -888,6 +898,34 @@ static const char *piece_type_name(int type)
     return "?";
 }
 
+static int is_vocab_type(int type)
+{
+    return type == PIECE_NORMAL || type == PIECE_USER_DEFINED || type == PIECE_UNUSED;
+}
+static int is_reserved_type(int type) { return !is_vocab_type(type); }
+static int is_user_defined_type(int type) { return type == PIECE_USER_DEFINED; }
+
+/* Builds a trie over the pieces of the wanted types (an empty trie if none);
+ * two of them with the same string make the model invalid. */
+static pldr_status build_piece_trie(const load_ctx *lc, const pldr_tokenizer *tok, int (*wanted)(int type),
+                                    trie_key *keys, piece_trie *t)
+{
+    size_t n = 0;
+    for (int32_t i = 0; i < tok->n_pieces; i++)
+        if (wanted(tok->pieces[i].type))
+            keys[n++] = (trie_key){tok->pieces[i].text, tok->pieces[i].len, i};
+    if (n == 0) {
+        trie_clear(t);
+        return PLDR_OK;
+    }
+    int32_t dup_a, dup_b;
+    pldr_status st = trie_build(t, keys, n, &dup_a, &dup_b);
+    if (st != PLDR_OK && dup_a >= 0)
+        return damaged(lc, "pieces[%d] duplicates pieces[%d] \"%.64s\" (%s)", dup_b, dup_a, tok->pieces[dup_a].text,
+                       piece_type_name(tok->pieces[dup_a].type));
+    return st;
+}
+
 /* Builds the tries and runs SentencePiece's InitializePieces checks. */
 static pldr_status build_pieces(const load_ctx *lc, const model_fields *m, pldr_tokenizer *tok)
 {
@@ -964,62 +1002,35 @@ static pldr_status build_pieces(const load_ctx *lc, const model_fields *m, pldr_
             if (!byte_found[b])
                 return damaged(lc, "byte_fallback is on but the byte piece <0x%02X> is missing", b);
     }
+    int32_t n_vocab = 0;
+    for (int32_t i = 0; i < tok->n_pieces; i++)
+        n_vocab += is_vocab_type(tok->pieces[i].type);
+    if (n_vocab == 0)
+        return damaged(lc, "the model has no normal, user-defined or unused pieces");
 
     /* SentencePiece keeps two maps: pieces Viterbi may emit, and reserved
      * ones (unknown, control, byte). Strings must be unique within each. */
     trie_key *keys = malloc(m->n_pieces * sizeof *keys);
     if (!keys)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory reading %s", lc->path);
-    size_t n_vocab = 0, n_reserved = 0, n_user = 0;
-    for (int pass = 0; pass < 3; pass++) {
-        size_t n = 0;
+    piece_trie reserved;
+    pldr_status st = build_piece_trie(lc, tok, is_vocab_type, keys, &tok->vocab);
+    if (st == PLDR_OK)
+        st = build_piece_trie(lc, tok, is_reserved_type, keys, &reserved);
+    if (st == PLDR_OK) {
+        /* Decoding maps each id's string back through the reserved map
+         * first, then the vocabulary, as SentencePiece's PieceToId does. */
         for (int32_t i = 0; i < tok->n_pieces; i++) {
-            int type = tok->pieces[i].type;
-            int in_vocab = type == PIECE_NORMAL || type == PIECE_USER_DEFINED || type == PIECE_UNUSED;
-            int take = pass == 0 ? in_vocab : pass == 1 ? !in_vocab : type == PIECE_USER_DEFINED;
-            if (take)
-                keys[n++] = (trie_key){tok->pieces[i].text, tok->pieces[i].len, i};
+            int32_t id = trie_find(&reserved, tok->pieces[i].text, tok->pieces[i].len);
+            if (id < 0)
+                id = trie_find(&tok->vocab, tok->pieces[i].text, tok->pieces[i].len);
+            tok->canonical_id[i] = id >= 0 ? id : tok->unk_id;
         }
-        piece_trie reserved;
-        piece_trie *t = pass == 0 ? &tok->vocab : pass == 1 ? &reserved : &tok->user_symbols;
-        int32_t dup_a, dup_b;
-        pldr_status st = PLDR_OK;
-        if (pass == 0 && n == 0) {
-            free(keys);
-            return damaged(lc, "the model has no normal, user-defined or unused pieces");
-        }
-        if (n > 0)
-            st = trie_build(t, keys, n, &dup_a, &dup_b);
-        else
-            memset(t, 0, sizeof *t);
-        if (st != PLDR_OK) {
-            free(keys);
-            if (dup_a >= 0)
-                return damaged(lc, "pieces[%d] duplicates pieces[%d] \"%.64s\" (%s)", dup_b, dup_a,
-                               tok->pieces[dup_a].text, piece_type_name(tok->pieces[dup_a].type));
-            return st;
-        }
-        if (pass == 0)
-            n_vocab = n;
-        else if (pass == 2)
-            n_user = n;
-        if (pass == 1) {
-            n_reserved = n;
-            /* Decoding maps each id's string back through the reserved map
-             * first, then the vocabulary, as SentencePiece's PieceToId does. */
-            for (int32_t i = 0; i < tok->n_pieces; i++) {
-                int32_t id = n_reserved ? trie_find(&reserved, tok->pieces[i].text, tok->pieces[i].len) : -1;
-                if (id < 0)
-                    id = trie_find(&tok->vocab, tok->pieces[i].text, tok->pieces[i].len);
-                tok->canonical_id[i] = id >= 0 ? id : tok->unk_id;
-            }
-            trie_free(&reserved);
-        }
+        trie_free(&reserved);
+        st = build_piece_trie(lc, tok, is_user_defined_type, keys, &tok->user_symbols);
     }
-    (void)n_vocab;
-    (void)n_user;
     free(keys);
-    return PLDR_OK;
+    return st;
 }
 
 static pldr_status encode_pieces_text(const pldr_tokenizer *tok, const char *text, size_t len, strbuf *out);

@@ -52,6 +52,7 @@ int npy_write_f32(const char *path, const float *data, size_t rows, size_t cols)
 
 /* Subcommands: argv[0] is the subcommand name. Each returns an exit code. */
 int cmd_devices(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

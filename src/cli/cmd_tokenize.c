@@ -21,7 +21,8 @@ static const char tokenize_help[] =
     "      --tokenizer FILE   use this tokenizer.model file\n"
     "  -p, --prompt TEXT      the text to encode\n"
     "  -f, --file FILE        encode FILE line by line ('-' for stdin)\n"
-    "      --pieces           print pieces instead of ids (as spm_encode --output_format=piece)\n"
+    "      --pieces           print pieces instead of ids (as spm_encode --output_format=piece,\n"
+    "                         except that an unknown piece prints as the vocabulary's, e.g. [UNK])\n"
     "  -h, --help             show this help\n";
 
 static const char detokenize_help[] =

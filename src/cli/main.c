@@ -24,6 +24,7 @@ static const char usage[] =
     "  tokenize     text to token ids (SentencePiece unigram)\n"
     "  detokenize   token ids to text\n"
     "  devices      list OpenCL platforms and devices\n"
+    "  bench        measure prefill and decode speed (llama-bench style)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
@@ -280,7 +281,7 @@ int main(int argc, char **argv)
         int (*fn)(int, char **);
     } cmds[] = {
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
-        {"detokenize", cmd_detokenize}, {"devices", cmd_devices},
+        {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0)
