@@ -10,10 +10,11 @@ __kernel void add_bias_rows(__global float *y, __global const float *bias, const
 }
 
 /* Greedy decoding on the device: the index of the largest logit (the lowest
- * index among equals), one work-group of ROW_WG. */
+ * index among equals), one work-group of ROW_WG, written to flags[out_index]
+ * so that one read returns it with the non-finite flags. */
 __kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
-void argmax(__global const float *logits, const int n, __global int *out,
-            __global int *flags, const int flag_index)
+void argmax(__global const float *logits, const int n, __global int *flags, const int flag_index,
+            const int out_index)
 {
     __local float best_v[ROW_WG];
     __local int best_i[ROW_WG];
@@ -46,5 +47,5 @@ void argmax(__global const float *logits, const int n, __global int *out,
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     if (lid == 0)
-        out[0] = best_i[0] < n ? best_i[0] : 0;
+        flags[out_index] = best_i[0] < n ? best_i[0] : 0;
 }

@@ -296,7 +296,10 @@ pldr_status pldr_ocl_open(const char *spec, pldr_ocl *ocl)
     ocl->context = clCreateContext(props, 1, &ocl->device, NULL, NULL, &err);
     if (!ocl->context)
         return pldr_cl_fail(ocl, err, "creating an OpenCL context");
-    ocl->queue = clCreateCommandQueue(ocl->context, ocl->device, 0, &err);
+    /* PLDR_PROFILE=1: kernel times per name, printed when a context is freed */
+    const char *prof = getenv("PLDR_PROFILE");
+    cl_command_queue_properties qprops = prof && *prof && strcmp(prof, "0") ? CL_QUEUE_PROFILING_ENABLE : 0;
+    ocl->queue = clCreateCommandQueue(ocl->context, ocl->device, qprops, &err);
     if (!ocl->queue) {
         st = pldr_cl_fail(ocl, err, "creating a command queue");
         clReleaseContext(ocl->context);

@@ -48,13 +48,25 @@ struct pldr_context {
     cl_mem a0, a_p;              /* [H, dk, dk] */
     cl_mem logits;               /* [LOGIT_CHUNK, V] */
     cl_mem flags;                /* non-finite flags, see flag_* */
-    cl_mem next_id;
     cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast */
     /* decode-step vectors */
     cl_mem s1, s2, xn, x1n;
     int32_t id_host;
     int n_flags;
-    int *flags_host;
+    int *flags_host;   /* n_flags words, then the greedy token id */
+    int next_on_device; /* flags word n_flags holds the last greedy token */
+    int32_t last_next;
+    /* profiling (PLDR_PROFILE=1) */
+    int profile;
+    cl_event *events;
+    const char **event_names;
+    int n_events, cap_events;
+    struct prof_entry {
+        const char *name;
+        double ms;
+        long count;
+    } prof[48];
+    int n_prof;
 };
 
 /* Flag words: [2l] attention sum of layer l, [2l+1] FFN sum of layer l,
@@ -123,8 +135,15 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     }
     if (global == 0)
         return PLDR_OK;
+    cl_event ev = NULL, *evp = NULL;
+    if (c->profile && c->n_events < c->cap_events)
+        evp = &ev;
     cl_int err = clEnqueueNDRangeKernel(c->m->ocl.queue, k, 1, NULL, &global, local ? &local : NULL, 0,
-                                        NULL, NULL);
+                                        NULL, evp);
+    if (evp && err == CL_SUCCESS) {
+        c->events[c->n_events] = ev;
+        c->event_names[c->n_events++] = name;
+    }
     if (err != CL_SUCCESS) {
         char msg[128];
         snprintf(msg, sizeof msg, "launching kernel %s", name);
@@ -137,6 +156,45 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     launch((c), (c)->k.kern, #kern, (global), (local), (int)(sizeof((arg[]){__VA_ARGS__}) / sizeof(arg)), \
            (arg[]){__VA_ARGS__})
 
+static void prof_add(pldr_context *c, const char *name, double ms)
+{
+    int i = 0;
+    while (i < c->n_prof && strcmp(c->prof[i].name, name) != 0)
+        i++;
+    if (i == c->n_prof) {
+        if (c->n_prof == (int)(sizeof c->prof / sizeof c->prof[0]))
+            return;
+        c->prof[c->n_prof++] = (struct prof_entry){name, 0.0, 0};
+    }
+    c->prof[i].ms += ms;
+    c->prof[i].count++;
+}
+
+/* Adds the times of the kernels recorded since the last call (after a sync). */
+static void prof_collect(pldr_context *c)
+{
+    for (int i = 0; i < c->n_events; i++) {
+        cl_ulong t0 = 0, t1 = 0;
+        clGetEventProfilingInfo(c->events[i], CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL);
+        clGetEventProfilingInfo(c->events[i], CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL);
+        prof_add(c, c->event_names[i], (double)(t1 - t0) * 1e-6);
+        clReleaseEvent(c->events[i]);
+    }
+    c->n_events = 0;
+}
+
+static void prof_print(pldr_context *c)
+{
+    double total = 0.0;
+    for (int i = 0; i < c->n_prof; i++)
+        total += c->prof[i].ms;
+    fprintf(stderr, "pldr profile (device time per kernel, %s):\n", c->m->ocl.info.name);
+    for (int i = 0; i < c->n_prof; i++)
+        fprintf(stderr, "  %-26s %9.3f ms %7ld calls %8.2f us/call %5.1f%%\n", c->prof[i].name, c->prof[i].ms,
+                c->prof[i].count, 1000.0 * c->prof[i].ms / (double)c->prof[i].count,
+                total > 0 ? 100.0 * c->prof[i].ms / total : 0.0);
+}
+
 /* C[M, N] = A[M, K] . W[N, K]^T through CLBlast (row-major). */
 static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
                         cl_mem out, size_t out_off)
@@ -148,8 +206,17 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
         w = c->w_scratch;
     }
     cl_command_queue q = m->ocl.queue;
+    double t0 = 0.0;
+    if (c->profile) {
+        clFinish(q);
+        t0 = pldr_now();
+    }
     CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, M, N, K,
                                        1.0f, a, a_off, K, w, 0, K, 0.0f, out, out_off, N, &q, NULL);
+    if (c->profile) {
+        clFinish(q);
+        prof_add(c, "clblast_sgemm (wall)", (pldr_now() - t0) * 1e3);
+    }
     if (s != CLBlastSuccess) {
         if (s < 0 && s > -100)
             return pldr_cl_fail(&m->ocl, (cl_int)s, "CLBlast SGEMM");
@@ -241,7 +308,7 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
     const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, t = (size_t)T;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
     TRY(write_ids(c, ids, T));
-    TRY(LAUNCH(c, embed, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_MEM(m->emb),
+    TRY(LAUNCH(c, embed, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb),
                A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags),
                A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
@@ -269,15 +336,26 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
 
 /* One token at position pos through the caches, leaving the final layer's
  * pre-norm sum in c->s2 (normalised on load by the final GEMV). */
-static pldr_status decode_token(pldr_context *c, int32_t id, int pos)
+static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chained)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const int d = cf->d_model, F = cf->d_ff;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
-    c->id_host = id;
-    TRY(write_ids(c, &c->id_host, 1));
-    TRY(LAUNCH(c, embed, (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_MEM(m->emb),
+    cl_mem ids_buf = c->ids;
+    int ids_off = 0;
+    if (chained) {
+        /* the previous greedy step left this token on the device */
+        ids_buf = c->flags;
+        ids_off = c->n_flags;
+    } else {
+        c->id_host = id; /* stays valid until the step ends: the write need not block */
+        cl_int err = clEnqueueWriteBuffer(m->ocl.queue, c->ids, CL_FALSE, 0, sizeof(cl_int), &c->id_host, 0, NULL,
+                                          NULL);
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&m->ocl, err, "uploading the token id");
+    }
+    TRY(LAUNCH(c, embed, (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(ids_buf), A_INT(ids_off), A_MEM(m->emb),
                A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->xn), A_MEM(c->flags),
                A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
@@ -329,14 +407,22 @@ static pldr_status final_row(pldr_context *c, int row)
     return gemv(c, &fin);
 }
 
-static pldr_status read_flags(pldr_context *c)
+/* Enqueues the read of the flags (and the greedy token after them); blocking
+ * or not: a later blocking read in the same in-order queue completes it. */
+static pldr_status fetch_flags(pldr_context *c, int words, cl_bool blocking)
 {
+    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, blocking, 0, (size_t)words * sizeof(int),
+                                     c->flags_host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "reading the non-finite flags");
+}
+
+/* Turns the fetched flags into a status naming where values went non-finite. */
+static pldr_status check_flags(pldr_context *c)
+{
+    if (c->profile)
+        prof_collect(c);
     if (!c->p.check_finite)
         return PLDR_OK;
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, CL_TRUE, 0, (size_t)c->n_flags * sizeof(int),
-                                     c->flags_host, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return pldr_cl_fail(&c->m->ocl, err, "reading the non-finite flags");
     const int L = c->m->cfg.n_layers;
     if (c->flags_host[flag_embed(c)])
         return pldr_fail(PLDR_ERR_NONFINITE, "non-finite values in the token embedding");
@@ -358,9 +444,9 @@ static pldr_status clear_flags(pldr_context *c)
 {
     if (!c->p.check_finite)
         return PLDR_OK;
-    memset(c->flags_host, 0, (size_t)c->n_flags * sizeof(int));
-    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->flags, CL_FALSE, 0, (size_t)c->n_flags * sizeof(int),
-                                      c->flags_host, 0, NULL, NULL);
+    const cl_int zero = 0;
+    cl_int err = clEnqueueFillBuffer(c->m->ocl.queue, c->flags, &zero, sizeof zero, 0,
+                                     (size_t)c->n_flags * sizeof(int), 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "clearing the flags");
 }
 
@@ -408,13 +494,16 @@ static pldr_status run(pldr_context *c, const int32_t *ids, int n, int *rows_at)
 {
     TRY(check_ids(c, ids, n));
     TRY(clear_flags(c));
+    /* a greedy step feeding back the token the previous step left on the device */
+    const int chained = c->next_on_device && n == 1 && ids[0] == c->last_next;
+    c->next_on_device = 0;
     memcpy(c->tokens + c->n_past, ids, (size_t)n * sizeof *ids);
     if (c->p.cache_mode == PLDR_CACHE_NONE) {
         int total = c->n_past + n;
         TRY(forward_tokens(c, c->tokens, total, 0, 1));
         *rows_at = c->n_past;
     } else if (c->n_past > 0 && n == 1) {
-        TRY(decode_token(c, ids[0], c->n_past));
+        TRY(decode_token(c, ids[0], c->n_past, chained));
         *rows_at = -1;
     } else {
         TRY(forward_tokens(c, ids, n, c->n_past, c->n_past == 0));
@@ -432,21 +521,22 @@ pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits,
     int rows_at;
     TRY(run(c, ids, n, &rows_at));
     if (!logits) {
-        cl_int err = clFinish(c->m->ocl.queue);
-        if (err != CL_SUCCESS)
-            return pldr_cl_fail(&c->m->ocl, err, "running the forward pass");
-        return read_flags(c);
+        TRY(fetch_flags(c, c->n_flags, CL_TRUE));
+        return check_flags(c);
     }
     if (rows_at < 0) {
         TRY(final_from_decode(c));
+        TRY(fetch_flags(c, c->n_flags, CL_FALSE));
         TRY(read_logits(c, logits, 1));
     } else if (all_rows) {
         TRY(logits_rows(c, rows_at, n, logits));
+        TRY(fetch_flags(c, c->n_flags, CL_TRUE));
     } else {
         TRY(final_row(c, rows_at + n - 1));
+        TRY(fetch_flags(c, c->n_flags, CL_FALSE));
         TRY(read_logits(c, logits, 1));
     }
-    TRY(read_flags(c));
+    TRY(check_flags(c));
     if (c->p.check_finite) {
         size_t count = (size_t)(all_rows && rows_at >= 0 ? n : 1) * (size_t)c->m->cfg.vocab_size;
         for (size_t i = 0; i < count; i++)
@@ -466,13 +556,12 @@ pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t
     else
         TRY(final_row(c, rows_at + n - 1));
     TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
-               A_INT(c->m->cfg.vocab_size), A_MEM(c->next_id), A_MEM(c->flags), A_INT(flag_logits(c))));
-    cl_int id = 0;
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->next_id, CL_TRUE, 0, sizeof id, &id, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return pldr_cl_fail(&c->m->ocl, err, "reading the next token");
-    TRY(read_flags(c));
-    *next_id = id;
+               A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+    TRY(fetch_flags(c, c->n_flags + 1, CL_TRUE));
+    TRY(check_flags(c));
+    *next_id = c->flags_host[c->n_flags];
+    c->last_next = *next_id;
+    c->next_on_device = c->p.cache_mode != PLDR_CACHE_NONE;
     return PLDR_OK;
 }
 
@@ -576,7 +665,7 @@ static pldr_status context_alloc(pldr_context *c)
     c->g_g = calloc(L, sizeof(cl_mem));
     c->tokens = calloc(T, sizeof *c->tokens);
     c->n_flags = 3 * (int)L + 2;
-    c->flags_host = calloc((size_t)c->n_flags, sizeof(int));
+    c->flags_host = calloc((size_t)c->n_flags + 1, sizeof(int));
     if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens || !c->flags_host)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
     for (size_t l = 0; l < L; l++) {
@@ -597,8 +686,7 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->logits, LOGIT_CHUNK * V * 4, "the logits"));
-    TRY(ctx_buffer(c, &c->flags, (size_t)c->n_flags * 4, "the flags"));
-    TRY(ctx_buffer(c, &c->next_id, 4, "the next token"));
+    TRY(ctx_buffer(c, &c->flags, ((size_t)c->n_flags + 1) * 4, "the flags"));
     cl_mem *vec[] = {&c->s1, &c->s2, &c->xn, &c->x1n};
     for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++)
         TRY(ctx_buffer(c, vec[i], d * 4, "activations"));
@@ -625,6 +713,14 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     c->m = m;
     c->p = *params;
     c->n_ctx = params->n_ctx ? params->n_ctx : m->cfg.max_position;
+    cl_command_queue_properties qp = 0;
+    clGetCommandQueueInfo(m->ocl.queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+    if (qp & CL_QUEUE_PROFILING_ENABLE) {
+        c->cap_events = 4096;
+        c->events = calloc((size_t)c->cap_events, sizeof *c->events);
+        c->event_names = calloc((size_t)c->cap_events, sizeof *c->event_names);
+        c->profile = c->events && c->event_names;
+    }
     pldr_status st = make_kernels(c);
     if (st == PLDR_OK)
         st = context_alloc(c);
@@ -658,6 +754,12 @@ void pldr_context_free(pldr_context *c)
     if (!c)
         return;
     clFinish(c->m->ocl.queue);
+    if (c->profile) {
+        prof_collect(c);
+        prof_print(c);
+    }
+    free(c->events);
+    free(c->event_names);
     cl_mem **per_layer[] = {&c->k_cache, &c->v_cache, &c->g_a, &c->g_alm, &c->g_g};
     for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
         cl_mem *arr = *per_layer[i];
@@ -667,7 +769,7 @@ void pldr_context_free(pldr_context *c)
         free(arr);
     }
     cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
-                        &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->next_id, &c->w_scratch,
+                        &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
                         &c->s1, &c->s2, &c->xn, &c->x1n};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
         release(single[i]);

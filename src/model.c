@@ -260,7 +260,24 @@ static void choose_work_groups(pldr_model *m)
     m->att_wg = pow2_at_most(lim, 64);
     m->ml_wg = pow2_at_most(lim, 64);
     m->gemv_wg = pow2_at_most(lim, cpu ? 64 : 256);
-    m->gemv_rows = cpu ? 4 : 8;
+    /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
+     * work-items share a row so that neighbours read neighbouring weights */
+    m->gemv_rows = cpu ? m->gemv_wg : 8;
+    /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8" overrides, for tuning */
+    const char *env = getenv("PLDR_WG");
+    if (env) {
+        const struct {
+            const char *key;
+            int *val;
+        } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
+                    {"rows", &m->gemv_rows}};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            const char *p = strstr(env, keys[i].key);
+            size_t kl = strlen(keys[i].key);
+            if (p && p[kl] == '=' && atoi(p + kl + 1) > 0)
+                *keys[i].val = pow2_at_most(lim, atoi(p + kl + 1));
+        }
+    }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
 }

@@ -394,11 +394,11 @@ static pldr_status inflate_payload(FILE *f, const header *h, uint8_t *out, const
     memset(&z, 0, sizeof z);
     if (inflateInit(&z) != Z_OK)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: cannot start zlib", path);
-    static uint8_t in[1 << 16];
+    uint8_t in[16384];
     uint8_t spill; /* output past the expected size lands here and is an error */
     uint64_t left = h->compressed_bytes;
-    size_t produced = 0;
     const size_t want = (size_t)h->payload_bytes;
+    size_t produced = 0;
     pldr_status st = PLDR_OK;
     int zr = Z_OK;
     while (st == PLDR_OK && zr != Z_STREAM_END) {
@@ -415,22 +415,25 @@ static pldr_status inflate_payload(FILE *f, const header *h, uint8_t *out, const
         const int past_end = produced == want;
         z.next_out = past_end ? &spill : out + produced;
         z.avail_out = past_end ? 1 : clamp_uint(want - produced);
-        const uInt before = z.avail_out;
+        const uInt in_before = z.avail_in, out_before = z.avail_out;
         zr = inflate(&z, Z_NO_FLUSH);
-        if (past_end && z.avail_out != before)
+        const uInt got = out_before - z.avail_out;
+        if (past_end && got > 0)
             st = pldr_fail(PLDR_ERR_FORMAT, "%s: the payload is longer than its header says (damaged)", path);
         else if (zr == Z_DATA_ERROR || zr == Z_NEED_DICT || zr == Z_STREAM_ERROR)
             st = pldr_fail(PLDR_ERR_FORMAT, "%s: the compressed payload is damaged (zlib: %s)", path,
                            z.msg ? z.msg : "data error");
         else if (zr == Z_MEM_ERROR)
             st = pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: out of memory in zlib", path);
-        else if (zr == Z_BUF_ERROR && left == 0 && z.avail_in == 0)
+        else if (zr != Z_STREAM_END && got == 0 && z.avail_in == in_before && (z.avail_in > 0 || left == 0))
             st = pldr_fail(PLDR_ERR_FORMAT, "%s: the compressed payload ends early (truncated or damaged)", path);
-        produced += before - z.avail_out - (past_end ? before - z.avail_out : 0);
+        if (!past_end)
+            produced += got;
     }
-    if (st == PLDR_OK && (produced != want || left != 0 || z.avail_in != 0))
-        st = pldr_fail(PLDR_ERR_FORMAT, "%s: the payload is %s than its header says (damaged)", path,
-                       produced != want ? "shorter" : "longer");
+    if (st == PLDR_OK && produced != want)
+        st = pldr_fail(PLDR_ERR_FORMAT, "%s: the payload is shorter than its header says (damaged)", path);
+    if (st == PLDR_OK && (left != 0 || z.avail_in != 0))
+        st = pldr_fail(PLDR_ERR_FORMAT, "%s: data after the end of the compressed payload (damaged)", path);
     if (st == PLDR_OK && crc_update(0, out, want) != h->payload_crc)
         st = pldr_fail(PLDR_ERR_FORMAT, "%s: the payload is damaged (CRC mismatch)", path);
     inflateEnd(&z);

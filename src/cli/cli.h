@@ -57,5 +57,19 @@ int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_gcache(int argc, char **argv);
+int cmd_deductive(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+/* Installs a G-cache file (--g-cache) in a context; reports failures and
+ * returns an exit code (defined in cmd_gcache.c). */
+int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path);
+/* Tokenizes -p TEXT or -f FILE with DIR/tokenizer.model into a malloc'ed
+ * array; an empty result is a usage error of cmd. Returns an exit code. */
+int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, const char *file, int32_t **ids,
+                   size_t *n_ids);
+/* JSON output: a number (%.17g; non-finite as null) and an escaped string
+ * (defined in cmd_deductive.c). */
+void cli_json_number(FILE *f, double v);
+void cli_json_string(FILE *f, const char *s);
 
 #endif

@@ -14,7 +14,7 @@
 
 static const char help[] =
     "usage: pldr logits [-m DIR] --ids ID,ID,... [--prefill N] [--cache none|kv|kvg]\n"
-    "                   [--device SPEC] [--dtype f32|f16] -o FILE.npy\n"
+    "                   [--g-cache FILE] [--device SPEC] [--dtype f32|f16] -o FILE.npy\n"
     "\n"
     "Writes float32 logits of shape [len(ids), vocab] as a NumPy .npy file.\n"
     "Rows 0..N-1 come from one forward over ids[0:N] (N defaults to len(ids)). Each\n"
@@ -25,21 +25,24 @@ static const char help[] =
     "      --ids LIST      comma-separated token ids\n"
     "      --prefill N     tokens in the first forward (1..len(ids), default len(ids))\n"
     "      --cache MODE    none, kv or kvg (default kvg)\n"
+    "      --g-cache FILE  use A, A_LM, G_LM from this G-cache file (safetensors, see\n"
+    "                      'pldr gcache export') instead of the metric learner, in every row\n"
     "      --device SPEC   OpenCL device: index, platform:device or name substring\n"
     "      --dtype T       weight storage on the device: f32 (default) or f16\n"
     "  -o, --output FILE   the .npy file to write\n";
 
 int cmd_logits(int argc, char **argv)
 {
-    enum { O_IDS = 256, O_PREFILL, O_CACHE, O_DEVICE, O_DTYPE };
+    enum { O_IDS = 256, O_PREFILL, O_CACHE, O_DEVICE, O_DTYPE, O_GCACHE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"ids", required_argument, 0, O_IDS},
         {"prefill", required_argument, 0, O_PREFILL}, {"cache", required_argument, 0, O_CACHE},
         {"device", required_argument, 0, O_DEVICE}, {"dtype", required_argument, 0, O_DTYPE},
-        {"output", required_argument, 0, 'o'},    {"help", no_argument, 0, 'h'},
+        {"output", required_argument, 0, 'o'},    {"g-cache", required_argument, 0, O_GCACHE},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *model_dir = NULL, *ids_arg = NULL, *out = NULL, *device = NULL;
+    const char *model_dir = NULL, *ids_arg = NULL, *out = NULL, *device = NULL, *gcache = NULL;
     long prefill = 0;
     pldr_cache_mode cache = PLDR_CACHE_KVG;
     pldr_dtype dtype = PLDR_DTYPE_F32;
@@ -52,6 +55,7 @@ int cmd_logits(int argc, char **argv)
         case 'o': out = optarg; break;
         case O_IDS: ids_arg = optarg; break;
         case O_DEVICE: device = optarg; break;
+        case O_GCACHE: gcache = optarg; break;
         case O_PREFILL:
             if (cli_parse_int(optarg, 1, 1L << 24, &prefill))
                 return cli_usage_error("logits", "--prefill must be a positive integer, not '%s'", optarg);
@@ -99,6 +103,8 @@ int cmd_logits(int argc, char **argv)
     cp.cache_mode = cache;
     cp.n_ctx = n <= pldr_model_config(model)->max_position ? n : 0;
     pldr_status st = pldr_context_new(model, &cp, &ctx);
+    if (st == PLDR_OK && gcache && (rc = cli_apply_gcache(ctx, model, gcache)) != EXIT_OK)
+        goto done;
     if (st == PLDR_OK && !(logits = malloc((size_t)n * (size_t)V * sizeof(float))))
         st = PLDR_ERR_HOST_MEMORY;
     if (st == PLDR_OK)

@@ -25,6 +25,9 @@ static const char usage[] =
     "  detokenize   token ids to text\n"
     "  devices      list OpenCL platforms and devices\n"
     "  bench        measure prefill and decode speed (llama-bench style)\n"
+    "  gcache       export the G-cache [A, A_LM, G_LM] of a prompt as safetensors\n"
+    "  deductive    report the deductive outputs A, A_LM, G_LM: RMS, determinants, drift\n"
+    "  perplexity   perplexity of a text file (strided windows)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
@@ -282,6 +285,7 @@ int main(int argc, char **argv)
     } cmds[] = {
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
+        {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0)
