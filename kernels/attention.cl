@@ -84,29 +84,37 @@ void attention_prefill(__global const float *qg, __global const float *k_cache,
     attend_row(qs, k_cache, v_cache, h, pos0 + t + 1, out + row, p, scratch);
 }
 
-/* Decode of one token at position pos, one work-group per head: RoPE of q and
- * k, the cache write of k and v, q @ G_LM and the attention, in one launch.
+/* Decode of one token at position pos: RoPE of q and k, the cache write of k
+ * and v, q @ G_LM and the attention, in one launch. The keys are split over
+ * work-groups so that a short sequence still fills the device: work-group
+ * (h, s) attends to keys [s*ATT_WG, min((s+1)*ATT_WG, pos+1)) of head h and
+ * writes its partial softmax (max, sum, acc[DK]) to part[h][s]; gemv_attn
+ * combines them. The work-group whose keys include pos writes k and v there.
  * qkv is the projection output with its bias. */
 __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
 void attention_decode(__global const float *qkv, __global const float2 *rope,
                       __global float *k_cache, __global float *v_cache, __global const float *g,
-                      const int pos, const float scale, __global float *out)
+                      const int pos, const float scale, const int n_split, __global float *part)
 {
     __local float q[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
-    const int h = get_group_id(0), lid = get_local_id(0);
+    const int h = get_group_id(0) / n_split, sp = get_group_id(0) % n_split, lid = get_local_id(0);
     const int off = h * DK;
+    const int t0 = sp * ATT_WG, n = min(ATT_WG, pos + 1 - t0);
+    const int writer = sp == n_split - 1;
     const long ko = (long)pos * DMODEL + off;
     for (int i = lid; i < DK / 2; i += ATT_WG) {
         const int2 pr = rope_pair(i);
         const float2 cs = rope[(long)pos * (DK / 2) + i];
         const float q0 = qkv[off + pr.x], q1 = qkv[off + pr.y];
-        const float k0 = qkv[DMODEL + off + pr.x], k1 = qkv[DMODEL + off + pr.y];
         q[pr.x] = q0 * cs.x - q1 * cs.y;
         q[pr.y] = q1 * cs.x + q0 * cs.y;
-        k_cache[ko + pr.x] = k0 * cs.x - k1 * cs.y;
-        k_cache[ko + pr.y] = k1 * cs.x + k0 * cs.y;
-        v_cache[ko + pr.x] = qkv[2 * DMODEL + off + pr.x];
-        v_cache[ko + pr.y] = qkv[2 * DMODEL + off + pr.y];
+        if (writer) {
+            const float k0 = qkv[DMODEL + off + pr.x], k1 = qkv[DMODEL + off + pr.y];
+            k_cache[ko + pr.x] = k0 * cs.x - k1 * cs.y;
+            k_cache[ko + pr.y] = k1 * cs.x + k0 * cs.y;
+            v_cache[ko + pr.x] = qkv[2 * DMODEL + off + pr.x];
+            v_cache[ko + pr.y] = qkv[2 * DMODEL + off + pr.y];
+        }
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     __global const float *gh = g + h * DK * DK;
@@ -117,5 +125,30 @@ void attention_decode(__global const float *qkv, __global const float2 *rope,
         qg[j] = s * scale;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    attend_row(qg, k_cache, v_cache, h, pos + 1, out + off, p, scratch);
+    float s = -INFINITY;
+    if (lid < n) {
+        __global const float *kr = k_cache + (long)(t0 + lid) * DMODEL + off;
+        float4 a = 0.0f;
+        for (int i = 0; i < DK / 4; i++)
+            a += vload4(i, kr) * vload4(i, qg);
+        s = a.x + a.y + a.z + a.w;
+        for (int i = DK / 4 * 4; i < DK; i++)
+            s += kr[i] * qg[i];
+    }
+    const float mx = wg_max(s, scratch);
+    const float e = lid < n ? exp(s - mx) : 0.0f;
+    p[lid] = e;
+    const float sum = wg_sum(e, scratch);
+    __global float *out = part + ((long)h * n_split + sp) * (DK + 2);
+    for (int j = lid; j < DK; j += ATT_WG) {
+        __global const float *vc = v_cache + (long)t0 * DMODEL + off + j;
+        float a = 0.0f;
+        for (int kk = 0; kk < n; kk++)
+            a += p[kk] * vc[(long)kk * DMODEL];
+        out[2 + j] = a;
+    }
+    if (lid == 0) {
+        out[0] = mx;
+        out[1] = sum;
+    }
 }

@@ -21,56 +21,101 @@ __kernel void metric_tensor(__global const float *q, const int T, __global float
     a0[gid] = s;
 }
 
-/* The metric learner (mha1.layernorm1 and mha1.reslayerAs), one work-group per
- * row of A. w12[u] holds gluw1 (FA rows) then gluw2 (FA rows) of GLU u =
- * r*NUM_DENSE + k, each row DK long; w3[u] is [DK, FA]. Rows of A are
- * independent through all of it, so a row never leaves local memory. */
+/* LayerNorm of ML_ROWS rows of DK values in local memory, one work-item per
+ * row computing the statistics (rows are short), all of them applying it. */
+inline void ln_rows(__local float (*x)[DK], __global const float *w, __global const float *b,
+                    __local float *mean, __local float *rstd)
+{
+    const int lid = get_local_id(0);
+    if (lid < ML_ROWS) {
+        float s = 0.0f;
+        for (int i = 0; i < DK; i++)
+            s += x[lid][i];
+        const float mu = s / DK;
+        float s2 = 0.0f;
+        for (int i = 0; i < DK; i++)
+            s2 += (x[lid][i] - mu) * (x[lid][i] - mu);
+        mean[lid] = mu;
+        rstd[lid] = rsqrt(s2 / DK + LN_EPS);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
+        const int r = e / DK, i = e % DK;
+        x[r][i] = (x[r][i] - mean[r]) * rstd[r] * w[i] + b[i];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
+/* The metric learner (mha1.layernorm1 and mha1.reslayerAs). Rows of A are
+ * independent through all of it, so each work-group keeps ML_ROWS rows in
+ * local memory from start to end, and every weight it reads serves all of
+ * them. w12[u] holds gluw1 (FA rows) then gluw2 (FA rows) of GLU u =
+ * r*NUM_DENSE + k, each row DK long; w3[u] is [DK, FA]. */
 __kernel __attribute__((reqd_work_group_size(ML_WG, 1, 1)))
-void metric_learner(__global const float *a0, __global float *a_out,
+void metric_learner(__global const float *a0, __global float *a_out, const int n_rows,
                     __global const float *ln0_w, __global const float *ln0_b,
                     __global const float *w12, __global const float *b12,
                     __global const float *w3, __global const float *b3,
                     __global const float *lna_w, __global const float *lna_b)
 {
-    __local float a[DK], cur[DK], hid[FA], scratch[ML_WG];
-    const int row = get_group_id(0), lid = get_local_id(0);
-    for (int i = lid; i < DK; i += ML_WG)
-        a[i] = a0[(long)row * DK + i];
+    __local float a[ML_ROWS][DK], cur[ML_ROWS][DK], hid[ML_ROWS][FA], mean[ML_ROWS], rstd[ML_ROWS];
+    const int row0 = get_group_id(0) * ML_ROWS, lid = get_local_id(0);
+    for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
+        const int r = e / DK, i = e % DK;
+        a[r][i] = row0 + r < n_rows ? a0[(long)(row0 + r) * DK + i] : 0.0f;
+    }
     barrier(CLK_LOCAL_MEM_FENCE);
-    ln_local(a, DK, ln0_w, ln0_b, scratch);
+    ln_rows(a, ln0_w, ln0_b, mean, rstd);
     for (int r = 0; r < NUM_RES; r++) {
-        for (int i = lid; i < DK; i += ML_WG)
-            cur[i] = a[i];
+        for (int e = lid; e < ML_ROWS * DK; e += ML_WG)
+            cur[e / DK][e % DK] = a[e / DK][e % DK];
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int k = 0; k < NUM_DENSE; k++) {
             const int u = r * NUM_DENSE + k;
             __global const float *g1 = w12 + (long)u * 2 * FA * DK;
             __global const float *g2 = g1 + (long)FA * DK;
             for (int f = lid; f < FA; f += ML_WG) {
-                float h1 = b12[u * 2 * FA + f], h2 = b12[u * 2 * FA + FA + f];
-                for (int i = 0; i < DK; i++) {
-                    h1 += g1[f * DK + i] * cur[i];
-                    h2 += g2[f * DK + i] * cur[i];
+                float h1[ML_ROWS], h2[ML_ROWS];
+                for (int q = 0; q < ML_ROWS; q++) {
+                    h1[q] = b12[u * 2 * FA + f];
+                    h2[q] = b12[u * 2 * FA + FA + f];
                 }
-                hid[f] = silu(h1) * h2;
+                for (int i = 0; i < DK; i++) {
+                    const float w1 = g1[f * DK + i], w2 = g2[f * DK + i];
+                    for (int q = 0; q < ML_ROWS; q++) {
+                        h1[q] += w1 * cur[q][i];
+                        h2[q] += w2 * cur[q][i];
+                    }
+                }
+                for (int q = 0; q < ML_ROWS; q++)
+                    hid[q][f] = silu(h1[q]) * h2[q];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             __global const float *g3 = w3 + (long)u * DK * FA;
             for (int j = lid; j < DK; j += ML_WG) {
-                float o = b3[u * DK + j];
-                for (int f = 0; f < FA; f++)
-                    o += g3[j * FA + f] * hid[f];
-                cur[j] = o;
+                float o[ML_ROWS];
+                for (int q = 0; q < ML_ROWS; q++)
+                    o[q] = b3[u * DK + j];
+                for (int f = 0; f < FA; f++) {
+                    const float w = g3[j * FA + f];
+                    for (int q = 0; q < ML_ROWS; q++)
+                        o[q] += w * hid[q][f];
+                }
+                for (int q = 0; q < ML_ROWS; q++)
+                    cur[q][j] = o[q];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
-        for (int i = lid; i < DK; i += ML_WG)
-            a[i] += cur[i];
+        for (int e = lid; e < ML_ROWS * DK; e += ML_WG)
+            a[e / DK][e % DK] += cur[e / DK][e % DK];
         barrier(CLK_LOCAL_MEM_FENCE);
-        ln_local(a, DK, lna_w + r * DK, lna_b + r * DK, scratch);
+        ln_rows(a, lna_w + r * DK, lna_b + r * DK, mean, rstd);
     }
-    for (int i = lid; i < DK; i += ML_WG)
-        a_out[(long)row * DK + i] = a[i];
+    for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
+        const int r = e / DK, i = e % DK;
+        if (row0 + r < n_rows)
+            a_out[(long)(row0 + r) * DK + i] = a[r][i];
+    }
 }
 
 /* A_LM and A_P from A. plga holds Wlst, blst, pwlst, alst, balst, each

@@ -26,7 +26,7 @@
 
 typedef struct kernels {
     cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
-    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, bias_rows, argmax;
+    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_ln, gemv_attn, bias_rows, argmax;
 } kernels;
 
 struct pldr_context {
@@ -51,6 +51,7 @@ struct pldr_context {
     cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast */
     /* decode-step vectors */
     cl_mem s1, s2, xn, x1n;
+    cl_mem att_part; /* split decode attention: [H, n_ctx/ATT_WG, dk + 2] */
     int32_t id_host;
     int n_flags;
     int *flags_host;   /* n_flags words, then the greedy token id */
@@ -243,15 +244,15 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
 {
     const pldr_model *m = c->m;
     size_t groups = ((size_t)op->n_out + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
-    cl_mem none = op->x; /* any valid buffer for unused pointer arguments */
-    cl_mem ln_w = op->ln_in ? op->ln_w : none, ln_b = op->ln_in ? op->ln_b : none;
-    cl_mem x_norm = op->ln_in ? op->x_norm : none;
-    cl_mem res = op->residual ? op->residual : none;
+    cl_mem res = op->residual ? op->residual : op->x; /* any valid buffer when unused */
+    if (op->ln_in)
+        return LAUNCH(c, gemv_ln, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
+                      A_INT(op->k_dim), A_INT(op->n_out), A_MEM(op->x), A_MEM(op->ln_w), A_MEM(op->ln_b),
+                      A_MEM(op->x_norm), A_MEM(res), A_INT(op->residual != NULL), A_INT(op->glu), A_MEM(op->y),
+                      A_LOCAL((size_t)op->k_dim * sizeof(float)), A_MEM(c->flags), A_INT(op->flag_index));
     return LAUNCH(c, gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
-                  A_INT(op->k_dim), A_INT(op->n_out), A_MEM(op->x), A_INT(op->ln_in), A_MEM(ln_w),
-                  A_MEM(ln_b), A_MEM(x_norm), A_MEM(res), A_INT(op->residual != NULL), A_INT(op->glu),
-                  A_MEM(op->y), A_LOCAL((size_t)op->k_dim * sizeof(float)), A_MEM(c->flags),
-                  A_INT(op->flag_index));
+                  A_INT(op->k_dim), A_INT(op->n_out), A_MEM(op->x), A_MEM(res), A_INT(op->residual != NULL),
+                  A_INT(op->glu), A_MEM(op->y), A_LOCAL((size_t)op->k_dim * sizeof(float)));
 }
 
 /* ------------------------------------------------------------ PLGA */
@@ -266,10 +267,11 @@ static pldr_status plga(pldr_context *c, int l, int T, int from_cached_a)
     const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
     if (!from_cached_a) {
         TRY(LAUNCH(c, metric, hdd, 0, A_MEM(c->q), A_INT(T), A_MEM(c->a0)));
-        TRY(LAUNCH(c, learner, (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)m->ml_wg, (size_t)m->ml_wg,
-                   A_MEM(c->a0), A_MEM(c->g_a[l]), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12),
-                   A_MEM(ly->ml_b12), A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w),
-                   A_MEM(ly->ml_ln_b)));
+        const int rows = cf->n_heads * cf->head_dim;
+        const size_t groups = ((size_t)rows + (size_t)m->ml_rows - 1) / (size_t)m->ml_rows;
+        TRY(LAUNCH(c, learner, groups * (size_t)m->ml_wg, (size_t)m->ml_wg, A_MEM(c->a0), A_MEM(c->g_a[l]),
+                   A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
+                   A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
     }
     TRY(LAUNCH(c, potential, hdd, 0, A_MEM(c->g_a[l]), A_MEM(ly->plga), A_MEM(c->g_alm[l]), A_MEM(c->a_p)));
     return LAUNCH(c, energy, hdd, 0, A_MEM(c->a_p), A_MEM(ly->plga), A_MEM(c->g_g[l]), A_MEM(c->flags),
@@ -368,11 +370,13 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
                        l > 0 ? flag_ffn(l - 1) : 0};
         TRY(gemv(c, &qkv));
         TRY(layer_g(c, l, 1, 0));
-        TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->qkv),
-                   A_MEM(c->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]), A_INT(pos),
-                   A_FLT(scale), A_MEM(c->att)));
-        gemv_op dense = {ly->wo, ly->bo, d, d, c->att, 0, NULL, NULL, NULL, c->xn, 0, c->s1, 0};
-        TRY(gemv(c, &dense));
+        const int n_split = (pos + 1 + m->att_wg - 1) / m->att_wg;
+        TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg, (size_t)m->att_wg,
+                   A_MEM(c->qkv), A_MEM(c->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]),
+                   A_INT(pos), A_FLT(scale), A_INT(n_split), A_MEM(c->att_part)));
+        TRY(LAUNCH(c, gemv_attn, (((size_t)d + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows) * (size_t)m->gemv_wg,
+                   (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_MEM(c->att_part), A_INT(n_split),
+                   A_MEM(c->xn), A_MEM(c->s1), A_LOCAL((size_t)d * sizeof(float))));
         gemv_op up = {ly->w12, ly->b12, d, F, c->s1, 1, ly->ln1_w, ly->ln1_b, c->x1n, NULL, 1, c->g,
                       flag_att(l)};
         TRY(gemv(c, &up));
@@ -579,7 +583,8 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
         {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
         {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
-        {&c->k.gemv, "gemv"},                {&c->k.bias_rows, "add_bias_rows"},
+        {&c->k.gemv, "gemv"},                {&c->k.gemv_ln, "gemv_ln"},
+        {&c->k.gemv_attn, "gemv_attn"},      {&c->k.bias_rows, "add_bias_rows"},
         {&c->k.argmax, "argmax"},
     };
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
@@ -687,6 +692,9 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->logits, LOGIT_CHUNK * V * 4, "the logits"));
     TRY(ctx_buffer(c, &c->flags, ((size_t)c->n_flags + 1) * 4, "the flags"));
+    const size_t max_split = (T + (size_t)m->att_wg - 1) / (size_t)m->att_wg;
+    TRY(ctx_buffer(c, &c->att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4,
+                   "the attention partials"));
     cl_mem *vec[] = {&c->s1, &c->s2, &c->xn, &c->x1n};
     for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++)
         TRY(ctx_buffer(c, vec[i], d * 4, "activations"));
@@ -770,7 +778,7 @@ void pldr_context_free(pldr_context *c)
     }
     cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
                         &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
-                        &c->s1, &c->s2, &c->xn, &c->x1n};
+                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->att_part};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
         release(single[i]);
     cl_kernel *ks = (cl_kernel *)&c->k;

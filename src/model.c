@@ -259,6 +259,7 @@ static void choose_work_groups(pldr_model *m)
     m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
     m->att_wg = pow2_at_most(lim, 64);
     m->ml_wg = pow2_at_most(lim, 64);
+    m->ml_rows = 8;
     m->gemv_wg = pow2_at_most(lim, cpu ? 64 : 256);
     /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
      * work-items share a row so that neighbours read neighbouring weights */
@@ -270,7 +271,7 @@ static void choose_work_groups(pldr_model *m)
             const char *key;
             int *val;
         } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
-                    {"rows", &m->gemv_rows}};
+                    {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             const char *p = strstr(env, keys[i].key);
             size_t kl = strlen(keys[i].key);
@@ -280,6 +281,11 @@ static void choose_work_groups(pldr_model *m)
     }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
+    /* the metric learner keeps ml_rows rows of A and their hidden units in
+     * local memory */
+    const uint64_t per_row = (2 * (uint64_t)m->cfg.head_dim + (uint64_t)m->cfg.a_dff + 2) * 4;
+    while (m->ml_rows > 1 && per_row * (uint64_t)m->ml_rows + 4096 > d->local_mem_bytes)
+        m->ml_rows /= 2;
 }
 
 static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
@@ -361,10 +367,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     snprintf(options, sizeof options,
              "-cl-std=CL1.2 -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
-             "-DGEMV_WG=%d -DGEMV_ROWS=%d",
+             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d",
              c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
-             m->ml_wg, m->gemv_wg, m->gemv_rows);
+             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows);
     st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                         params->progress_user, &m->program);
     if (st != PLDR_OK)

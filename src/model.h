@@ -36,7 +36,7 @@ struct pldr_model {
     uint64_t device_bytes;
     size_t max_matrix_elems; /* largest weight matrix, for the f16 prefill scratch */
     /* work-group sizes chosen for the device (also passed as -D defines) */
-    int row_wg, att_wg, ml_wg, gemv_wg, gemv_rows;
+    int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows;
 };
 
 /* Creates a device buffer, recording its size in *counter when given. */
