@@ -120,6 +120,7 @@ void attention_decode(__global const float *qkv, __global const float2 *rope,
     __global const float *gh = g + h * DK * DK;
     for (int j = lid; j < DK; j += ATT_WG) {
         float s = 0.0f;
+#pragma unroll 16
         for (int i = 0; i < DK; i++)
             s += q[i] * gh[i * DK + j];
         qg[j] = s * scale;
@@ -141,10 +142,13 @@ void attention_decode(__global const float *qkv, __global const float2 *rope,
     const float sum = wg_sum(e, scratch);
     __global float *out = part + ((long)h * n_split + sp) * (DK + 2);
     for (int j = lid; j < DK; j += ATT_WG) {
-        __global const float *vc = v_cache + (long)t0 * DMODEL + off + j;
+        __global const float *vc = v_cache + off + j;
         float a = 0.0f;
-        for (int kk = 0; kk < n; kk++)
-            a += p[kk] * vc[(long)kk * DMODEL];
+        /* a fixed trip count lets the loads of the tile be issued together;
+         * keys past the last one have p = 0 and read a valid row */
+#pragma unroll 16
+        for (int kk = 0; kk < ATT_WG; kk++)
+            a += p[kk] * vc[(long)min(t0 + kk, pos) * DMODEL];
         out[2 + j] = a;
     }
     if (lid == 0) {

@@ -32,6 +32,7 @@ inline void gemv_rows(__global const WT *w, __global const float *bias, const in
         const int k4 = k_dim & ~3;
         int k = lane * 4;
         if (glu) {
+#pragma unroll 4
             for (; k < k4; k += LANES * 4) {
                 const float4 xv = vload4(0, xs + k);
                 acc += dot(LOAD_W4(wr, k), xv);
@@ -40,6 +41,7 @@ inline void gemv_rows(__global const WT *w, __global const float *bias, const in
         } else {
             /* two independent chains keep more loads in flight */
             float accb = 0.0f;
+#pragma unroll 4
             for (; k + LANES * 4 < k4; k += LANES * 8) {
                 acc += dot(LOAD_W4(wr, k), vload4(0, xs + k));
                 accb += dot(LOAD_W4(wr, k + LANES * 4), vload4(0, xs + k + LANES * 4));

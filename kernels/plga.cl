@@ -58,7 +58,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
                     __global const float *w3, __global const float *b3,
                     __global const float *lna_w, __global const float *lna_b)
 {
-    __local float a[ML_ROWS][DK], cur[ML_ROWS][DK], hid[ML_ROWS][FA], mean[ML_ROWS], rstd[ML_ROWS];
+    __local float a[ML_ROWS][DK], cur[ML_ROWS][DK], hid[ML_ROWS][2 * FA], mean[ML_ROWS], rstd[ML_ROWS];
     const int row0 = get_group_id(0) * ML_ROWS, lid = get_local_id(0);
     for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
         const int r = e / DK, i = e % DK;
@@ -72,37 +72,37 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int k = 0; k < NUM_DENSE; k++) {
             const int u = r * NUM_DENSE + k;
-            __global const float *g1 = w12 + (long)u * 2 * FA * DK;
-            __global const float *g2 = g1 + (long)FA * DK;
-            for (int f = lid; f < FA; f += ML_WG) {
-                float h1[ML_ROWS], h2[ML_ROWS];
-                for (int q = 0; q < ML_ROWS; q++) {
-                    h1[q] = b12[u * 2 * FA + f];
-                    h2[q] = b12[u * 2 * FA + FA + f];
-                }
+            /* gluw1 and gluw2 outputs: column c of [W1; W2] for every row */
+            __global const float *g12 = w12 + (long)u * 2 * FA * DK;
+            for (int c = lid; c < 2 * FA; c += ML_WG) {
+                float h[ML_ROWS];
+                const float bias = b12[u * 2 * FA + c];
+                for (int q = 0; q < ML_ROWS; q++)
+                    h[q] = bias;
+#pragma unroll 8
                 for (int i = 0; i < DK; i++) {
-                    const float w1 = g1[f * DK + i], w2 = g2[f * DK + i];
-                    for (int q = 0; q < ML_ROWS; q++) {
-                        h1[q] += w1 * cur[q][i];
-                        h2[q] += w2 * cur[q][i];
-                    }
+                    const float w = g12[c * DK + i];
+                    for (int q = 0; q < ML_ROWS; q++)
+                        h[q] += w * cur[q][i];
                 }
                 for (int q = 0; q < ML_ROWS; q++)
-                    hid[q][f] = silu(h1[q]) * h2[q];
+                    hid[q][c] = h[q];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
+            for (int e = lid; e < ML_ROWS * FA; e += ML_WG) {
+                const int q = e / FA, f = e % FA;
+                hid[q][f] = silu(hid[q][f]) * hid[q][FA + f];
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* gluw3: output j of row q */
             __global const float *g3 = w3 + (long)u * DK * FA;
-            for (int j = lid; j < DK; j += ML_WG) {
-                float o[ML_ROWS];
-                for (int q = 0; q < ML_ROWS; q++)
-                    o[q] = b3[u * DK + j];
-                for (int f = 0; f < FA; f++) {
-                    const float w = g3[j * FA + f];
-                    for (int q = 0; q < ML_ROWS; q++)
-                        o[q] += w * hid[q][f];
-                }
-                for (int q = 0; q < ML_ROWS; q++)
-                    cur[q][j] = o[q];
+            for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
+                const int q = e / DK, j = e % DK;
+                float o = b3[u * DK + j];
+#pragma unroll 8
+                for (int f = 0; f < FA; f++)
+                    o += g3[j * FA + f] * hid[q][f];
+                cur[q][j] = o;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }

@@ -258,8 +258,8 @@ static void choose_work_groups(pldr_model *m)
     size_t lim = d->max_work_group_size ? d->max_work_group_size : 64;
     m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
     m->att_wg = pow2_at_most(lim, 64);
-    m->ml_wg = pow2_at_most(lim, 64);
-    m->ml_rows = 8;
+    m->ml_wg = pow2_at_most(lim, cpu ? 64 : 256);
+    m->ml_rows = cpu ? 8 : 4;
     m->gemv_wg = pow2_at_most(lim, cpu ? 64 : 256);
     /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
      * work-items share a row so that neighbours read neighbouring weights */
@@ -283,7 +283,7 @@ static void choose_work_groups(pldr_model *m)
         m->gemv_rows /= 2;
     /* the metric learner keeps ml_rows rows of A and their hidden units in
      * local memory */
-    const uint64_t per_row = (2 * (uint64_t)m->cfg.head_dim + (uint64_t)m->cfg.a_dff + 2) * 4;
+    const uint64_t per_row = (2 * (uint64_t)m->cfg.head_dim + 2 * (uint64_t)m->cfg.a_dff + 2) * 4;
     while (m->ml_rows > 1 && per_row * (uint64_t)m->ml_rows + 4096 > d->local_mem_bytes)
         m->ml_rows /= 2;
 }

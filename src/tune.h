@@ -98,4 +98,10 @@ pldr_status pldr_tuning_load(struct pldr_ocl *ocl, const char *cache_dir, int *n
  * warning on stderr and ignored. Always returns PLDR_OK. */
 pldr_status pldr_tuning_apply(struct pldr_ocl *ocl, const char *cache_dir);
 
+/* `pldr tune --check`: opens the device, reads, checks and applies its
+ * tuning file. *path and *summary (a description of what the file holds)
+ * are malloc'ed; both are set on success, *path also on failure when known.
+ * Ignores PLDR_TUNING. */
+pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **path, char **summary);
+
 #endif

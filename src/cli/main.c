@@ -28,6 +28,7 @@ static const char usage[] =
     "  gcache       export the G-cache [A, A_LM, G_LM] of a prompt as safetensors\n"
     "  deductive    report the deductive outputs A, A_LM, G_LM: RMS, determinants, drift\n"
     "  perplexity   perplexity of a text file (strided windows)\n"
+    "  tune         tune CLBlast's GEMM for a model's prefill on a device (cached per device)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
@@ -286,6 +287,7 @@ int main(int argc, char **argv)
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
         {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
+        {"tune", cmd_tune},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0)

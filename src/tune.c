@@ -1,0 +1,1586 @@
+/* Per-device tuning of CLBlast's GEMM for the model's prefill shapes (see
+ * tune.h). CLBlast 1.5 keeps one parameter set per kernel and device, read
+ * from its built-in database unless CLBlastOverrideParameters replaces it;
+ * every distinct combination compiles a new program on its first call (about
+ * 20 s under PoCL on 2 cores, about a second on a GPU), so the search is a
+ * budgeted local search rather than CLBlast's exhaustive tuners:
+ *
+ *  1. baseline: CLBlast's defaults, as the engine runs them today;
+ *  2. CLBlast's default Xgemm with every shape forced to the indirect path
+ *     (XGEMM_MIN_INDIRECT_SIZE 0) and its default XgemmDirect with every
+ *     shape forced to the direct path, so that the defaults take part in the
+ *     choice of the switch-over size;
+ *  3. one seed per family (Xgemm GEMMK=0, Xgemm GEMMK=1, XgemmDirect), then
+ *     mutations of each family's best set (one or two parameters moved to a
+ *     neighbouring value), families taking turns, favouring those in the
+ *     current best solution, until the budget or the candidate limit is
+ *     reached.
+ * Every candidate is checked against a host reference on its first call of
+ * every shape; a wrong or failing candidate is dropped. Times are the minimum
+ * over repeated calls timed by wall clock around clFinish (CLBlast's event
+ * would time only its last kernel). The solution picks one indirect set, one
+ * direct set and the threshold between them that minimise
+ * sum(weight x time); it is stored only when it beats the defaults by 2%. */
+#include "config.h"
+
+#include <clblast_c.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ocl.h"
+#include "tune.h"
+#include "util.h"
+
+#define TUNE_FORMAT "pldr-clblast-tuning"
+#define TUNE_VERSION 1
+#define TUNE_MAX_BYTES (4u << 20)
+/* XGEMM_MIN_INDIRECT_SIZE that sends every GEMM to the direct kernel:
+ * CLBlast compares m*n*k with its cube in 64 bits. */
+#define ALL_DIRECT 1000000u
+#define MARGIN 0.98      /* a solution must take at most 98% of the defaults' time */
+#define ABORT_RATIO 2.5  /* drop a candidate this much slower than its kind's best */
+#define MIN_REP_TIME 0.1 /* seconds of timed calls per shape, at least 2 calls */
+#define MAX_REPS 20
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#define CLBLAST_VERSION_STRING STR(CLBLAST_VERSION_MAJOR) "." STR(CLBLAST_VERSION_MINOR) "." STR(CLBLAST_VERSION_PATCH)
+
+/* ------------------------------------------------------------ parameters */
+
+enum { XP_GEMMK, XP_KREG, XP_KWG, XP_KWI, XP_MDIMA, XP_MDIMC, XP_MWG, XP_NDIMB, XP_NDIMC, XP_NWG,
+       XP_SA, XP_SB, XP_STRM, XP_STRN, XP_VWM, XP_VWN, XP_COUNT };
+static const char *const xgemm_names[XP_COUNT] = {"GEMMK", "KREG", "KWG", "KWI", "MDIMA", "MDIMC",
+                                                  "MWG", "NDIMB", "NDIMC", "NWG", "SA", "SB",
+                                                  "STRM", "STRN", "VWM", "VWN"};
+enum { DP_KWID, DP_MDIMAD, DP_MDIMCD, DP_NDIMBD, DP_NDIMCD, DP_PADA, DP_PADB, DP_VWMD, DP_VWND, DP_WGD,
+       DP_COUNT };
+static const char *const direct_names[DP_COUNT] = {"KWID", "MDIMAD", "MDIMCD", "NDIMBD", "NDIMCD",
+                                                   "PADA", "PADB", "VWMD", "VWND", "WGD"};
+static const char *const threshold_name = "XGEMM_MIN_INDIRECT_SIZE";
+
+typedef struct opts {
+    int n;
+    unsigned v[6];
+} opts;
+
+/* The search spaces, after CLBlast's own tuner variations (docs/tuning.md),
+ * with thread tiles of 4 added for CPU devices. */
+static const opts space_x0[XP_COUNT] = {
+    [XP_GEMMK] = {1, {0}},           [XP_KREG] = {1, {1}},
+    [XP_KWG] = {2, {16, 32}},        [XP_KWI] = {2, {2, 8}},
+    [XP_MDIMA] = {4, {4, 8, 16, 32}}, [XP_MDIMC] = {4, {4, 8, 16, 32}},
+    [XP_MWG] = {4, {16, 32, 64, 128}}, [XP_NDIMB] = {4, {4, 8, 16, 32}},
+    [XP_NDIMC] = {4, {4, 8, 16, 32}}, [XP_NWG] = {4, {16, 32, 64, 128}},
+    [XP_SA] = {2, {0, 1}},           [XP_SB] = {2, {0, 1}},
+    [XP_STRM] = {2, {0, 1}},         [XP_STRN] = {2, {0, 1}},
+    [XP_VWM] = {4, {1, 2, 4, 8}},    [XP_VWN] = {4, {1, 2, 4, 8}},
+};
+static const opts space_x1[XP_COUNT] = {
+    [XP_GEMMK] = {1, {1}},                [XP_KREG] = {5, {1, 2, 4, 8, 16}},
+    [XP_KWG] = {1, {1}},                  [XP_KWI] = {1, {1}},
+    [XP_MDIMA] = {5, {2, 4, 8, 16, 32}},  [XP_MDIMC] = {5, {2, 4, 8, 16, 32}},
+    [XP_MWG] = {5, {8, 16, 32, 64, 128}}, [XP_NDIMB] = {5, {2, 4, 8, 16, 32}},
+    [XP_NDIMC] = {5, {2, 4, 8, 16, 32}},  [XP_NWG] = {5, {8, 16, 32, 64, 128}},
+    [XP_SA] = {1, {0}},                   [XP_SB] = {1, {0}},
+    [XP_STRM] = {1, {0}},                 [XP_STRN] = {1, {0}},
+    [XP_VWM] = {4, {1, 2, 4, 8}},         [XP_VWN] = {4, {1, 2, 4, 8}},
+};
+static const opts space_d[DP_COUNT] = {
+    [DP_KWID] = {3, {2, 8, 16}},      [DP_MDIMAD] = {3, {8, 16, 32}}, [DP_MDIMCD] = {3, {8, 16, 32}},
+    [DP_NDIMBD] = {3, {8, 16, 32}},   [DP_NDIMCD] = {3, {8, 16, 32}}, [DP_PADA] = {2, {0, 1}},
+    [DP_PADB] = {2, {0, 1}},          [DP_VWMD] = {4, {1, 2, 4, 8}},  [DP_VWND] = {4, {1, 2, 4, 8}},
+    [DP_WGD] = {4, {8, 16, 32, 64}},
+};
+/* First sets tried per family: moderate tiles, vector width 4. */
+static const size_t seed_x0[XP_COUNT] = {0, 1, 32, 2, 16, 16, 64, 16, 16, 64, 1, 1, 0, 0, 4, 4};
+static const size_t seed_x1[XP_COUNT] = {1, 4, 1, 1, 8, 8, 64, 8, 8, 64, 0, 0, 0, 0, 4, 4};
+static const size_t seed_d[DP_COUNT] = {2, 8, 8, 8, 8, 1, 1, 4, 4, 32};
+
+enum { FAM_X0, FAM_X1, FAM_D, N_FAM };
+typedef struct family {
+    const char *label;  /* for messages */
+    const char *kernel; /* CLBlast kernel name */
+    int n_params;
+    const char *const *names;
+    const opts *space;
+    const size_t *seed;
+} family;
+static const family families[N_FAM] = {
+    {"Xgemm/GEMMK=0", "Xgemm", XP_COUNT, xgemm_names, space_x0, seed_x0},
+    {"Xgemm/GEMMK=1", "Xgemm", XP_COUNT, xgemm_names, space_x1, seed_x1},
+    {"XgemmDirect", "XgemmDirect", DP_COUNT, direct_names, space_d, seed_d},
+};
+
+typedef struct limits {
+    uint64_t local_mem;
+    size_t max_wg, max_item0, max_item1;
+} limits;
+
+static void device_limits(const pldr_ocl *o, limits *lim)
+{
+    lim->local_mem = o->info.local_mem_bytes;
+    lim->max_wg = o->info.max_work_group_size;
+    lim->max_item0 = lim->max_item1 = lim->max_wg;
+    size_t items[3] = {0, 0, 0};
+    cl_uint dims = 0;
+    if (clGetDeviceInfo(o->device, CL_DEVICE_MAX_WORK_ITEM_DIMENSIONS, sizeof dims, &dims, NULL) == CL_SUCCESS &&
+        dims >= 2 && dims <= 3 &&
+        clGetDeviceInfo(o->device, CL_DEVICE_MAX_WORK_ITEM_SIZES, dims * sizeof(size_t), items, NULL) == CL_SUCCESS) {
+        lim->max_item0 = items[0];
+        lim->max_item1 = items[1];
+    }
+}
+
+static int multiple(size_t a, size_t b) { return b != 0 && a % b == 0; }
+static int vector_width(size_t v) { return v == 1 || v == 2 || v == 4 || v == 8 || v == 16; }
+static int flag(size_t v) { return v <= 1; }
+
+/* NULL when an Xgemm set is valid for the device, else the broken rule. The
+ * rules are those of CLBlast's kernels and tuner: integer tiles per thread
+ * and per loader, the KWG loop unrolled by KWI, the local memory and the
+ * work-group size of the device. */
+static const char *xgemm_invalid(const size_t *v, const limits *lim)
+{
+    static const int positive[] = {XP_KREG, XP_KWG, XP_KWI, XP_MDIMA, XP_MDIMC, XP_MWG, XP_NDIMB, XP_NDIMC, XP_NWG};
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+        if (v[positive[i]] < 1 || v[positive[i]] > 4096)
+            return "a tile size outside [1, 4096]";
+    if (v[XP_GEMMK] > 1)
+        return "GEMMK is neither 0 nor 1";
+    if (!flag(v[XP_SA]) || !flag(v[XP_SB]) || !flag(v[XP_STRM]) || !flag(v[XP_STRN]))
+        return "SA, SB, STRM and STRN must be 0 or 1";
+    if (!vector_width(v[XP_VWM]) || !vector_width(v[XP_VWN]))
+        return "VWM and VWN must be 1, 2, 4, 8 or 16";
+    if (!multiple(v[XP_KWG], v[XP_KWI]))
+        return "KWG must be a multiple of KWI";
+    if (!multiple(v[XP_MWG], v[XP_MDIMC] * v[XP_VWM]) || !multiple(v[XP_MWG], v[XP_MDIMA] * v[XP_VWM]))
+        return "MWG must be a multiple of MDIMC*VWM and MDIMA*VWM";
+    if (!multiple(v[XP_NWG], v[XP_NDIMC] * v[XP_VWN]) || !multiple(v[XP_NWG], v[XP_NDIMB] * v[XP_VWN]))
+        return "NWG must be a multiple of NDIMC*VWN and NDIMB*VWN";
+    if (v[XP_GEMMK] == 0) {
+        size_t threads = v[XP_MDIMC] * v[XP_NDIMC];
+        if (!multiple(threads, v[XP_MDIMA]) || !multiple(threads, v[XP_NDIMB]))
+            return "MDIMC*NDIMC must be a multiple of MDIMA and NDIMB";
+        if (!multiple(v[XP_KWG], threads / v[XP_MDIMA]) || !multiple(v[XP_KWG], threads / v[XP_NDIMB]))
+            return "KWG must be a multiple of KDIMA and KDIMB";
+        if (v[XP_KREG] != 1)
+            return "KREG must be 1 with GEMMK 0";
+    } else {
+        if (v[XP_KWG] != 1 || v[XP_KWI] != 1 || v[XP_SA] || v[XP_SB] || v[XP_STRM] || v[XP_STRN])
+            return "GEMMK 1 needs KWG=KWI=1 and SA=SB=STRM=STRN=0";
+        if (v[XP_MDIMA] != v[XP_MDIMC] || v[XP_NDIMB] != v[XP_NDIMC])
+            return "GEMMK 1 needs MDIMA=MDIMC and NDIMB=NDIMC";
+        if (!multiple(v[XP_KREG], v[XP_VWN]))
+            return "KREG must be a multiple of VWN";
+    }
+    uint64_t local = 4 * ((uint64_t)v[XP_SA] * v[XP_KWG] * v[XP_MWG] + (uint64_t)v[XP_SB] * v[XP_KWG] * v[XP_NWG]);
+    if (local > lim->local_mem)
+        return "more local memory than the device has";
+    if (v[XP_MDIMC] * v[XP_NDIMC] > lim->max_wg || v[XP_MDIMC] > lim->max_item0 || v[XP_NDIMC] > lim->max_item1)
+        return "a work-group larger than the device allows";
+    return NULL;
+}
+
+static const char *direct_invalid(const size_t *v, const limits *lim)
+{
+    static const int positive[] = {DP_KWID, DP_MDIMAD, DP_MDIMCD, DP_NDIMBD, DP_NDIMCD, DP_WGD};
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+        if (v[positive[i]] < 1 || v[positive[i]] > 4096)
+            return "a tile size outside [1, 4096]";
+    if (!flag(v[DP_PADA]) || !flag(v[DP_PADB]))
+        return "PADA and PADB must be 0 or 1";
+    if (!vector_width(v[DP_VWMD]) || !vector_width(v[DP_VWND]))
+        return "VWMD and VWND must be 1, 2, 4, 8 or 16";
+    const size_t wgd = v[DP_WGD], threads = v[DP_MDIMCD] * v[DP_NDIMCD];
+    if (!multiple(wgd, v[DP_KWID]))
+        return "WGD must be a multiple of KWID";
+    if (!multiple(wgd, v[DP_MDIMCD] * v[DP_VWMD]) || !multiple(wgd, v[DP_MDIMAD] * v[DP_VWMD]))
+        return "WGD must be a multiple of MDIMCD*VWMD and MDIMAD*VWMD";
+    if (!multiple(wgd, v[DP_NDIMCD] * v[DP_VWND]) || !multiple(wgd, v[DP_NDIMBD] * v[DP_VWND]))
+        return "WGD must be a multiple of NDIMCD*VWND and NDIMBD*VWND";
+    if (!multiple(threads, v[DP_MDIMAD]) || !multiple(threads, v[DP_NDIMBD]) ||
+        !multiple(wgd, threads / v[DP_MDIMAD]) || !multiple(wgd, threads / v[DP_NDIMBD]))
+        return "WGD must be a multiple of KDIMAD and KDIMBD";
+    uint64_t local = 4 * ((uint64_t)wgd * (wgd + v[DP_PADA]) + (uint64_t)wgd * (wgd + v[DP_PADB]));
+    if (local > lim->local_mem)
+        return "more local memory than the device has";
+    if (threads > lim->max_wg || v[DP_MDIMCD] > lim->max_item0 || v[DP_NDIMCD] > lim->max_item1)
+        return "a work-group larger than the device allows";
+    return NULL;
+}
+
+static const char *family_invalid(int fam, const size_t *v, const limits *lim)
+{
+    return fam == FAM_D ? direct_invalid(v, lim) : xgemm_invalid(v, lim);
+}
+
+static CLBlastStatusCode override_kernel(const pldr_ocl *o, const char *kernel, int n, const char *const *names,
+                                         const size_t *values)
+{
+    const char *nm[XP_COUNT];
+    size_t val[XP_COUNT];
+    for (int i = 0; i < n; i++) {
+        nm[i] = names[i];
+        val[i] = values[i];
+    }
+    return CLBlastOverrideParameters(o->device, kernel, CLBlastPrecisionSingle, (size_t)n, nm, val);
+}
+
+static CLBlastStatusCode override_threshold(const pldr_ocl *o, size_t value)
+{
+    return override_kernel(o, "GemmRoutine", 1, &threshold_name, &value);
+}
+
+static void params_string(int fam, const size_t *v, char *buf, size_t size)
+{
+    const family *f = &families[fam];
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < f->n_params && o + 1 < size; i++) {
+        /* GEMMK 1 ignores the kernel-0 parameters: leave them out */
+        if (fam == FAM_X1 && (i == XP_GEMMK || i == XP_KWG || i == XP_KWI || i == XP_MDIMA || i == XP_NDIMB ||
+                              i == XP_SA || i == XP_SB || i == XP_STRM || i == XP_STRN))
+            continue;
+        if (fam == FAM_X0 && (i == XP_GEMMK || i == XP_KREG))
+            continue;
+        int w = snprintf(buf + o, size - o, "%s%s=%zu", o ? " " : "", f->names[i], v[i]);
+        if (w < 0)
+            break;
+        o += (size_t)w;
+    }
+}
+
+/* ------------------------------------------------------------ key and path */
+
+static uint64_t device_key(const pldr_device_info *info)
+{
+    const char *parts[] = {info->name, info->driver_version, info->platform_version,
+                           "clblast " CLBLAST_VERSION_STRING};
+    uint64_t h = PLDR_FNV_INIT;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        h = pldr_fnv1a(h, parts[i], strlen(parts[i]) + 1);
+    return h;
+}
+
+char *pldr_tuning_path(const pldr_device_info *info, const char *cache_dir)
+{
+    if (!info)
+        return NULL;
+    char *dir = cache_dir ? pldr_strdup(cache_dir) : pldr_default_cache_dir();
+    if (!dir)
+        return NULL;
+    char name[48];
+    snprintf(name, sizeof name, "tune-%016llx.json", (unsigned long long)device_key(info));
+    char *path = pldr_path_join(dir, name);
+    free(dir);
+    return path;
+}
+
+/* ------------------------------------------------------------ reading */
+
+/* The parameters a tuning file holds, checked. */
+typedef struct tuning {
+    int has_x, has_d, has_thr;
+    size_t x[XP_COUNT], d[DP_COUNT], thr;
+} tuning;
+
+static pldr_status bad(const char *path, const char *what)
+{
+    return pldr_fail(PLDR_ERR_FORMAT, "%s: %s", path, what);
+}
+
+/* Reads the object obj of exactly the n given names into values. */
+static pldr_status read_set(const char *path, const char *kernel, json_t *obj, int n, const char *const *names,
+                            size_t *values)
+{
+    char msg[160];
+    if (!json_is_object(obj)) {
+        snprintf(msg, sizeof msg, "parameters of %s are not an object", kernel);
+        return bad(path, msg);
+    }
+    if (json_object_size(obj) != (size_t)n) {
+        snprintf(msg, sizeof msg, "%s has %zu parameters, expected %d", kernel, json_object_size(obj), n);
+        return bad(path, msg);
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *v = json_object_get(obj, names[i]);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (json_int_t)ALL_DIRECT) {
+            snprintf(msg, sizeof msg, "%s.%s is missing or not an integer in range", kernel, names[i]);
+            return bad(path, msg);
+        }
+        values[i] = (size_t)json_integer_value(v);
+    }
+    return PLDR_OK;
+}
+
+static int same_string(json_t *obj, const char *key, const char *want)
+{
+    json_t *v = json_object_get(obj, key);
+    return json_is_string(v) && strcmp(json_string_value(v), want) == 0;
+}
+
+static pldr_status parse_tuning(const char *path, const unsigned char *text, size_t len, const pldr_ocl *o,
+                                tuning *t)
+{
+    memset(t, 0, sizeof *t);
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
+    pldr_status st = PLDR_OK;
+    json_t *dev = json_object_get(root, "device"), *params = json_object_get(root, "parameters");
+    json_t *ver = json_object_get(root, "version");
+    if (!json_is_object(root) || !same_string(root, "format", TUNE_FORMAT))
+        st = bad(path, "not a pldr tuning file");
+    else if (!json_is_integer(ver) || json_integer_value(ver) != TUNE_VERSION)
+        st = bad(path, "unsupported version");
+    else if (!json_is_object(dev) || !same_string(dev, "name", o->info.name) ||
+             !same_string(dev, "driver_version", o->info.driver_version) ||
+             !same_string(dev, "platform_version", o->info.platform_version))
+        st = bad(path, "made for another device or driver");
+    else if (!same_string(root, "clblast", CLBLAST_VERSION_STRING))
+        st = bad(path, "made for another CLBlast version");
+    else if (!json_is_object(params))
+        st = bad(path, "no parameters object");
+    const char *key;
+    json_t *val;
+    if (st == PLDR_OK) {
+        json_object_foreach(params, key, val) {
+            if (strcmp(key, "Xgemm") == 0) {
+                st = read_set(path, key, val, XP_COUNT, xgemm_names, t->x);
+                t->has_x = 1;
+            } else if (strcmp(key, "XgemmDirect") == 0) {
+                st = read_set(path, key, val, DP_COUNT, direct_names, t->d);
+                t->has_d = 1;
+            } else if (strcmp(key, "GemmRoutine") == 0) {
+                st = read_set(path, key, val, 1, &threshold_name, &t->thr);
+                t->has_thr = 1;
+            } else {
+                st = bad(path, "unknown kernel in parameters");
+            }
+            if (st != PLDR_OK)
+                break;
+        }
+    }
+    json_decref(root);
+    if (st != PLDR_OK)
+        return st;
+    limits lim;
+    device_limits(o, &lim);
+    const char *why;
+    if (t->has_x && (why = xgemm_invalid(t->x, &lim)) != NULL)
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: invalid Xgemm parameters (%s)", path, why);
+    if (t->has_d && (why = direct_invalid(t->d, &lim)) != NULL)
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: invalid XgemmDirect parameters (%s)", path, why);
+    return PLDR_OK;
+}
+
+static int tuning_disabled(void)
+{
+    const char *e = getenv("PLDR_TUNING");
+    return e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "no") == 0);
+}
+
+/* Reads the device's file into *t; *found = 0 when there is none. */
+static pldr_status read_tuning(const pldr_ocl *o, const char *cache_dir, tuning *t, int *found, char **path_out)
+{
+    *found = 0;
+    if (path_out)
+        *path_out = NULL;
+    memset(t, 0, sizeof *t);
+    if (cache_dir && !*cache_dir)
+        return PLDR_OK;
+    char *path = pldr_tuning_path(&o->info, cache_dir);
+    if (!path)
+        return PLDR_OK; /* no cache directory: nothing to read */
+    struct stat sb;
+    if (stat(path, &sb) != 0 && errno == ENOENT) {
+        free(path);
+        return PLDR_OK;
+    }
+    unsigned char *text = NULL;
+    size_t len = 0;
+    pldr_status st = pldr_read_file(path, TUNE_MAX_BYTES, &text, &len);
+    if (st == PLDR_OK)
+        st = parse_tuning(path, text, len, o, t);
+    free(text);
+    if (st == PLDR_OK)
+        *found = 1;
+    if (path_out)
+        *path_out = path;
+    else
+        free(path);
+    return st;
+}
+
+static pldr_status apply_tuning(const pldr_ocl *o, const tuning *t, int *n_sets)
+{
+    /* the threshold last: a failure before it leaves each kernel with a
+     * complete, valid set (its own or CLBlast's) */
+    struct {
+        int has;
+        const char *kernel;
+        int n;
+        const char *const *names;
+        const size_t *v;
+    } sets[] = {{t->has_x, "Xgemm", XP_COUNT, xgemm_names, t->x},
+                {t->has_d, "XgemmDirect", DP_COUNT, direct_names, t->d},
+                {t->has_thr, "GemmRoutine", 1, &threshold_name, &t->thr}};
+    int n = 0;
+    pldr_status st = PLDR_OK;
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0] && st == PLDR_OK; i++) {
+        if (!sets[i].has)
+            continue;
+        CLBlastStatusCode s = override_kernel(o, sets[i].kernel, sets[i].n, sets[i].names, sets[i].v);
+        if (s != CLBlastSuccess)
+            st = pldr_fail(PLDR_ERR_FORMAT, "CLBlastOverrideParameters(%s) failed with status %d", sets[i].kernel,
+                           (int)s);
+        else
+            n++;
+    }
+    if (n_sets)
+        *n_sets = n;
+    return st;
+}
+
+pldr_status pldr_tuning_load(struct pldr_ocl *ocl, const char *cache_dir, int *n_sets)
+{
+    if (n_sets)
+        *n_sets = 0;
+    if (!ocl)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_tuning_load: NULL device");
+    if (tuning_disabled())
+        return PLDR_OK;
+    tuning t;
+    int found;
+    char *path = NULL;
+    pldr_status st = read_tuning(ocl, cache_dir, &t, &found, &path);
+    if (st == PLDR_OK && found) {
+        st = apply_tuning(ocl, &t, n_sets);
+        if (st != PLDR_OK)
+            pldr_fail_prefix(st, "%s", path);
+    }
+    free(path);
+    return st;
+}
+
+pldr_status pldr_tuning_apply(struct pldr_ocl *ocl, const char *cache_dir)
+{
+    pldr_status st = pldr_tuning_load(ocl, cache_dir, NULL);
+    if (st != PLDR_OK) {
+        fprintf(stderr, "pldr: warning: ignoring the GEMM tuning file: %s (run 'pldr tune' to rewrite it)\n",
+                pldr_last_error());
+        pldr_clear_error();
+    }
+    return PLDR_OK;
+}
+
+static void append(char *buf, size_t size, const char *fmt, ...) PLDR_PRINTF(3, 4);
+static void append(char *buf, size_t size, const char *fmt, ...)
+{
+    size_t len = strlen(buf);
+    if (len + 1 >= size)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + len, size - len, fmt, ap);
+    va_end(ap);
+}
+
+pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **path, char **summary)
+{
+    pldr_clear_error();
+    *path = NULL;
+    *summary = NULL;
+    pldr_ocl ocl;
+    pldr_status st = pldr_ocl_open(device, &ocl);
+    if (st != PLDR_OK)
+        return st;
+    *path = pldr_tuning_path(&ocl.info, cache_dir);
+    tuning t;
+    int found = 0, n = 0;
+    st = read_tuning(&ocl, cache_dir, &t, &found, NULL);
+    if (st == PLDR_OK && found)
+        st = apply_tuning(&ocl, &t, &n);
+    char buf[1024] = "";
+    if (st == PLDR_OK) {
+        if (!found)
+            append(buf, sizeof buf, "no tuning file for %s: CLBlast's defaults are used", ocl.info.name);
+        else if (n == 0)
+            append(buf, sizeof buf, "tuned for %s: CLBlast's defaults were the fastest", ocl.info.name);
+        else {
+            char desc[400];
+            append(buf, sizeof buf, "tuned for %s, %d parameter sets applied", ocl.info.name, n);
+            if (t.has_x) {
+                params_string(t.x[XP_GEMMK] ? FAM_X1 : FAM_X0, t.x, desc, sizeof desc);
+                append(buf, sizeof buf, "\n  Xgemm GEMMK=%zu %s", t.x[XP_GEMMK], desc);
+            }
+            if (t.has_d) {
+                params_string(FAM_D, t.d, desc, sizeof desc);
+                append(buf, sizeof buf, "\n  XgemmDirect %s", desc);
+            }
+            if (t.has_thr)
+                append(buf, sizeof buf, "\n  GemmRoutine XGEMM_MIN_INDIRECT_SIZE=%zu", t.thr);
+        }
+        *summary = pldr_strdup(buf);
+        if (!*summary)
+            st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    }
+    pldr_ocl_close(&ocl);
+    return st;
+}
+
+/* ------------------------------------------------------------ shapes */
+
+static void add_shape(pldr_tune_shape *s, int *n, size_t m, size_t nn, size_t k, double weight, const char *what)
+{
+    for (int i = 0; i < *n; i++)
+        if (s[i].m == m && s[i].n == nn && s[i].k == k) {
+            s[i].weight += weight;
+            size_t len = strlen(s[i].what);
+            snprintf(s[i].what + len, sizeof s[i].what - len, "+%s", what);
+            return;
+        }
+    memset(&s[*n], 0, sizeof s[*n]);
+    s[*n].m = m;
+    s[*n].n = nn;
+    s[*n].k = k;
+    s[*n].weight = weight;
+    snprintf(s[*n].what, sizeof s[*n].what, "%s", what);
+    (*n)++;
+}
+
+/* The GEMMs of src/forward.c: per layer Q/K/V [3d, d], the attention output
+ * [d, d], the FFN input [2F, d] and output [d, F] over the T prompt rows;
+ * the final layer [V, d] over chunks of 64 rows for all-rows logits. */
+static int model_shapes(const pldr_config *c, pldr_tune_shapes which, pldr_tune_shape *s)
+{
+    static const int lengths[] = {64, 512};
+    int n = 0, T[2], nT = 0;
+    for (int i = 0; i < 2; i++) {
+        int t = lengths[i] < c->max_position ? lengths[i] : c->max_position;
+        if (t >= 2 && (nT == 0 || T[nT - 1] != t))
+            T[nT++] = t;
+    }
+    const size_t d = (size_t)c->d_model, F = (size_t)c->d_ff, V = (size_t)c->vocab_size;
+    const double L = c->n_layers;
+    char what[48];
+    for (int i = 0; i < nT; i++) {
+        size_t t = (size_t)T[i];
+        snprintf(what, sizeof what, "qkv T=%zu", t);
+        add_shape(s, &n, t, 3 * d, d, L, what);
+        snprintf(what, sizeof what, "att-out T=%zu", t);
+        add_shape(s, &n, t, d, d, L, what);
+        snprintf(what, sizeof what, "ffn-in T=%zu", t);
+        add_shape(s, &n, t, 2 * F, d, L, what);
+        snprintf(what, sizeof what, "ffn-out T=%zu", t);
+        add_shape(s, &n, t, d, F, L, what);
+    }
+    if (which == PLDR_TUNE_ALL) {
+        for (int i = 0; i < nT; i++) {
+            size_t t = (size_t)T[i], rows = t < 64 ? t : 64;
+            snprintf(what, sizeof what, "final %zu rows", rows);
+            add_shape(s, &n, rows, V, d, (double)((t + 63) / 64), what);
+        }
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------ the tuner */
+
+enum { K_BASE, K_INDIRECT, K_DIRECT };
+
+typedef struct trial {
+    int kind;
+    int fam;   /* -1: CLBlast's defaults */
+    size_t v[XP_COUNT];
+    double *t; /* seconds per call per shape; INFINITY: failed or not measured */
+    int failed;
+    double cost_s;
+} trial;
+
+typedef struct tuner {
+    const pldr_tune_params *p;
+    pldr_ocl ocl;
+    int ocl_open;
+    limits lim;
+    pldr_config cfg;
+    int n_shapes;
+    pldr_tune_shape shapes[16];
+    int eval_order[16]; /* heaviest (weight x flops) first */
+    int by_size[16];    /* increasing m*n*k */
+    cl_mem a, b, c;
+    float *ha, *hb, *hc;
+    trial *trials;
+    int n_trials, cap_trials;
+    uint64_t rng;
+    double t0;
+} tuner;
+
+static void logf_(const tuner *tu, const char *fmt, ...) PLDR_PRINTF(2, 3);
+static void logf_(const tuner *tu, const char *fmt, ...)
+{
+    if (!tu->p->log)
+        return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    tu->p->log(line, tu->p->log_user);
+}
+
+static uint64_t rnd(tuner *tu)
+{
+    uint64_t x = tu->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    tu->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static double flops(const pldr_tune_shape *s) { return 2.0 * (double)s->m * (double)s->n * (double)s->k; }
+static double mnk(const pldr_tune_shape *s) { return (double)s->m * (double)s->n * (double)s->k; }
+
+static pldr_status setup_buffers(tuner *tu)
+{
+    size_t ma = 0, mb = 0, mc = 0;
+    for (int i = 0; i < tu->n_shapes; i++) {
+        const pldr_tune_shape *s = &tu->shapes[i];
+        if (s->m * s->k > ma)
+            ma = s->m * s->k;
+        if (s->n * s->k > mb)
+            mb = s->n * s->k;
+        if (s->m * s->n > mc)
+            mc = s->m * s->n;
+    }
+    tu->ha = malloc(ma * sizeof(float));
+    tu->hb = malloc(mb * sizeof(float));
+    tu->hc = malloc(mc * sizeof(float));
+    if (!tu->ha || !tu->hb || !tu->hc)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the tuning matrices");
+    uint64_t x = 0x9E3779B97F4A7C15ULL;
+    for (size_t i = 0; i < ma; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        tu->ha[i] = (float)((double)(x >> 40) / (double)(1u << 23) - 1.0);
+    }
+    for (size_t i = 0; i < mb; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        tu->hb[i] = (float)((double)(x >> 40) / (double)(1u << 23) - 1.0);
+    }
+    struct {
+        cl_mem *mem;
+        size_t n;
+        float *host;
+    } bufs[] = {{&tu->a, ma, tu->ha}, {&tu->b, mb, tu->hb}, {&tu->c, mc, NULL}};
+    for (size_t i = 0; i < 3; i++) {
+        cl_int err;
+        cl_mem_flags fl = CL_MEM_READ_WRITE | (bufs[i].host ? CL_MEM_COPY_HOST_PTR : 0);
+        *bufs[i].mem = clCreateBuffer(tu->ocl.context, fl, bufs[i].n * sizeof(float), bufs[i].host, &err);
+        if (!*bufs[i].mem)
+            return pldr_cl_fail(&tu->ocl, err, "allocating the tuning matrices");
+    }
+    return PLDR_OK;
+}
+
+static CLBlastStatusCode gemm(tuner *tu, const pldr_tune_shape *s)
+{
+    cl_command_queue q = tu->ocl.queue;
+    return CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, s->m, s->n, s->k, 1.0f,
+                        tu->a, 0, s->k, tu->b, 0, s->k, 0.0f, tu->c, 0, s->n, &q, NULL);
+}
+
+/* One timed call: 0, or the CLBlast/OpenCL status. */
+static int timed_call(tuner *tu, const pldr_tune_shape *s, double *sec)
+{
+    double t0 = pldr_now();
+    CLBlastStatusCode st = gemm(tu, s);
+    cl_int err = clFinish(tu->ocl.queue);
+    *sec = pldr_now() - t0;
+    if (st != CLBlastSuccess)
+        return (int)st;
+    return err == CL_SUCCESS ? 0 : (int)err;
+}
+
+static int check_entry(const tuner *tu, const pldr_tune_shape *s, size_t i, size_t j)
+{
+    const float *a = tu->ha + i * s->k, *b = tu->hb + j * s->k;
+    double ref = 0.0, mag = 0.0;
+    for (size_t k = 0; k < s->k; k++) {
+        double p = (double)a[k] * (double)b[k];
+        ref += p;
+        mag += fabs(p);
+    }
+    double got = tu->hc[i * s->n + j];
+    return fabs(got - ref) <= 5e-4 * mag + 1e-6; /* false for NaN */
+}
+
+/* Compares the result with a host reference: the first and last rows and
+ * columns and 256 random entries. Returns 1 when right. */
+static pldr_status verify(tuner *tu, const pldr_tune_shape *s, int *right)
+{
+    cl_int err = clEnqueueReadBuffer(tu->ocl.queue, tu->c, CL_TRUE, 0, s->m * s->n * sizeof(float), tu->hc, 0,
+                                     NULL, NULL);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&tu->ocl, err, "reading a tuning result");
+    *right = 1;
+    const size_t rows[2] = {0, s->m - 1}, cols[2] = {0, s->n - 1};
+    for (int r = 0; r < 2 && *right; r++)
+        for (size_t j = 0; j < s->n && *right; j++)
+            *right = check_entry(tu, s, rows[r], j);
+    for (int c = 0; c < 2 && *right; c++)
+        for (size_t i = 0; i < s->m && *right; i++)
+            *right = check_entry(tu, s, i, cols[c]);
+    for (int e = 0; e < 256 && *right; e++)
+        *right = check_entry(tu, s, (size_t)(rnd(tu) % s->m), (size_t)(rnd(tu) % s->n));
+    return PLDR_OK;
+}
+
+static double best_of_kind(const tuner *tu, int kind, int shape)
+{
+    double best = INFINITY;
+    for (int i = 0; i < tu->n_trials; i++) {
+        const trial *tr = &tu->trials[i];
+        if (tr->kind == kind && !tr->failed && tr->t[shape] < best)
+            best = tr->t[shape];
+    }
+    return best;
+}
+
+/* Measures a trial on every shape (heaviest first). A failure of the
+ * candidate marks it failed; only a failure of the defaults, or of OpenCL
+ * outside CLBlast, is an error. */
+static pldr_status measure(tuner *tu, trial *tr)
+{
+    const double start = pldr_now();
+    for (int j = 0; j < tu->n_shapes; j++)
+        tr->t[j] = INFINITY;
+    char desc[400];
+    if (tr->fam >= 0)
+        params_string(tr->fam, tr->v, desc, sizeof desc);
+    else
+        snprintf(desc, sizeof desc, "CLBlast defaults");
+    CLBlastStatusCode os = CLBlastSuccess;
+    if (tr->kind != K_BASE) {
+        if (tr->fam >= 0)
+            os = override_kernel(&tu->ocl, families[tr->fam].kernel, families[tr->fam].n_params,
+                                 families[tr->fam].names, tr->v);
+        if (os == CLBlastSuccess)
+            os = override_threshold(&tu->ocl, tr->kind == K_DIRECT ? ALL_DIRECT : 0);
+    }
+    if (os != CLBlastSuccess) {
+        tr->failed = 1;
+        logf_(tu, "  rejected by CLBlastOverrideParameters (status %d)", (int)os);
+        return PLDR_OK;
+    }
+    const char *why = NULL;
+    int code = 0, aborted = 0;
+    for (int o = 0; o < tu->n_shapes && !why && !aborted; o++) {
+        const int j = tu->eval_order[o];
+        const pldr_tune_shape *s = &tu->shapes[j];
+        /* a sentinel in C, so that a kernel writing nothing cannot pass */
+        const cl_float sentinel = 12345.0f;
+        cl_int err = clEnqueueFillBuffer(tu->ocl.queue, tu->c, &sentinel, sizeof sentinel, 0,
+                                         s->m * s->n * sizeof(float), 0, NULL, NULL);
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&tu->ocl, err, "clearing a tuning result");
+        double t;
+        if ((code = timed_call(tu, s, &t)) != 0) { /* the first call compiles */
+            why = "the GEMM failed";
+            break;
+        }
+        int right = 0;
+        pldr_status st = verify(tu, s, &right);
+        if (st != PLDR_OK)
+            return st;
+        if (!right) {
+            why = "wrong results";
+            break;
+        }
+        const double ref = tr->kind == K_BASE ? INFINITY : best_of_kind(tu, tr->kind, j);
+        double best = INFINITY, spent = 0.0;
+        for (int r = 0; r < MAX_REPS && (r < 2 || spent < MIN_REP_TIME); r++) {
+            if ((code = timed_call(tu, s, &t)) != 0) {
+                why = "the GEMM failed";
+                break;
+            }
+            spent += t;
+            if (t < best)
+                best = t;
+            if (best > ABORT_RATIO * ref) {
+                aborted = 1;
+                break;
+            }
+        }
+        if (!why)
+            tr->t[j] = best;
+    }
+    tr->cost_s = pldr_now() - start;
+    if (why) {
+        tr->failed = 1;
+        for (int j = 0; j < tu->n_shapes; j++)
+            tr->t[j] = INFINITY;
+        if (tr->kind == K_BASE)
+            return pldr_fail(PLDR_ERR_OPENCL, "CLBlast SGEMM with its default parameters: %s (status %d) on %s",
+                             why, code, tu->ocl.info.name);
+        logf_(tu, "  dropped: %s (status %d), %.1f s", why, code, tr->cost_s);
+        return PLDR_OK;
+    }
+    double tot = 0.0;
+    int measured = 0;
+    for (int j = 0; j < tu->n_shapes; j++)
+        if (isfinite(tr->t[j])) {
+            tot += tu->shapes[j].weight * tr->t[j];
+            measured++;
+        }
+    if (aborted)
+        logf_(tu, "  stopped after %d of %d shapes: over %.1fx the best, %.1f s", measured, tu->n_shapes,
+              ABORT_RATIO, tr->cost_s);
+    else
+        logf_(tu, "  %.1f ms per forward set, %.1f s", tot * 1e3, tr->cost_s);
+    return PLDR_OK;
+}
+
+/* Sum of weight x time over the shapes by_size[lo, hi) with a trial;
+ * INFINITY when one of them was not measured. */
+static double part(const tuner *tu, const trial *tr, int lo, int hi)
+{
+    double s = 0.0;
+    for (int i = lo; i < hi; i++)
+        s += tu->shapes[tu->by_size[i]].weight * tr->t[tu->by_size[i]];
+    return s;
+}
+
+static double best_part(const tuner *tu, int kind, int lo, int hi, int *which)
+{
+    double best = INFINITY;
+    *which = -1;
+    for (int i = 0; i < tu->n_trials; i++) {
+        const trial *tr = &tu->trials[i];
+        if (tr->kind != kind || tr->failed)
+            continue;
+        double v = part(tu, tr, lo, hi);
+        if (v < best) {
+            best = v;
+            *which = i;
+        }
+    }
+    return best;
+}
+
+/* XGEMM_MIN_INDIRECT_SIZE sending the s smallest shapes to the direct kernel
+ * and the others to the indirect one (direct when m*n*k < size^3); 0 when no
+ * integer does. */
+static int split_threshold(const tuner *tu, int s, size_t *thr)
+{
+    const int n = tu->n_shapes;
+    if (s == 0) { /* all indirect: just at the smallest shape */
+        double lo = mnk(&tu->shapes[tu->by_size[0]]);
+        size_t t = (size_t)floor(cbrt(lo));
+        while ((double)(t + 1) * (t + 1) * (t + 1) <= lo)
+            t++;
+        while (t > 0 && (double)t * t * t > lo)
+            t--;
+        *thr = t;
+        return 1;
+    }
+    const double lo = mnk(&tu->shapes[tu->by_size[s - 1]]);
+    const double hi = s < n ? mnk(&tu->shapes[tu->by_size[s]]) : lo * 8.0;
+    size_t t = (size_t)llround(cbrt(sqrt(lo * hi)));
+    while ((double)t * t * t <= lo)
+        t++;
+    while (t > 0 && (double)t * t * t > hi)
+        t--;
+    if ((double)t * t * t <= lo || (double)t * t * t > hi || t >= ALL_DIRECT)
+        return 0;
+    *thr = t;
+    return 1;
+}
+
+typedef struct solution {
+    double total;
+    int split; /* the `split` smallest shapes go to the direct kernel */
+    int ind, dir; /* trial indices, -1 when unused */
+    size_t thr;
+} solution;
+
+/* The best indirect trial, direct trial and threshold; with fixed >= 0, the
+ * best one that uses that trial. */
+static solution solve(const tuner *tu, int fixed)
+{
+    solution best = {INFINITY, 0, -1, -1, 0};
+    const int n = tu->n_shapes;
+    const trial *ft = fixed >= 0 ? &tu->trials[fixed] : NULL;
+    for (int s = 0; s <= n; s++) {
+        size_t thr;
+        if (!split_threshold(tu, s, &thr))
+            continue;
+        int dir = -1, ind = -1;
+        double d = 0.0, i = 0.0;
+        if (s > 0) {
+            if (ft && ft->kind == K_DIRECT) {
+                d = part(tu, ft, 0, s);
+                dir = fixed;
+            } else {
+                d = best_part(tu, K_DIRECT, 0, s, &dir);
+            }
+        }
+        if (s < n) {
+            if (ft && ft->kind == K_INDIRECT) {
+                i = part(tu, ft, s, n);
+                ind = fixed;
+            } else {
+                i = best_part(tu, K_INDIRECT, s, n, &ind);
+            }
+        }
+        if (ft && dir != fixed && ind != fixed)
+            continue;
+        if (d + i < best.total) {
+            best.total = d + i;
+            best.split = s;
+            best.ind = ind;
+            best.dir = dir;
+            best.thr = thr;
+        }
+    }
+    return best;
+}
+
+static int visited(const tuner *tu, int fam, const size_t *v)
+{
+    for (int i = 0; i < tu->n_trials; i++)
+        if (tu->trials[i].fam == fam &&
+            memcmp(tu->trials[i].v, v, (size_t)families[fam].n_params * sizeof *v) == 0)
+            return 1;
+    return 0;
+}
+
+static void tie_dims(int fam, size_t *v)
+{
+    if (fam == FAM_X1) {
+        v[XP_MDIMA] = v[XP_MDIMC];
+        v[XP_NDIMB] = v[XP_NDIMC];
+    }
+}
+
+static int random_set(tuner *tu, int fam, size_t *v)
+{
+    const family *f = &families[fam];
+    for (int attempt = 0; attempt < 20000; attempt++) {
+        for (int i = 0; i < f->n_params; i++)
+            v[i] = f->space[i].v[rnd(tu) % (uint64_t)f->space[i].n];
+        tie_dims(fam, v);
+        if (!family_invalid(fam, v, &tu->lim) && !visited(tu, fam, v))
+            return 1;
+    }
+    return 0;
+}
+
+static int index_of(const opts *o, size_t v)
+{
+    for (int i = 0; i < o->n; i++)
+        if (o->v[i] == v)
+            return i;
+    return 0;
+}
+
+/* A new valid set near parent: one or two parameters moved to a neighbouring
+ * (or, sometimes, any other) value of their range. */
+static int mutate(tuner *tu, int fam, const size_t *parent, size_t *v)
+{
+    const family *f = &families[fam];
+    int movable[XP_COUNT], n_mov = 0;
+    for (int i = 0; i < f->n_params; i++)
+        if (f->space[i].n > 1 && !(fam == FAM_X1 && (i == XP_MDIMA || i == XP_NDIMB)))
+            movable[n_mov++] = i;
+    if (n_mov == 0)
+        return 0;
+    for (int attempt = 0; attempt < 400; attempt++) {
+        memcpy(v, parent, (size_t)f->n_params * sizeof *v);
+        int changes = 1 + (rnd(tu) % 10 < 3) + (attempt > 200);
+        for (int c = 0; c < changes; c++) {
+            int p = movable[rnd(tu) % (uint64_t)n_mov];
+            const opts *o = &f->space[p];
+            int at = index_of(o, v[p]), to;
+            if (rnd(tu) % 4 == 0) {
+                to = (int)(rnd(tu) % (uint64_t)(o->n - 1));
+                if (to >= at)
+                    to++;
+            } else {
+                to = at + ((rnd(tu) & 1) ? 1 : -1);
+                if (to < 0)
+                    to = 1;
+                if (to >= o->n)
+                    to = o->n - 2;
+            }
+            v[p] = o->v[to];
+        }
+        tie_dims(fam, v);
+        if (!family_invalid(fam, v, &tu->lim) && !visited(tu, fam, v))
+            return 1;
+    }
+    return random_set(tu, fam, v);
+}
+
+static pldr_status new_trial(tuner *tu, int kind, int fam, const size_t *v, trial **out)
+{
+    if (tu->n_trials == tu->cap_trials) {
+        int cap = tu->cap_trials ? 2 * tu->cap_trials : 32;
+        trial *t = realloc(tu->trials, (size_t)cap * sizeof *t);
+        if (!t)
+            return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+        tu->trials = t;
+        tu->cap_trials = cap;
+    }
+    trial *tr = &tu->trials[tu->n_trials];
+    memset(tr, 0, sizeof *tr);
+    tr->t = calloc((size_t)tu->n_shapes, sizeof *tr->t);
+    if (!tr->t)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    tr->kind = kind;
+    tr->fam = fam;
+    if (v)
+        memcpy(tr->v, v, (size_t)families[fam].n_params * sizeof *v);
+    tu->n_trials++;
+    *out = tr;
+    return PLDR_OK;
+}
+
+/* The family's known set with the best solution around it; -1 if none. */
+static int family_best(const tuner *tu, int fam, double *score)
+{
+    int best = -1;
+    *score = INFINITY;
+    for (int i = 0; i < tu->n_trials; i++) {
+        if (tu->trials[i].fam != fam || tu->trials[i].failed)
+            continue;
+        solution s = solve(tu, i);
+        if (best < 0 || s.total < *score) {
+            *score = s.total;
+            best = i;
+        }
+    }
+    return best;
+}
+
+static pldr_status search(tuner *tu)
+{
+    const pldr_tune_params *p = tu->p;
+    trial *tr;
+    pldr_status st;
+    double cost_sum = 0.0;
+    int n_cost = 0, explicit_sets = 0;
+    int turns[N_FAM] = {0, 0, 0}, exhausted[N_FAM] = {0, 0, 0};
+    /* the defaults on each path, then one seed per family, then mutations */
+    for (int step = 0;; step++) {
+        double elapsed = pldr_now() - tu->t0;
+        double est = n_cost ? cost_sum / n_cost : tu->trials[0].cost_s;
+        if (elapsed + est > p->budget_s) {
+            logf_(tu, "budget of %.0f s reached after %.0f s (a candidate takes about %.0f s)", p->budget_s,
+                  elapsed, est);
+            break;
+        }
+        int kind, fam = -1;
+        size_t v[XP_COUNT];
+        if (step < 2) {
+            kind = step == 0 ? K_INDIRECT : K_DIRECT;
+            logf_(tu, "[%d] CLBlast default %s, every shape on the %s path (%.0f s elapsed)", tu->n_trials + 1,
+                  step == 0 ? "Xgemm" : "XgemmDirect", step == 0 ? "indirect" : "direct", elapsed);
+        } else {
+            if (p->max_candidates > 0 && explicit_sets >= p->max_candidates) {
+                logf_(tu, "candidate limit of %d reached", p->max_candidates);
+                break;
+            }
+            if (step < 2 + N_FAM) {
+                fam = step - 2;
+                memcpy(v, families[fam].seed, (size_t)families[fam].n_params * sizeof *v);
+                if (family_invalid(fam, v, &tu->lim) && !random_set(tu, fam, v)) {
+                    exhausted[fam] = 1;
+                    continue;
+                }
+                turns[fam]++;
+            } else {
+                /* families in the current best solution get twice the turns */
+                solution sol = solve(tu, -1);
+                double best_key = INFINITY;
+                for (int f = 0; f < N_FAM; f++) {
+                    if (exhausted[f])
+                        continue;
+                    int in_sol = (sol.ind >= 0 && tu->trials[sol.ind].fam == f) ||
+                                 (sol.dir >= 0 && tu->trials[sol.dir].fam == f);
+                    double key = turns[f] / (in_sol ? 2.0 : 1.0);
+                    if (key < best_key) {
+                        best_key = key;
+                        fam = f;
+                    }
+                }
+                if (fam < 0) {
+                    logf_(tu, "search space exhausted");
+                    break;
+                }
+                double score;
+                int parent = family_best(tu, fam, &score);
+                int ok = parent >= 0 ? mutate(tu, fam, tu->trials[parent].v, v) : random_set(tu, fam, v);
+                if (!ok) {
+                    exhausted[fam] = 1;
+                    continue;
+                }
+                turns[fam]++;
+            }
+            kind = fam == FAM_D ? K_DIRECT : K_INDIRECT;
+            char desc[400];
+            params_string(fam, v, desc, sizeof desc);
+            logf_(tu, "[%d] %s %s (%.0f s elapsed)", tu->n_trials + 1, families[fam].label, desc, elapsed);
+            explicit_sets++;
+        }
+        if ((st = new_trial(tu, kind, fam, fam >= 0 ? v : NULL, &tr)) != PLDR_OK)
+            return st;
+        if ((st = measure(tu, tr)) != PLDR_OK)
+            return st;
+        cost_sum += tr->cost_s;
+        n_cost++;
+    }
+    return PLDR_OK;
+}
+
+/* ------------------------------------------------------------ writing */
+
+static json_t *set_json(int n, const char *const *names, const size_t *v)
+{
+    json_t *o = json_object();
+    for (int i = 0; o && i < n; i++)
+        json_object_set_new(o, names[i], json_integer((json_int_t)v[i]));
+    return o;
+}
+
+static json_t *ms(double sec) { return isfinite(sec) ? json_real(round(sec * 1e6) / 1e3) : json_null(); }
+
+static pldr_status write_file(tuner *tu, const char *model_dir, const solution *sol, int tuned,
+                              const pldr_tune_result *res, const char *path)
+{
+    const pldr_device_info *di = &tu->ocl.info;
+    json_t *root = json_object(), *dev = json_object(), *model = json_object(), *search_o = json_object();
+    json_t *shapes = json_array(), *params = json_object(), *trials = json_array();
+    if (!root || !dev || !model || !search_o || !shapes || !params || !trials) {
+        json_decref(root);
+        json_decref(dev);
+        json_decref(model);
+        json_decref(search_o);
+        json_decref(shapes);
+        json_decref(params);
+        json_decref(trials);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    }
+    char when[32];
+    time_t now = time(NULL);
+    struct tm tmv;
+    gmtime_r(&now, &tmv);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+    json_object_set_new(root, "format", json_string(TUNE_FORMAT));
+    json_object_set_new(root, "version", json_integer(TUNE_VERSION));
+    json_object_set_new(root, "created", json_string(when));
+    json_object_set_new(root, "clblast", json_string(CLBLAST_VERSION_STRING));
+    json_object_set_new(dev, "name", json_string(di->name));
+    json_object_set_new(dev, "vendor", json_string(di->vendor));
+    json_object_set_new(dev, "type", json_string(di->type));
+    json_object_set_new(dev, "platform", json_string(di->platform));
+    json_object_set_new(dev, "platform_version", json_string(di->platform_version));
+    json_object_set_new(dev, "driver_version", json_string(di->driver_version));
+    json_object_set_new(root, "device", dev);
+    json_object_set_new(model, "dir", json_string(model_dir));
+    json_object_set_new(model, "n_layers", json_integer(tu->cfg.n_layers));
+    json_object_set_new(model, "d_model", json_integer(tu->cfg.d_model));
+    json_object_set_new(model, "d_ff", json_integer(tu->cfg.d_ff));
+    json_object_set_new(model, "vocab_size", json_integer(tu->cfg.vocab_size));
+    json_object_set_new(model, "max_position", json_integer(tu->cfg.max_position));
+    json_object_set_new(root, "model", model);
+    json_object_set_new(search_o, "shapes", json_string(tu->p->shapes == PLDR_TUNE_ALL ? "all" : "prefill"));
+    json_object_set_new(search_o, "budget_s", json_real(tu->p->budget_s));
+    json_object_set_new(search_o, "elapsed_s", json_real(round(res->elapsed_s * 10) / 10));
+    json_object_set_new(search_o, "candidates", json_integer(res->n_candidates));
+    json_object_set_new(search_o, "seed", json_integer((json_int_t)tu->p->seed));
+    json_object_set_new(search_o, "tuned", json_boolean(tuned));
+    json_object_set_new(root, "search", search_o);
+    for (int i = 0; i < res->n_shapes; i++) {
+        const pldr_tune_shape *s = &res->shapes[i];
+        json_t *o = json_object();
+        if (!o)
+            continue;
+        json_object_set_new(o, "m", json_integer((json_int_t)s->m));
+        json_object_set_new(o, "n", json_integer((json_int_t)s->n));
+        json_object_set_new(o, "k", json_integer((json_int_t)s->k));
+        json_object_set_new(o, "what", json_string(s->what));
+        json_object_set_new(o, "weight", json_real(s->weight));
+        json_object_set_new(o, "before_ms", ms(s->before_s));
+        json_object_set_new(o, "after_ms", ms(s->after_s));
+        json_object_set_new(o, "before_gflops", json_real(round(flops(s) / s->before_s * 1e-7) / 100));
+        json_object_set_new(o, "after_gflops", json_real(round(flops(s) / s->after_s * 1e-7) / 100));
+        json_object_set_new(o, "path_after", json_string(!tuned ? "default" : s->direct_after ? "direct" : "indirect"));
+        json_array_append_new(shapes, o);
+    }
+    json_object_set_new(root, "shapes", shapes);
+    json_object_set_new(root, "total_before_ms", ms(res->total_before_s));
+    json_object_set_new(root, "total_after_ms", ms(res->total_after_s));
+    if (tuned) {
+        if (sol->ind >= 0 && tu->trials[sol->ind].fam >= 0)
+            json_object_set_new(params, "Xgemm", set_json(XP_COUNT, xgemm_names, tu->trials[sol->ind].v));
+        if (sol->dir >= 0 && tu->trials[sol->dir].fam >= 0)
+            json_object_set_new(params, "XgemmDirect", set_json(DP_COUNT, direct_names, tu->trials[sol->dir].v));
+        json_object_set_new(params, "GemmRoutine", set_json(1, &threshold_name, &sol->thr));
+    }
+    json_object_set_new(root, "parameters", params);
+    for (int i = 0; i < tu->n_trials; i++) {
+        const trial *tr = &tu->trials[i];
+        json_t *o = json_object(), *times = json_array();
+        if (!o || !times) {
+            json_decref(o);
+            json_decref(times);
+            continue;
+        }
+        char desc[400];
+        if (tr->fam >= 0)
+            params_string(tr->fam, tr->v, desc, sizeof desc);
+        json_object_set_new(o, "kernel", json_string(tr->kind == K_BASE ? "defaults"
+                                                     : tr->fam < 0 ? (tr->kind == K_DIRECT ? "XgemmDirect default"
+                                                                                           : "Xgemm default")
+                                                                   : families[tr->fam].label));
+        if (tr->fam >= 0)
+            json_object_set_new(o, "params", json_string(desc));
+        for (int j = 0; j < tu->n_shapes; j++)
+            json_array_append_new(times, ms(tr->t[j]));
+        json_object_set_new(o, "ms", times);
+        json_object_set_new(o, "failed", json_boolean(tr->failed));
+        json_object_set_new(o, "cost_s", json_real(round(tr->cost_s * 10) / 10));
+        json_array_append_new(trials, o);
+    }
+    json_object_set_new(root, "trials", trials);
+    char *text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(8));
+    json_decref(root);
+    if (!text)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    size_t len = strlen(text);
+    char *out = malloc(len + 1);
+    if (out) {
+        memcpy(out, text, len);
+        out[len] = '\n';
+    }
+    free(text);
+    char *dir = out ? pldr_strdup(path) : NULL;
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (slash)
+        *slash = '\0';
+    pldr_status st = dir ? (slash ? pldr_mkdir_p(dir) : PLDR_OK) : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    free(dir);
+    if (st == PLDR_OK)
+        st = pldr_write_file_atomic(path, out, len + 1);
+    free(out);
+    return st;
+}
+
+/* ------------------------------------------------------------ the run */
+
+pldr_tune_params pldr_tune_default_params(void)
+{
+    pldr_tune_params p;
+    memset(&p, 0, sizeof p);
+    p.budget_s = 600.0;
+    p.shapes = PLDR_TUNE_PREFILL;
+    p.seed = 1;
+    return p;
+}
+
+void pldr_tune_result_free(pldr_tune_result *r)
+{
+    if (!r)
+        return;
+    free(r->path);
+    free(r->shapes);
+    memset(r, 0, sizeof *r);
+}
+
+static void tuner_free(tuner *tu)
+{
+    for (int i = 0; i < tu->n_trials; i++)
+        free(tu->trials[i].t);
+    free(tu->trials);
+    if (tu->a)
+        clReleaseMemObject(tu->a);
+    if (tu->b)
+        clReleaseMemObject(tu->b);
+    if (tu->c)
+        clReleaseMemObject(tu->c);
+    free(tu->ha);
+    free(tu->hb);
+    free(tu->hc);
+    if (tu->ocl_open)
+        pldr_ocl_close(&tu->ocl);
+}
+
+/* Sorts idx[0, n) by increasing key (n is small). */
+static void sort_by(int *idx, const double *key, int n)
+{
+    for (int i = 1; i < n; i++) {
+        int x = idx[i], j = i;
+        while (j > 0 && key[idx[j - 1]] > key[x]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = x;
+    }
+}
+
+static pldr_status run_tuner(tuner *tu, const char *model_dir, pldr_tune_result *res)
+{
+    const pldr_tune_params *p = tu->p;
+    char *cfg_path = pldr_path_join(model_dir, "config.json");
+    if (!cfg_path)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    pldr_status st = pldr_config_load(cfg_path, &tu->cfg);
+    free(cfg_path);
+    if (st != PLDR_OK)
+        return st;
+    tu->n_shapes = model_shapes(&tu->cfg, p->shapes, tu->shapes);
+    if (tu->n_shapes == 0)
+        return pldr_fail(PLDR_ERR_UNSUPPORTED, "the model has no prefill GEMM to tune (max_position_embeddings %d)",
+                         tu->cfg.max_position);
+    double size_key[16], cost_key[16];
+    for (int i = 0; i < tu->n_shapes; i++) {
+        tu->eval_order[i] = tu->by_size[i] = i;
+        size_key[i] = mnk(&tu->shapes[i]);
+        cost_key[i] = -tu->shapes[i].weight * flops(&tu->shapes[i]);
+    }
+    sort_by(tu->by_size, size_key, tu->n_shapes);
+    sort_by(tu->eval_order, cost_key, tu->n_shapes);
+
+    if ((st = pldr_ocl_open(p->device, &tu->ocl)) != PLDR_OK)
+        return st;
+    tu->ocl_open = 1;
+    device_limits(&tu->ocl, &tu->lim);
+    res->path = pldr_tuning_path(&tu->ocl.info, p->cache_dir);
+    if (!res->path)
+        return pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
+    if ((st = setup_buffers(tu)) != PLDR_OK)
+        return st;
+    double fl = 0.0;
+    for (int i = 0; i < tu->n_shapes; i++)
+        fl += tu->shapes[i].weight * flops(&tu->shapes[i]);
+    logf_(tu, "tuning CLBlast SGEMM on %s (%s) for %s: %d shapes, %.1f GFLOP per forward set, budget %.0f s",
+          tu->ocl.info.name, tu->ocl.info.platform, model_dir, tu->n_shapes, fl * 1e-9, p->budget_s);
+    for (int i = 0; i < tu->n_shapes; i++) {
+        const pldr_tune_shape *s = &tu->shapes[i];
+        logf_(tu, "  shape %zux%zux%zu (%s) x%g", s->m, s->n, s->k, s->what, s->weight);
+    }
+    logf_(tu, "[1] CLBlast defaults (CLBlast compiles each new parameter set on its first call)");
+    trial *base;
+    if ((st = new_trial(tu, K_BASE, -1, NULL, &base)) != PLDR_OK || (st = measure(tu, base)) != PLDR_OK)
+        return st;
+    if ((st = search(tu)) != PLDR_OK)
+        return st;
+
+    base = &tu->trials[0];
+    double base_total = 0.0;
+    for (int j = 0; j < tu->n_shapes; j++)
+        base_total += tu->shapes[j].weight * base->t[j];
+    solution sol = solve(tu, -1);
+    const int tuned = isfinite(sol.total) && sol.total < MARGIN * base_total;
+    res->n_shapes = tu->n_shapes;
+    res->shapes = malloc((size_t)tu->n_shapes * sizeof *res->shapes);
+    if (!res->shapes)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    int rank[16];
+    for (int i = 0; i < tu->n_shapes; i++)
+        rank[tu->by_size[i]] = i;
+    res->total_before_s = base_total;
+    res->total_after_s = 0.0;
+    for (int j = 0; j < tu->n_shapes; j++) {
+        pldr_tune_shape *s = &res->shapes[j];
+        *s = tu->shapes[j];
+        s->before_s = base->t[j];
+        s->direct_after = tuned && rank[j] < sol.split;
+        s->after_s = !tuned ? base->t[j] : tu->trials[s->direct_after ? sol.dir : sol.ind].t[j];
+        res->total_after_s += s->weight * s->after_s;
+    }
+    res->tuned = tuned;
+    res->n_candidates = tu->n_trials;
+    res->elapsed_s = pldr_now() - tu->t0;
+    if (tuned) {
+        char desc[400];
+        if (sol.ind >= 0) {
+            const trial *t = &tu->trials[sol.ind];
+            if (t->fam >= 0)
+                params_string(t->fam, t->v, desc, sizeof desc);
+            logf_(tu, "indirect: %s %s", t->fam >= 0 ? families[t->fam].label : "Xgemm", t->fam >= 0 ? desc : "CLBlast default");
+        }
+        if (sol.dir >= 0) {
+            const trial *t = &tu->trials[sol.dir];
+            if (t->fam >= 0)
+                params_string(t->fam, t->v, desc, sizeof desc);
+            logf_(tu, "direct: XgemmDirect %s", t->fam >= 0 ? desc : "CLBlast default");
+        }
+        logf_(tu, "XGEMM_MIN_INDIRECT_SIZE %zu: %d of %d shapes direct; %.1f -> %.1f ms per forward set (%.2fx)",
+              sol.thr, sol.split, tu->n_shapes, base_total * 1e3, sol.total * 1e3, base_total / sol.total);
+    } else {
+        logf_(tu, "CLBlast's defaults stay: the best found takes %.1f ms against %.1f ms", sol.total * 1e3,
+              base_total * 1e3);
+    }
+    if ((st = write_file(tu, model_dir, &sol, tuned, res, res->path)) != PLDR_OK)
+        return st;
+    /* leave this process with the chosen parameters where they are known */
+    if (tuned) {
+        if (sol.ind >= 0 && tu->trials[sol.ind].fam >= 0)
+            override_kernel(&tu->ocl, "Xgemm", XP_COUNT, xgemm_names, tu->trials[sol.ind].v);
+        if (sol.dir >= 0 && tu->trials[sol.dir].fam >= 0)
+            override_kernel(&tu->ocl, "XgemmDirect", DP_COUNT, direct_names, tu->trials[sol.dir].v);
+        override_threshold(&tu->ocl, sol.thr);
+    }
+    CLBlastClearCache(); /* the candidates' programs */
+    return PLDR_OK;
+}
+
+pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params, pldr_tune_result *result)
+{
+    pldr_clear_error();
+    pldr_tune_params defaults = pldr_tune_default_params();
+    if (!params)
+        params = &defaults;
+    if (!model_dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
+    if (!(params->budget_s >= 0.0) || params->max_candidates < 0)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "negative tuning budget or candidate limit");
+    if (params->cache_dir && !*params->cache_dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "tuning needs a cache directory");
+    tuner tu;
+    memset(&tu, 0, sizeof tu);
+    tu.p = params;
+    tu.rng = params->seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
+    if (!tu.rng)
+        tu.rng = 1;
+    tu.t0 = pldr_now();
+    pldr_tune_result res;
+    memset(&res, 0, sizeof res);
+    pldr_status st = run_tuner(&tu, model_dir, &res);
+    tuner_free(&tu);
+    if (st != PLDR_OK || !result)
+        pldr_tune_result_free(&res);
+    else
+        *result = res;
+    return st;
+}
+
+/* ------------------------------------------------------------ first use */
+
+typedef struct child_report {
+    int status;
+    int tuned;
+    char message[1024];
+} child_report;
+
+static void child_run(const char *model_dir, const pldr_tune_params *p, int fd)
+{
+    child_report rep;
+    memset(&rep, 0, sizeof rep);
+    pldr_ocl ocl;
+    pldr_status st = pldr_ocl_open(p->device, &ocl);
+    if (st == PLDR_OK) {
+        tuning t;
+        int found = 0;
+        pldr_status rs = read_tuning(&ocl, p->cache_dir, &t, &found, NULL);
+        pldr_ocl_close(&ocl);
+        pldr_clear_error();
+        if (rs != PLDR_OK || !found) {
+            if (p->log) {
+                char line[256];
+                snprintf(line, sizeof line, "no usable GEMM tuning for this device: tuning now (budget %.0f s)",
+                         p->budget_s);
+                p->log(line, p->log_user);
+            }
+            st = pldr_tune_run(model_dir, p, NULL);
+            rep.tuned = st == PLDR_OK;
+        }
+    }
+    rep.status = (int)st;
+    if (st != PLDR_OK)
+        snprintf(rep.message, sizeof rep.message, "%s", pldr_last_error());
+    const char *b = (const char *)&rep;
+    size_t done = 0;
+    while (done < sizeof rep) {
+        ssize_t w = write(fd, b + done, sizeof rep - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    close(fd);
+}
+
+pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, const pldr_tune_params *params,
+                                 int *tuned)
+{
+    pldr_clear_error();
+    if (tuned)
+        *tuned = 0;
+    pldr_tune_params p = params ? *params : pldr_tune_default_params();
+    if (device)
+        p.device = device;
+    if (!model_dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
+    if (tuning_disabled())
+        return PLDR_OK;
+    int fds[2];
+    if (pipe(fds) != 0)
+        return pldr_fail(PLDR_ERR_IO, "cannot create a pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "cannot start the tuning process: %s", strerror(e));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        child_run(model_dir, &p, fds[1]);
+        fflush(NULL);
+        _exit(0);
+    }
+    close(fds[1]);
+    child_report rep;
+    memset(&rep, 0, sizeof rep);
+    size_t got = 0;
+    while (got < sizeof rep) {
+        ssize_t r = read(fds[0], (char *)&rep + got, sizeof rep - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    int wst = 0;
+    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
+        ;
+    if (got != sizeof rep) {
+        if (WIFSIGNALED(wst))
+            return pldr_fail(PLDR_ERR_OPENCL, "the tuning process died of signal %d", WTERMSIG(wst));
+        return pldr_fail(PLDR_ERR_OPENCL, "the tuning process ended without a report");
+    }
+    rep.message[sizeof rep.message - 1] = '\0';
+    if (rep.status != PLDR_OK)
+        return pldr_fail((pldr_status)rep.status, "%s", rep.message);
+    if (tuned)
+        *tuned = rep.tuned;
+    return PLDR_OK;
+}
