@@ -1,8 +1,9 @@
 /* Matrix-vector products of the decode path (one token): memory-bound, so
- * each weight is read once, with neighbouring work-items reading neighbouring
- * addresses. A work-group computes GEMV_ROWS outputs with LANES work-items
- * each (on a CPU, LANES = 1: a work-item walks a whole row), then reduces in
- * local memory.
+ * each weight is read once, as aligned vectors (rows are padded to k_pitch, a
+ * multiple of 4 elements, with zeros), neighbouring work-items reading
+ * neighbouring addresses. A work-group computes GEMV_ROWS outputs with LANES
+ * work-items each (on a CPU, LANES = 1: a work-item walks a whole row), then
+ * reduces in local memory.
  *
  * Three variants, by what happens to the input row x before the product:
  *   gemv          x as it is;
@@ -14,46 +15,49 @@
  * and by what happens to the output:
  *   y[r] = W[r] . x + b[r] (+ residual[r])
  *   glu:  y[r] = silu(W[r] . x + b[r]) * (W[r+n_out] . x + b[r+n_out])
- * xs is local memory of k_dim floats. */
+ * gemv_ln can also finish greedy decoding: the argmax of y over all rows (see
+ * argmax_merge). xs is local memory of k_pitch floats. */
 #define LANES (GEMV_WG / GEMV_ROWS)
 
-/* The product of the rows of this work-group with xs, and the output. */
-inline void gemv_rows(__global const WT *w, __global const float *bias, const int k_dim, const int n_out,
-                      __local const float *xs, __global const float *residual, const int has_residual,
-                      const int glu, __global float *y, __local float *red, __local float *red2)
+#if WEIGHT_HALF
+#define LOAD_ROW4(row, i) vload_half4((i), (row))
+#else
+#define LOAD_ROW4(row, i) (((__global const float4 *)(row))[i])
+#endif
+
+/* x into local memory, zero beyond k_dim. */
+inline void load_x(__local float *xs, __global const float *x, const int k_dim, const int k_pitch)
+{
+    for (int i = get_local_id(0); i < k_pitch; i += GEMV_WG)
+        xs[i] = i < k_dim ? x[i] : 0.0f;
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
+/* The product of the rows of this work-group with xs, and the output.
+ * Returns W[row] . x + b[row] (before the residual) for lane 0 of each row. */
+inline float gemv_rows(__global const WT *w, __global const float *bias, const int k_pitch, const int n_out,
+                       __local const float *xs, __global const float *residual, const int has_residual,
+                       const int glu, __global float *y, __local float *red, __local float *red2)
 {
     const int lid = get_local_id(0);
     const int row = get_group_id(0) * GEMV_ROWS + lid / LANES;
     const int lane = lid % LANES;
+    const int kv = k_pitch / 4;
     float acc = 0.0f, acc2 = 0.0f;
     if (row < n_out) {
-        __global const WT *wr = w + (long)row * k_dim;
-        __global const WT *wr2 = w + (long)(row + n_out) * k_dim;
-        const int k4 = k_dim & ~3;
-        int k = lane * 4;
+        __global const WT *wr = w + (long)row * k_pitch;
         if (glu) {
+            __global const WT *wr2 = w + (long)(row + n_out) * k_pitch;
 #pragma unroll 4
-            for (; k < k4; k += LANES * 4) {
-                const float4 xv = vload4(0, xs + k);
-                acc += dot(LOAD_W4(wr, k), xv);
-                acc2 += dot(LOAD_W4(wr2, k), xv);
+            for (int k = lane; k < kv; k += LANES) {
+                const float4 xv = vload4(k, xs);
+                acc += dot(LOAD_ROW4(wr, k), xv);
+                acc2 += dot(LOAD_ROW4(wr2, k), xv);
             }
         } else {
-            /* two independent chains keep more loads in flight */
-            float accb = 0.0f;
-#pragma unroll 4
-            for (; k + LANES * 4 < k4; k += LANES * 8) {
-                acc += dot(LOAD_W4(wr, k), vload4(0, xs + k));
-                accb += dot(LOAD_W4(wr, k + LANES * 4), vload4(0, xs + k + LANES * 4));
-            }
-            for (; k < k4; k += LANES * 4)
-                acc += dot(LOAD_W4(wr, k), vload4(0, xs + k));
-            acc += accb;
-        }
-        for (k = k4 + lane; k < k_dim; k += LANES) {
-            acc += LOAD_W(wr, k) * xs[k];
-            if (glu)
-                acc2 += LOAD_W(wr2, k) * xs[k];
+#pragma unroll 8
+            for (int k = lane; k < kv; k += LANES)
+                acc += dot(LOAD_ROW4(wr, k), vload4(k, xs));
         }
     }
 #if GEMV_ROWS < GEMV_WG
@@ -70,38 +74,98 @@ inline void gemv_rows(__global const WT *w, __global const float *bias, const in
     acc = red[lid];
     acc2 = red2[lid];
 #endif
+    float v = -INFINITY;
     if (lane == 0 && row < n_out) {
-        const float v = acc + bias[row];
+        v = acc + bias[row];
         if (glu)
             y[row] = silu(v) * (acc2 + bias[row + n_out]);
         else
             y[row] = has_residual ? v + residual[row] : v;
     }
+    return v;
+}
+
+/* Greedy decoding fused into the final GEMV: every work-group writes the best
+ * (value, index) of its rows to part, and the last work-group to finish
+ * (counted with an atomic) reduces them and writes the index to
+ * flags[out_index]; the lowest index wins among equal values. */
+inline void argmax_merge(const float v, const int n_out, __global float *part, __global int *flags,
+                         const int out_index, const int counter_index, const int flag_index,
+                         __local float *red, __local int *red_i, __local int *last)
+{
+    const int lid = get_local_id(0);
+    const int row = get_group_id(0) * GEMV_ROWS + lid / LANES;
+    const int lane = lid % LANES;
+    red[lid] = lane == 0 && row < n_out ? v : -INFINITY;
+    red_i[lid] = lane == 0 && row < n_out ? row : n_out;
+    if (lane == 0 && row < n_out && !isfinite(v))
+        atomic_or(flags + flag_index, FLAG_NONFINITE);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = GEMV_WG / 2; s > 0; s >>= 1) {
+        if (lid < s && (red[lid + s] > red[lid] || (red[lid + s] == red[lid] && red_i[lid + s] < red_i[lid]))) {
+            red[lid] = red[lid + s];
+            red_i[lid] = red_i[lid + s];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) {
+        part[2 * get_group_id(0)] = red[0];
+        part[2 * get_group_id(0) + 1] = as_float(red_i[0]);
+        mem_fence(CLK_GLOBAL_MEM_FENCE);
+        *last = atomic_inc(flags + counter_index) == (int)get_num_groups(0) - 1;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!*last)
+        return;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    float bv = -INFINITY;
+    int bi = n_out;
+    for (int g = lid; g < (int)get_num_groups(0); g += GEMV_WG) {
+        const float pv = ((volatile __global float *)part)[2 * g];
+        const int pi = as_int(((volatile __global float *)part)[2 * g + 1]);
+        if (pv > bv || (pv == bv && pi < bi)) {
+            bv = pv;
+            bi = pi;
+        }
+    }
+    red[lid] = bv;
+    red_i[lid] = bi;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = GEMV_WG / 2; s > 0; s >>= 1) {
+        if (lid < s && (red[lid + s] > red[lid] || (red[lid + s] == red[lid] && red_i[lid + s] < red_i[lid]))) {
+            red[lid] = red[lid + s];
+            red_i[lid] = red_i[lid + s];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) {
+        flags[out_index] = red_i[0] < n_out ? red_i[0] : 0;
+        flags[counter_index] = 0;
+    }
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv(__global const WT *w, __global const float *bias, const int k_dim, const int n_out,
+void gemv(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
           __global const float *x, __global const float *residual, const int has_residual, const int glu,
           __global float *y, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
-    for (int i = get_local_id(0); i < k_dim; i += GEMV_WG)
-        xs[i] = x[i];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    gemv_rows(w, bias, k_dim, n_out, xs, residual, has_residual, glu, y, red, red2);
+    load_x(xs, x, k_dim, k_pitch);
+    gemv_rows(w, bias, k_pitch, n_out, xs, residual, has_residual, glu, y, red, red2);
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_ln(__global const WT *w, __global const float *bias, const int k_dim, const int n_out,
-             __global const float *x, __global const float *ln_w, __global const float *ln_b,
+void gemv_ln(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch,
+             const int n_out, __global const float *x, __global const float *ln_w, __global const float *ln_b,
              __global float *x_norm, __global const float *residual, const int has_residual, const int glu,
-             __global float *y, __local float *xs, __global int *flags, const int flag_index)
+             __global float *y, __local float *xs, __global int *flags, const int flag_index,
+             const int argmax, __global float *argmax_part, const int out_index, const int counter_index,
+             const int logits_flag)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
+    __local int red_i[GEMV_WG], last;
     const int lid = get_local_id(0);
-    for (int i = lid; i < k_dim; i += GEMV_WG)
-        xs[i] = x[i];
-    barrier(CLK_LOCAL_MEM_FENCE);
+    load_x(xs, x, k_dim, k_pitch);
     const float stat = ln_local(xs, k_dim, ln_w, ln_b, red);
     if (get_group_id(0) == 0) {
         for (int i = lid; i < k_dim; i += GEMV_WG)
@@ -109,31 +173,37 @@ void gemv_ln(__global const WT *w, __global const float *bias, const int k_dim, 
         if (lid == 0)
             flag_if_nonfinite(stat, flags, flag_index);
     }
-    gemv_rows(w, bias, k_dim, n_out, xs, residual, has_residual, glu, y, red, red2);
+    const float v = gemv_rows(w, bias, k_pitch, n_out, xs, residual, has_residual, glu, y, red, red2);
+    if (argmax)
+        argmax_merge(v, n_out, argmax_part, flags, out_index, counter_index, logits_flag, red, red_i, &last);
 }
 
 /* The attention output projection: x[h*DK+j] combines the n_split partial
  * results (max m, sum l, acc[DK]) of head h as sum_s e^(m_s-M) acc_s[j] /
  * sum_s e^(m_s-M) l_s, M = max_s m_s: the last step of the split softmax. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_attn(__global const WT *w, __global const float *bias, __global const float *part,
+void gemv_attn(__global const WT *w, __global const float *bias, const int k_pitch, __global const float *part,
                const int n_split, __global const float *residual, __global float *y, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
-    for (int i = get_local_id(0); i < DMODEL; i += GEMV_WG) {
-        const int h = i / DK, j = i % DK;
-        __global const float *ph = part + (long)h * n_split * (DK + 2);
-        float mx = -INFINITY;
-        for (int s = 0; s < n_split; s++)
-            mx = fmax(mx, ph[s * (DK + 2)]);
-        float num = 0.0f, den = 0.0f;
-        for (int s = 0; s < n_split; s++) {
-            const float e = exp(ph[s * (DK + 2)] - mx);
-            den += e * ph[s * (DK + 2) + 1];
-            num += e * ph[s * (DK + 2) + 2 + j];
+    for (int i = get_local_id(0); i < k_pitch; i += GEMV_WG) {
+        float val = 0.0f;
+        if (i < DMODEL) {
+            const int h = i / DK, j = i % DK;
+            __global const float *ph = part + (long)h * n_split * (DK + 2);
+            float mx = -INFINITY;
+            for (int s = 0; s < n_split; s++)
+                mx = fmax(mx, ph[s * (DK + 2)]);
+            float num = 0.0f, den = 0.0f;
+            for (int s = 0; s < n_split; s++) {
+                const float e = exp(ph[s * (DK + 2)] - mx);
+                den += e * ph[s * (DK + 2) + 1];
+                num += e * ph[s * (DK + 2) + 2 + j];
+            }
+            val = num / den;
         }
-        xs[i] = num / den;
+        xs[i] = val;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    gemv_rows(w, bias, DMODEL, DMODEL, xs, residual, 1, 0, y, red, red2);
+    gemv_rows(w, bias, k_pitch, DMODEL, xs, residual, 1, 0, y, red, red2);
 }

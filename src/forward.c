@@ -52,6 +52,7 @@ struct pldr_context {
     /* decode-step vectors */
     cl_mem s1, s2, xn, x1n;
     cl_mem att_part; /* split decode attention: [H, n_ctx/ATT_WG, dk + 2] */
+    cl_mem argmax_part; /* greedy decode: (value, index) per final GEMV work-group */
     int32_t id_host;
     int n_flags;
     int *flags_host;   /* n_flags words, then the greedy token id */
@@ -198,12 +199,12 @@ static void prof_print(pldr_context *c)
 
 /* C[M, N] = A[M, K] . W[N, K]^T through CLBlast (row-major). */
 static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
-                        cl_mem out, size_t out_off)
+                        size_t w_pitch, cl_mem out, size_t out_off)
 {
     pldr_model *m = c->m;
     if (m->weight_half) {
         TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
-                   A_LONG((cl_long)(N * K))));
+                   A_LONG((cl_long)(N * w_pitch))));
         w = c->w_scratch;
     }
     cl_command_queue q = m->ocl.queue;
@@ -213,7 +214,7 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
         t0 = pldr_now();
     }
     CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, M, N, K,
-                                       1.0f, a, a_off, K, w, 0, K, 0.0f, out, out_off, N, &q, NULL);
+                                       1.0f, a, a_off, K, w, 0, w_pitch, 0.0f, out, out_off, N, &q, NULL);
     if (c->profile) {
         clFinish(q);
         prof_add(c, "clblast_sgemm (wall)", (pldr_now() - t0) * 1e3);
@@ -238,21 +239,31 @@ typedef struct gemv_op {
     int glu;
     cl_mem y;
     int flag_index;
+    int argmax; /* also the argmax of y over all rows (gemv_ln only) */
 } gemv_op;
+
+static int pitch_of(const pldr_model *m, int k_dim)
+{
+    return k_dim == m->cfg.d_model ? m->d_pitch : m->f_pitch;
+}
 
 static pldr_status gemv(pldr_context *c, const gemv_op *op)
 {
     const pldr_model *m = c->m;
     size_t groups = ((size_t)op->n_out + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
+    const int pitch = pitch_of(m, op->k_dim);
     cl_mem res = op->residual ? op->residual : op->x; /* any valid buffer when unused */
     if (op->ln_in)
         return LAUNCH(c, gemv_ln, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
-                      A_INT(op->k_dim), A_INT(op->n_out), A_MEM(op->x), A_MEM(op->ln_w), A_MEM(op->ln_b),
-                      A_MEM(op->x_norm), A_MEM(res), A_INT(op->residual != NULL), A_INT(op->glu), A_MEM(op->y),
-                      A_LOCAL((size_t)op->k_dim * sizeof(float)), A_MEM(c->flags), A_INT(op->flag_index));
+                      A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x), A_MEM(op->ln_w),
+                      A_MEM(op->ln_b), A_MEM(op->x_norm), A_MEM(res), A_INT(op->residual != NULL), A_INT(op->glu),
+                      A_MEM(op->y), A_LOCAL((size_t)pitch * sizeof(float)), A_MEM(c->flags), A_INT(op->flag_index),
+                      A_INT(op->argmax), A_MEM(c->argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
+                      A_INT(flag_logits(c)));
     return LAUNCH(c, gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
-                  A_INT(op->k_dim), A_INT(op->n_out), A_MEM(op->x), A_MEM(res), A_INT(op->residual != NULL),
-                  A_INT(op->glu), A_MEM(op->y), A_LOCAL((size_t)op->k_dim * sizeof(float)));
+                  A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x), A_MEM(res),
+                  A_INT(op->residual != NULL), A_INT(op->glu), A_MEM(op->y),
+                  A_LOCAL((size_t)pitch * sizeof(float)));
 }
 
 /* ------------------------------------------------------------ PLGA */
@@ -315,7 +326,8 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
                A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
         const pldr_layer *ly = &m->layers[l];
-        TRY(gemm(c, t, 3 * d, d, c->x, 0, ly->wqkv, c->qkv, 0));
+        const size_t dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch;
+        TRY(gemm(c, t, 3 * d, d, c->x, 0, ly->wqkv, dp, c->qkv, 0));
         TRY(LAUNCH(c, qkv_rope, t * (size_t)cf->n_heads * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv),
                    A_MEM(ly->bqkv), A_MEM(c->rope), A_MEM(c->q), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
                    A_INT(pos0)));
@@ -323,12 +335,12 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
         TRY(LAUNCH(c, apply_g, t * d, 0, A_MEM(c->q), A_MEM(c->g_g[l]), A_FLT(scale), A_MEM(c->qg)));
         TRY(LAUNCH(c, att_prefill, t * (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg,
                    A_MEM(c->qg), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0), A_MEM(c->att)));
-        TRY(gemm(c, t, d, d, c->att, 0, ly->wo, c->o, 0));
+        TRY(gemm(c, t, d, d, c->att, 0, ly->wo, dp, c->o, 0));
         TRY(LAUNCH(c, brln, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
                    A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
-        TRY(gemm(c, t, 2 * F, d, c->x1, 0, ly->w12, c->h, 0));
+        TRY(gemm(c, t, 2 * F, d, c->x1, 0, ly->w12, dp, c->h, 0));
         TRY(LAUNCH(c, glu, t * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
-        TRY(gemm(c, t, d, F, c->g, 0, ly->w3, c->o, 0));
+        TRY(gemm(c, t, d, F, c->g, 0, ly->w3, fp, c->o, 0));
         TRY(LAUNCH(c, brln, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->o), A_MEM(ly->b3),
                    A_MEM(c->x1), A_MEM(ly->ln2_w), A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags),
                    A_INT(flag_ffn(l))));
@@ -365,9 +377,10 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
         const pldr_layer *prev = l > 0 ? &m->layers[l - 1] : NULL;
         /* layer 0 reads the embedding (already normalised); later layers
          * normalise the previous layer's FFN sum on load into xn */
-        gemv_op qkv = {ly->wqkv, ly->bqkv, d, 3 * d, l > 0 ? c->s2 : c->xn, l > 0,
-                       prev ? prev->ln2_w : NULL, prev ? prev->ln2_b : NULL, c->xn, NULL, 0, c->qkv,
-                       l > 0 ? flag_ffn(l - 1) : 0};
+        gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .k_dim = d, .n_out = 3 * d,
+                       .x = l > 0 ? c->s2 : c->xn, .ln_in = l > 0, .ln_w = prev ? prev->ln2_w : NULL,
+                       .ln_b = prev ? prev->ln2_b : NULL, .x_norm = c->xn, .y = c->qkv,
+                       .flag_index = l > 0 ? flag_ffn(l - 1) : 0};
         TRY(gemv(c, &qkv));
         TRY(layer_g(c, l, 1, 0));
         const int n_split = (pos + 1 + m->att_wg - 1) / m->att_wg;
@@ -375,25 +388,28 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
                    A_MEM(c->qkv), A_MEM(c->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]),
                    A_INT(pos), A_FLT(scale), A_INT(n_split), A_MEM(c->att_part)));
         TRY(LAUNCH(c, gemv_attn, (((size_t)d + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows) * (size_t)m->gemv_wg,
-                   (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_MEM(c->att_part), A_INT(n_split),
-                   A_MEM(c->xn), A_MEM(c->s1), A_LOCAL((size_t)d * sizeof(float))));
-        gemv_op up = {ly->w12, ly->b12, d, F, c->s1, 1, ly->ln1_w, ly->ln1_b, c->x1n, NULL, 1, c->g,
-                      flag_att(l)};
+                   (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_INT(m->d_pitch), A_MEM(c->att_part), A_INT(n_split),
+                   A_MEM(c->xn), A_MEM(c->s1), A_LOCAL((size_t)m->d_pitch * sizeof(float))));
+        gemv_op up = {.w = ly->w12, .bias = ly->b12, .k_dim = d, .n_out = F, .x = c->s1, .ln_in = 1,
+                      .ln_w = ly->ln1_w, .ln_b = ly->ln1_b, .x_norm = c->x1n, .glu = 1, .y = c->g,
+                      .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
-        gemv_op down = {ly->w3, ly->b3, F, d, c->g, 0, NULL, NULL, NULL, c->x1n, 0, c->s2, 0};
+        gemv_op down = {.w = ly->w3, .bias = ly->b3, .k_dim = F, .n_out = d, .x = c->g, .residual = c->x1n,
+                        .y = c->s2};
         TRY(gemv(c, &down));
     }
     return PLDR_OK;
 }
 
 /* Logits of the last token of a decode step into c->logits row 0. */
-static pldr_status final_from_decode(pldr_context *c)
+static pldr_status final_from_decode(pldr_context *c, int argmax)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const pldr_layer *last = &m->layers[cf->n_layers - 1];
-    gemv_op fin = {m->wf, m->bf, cf->d_model, cf->vocab_size, c->s2, 1, last->ln2_w, last->ln2_b, c->xn,
-                   NULL, 0, c->logits, flag_ffn(cf->n_layers - 1)};
+    gemv_op fin = {.w = m->wf, .bias = m->bf, .k_dim = cf->d_model, .n_out = cf->vocab_size, .x = c->s2,
+                   .ln_in = 1, .ln_w = last->ln2_w, .ln_b = last->ln2_b, .x_norm = c->xn, .y = c->logits,
+                   .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
 }
 
@@ -406,8 +422,8 @@ static pldr_status final_row(pldr_context *c, int row)
     cl_int err = clEnqueueCopyBuffer(m->ocl.queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
-    gemv_op fin = {m->wf, m->bf, cf->d_model, cf->vocab_size, c->xn, 0, NULL, NULL, NULL,
-                   NULL, 0, c->logits, 0};
+    gemv_op fin = {.w = m->wf, .bias = m->bf, .k_dim = cf->d_model, .n_out = cf->vocab_size, .x = c->xn,
+                   .y = c->logits};
     return gemv(c, &fin);
 }
 
@@ -468,7 +484,7 @@ static pldr_status logits_rows(pldr_context *c, int first, int n, float *dst)
     const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab_size;
     for (int r = 0; r < n; r += LOGIT_CHUNK) {
         size_t rows = (size_t)(n - r < LOGIT_CHUNK ? n - r : LOGIT_CHUNK);
-        TRY(gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, m->wf, c->logits, 0));
+        TRY(gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, m->wf, (size_t)m->d_pitch, c->logits, 0));
         TRY(LAUNCH(c, bias_rows, rows * V, 0, A_MEM(c->logits), A_MEM(m->bf), A_INT((int)V), A_MEM(c->flags),
                    A_INT(flag_logits(c))));
         TRY(read_logits(c, dst + (size_t)r * V, rows));
@@ -529,7 +545,7 @@ pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits,
         return check_flags(c);
     }
     if (rows_at < 0) {
-        TRY(final_from_decode(c));
+        TRY(final_from_decode(c, 0));
         TRY(fetch_flags(c, c->n_flags, CL_FALSE));
         TRY(read_logits(c, logits, 1));
     } else if (all_rows) {
@@ -555,12 +571,13 @@ pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t
     pldr_clear_error();
     int rows_at;
     TRY(run(c, ids, n, &rows_at));
-    if (rows_at < 0)
-        TRY(final_from_decode(c));
-    else
+    if (rows_at < 0) {
+        TRY(final_from_decode(c, 1));
+    } else {
         TRY(final_row(c, rows_at + n - 1));
-    TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
-               A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+        TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
+                   A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+    }
     TRY(fetch_flags(c, c->n_flags + 1, CL_TRUE));
     TRY(check_flags(c));
     *next_id = c->flags_host[c->n_flags];
@@ -691,7 +708,16 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->logits, LOGIT_CHUNK * V * 4, "the logits"));
-    TRY(ctx_buffer(c, &c->flags, ((size_t)c->n_flags + 1) * 4, "the flags"));
+    /* the flags, then the greedy token id and the argmax work-group counter */
+    TRY(ctx_buffer(c, &c->flags, ((size_t)c->n_flags + 2) * 4, "the flags"));
+    {
+        const cl_int zero = 0;
+        cl_int err = clEnqueueFillBuffer(m->ocl.queue, c->flags, &zero, sizeof zero, 0,
+                                         ((size_t)c->n_flags + 2) * 4, 0, NULL, NULL);
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&m->ocl, err, "clearing the flags");
+    }
+    TRY(ctx_buffer(c, &c->argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, "the argmax partials"));
     const size_t max_split = (T + (size_t)m->att_wg - 1) / (size_t)m->att_wg;
     TRY(ctx_buffer(c, &c->att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4,
                    "the attention partials"));
@@ -778,7 +804,7 @@ void pldr_context_free(pldr_context *c)
     }
     cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
                         &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
-                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->att_part};
+                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->att_part, &c->argmax_part};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
         release(single[i]);
     cl_kernel *ks = (cl_kernel *)&c->k;

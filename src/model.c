@@ -14,6 +14,7 @@
 #include "checkpoint.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tune.h"
 #include "util.h"
 
 pldr_model_params pldr_model_default_params(void)
@@ -109,6 +110,44 @@ static PLDR_PRINTF(5, 6) pldr_status put(loader *ld, cl_mem buf, size_t off, int
     return PLDR_OK;
 }
 
+/* Writes a 2-D tensor `name` into buf with rows padded to `pitch` elements,
+ * starting at row `row_off` of buf. */
+static PLDR_PRINTF(6, 7) pldr_status put_rows(loader *ld, cl_mem buf, size_t row_off, size_t pitch, int half,
+                                               const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const st_tensor *t = find_tensor(ld, fmt, ap);
+    va_end(ap);
+    if (!t)
+        return PLDR_ERR_FORMAT;
+    pldr_status st = st_to_f32(t, ld->staging);
+    if (st != PLDR_OK)
+        return st;
+    const size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1], n = rows * cols;
+    const void *src = ld->staging;
+    size_t esz = 4;
+    if (half) {
+        for (size_t i = 0; i < n; i++)
+            ld->hstage[i] = pldr_float_to_half(ld->staging[i]);
+        src = ld->hstage;
+        esz = 2;
+    }
+    const size_t buf_origin[3] = {0, row_off, 0}, host_origin[3] = {0, 0, 0};
+    const size_t region[3] = {cols * esz, rows, 1};
+    cl_int err = clEnqueueWriteBufferRect(ld->m->ocl.queue, buf, CL_TRUE, buf_origin, host_origin, region,
+                                          pitch * esz, 0, cols * esz, 0, src, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "uploading %s (%zu bytes)", t->name, n * esz);
+        return pldr_cl_fail(&ld->m->ocl, err, msg);
+    }
+    ld->done += t->nbytes;
+    if (ld->progress)
+        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
+    return PLDR_OK;
+}
+
 #define TRY(x)                                                                                     \
     do {                                                                                           \
         pldr_status st_ = (x);                                                                     \
@@ -121,11 +160,17 @@ static pldr_status alloc_f32(pldr_model *m, cl_mem *b, size_t n, const char *wha
     return pldr_buffer(m, n * 4, what, b, &m->device_bytes);
 }
 
-static pldr_status alloc_w(pldr_model *m, cl_mem *b, size_t n, const char *what)
+/* A weight matrix of `rows` rows of `pitch` elements, zeroed so that the
+ * padding of every row reads as 0. */
+static pldr_status alloc_w(pldr_model *m, cl_mem *b, size_t rows, size_t pitch, const char *what)
 {
+    const size_t n = rows * pitch, esz = m->weight_half ? 2 : 4;
     if (n > m->max_matrix_elems)
         m->max_matrix_elems = n;
-    return pldr_buffer(m, n * (m->weight_half ? 2 : 4), what, b, &m->device_bytes);
+    TRY(pldr_buffer(m, n * esz, what, b, &m->device_bytes));
+    const cl_uchar zero = 0;
+    cl_int err = clEnqueueFillBuffer(m->ocl.queue, *b, &zero, 1, 0, n * esz, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing a weight buffer");
 }
 
 static pldr_status load_layer(loader *ld, int l)
@@ -139,16 +184,17 @@ static pldr_status load_layer(loader *ld, int l)
     const int hw = m->weight_half;
     const char *p = "decoder.dec_layers";
 
-    TRY(alloc_w(m, &ly->wqkv, 3 * d * d, "the Q/K/V projection weights"));
+    const size_t dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch;
+    TRY(alloc_w(m, &ly->wqkv, 3 * d, dp, "the Q/K/V projection weights"));
     TRY(alloc_f32(m, &ly->bqkv, 3 * d, "the Q/K/V projection biases"));
     const char *qkv[3] = {"wq", "wk", "wv"};
     for (int i = 0; i < 3; i++) {
-        TRY(put(ld, ly->wqkv, i * d * d, hw, "%s.%d.mha1.%s.weight", p, l, qkv[i]));
+        TRY(put_rows(ld, ly->wqkv, i * d, dp, hw, "%s.%d.mha1.%s.weight", p, l, qkv[i]));
         TRY(put(ld, ly->bqkv, i * d, 0, "%s.%d.mha1.%s.bias", p, l, qkv[i]));
     }
-    TRY(alloc_w(m, &ly->wo, d * d, "the attention output weights"));
+    TRY(alloc_w(m, &ly->wo, d, dp, "the attention output weights"));
     TRY(alloc_f32(m, &ly->bo, d, "the attention output bias"));
-    TRY(put(ld, ly->wo, 0, hw, "%s.%d.mha1.dense.weight", p, l));
+    TRY(put_rows(ld, ly->wo, 0, dp, hw, "%s.%d.mha1.dense.weight", p, l));
     TRY(put(ld, ly->bo, 0, 0, "%s.%d.mha1.dense.bias", p, l));
 
     cl_mem *lns[4] = {&ly->ln1_w, &ly->ln1_b, &ly->ln2_w, &ly->ln2_b};
@@ -158,15 +204,15 @@ static pldr_status load_layer(loader *ld, int l)
         TRY(put(ld, *lns[i], 0, 0, "%s.%d.%s", p, l, lnn[i]));
     }
 
-    TRY(alloc_w(m, &ly->w12, 2 * F * d, "the feed-forward input weights"));
+    TRY(alloc_w(m, &ly->w12, 2 * F, dp, "the feed-forward input weights"));
     TRY(alloc_f32(m, &ly->b12, 2 * F, "the feed-forward input biases"));
-    TRY(put(ld, ly->w12, 0, hw, "%s.%d.ffn.gluw1.weight", p, l));
-    TRY(put(ld, ly->w12, F * d, hw, "%s.%d.ffn.gluw2.weight", p, l));
+    TRY(put_rows(ld, ly->w12, 0, dp, hw, "%s.%d.ffn.gluw1.weight", p, l));
+    TRY(put_rows(ld, ly->w12, F, dp, hw, "%s.%d.ffn.gluw2.weight", p, l));
     TRY(put(ld, ly->b12, 0, 0, "%s.%d.ffn.gluw1.bias", p, l));
     TRY(put(ld, ly->b12, F, 0, "%s.%d.ffn.gluw2.bias", p, l));
-    TRY(alloc_w(m, &ly->w3, d * F, "the feed-forward output weights"));
+    TRY(alloc_w(m, &ly->w3, d, fp, "the feed-forward output weights"));
     TRY(alloc_f32(m, &ly->b3, d, "the feed-forward output bias"));
-    TRY(put(ld, ly->w3, 0, hw, "%s.%d.ffn.gluw3.weight", p, l));
+    TRY(put_rows(ld, ly->w3, 0, fp, hw, "%s.%d.ffn.gluw3.weight", p, l));
     TRY(put(ld, ly->b3, 0, 0, "%s.%d.ffn.gluw3.bias", p, l));
 
     if (c->g_type != PLDR_G_LEARNED) {
@@ -218,7 +264,7 @@ static pldr_status load_weights(loader *ld)
     const pldr_config *c = &m->cfg;
     const size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size;
     const int hw = m->weight_half;
-    TRY(alloc_w(m, &m->emb, V * d, "the token embedding"));
+    TRY(alloc_w(m, &m->emb, V, d, "the token embedding"));
     TRY(put(ld, m->emb, 0, hw, "decoder.embedding.weight"));
     TRY(alloc_f32(m, &m->ln0_w, d, "the embedding layer norm"));
     TRY(alloc_f32(m, &m->ln0_b, d, "the embedding layer norm"));
@@ -234,9 +280,9 @@ static pldr_status load_weights(loader *ld)
     }
     for (int l = 0; l < c->n_layers; l++)
         TRY(load_layer(ld, l));
-    TRY(alloc_w(m, &m->wf, V * d, "the final layer"));
+    TRY(alloc_w(m, &m->wf, V, (size_t)m->d_pitch, "the final layer"));
     TRY(alloc_f32(m, &m->bf, V, "the final layer bias"));
-    TRY(put(ld, m->wf, 0, hw, "final_layer.weight"));
+    TRY(put_rows(ld, m->wf, 0, (size_t)m->d_pitch, hw, "final_layer.weight"));
     TRY(put(ld, m->bf, 0, 0, "final_layer.bias"));
     return PLDR_OK;
 }
@@ -326,7 +372,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
         st = pldr_ocl_open(params->device, &m->ocl);
     if (st != PLDR_OK)
         goto fail;
+    pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters (src/tune.c) */
     m->weight_half = params->weight_dtype == PLDR_DTYPE_F16;
+    m->d_pitch = (m->cfg.d_model + 3) & ~3;
+    m->f_pitch = (m->cfg.d_ff + 3) & ~3;
     choose_work_groups(m);
 
     const pldr_config *c = &m->cfg;

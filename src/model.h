@@ -35,6 +35,10 @@ struct pldr_model {
     uint64_t fingerprint;
     uint64_t device_bytes;
     size_t max_matrix_elems; /* largest weight matrix, for the f16 prefill scratch */
+    /* rows of the weight matrices are padded to a multiple of 4 elements so
+     * that GEMV kernels read them as aligned vectors: d_pitch for rows of
+     * length d, f_pitch for rows of length F */
+    int d_pitch, f_pitch;
     /* work-group sizes chosen for the device (also passed as -D defines) */
     int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows;
 };
