@@ -102,6 +102,19 @@ void attention_decode(__global const float *qkv, __global const float2 *rope,
     const int t0 = sp * ATT_WG, n = min(ATT_WG, pos + 1 - t0);
     const int writer = sp == n_split - 1;
     const long ko = (long)pos * DMODEL + off;
+#if DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
+    /* loads that do not depend on q start first: this work-item's column of
+     * G_LM and its key row (the writer's last key is written below) */
+    float gcol[DK];
+    float4 krow[DK / 4];
+    if (lid < DK)
+        for (int i = 0; i < DK; i++)
+            gcol[i] = g[h * DK * DK + i * DK + lid];
+    const int pre_key = lid < n && t0 + lid < pos;
+    __global const float *kp = k_cache + (long)(t0 + lid) * DMODEL + off;
+    for (int i = 0; i < DK / 4; i++)
+        krow[i] = pre_key ? vload4(i, kp) : (float4)0.0f;
+#endif
     for (int i = lid; i < DK / 2; i += ATT_WG) {
         const int2 pr = rope_pair(i);
         const float2 cs = rope[(long)pos * (DK / 2) + i];
@@ -117,13 +130,34 @@ void attention_decode(__global const float *qkv, __global const float2 *rope,
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+#if DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
+    if (lid < DK) {
+        float sq = 0.0f;
+        for (int i = 0; i < DK; i++)
+            sq += q[i] * gcol[i];
+        qg[lid] = sq * scale;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float s = -INFINITY;
+    if (lid < n) {
+        float4 a = 0.0f;
+        if (pre_key) {
+            for (int i = 0; i < DK / 4; i++)
+                a += krow[i] * vload4(i, qg);
+        } else { /* the key written by this work-group above */
+            for (int i = 0; i < DK / 4; i++)
+                a += vload4(i, kp) * vload4(i, qg);
+        }
+        s = a.x + a.y + a.z + a.w;
+    }
+#else
     __global const float *gh = g + h * DK * DK;
     for (int j = lid; j < DK; j += ATT_WG) {
-        float s = 0.0f;
+        float sq = 0.0f;
 #pragma unroll 16
         for (int i = 0; i < DK; i++)
-            s += q[i] * gh[i * DK + j];
-        qg[j] = s * scale;
+            sq += q[i] * gh[i * DK + j];
+        qg[j] = sq * scale;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     float s = -INFINITY;
@@ -136,6 +170,7 @@ void attention_decode(__global const float *qkv, __global const float2 *rope,
         for (int i = DK / 4 * 4; i < DK; i++)
             s += kr[i] * qg[i];
     }
+#endif
     const float mx = wg_max(s, scratch);
     const float e = lid < n ? exp(s - mx) : 0.0f;
     p[lid] = e;

@@ -52,37 +52,55 @@ inline float wg_max(float v, __local float *scratch)
     return r;
 }
 
-/* LayerNorm of a row of n values held in local memory, in place when apply
- * is set: y = (x - mean) / sqrt(var + eps) * w + b, variance without Bessel's
- * correction as in torch.nn.LayerNorm. Returns mean + var so that callers can
- * detect a non-finite row. The barriers are reached whatever apply is (some
- * compilers mishandle barriers under a condition, even a uniform one). */
-inline float ln_local_if(__local float *x, const int n, __global const float *w, __global const float *b,
-                         __local float *scratch, const int apply)
+/* Sum over the work-group of two values per work-item, in two steps (16
+ * partial sums, then every work-item adds those) so that it costs three
+ * barriers whatever the work-group size; scratch holds get_local_size(0)
+ * float2, a power of two >= 16, or any size <= 16. */
+inline float2 wg_sum2(float2 v, __local float2 *scratch)
 {
     const int lid = get_local_id(0), wg = get_local_size(0);
-    float s = 0.0f;
-    for (int i = lid; i < n; i += wg)
-        s += x[i];
-    const float mean = wg_sum(s, scratch) / n;
-    float s2 = 0.0f;
-    for (int i = lid; i < n; i += wg) {
-        const float t = x[i] - mean;
-        s2 += t * t;
-    }
-    const float var = wg_sum(s2, scratch) / n;
-    const float rstd = rsqrt(var + LN_EPS);
-    if (apply)
-        for (int i = lid; i < n; i += wg)
-            x[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    const int parts = wg < 16 ? wg : 16;
+    scratch[lid] = v;
     barrier(CLK_LOCAL_MEM_FENCE);
-    return mean + var;
+    if (lid < parts) {
+        float2 p = 0.0f;
+        for (int i = lid; i < wg; i += parts)
+            p += scratch[i];
+        scratch[lid] = p;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float2 t = 0.0f;
+    for (int i = 0; i < parts; i++)
+        t += scratch[i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return t;
 }
 
+/* LayerNorm of a row of n values held in local memory, in place:
+ * y = (x - mean) / sqrt(var + eps) * w + b, variance without Bessel's
+ * correction as in torch.nn.LayerNorm. One pass over the row: the sums are
+ * taken of x - x[0], which keeps var = E[(x-x0)^2] - E[x-x0]^2 free of the
+ * cancellation a large mean would cause. Returns mean + var so that callers
+ * can detect a non-finite row. */
 inline float ln_local(__local float *x, const int n, __global const float *w, __global const float *b,
-                      __local float *scratch)
+                      __local float2 *scratch)
 {
-    return ln_local_if(x, n, w, b, scratch, 1);
+    const int lid = get_local_id(0), wg = get_local_size(0);
+    const float x0 = x[0];
+    float2 s = 0.0f;
+    for (int i = lid; i < n; i += wg) {
+        const float t = x[i] - x0;
+        s += (float2)(t, t * t);
+    }
+    s = wg_sum2(s, scratch);
+    const float m1 = s.x / n;
+    const float mean = x0 + m1;
+    const float var = fmax(s.y / n - m1 * m1, 0.0f);
+    const float rstd = rsqrt(var + LN_EPS);
+    for (int i = lid; i < n; i += wg)
+        x[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return mean + var;
 }
 
 inline void flag_if_nonfinite(float v, __global int *flags, int index)

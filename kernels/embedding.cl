@@ -8,7 +8,7 @@ void embed_tokens(__global const int *ids, const int ids_offset, __global const 
                   __global int *flags, const int flag_index)
 {
     __local float row[DMODEL];
-    __local float scratch[ROW_WG];
+    __local float2 scratch[ROW_WG];
     const int t = get_group_id(0), lid = get_local_id(0);
     const long base = (long)ids[ids_offset + t] * DMODEL;
     for (int i = lid; i < DMODEL; i += ROW_WG)

@@ -33,30 +33,50 @@ inline void load_x(__local float *xs, __global const float *x, const int k_dim, 
     barrier(CLK_LOCAL_MEM_FENCE);
 }
 
-/* The product of the rows of this work-group with xs, and the output.
- * Returns W[row] . x + b[row] (before the residual) for lane 0 of each row. */
-inline float gemv_rows(__global const WT *w, __global const float *bias, const int k_pitch, const int n_out,
-                       __local const float *xs, __global const float *residual, const int has_residual,
-                       const int glu, __global float *y, __local float *red, __local float *red2)
+/* The weights do not depend on x: each work-item starts loading the first
+ * GEMV_PF vectors of its rows into registers before x is ready, so that the
+ * memory latency overlaps the loading (and normalising) of x. */
+inline void prefetch_w(__global const WT *wr, __global const WT *wr2, const int lane, const int kv, const int live,
+                       const int glu, float4 *wa, float4 *wb)
+{
+#pragma unroll
+    for (int v = 0; v < GEMV_PF; v++) {
+        const int k = lane + v * LANES;
+        wa[v] = live && k < kv ? LOAD_ROW4(wr, k) : (float4)0.0f;
+        wb[v] = live && glu && k < kv ? LOAD_ROW4(wr2, k) : (float4)0.0f;
+    }
+}
+
+/* The rest of the product of this work-group's rows with xs, the reduction
+ * over lanes, and the output. Returns W[row] . x + b[row] (before the
+ * residual) in lane 0 of each row, -INFINITY elsewhere. */
+inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const float4 *wa, const float4 *wb,
+                         __global const float *bias, const int kv, const int n_out, __local const float *xs,
+                         __global const float *residual, const int has_residual, const int glu,
+                         __global float *y, __local float *red, __local float *red2)
 {
     const int lid = get_local_id(0);
     const int row = get_group_id(0) * GEMV_ROWS + lid / LANES;
     const int lane = lid % LANES;
-    const int kv = k_pitch / 4;
     float acc = 0.0f, acc2 = 0.0f;
+#pragma unroll
+    for (int v = 0; v < GEMV_PF; v++) {
+        const int k = lane + v * LANES;
+        const float4 xv = k < kv ? vload4(k, xs) : (float4)0.0f;
+        acc += dot(wa[v], xv);
+        acc2 += dot(wb[v], xv);
+    }
     if (row < n_out) {
-        __global const WT *wr = w + (long)row * k_pitch;
         if (glu) {
-            __global const WT *wr2 = w + (long)(row + n_out) * k_pitch;
 #pragma unroll 4
-            for (int k = lane; k < kv; k += LANES) {
+            for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES) {
                 const float4 xv = vload4(k, xs);
                 acc += dot(LOAD_ROW4(wr, k), xv);
                 acc2 += dot(LOAD_ROW4(wr2, k), xv);
             }
         } else {
 #pragma unroll 8
-            for (int k = lane; k < kv; k += LANES)
+            for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES)
                 acc += dot(LOAD_ROW4(wr, k), vload4(k, xs));
         }
     }
@@ -84,6 +104,15 @@ inline float gemv_rows(__global const WT *w, __global const float *bias, const i
     }
     return v;
 }
+
+/* This work-item's rows: the pointers, and whether the row exists. */
+#define GEMV_SETUP(w, k_pitch, n_out)                                                              \
+    const int row = get_group_id(0) * GEMV_ROWS + get_local_id(0) / LANES;                         \
+    const int lane = get_local_id(0) % LANES;                                                      \
+    const int live = row < (n_out);                                                                \
+    __global const WT *wr = (w) + (long)(live ? row : 0) * (k_pitch);                              \
+    __global const WT *wr2 = (w) + (long)(live ? row + (n_out) : 0) * (k_pitch);                   \
+    float4 wa[GEMV_PF], wb[GEMV_PF]
 
 /* Greedy decoding fused into the final GEMV: every work-group writes the best
  * (value, index) of its rows to part, and the last work-group to finish
@@ -150,8 +179,10 @@ void gemv(__global const WT *w, __global const float *bias, const int k_dim, con
           __global float *y, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
+    GEMV_SETUP(w, k_pitch, n_out);
+    prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
     load_x(xs, x, k_dim, k_pitch);
-    gemv_rows(w, bias, k_pitch, n_out, xs, residual, has_residual, glu, y, red, red2);
+    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, residual, has_residual, glu, y, red, red2);
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
@@ -163,17 +194,21 @@ void gemv_ln(__global const WT *w, __global const float *bias, const int k_dim, 
              const int logits_flag)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
+    __local float2 scratch[GEMV_WG];
     __local int red_i[GEMV_WG], last;
     const int lid = get_local_id(0);
+    GEMV_SETUP(w, k_pitch, n_out);
+    prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
     load_x(xs, x, k_dim, k_pitch);
-    const float stat = ln_local(xs, k_dim, ln_w, ln_b, red);
+    const float stat = ln_local(xs, k_dim, ln_w, ln_b, scratch);
     if (get_group_id(0) == 0) {
         for (int i = lid; i < k_dim; i += GEMV_WG)
             x_norm[i] = xs[i];
         if (lid == 0)
             flag_if_nonfinite(stat, flags, flag_index);
     }
-    const float v = gemv_rows(w, bias, k_pitch, n_out, xs, residual, has_residual, glu, y, red, red2);
+    const float v = gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, residual, has_residual, glu, y,
+                                red, red2);
     if (argmax)
         argmax_merge(v, n_out, argmax_part, flags, out_index, counter_index, logits_flag, red, red_i, &last);
 }
@@ -186,6 +221,8 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
                const int n_split, __global const float *residual, __global float *y, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
+    GEMV_SETUP(w, k_pitch, DMODEL);
+    prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
     for (int i = get_local_id(0); i < k_pitch; i += GEMV_WG) {
         float val = 0.0f;
         if (i < DMODEL) {
@@ -205,5 +242,5 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
         xs[i] = val;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    gemv_rows(w, bias, k_pitch, DMODEL, xs, residual, 1, 0, y, red, red2);
+    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, DMODEL, xs, residual, 1, 0, y, red, red2);
 }

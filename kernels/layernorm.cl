@@ -8,7 +8,7 @@ void bias_residual_layernorm(__global const float *y, __global const float *bias
                              __global int *flags, const int flag_index)
 {
     __local float row[DMODEL];
-    __local float scratch[ROW_WG];
+    __local float2 scratch[ROW_WG];
     const int t = get_group_id(0), lid = get_local_id(0);
     const long base = (long)t * DMODEL;
     for (int i = lid; i < DMODEL; i += ROW_WG)

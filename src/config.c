@@ -72,14 +72,22 @@ static pldr_status read_size(const cfg_reader *r, const char *key, int required,
     return PLDR_OK;
 }
 
-/* A token id: in [0, vocab_size). */
+/* A token id: in [0, vocab_size). *out holds the default, which must be in
+ * range too when the key is absent (a vocabulary of fewer than 4 pieces). */
 static pldr_status read_token_id(const cfg_reader *r, const char *key, int vocab, int *out)
 {
     json_int_t v = 0;
     int present = 0;
     pldr_status st = get_integer(r, key, 0, &v, &present);
-    if (st != PLDR_OK || !present)
+    if (st != PLDR_OK)
         return st;
+    if (!present) {
+        if (*out < 0 || *out >= vocab)
+            return pldr_fail(PLDR_ERR_FORMAT,
+                             "%s: key \"%s\" is absent and its default %d is outside the vocabulary [0, %d)",
+                             r->path, key, *out, vocab);
+        return PLDR_OK;
+    }
     if (v < 0 || v >= vocab)
         return pldr_fail(PLDR_ERR_FORMAT, "%s: key \"%s\" is %lld, outside the vocabulary [0, %d)",
                          r->path, key, (long long)v, vocab);

@@ -132,10 +132,9 @@ pldr_status pldr_gcache_read(const char *path, pldr_gcache *g)
     st_archive ar;
     memset(&ar, 0, sizeof ar);
     pldr_status st = st_open_file(path, &ar);
-    if (st != PLDR_OK)
-        return st;
-    st = read_all(&ar, path, g);
-    st_close(&ar);
+    if (st == PLDR_OK)
+        st = read_all(&ar, path, g);
+    st_close(&ar); /* also on failure: st_open_file may leave its files array allocated */
     if (st != PLDR_OK)
         pldr_gcache_free(g);
     return st;

@@ -310,6 +310,7 @@ static void choose_work_groups(pldr_model *m)
     /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
      * work-items share a row so that neighbours read neighbouring weights */
     m->gemv_rows = cpu ? m->gemv_wg : 8;
+    m->gemv_pf = cpu ? 1 : 8;
     /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8" overrides, for tuning */
     const char *env = getenv("PLDR_WG");
     if (env) {
@@ -317,7 +318,7 @@ static void choose_work_groups(pldr_model *m)
             const char *key;
             int *val;
         } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
-                    {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}};
+                    {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf}};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             const char *p = strstr(env, keys[i].key);
             size_t kl = strlen(keys[i].key);
@@ -416,10 +417,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     snprintf(options, sizeof options,
              "-cl-std=CL1.2 -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
-             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d",
+             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d",
              c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
-             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows);
+             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf);
     st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                         params->progress_user, &m->program);
     if (st != PLDR_OK)

@@ -52,6 +52,11 @@
 #define MIN_REP_TIME 0.1 /* seconds of timed calls per shape, at least 2 calls */
 #define MAX_REPS 20
 
+/* CLBlast before 1.6.3 computes wrong results with GEMMK=1 when MWG != NWG
+ * (CLBlast issues #340 and #542, fixed by pull request #543). */
+#define GEMMK1_UNEQUAL_TILES \
+    (CLBLAST_VERSION_MAJOR * 10000 + CLBLAST_VERSION_MINOR * 100 + CLBLAST_VERSION_PATCH >= 10603)
+
 #define STR2(x) #x
 #define STR(x) STR2(x)
 #define CLBLAST_VERSION_STRING STR(CLBLAST_VERSION_MAJOR) "." STR(CLBLAST_VERSION_MINOR) "." STR(CLBLAST_VERSION_PATCH)
@@ -183,6 +188,8 @@ static const char *xgemm_invalid(const size_t *v, const limits *lim)
             return "GEMMK 1 needs MDIMA=MDIMC and NDIMB=NDIMC";
         if (!multiple(v[XP_KREG], v[XP_VWN]))
             return "KREG must be a multiple of VWN";
+        if (!GEMMK1_UNEQUAL_TILES && v[XP_MWG] != v[XP_NWG])
+            return "GEMMK 1 needs MWG=NWG before CLBlast 1.6.3";
     }
     uint64_t local = 4 * ((uint64_t)v[XP_SA] * v[XP_KWG] * v[XP_MWG] + (uint64_t)v[XP_SB] * v[XP_KWG] * v[XP_NWG]);
     if (local > lim->local_mem)
@@ -748,6 +755,22 @@ static pldr_status verify(tuner *tu, const pldr_tune_shape *s, int *right)
     return PLDR_OK;
 }
 
+/* One call on a C filled with a sentinel (so that a kernel writing nothing
+ * cannot pass), checked: *code is its status, *right whether it is right. */
+static pldr_status checked_call(tuner *tu, const pldr_tune_shape *s, int *code, int *right)
+{
+    const cl_float sentinel = 12345.0f;
+    *right = 0;
+    cl_int err = clEnqueueFillBuffer(tu->ocl.queue, tu->c, &sentinel, sizeof sentinel, 0,
+                                     s->m * s->n * sizeof(float), 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&tu->ocl, err, "clearing a tuning result");
+    double t;
+    if ((*code = timed_call(tu, s, &t)) != 0)
+        return PLDR_OK;
+    return verify(tu, s, right);
+}
+
 static double best_of_kind(const tuner *tu, int kind, int shape)
 {
     double best = INFINITY;
@@ -790,23 +813,13 @@ static pldr_status measure(tuner *tu, trial *tr)
     for (int o = 0; o < tu->n_shapes && !why && !aborted; o++) {
         const int j = tu->eval_order[o];
         const pldr_tune_shape *s = &tu->shapes[j];
-        /* a sentinel in C, so that a kernel writing nothing cannot pass */
-        const cl_float sentinel = 12345.0f;
-        cl_int err = clEnqueueFillBuffer(tu->ocl.queue, tu->c, &sentinel, sizeof sentinel, 0,
-                                         s->m * s->n * sizeof(float), 0, NULL, NULL);
-        if (err != CL_SUCCESS)
-            return pldr_cl_fail(&tu->ocl, err, "clearing a tuning result");
         double t;
-        if ((code = timed_call(tu, s, &t)) != 0) { /* the first call compiles */
-            why = "the GEMM failed";
-            break;
-        }
         int right = 0;
-        pldr_status st = verify(tu, s, &right);
+        pldr_status st = checked_call(tu, s, &code, &right); /* the first call compiles */
         if (st != PLDR_OK)
             return st;
-        if (!right) {
-            why = "wrong results";
+        if (code != 0 || !right) {
+            why = code != 0 ? "the GEMM failed" : "wrong results";
             break;
         }
         const double ref = tr->kind == K_BASE ? INFINITY : best_of_kind(tu, tr->kind, j);
@@ -972,6 +985,8 @@ static void tie_dims(int fam, size_t *v)
     if (fam == FAM_X1) {
         v[XP_MDIMA] = v[XP_MDIMC];
         v[XP_NDIMB] = v[XP_NDIMC];
+        if (!GEMMK1_UNEQUAL_TILES)
+            v[XP_NWG] = v[XP_MWG];
     }
 }
 
@@ -1003,7 +1018,8 @@ static int mutate(tuner *tu, int fam, const size_t *parent, size_t *v)
     const family *f = &families[fam];
     int movable[XP_COUNT], n_mov = 0;
     for (int i = 0; i < f->n_params; i++)
-        if (f->space[i].n > 1 && !(fam == FAM_X1 && (i == XP_MDIMA || i == XP_NDIMB)))
+        if (f->space[i].n > 1 &&
+            !(fam == FAM_X1 && (i == XP_MDIMA || i == XP_NDIMB || (!GEMMK1_UNEQUAL_TILES && i == XP_NWG))))
             movable[n_mov++] = i;
     if (n_mov == 0)
         return 0;
@@ -1151,6 +1167,41 @@ static pldr_status search(tuner *tu)
             return st;
         cost_sum += tr->cost_s;
         n_cost++;
+    }
+    return PLDR_OK;
+}
+
+/* Applies the solution's parameters to this process (where they are known)
+ * and runs a shape on each path it uses, checking the result: this compiles
+ * the combination once, so that the driver's on-disk cache (PoCL's kcache,
+ * NVIDIA's ComputeCache) spares the next model load the compilation. *ok is
+ * cleared when the combination fails. */
+static pldr_status confirm(tuner *tu, const solution *sol, int *ok)
+{
+    CLBlastStatusCode s = CLBlastSuccess;
+    if (sol->ind >= 0 && tu->trials[sol->ind].fam >= 0)
+        s = override_kernel(&tu->ocl, "Xgemm", XP_COUNT, xgemm_names, tu->trials[sol->ind].v);
+    if (s == CLBlastSuccess && sol->dir >= 0 && tu->trials[sol->dir].fam >= 0)
+        s = override_kernel(&tu->ocl, "XgemmDirect", DP_COUNT, direct_names, tu->trials[sol->dir].v);
+    if (s == CLBlastSuccess)
+        s = override_threshold(&tu->ocl, sol->thr);
+    const double t0 = pldr_now();
+    int code = (int)s, right = 1;
+    const int n = tu->n_shapes;
+    const int probe[2] = {sol->split > 0 ? tu->by_size[0] : -1, sol->split < n ? tu->by_size[n - 1] : -1};
+    for (int i = 0; i < 2 && code == 0 && right; i++) {
+        if (probe[i] < 0)
+            continue;
+        pldr_status st = checked_call(tu, &tu->shapes[probe[i]], &code, &right);
+        if (st != PLDR_OK)
+            return st;
+    }
+    if (code != 0 || !right) {
+        logf_(tu, "the chosen combination fails (%s, status %d): CLBlast's defaults stay",
+              right ? "error" : "wrong results", code);
+        *ok = 0;
+    } else {
+        logf_(tu, "compiled and checked the chosen combination (%.1f s)", pldr_now() - t0);
     }
     return PLDR_OK;
 }
@@ -1394,7 +1445,9 @@ static pldr_status run_tuner(tuner *tu, const char *model_dir, pldr_tune_result 
     for (int j = 0; j < tu->n_shapes; j++)
         base_total += tu->shapes[j].weight * base->t[j];
     solution sol = solve(tu, -1);
-    const int tuned = isfinite(sol.total) && sol.total < MARGIN * base_total;
+    int tuned = isfinite(sol.total) && sol.total < MARGIN * base_total;
+    if (tuned && (st = confirm(tu, &sol, &tuned)) != PLDR_OK)
+        return st;
     res->n_shapes = tu->n_shapes;
     res->shapes = malloc((size_t)tu->n_shapes * sizeof *res->shapes);
     if (!res->shapes)
@@ -1437,14 +1490,6 @@ static pldr_status run_tuner(tuner *tu, const char *model_dir, pldr_tune_result 
     }
     if ((st = write_file(tu, model_dir, &sol, tuned, res, res->path)) != PLDR_OK)
         return st;
-    /* leave this process with the chosen parameters where they are known */
-    if (tuned) {
-        if (sol.ind >= 0 && tu->trials[sol.ind].fam >= 0)
-            override_kernel(&tu->ocl, "Xgemm", XP_COUNT, xgemm_names, tu->trials[sol.ind].v);
-        if (sol.dir >= 0 && tu->trials[sol.dir].fam >= 0)
-            override_kernel(&tu->ocl, "XgemmDirect", DP_COUNT, direct_names, tu->trials[sol.dir].v);
-        override_threshold(&tu->ocl, sol.thr);
-    }
     CLBlastClearCache(); /* the candidates' programs */
     return PLDR_OK;
 }
