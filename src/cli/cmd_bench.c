@@ -10,10 +10,11 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
-#define TG_PROMPT 64
+#define TG_PROMPT_DEFAULT 64
 #define MAX_LIST 16
 
 static const char help[] =
@@ -21,7 +22,7 @@ static const char help[] =
     "                  [--device SPEC|all] [-o md|json|csv]\n"
     "\n"
     "Measures prefill (test ppP: one forward over P tokens) and decode (test tgN: N greedy\n"
-    "tokens after a 64-token prompt) in tokens per second, as mean +- standard deviation\n"
+    "tokens after a 64-token prompt, see --tg-prompt) in tokens per second, as mean +- sd\n"
     "over the repetitions, after one warm-up run. Each decode result is also given as a\n"
     "share of the roofline: the bytes a decode step must read divided by the device's\n"
     "memory bandwidth, measured once per device with a copy kernel.\n"
@@ -34,7 +35,8 @@ static const char help[] =
     "      --dtype L     weight storage among f32,f16 (default f32)\n"
     "      --device SPEC device spec, or 'all' for every device (default: the default device)\n"
     "  -o, --output F    md (default), json or csv\n"
-    "      --seed S      seed of the random token ids (default 1)\n";
+    "      --seed S      seed of the random token ids (default 1)\n"
+    "      --tg-prompt N prompt length before the tgN tests (default 64)\n";
 
 typedef struct result {
     char test[32];
@@ -112,12 +114,14 @@ static double run_pp(pldr_context *ctx, const int32_t *ids, int P, pldr_status *
     return *st == PLDR_OK ? P / (now() - t0) : -1.0;
 }
 
-/* One timed decode of N tokens after a TG_PROMPT-token prefill. */
+/* One timed decode of N tokens after a tg_prompt-token prefill. */
+static int tg_prompt = TG_PROMPT_DEFAULT;
+
 static double run_tg(pldr_context *ctx, const int32_t *ids, int N, pldr_status *st)
 {
     pldr_context_reset(ctx);
     int32_t next;
-    if ((*st = pldr_eval_greedy(ctx, ids, TG_PROMPT, &next)) != PLDR_OK)
+    if ((*st = pldr_eval_greedy(ctx, ids, tg_prompt, &next)) != PLDR_OK)
         return -1.0;
     double t0 = now();
     for (int i = 0; i < N; i++)
@@ -125,6 +129,21 @@ static double run_tg(pldr_context *ctx, const int32_t *ids, int N, pldr_status *
             return -1.0;
     return N / (now() - t0);
 }
+
+/* Resident set size now, in KiB (0 where /proc is missing). */
+static long rss_kib(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static long rss_after_load_kib;
 
 static long peak_rss_kib(void)
 {
@@ -173,7 +192,12 @@ static void print_md(const char *model_name, uint64_t n_params, const device_run
             printf("| %s | %.2fM | %s | %s | %s | %s | %.2f ± %.2f | %s |\n", model_name, n_params / 1e6,
                    runs[d].dev.name, r->dtype, r->cache, r->test, r->mean, r->sd, roof);
         }
-    printf("\npeak host RSS: %.1f MiB\n", peak_rss_kib() / 1024.0);
+    printf("\nhost RSS after loading: %.1f MiB; peak host RSS: %.1f MiB\n", rss_after_load_kib / 1024.0,
+           peak_rss_kib() / 1024.0);
+    for (int d = 0; d < n_runs; d++)
+        printf("device %d memory: weights %.1f MiB (f32) / %.1f MiB (f16), context %.1f MiB\n", runs[d].dev.index,
+               runs[d].weight_bytes[0] / 1048576.0, runs[d].weight_bytes[1] / 1048576.0,
+               runs[d].context_bytes / 1048576.0);
 }
 
 static void print_csv(const char *model_name, uint64_t n_params, const device_run *runs, int n_runs)
@@ -200,7 +224,8 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
     printf(",\n  \"params\": %llu,\n  \"build\": {\"version\": \"%s\", \"cflags\": ", (unsigned long long)n_params,
            PLDR_VERSION_STRING);
     json_str(stdout, PLDR_BUILD_CFLAGS);
-    printf("},\n  \"peak_host_rss_bytes\": %ld,\n  \"devices\": [\n", peak_rss_kib() * 1024);
+    printf("},\n  \"host_rss_after_load_bytes\": %ld,\n  \"peak_host_rss_bytes\": %ld,\n  \"devices\": [\n",
+           rss_after_load_kib * 1024, peak_rss_kib() * 1024);
     for (int d = 0; d < n_runs; d++) {
         const device_run *dr = &runs[d];
         printf("    {\"index\": %d, \"name\": ", dr->dev.index);
@@ -235,13 +260,14 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
 
 int cmd_bench(int argc, char **argv)
 {
-    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED };
+    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"n-prompt", required_argument, 0, 'p'},
         {"n-gen", required_argument, 0, 'n'},   {"repetitions", required_argument, 0, 'r'},
         {"cache", required_argument, 0, O_CACHE}, {"dtype", required_argument, 0, O_DTYPE},
         {"device", required_argument, 0, O_DEVICE}, {"output", required_argument, 0, 'o'},
         {"seed", required_argument, 0, O_SEED}, {"help", no_argument, 0, 'h'},
+        {"tg-prompt", required_argument, 0, O_TGP},
         {0, 0, 0, 0},
     };
     static const char *const cache_names[] = {"none", "kv", "kvg"};
@@ -280,6 +306,13 @@ int cmd_bench(int argc, char **argv)
             if (cli_parse_int(optarg, 0, 0x7fffffff, &seed))
                 return cli_usage_error("bench", "--seed must be a non-negative integer, not '%s'", optarg);
             break;
+        case O_TGP: {
+            long v;
+            if (cli_parse_int(optarg, 1, 1 << 20, &v))
+                return cli_usage_error("bench", "--tg-prompt must be a positive integer, not '%s'", optarg);
+            tg_prompt = (int)v;
+            break;
+        }
         case 'o':
             if (strcmp(optarg, "md") && strcmp(optarg, "json") && strcmp(optarg, "csv"))
                 return cli_usage_error("bench", "-o must be md, json or csv, not '%s'", optarg);
@@ -328,17 +361,20 @@ int cmd_bench(int argc, char **argv)
             pldr_model *model = NULL;
             if ((rc = cli_load_model(model_dir, spec, (pldr_dtype)dtypes[di], &model)) != EXIT_OK)
                 break;
+            long rss = rss_kib();
+            if (rss > rss_after_load_kib)
+                rss_after_load_kib = rss;
             const pldr_config *cfg = pldr_model_config(model);
             n_params = pldr_model_n_params(model);
-            dr->weight_bytes[di] = pldr_model_device_bytes(model);
-            dr->decode_bytes[di] = pldr_model_decode_bytes(model);
+            dr->weight_bytes[dtypes[di]] = pldr_model_device_bytes(model);
+            dr->decode_bytes[dtypes[di]] = pldr_model_decode_bytes(model);
             if (dr->bandwidth == 0.0 && (st = pldr_model_measure_bandwidth(model, &dr->bandwidth)) != PLDR_OK)
                 fprintf(stderr, "pldr bench: bandwidth probe failed: %s\n", pldr_last_error());
             int need = 1;
             for (int i = 0; i < n_pp; i++)
                 need = pp[i] > need ? (int)pp[i] : need;
             for (int i = 0; i < n_tg; i++)
-                need = TG_PROMPT + tg[i] > need ? TG_PROMPT + (int)tg[i] : need;
+                need = tg_prompt + tg[i] > need ? tg_prompt + (int)tg[i] : need;
             if (need > cfg->max_position) {
                 fprintf(stderr, "pldr bench: a test needs %d positions, more than max_position_embeddings (%d)\n",
                         need, cfg->max_position);
@@ -367,7 +403,10 @@ int cmd_bench(int argc, char **argv)
                         if (len == 0)
                             continue;
                         result *r = &dr->res[dr->n_res];
-                        snprintf(r->test, sizeof r->test, "%s%d", kind == 0 ? "pp" : "tg", len);
+                        if (kind == 1 && tg_prompt != TG_PROMPT_DEFAULT)
+                            snprintf(r->test, sizeof r->test, "tg%d@pp%d", len, tg_prompt);
+                        else
+                            snprintf(r->test, sizeof r->test, "%s%d", kind == 0 ? "pp" : "tg", len);
                         r->cache = cache_names[caches[ci]];
                         r->dtype = dtype_names[dtypes[di]];
                         r->n_tokens = len;
@@ -387,8 +426,8 @@ int cmd_bench(int argc, char **argv)
                         stats(r);
                         if (kind == 1 && dr->bandwidth > 0) {
                             /* weights, plus K and V at the mean position of the run */
-                            double kv = 2.0 * cfg->n_layers * cfg->d_model * 4.0 * (TG_PROMPT + len / 2.0);
-                            r->roofline = r->mean * ((double)dr->decode_bytes[di] + kv) / dr->bandwidth;
+                            double kv = 2.0 * cfg->n_layers * cfg->d_model * 4.0 * (tg_prompt + len / 2.0);
+                            r->roofline = r->mean * ((double)dr->decode_bytes[dtypes[di]] + kv) / dr->bandwidth;
                         }
                         fprintf(stderr, "  %s %s %s %s: %.2f t/s\n", dr->dev.name, r->dtype, r->cache, r->test, r->mean);
                         dr->n_res++;
