@@ -49,8 +49,9 @@ inline void ln_rows(__local float (*x)[DK], __global const float *w, __global co
 /* The metric learner (mha1.layernorm1 and mha1.reslayerAs). Rows of A are
  * independent through all of it, so each work-group keeps ML_ROWS rows in
  * local memory from start to end, and every weight it reads serves all of
- * them. w12[u] holds gluw1 (FA rows) then gluw2 (FA rows) of GLU u =
- * r*NUM_DENSE + k, each row DK long; w3[u] is [DK, FA]. */
+ * them. The weights of GLU u = r*NUM_DENSE + k are stored transposed:
+ * w12[u] is [DK, 2*FA] (gluw1 columns, then gluw2), w3[u] is [FA, DK], so
+ * work-items computing neighbouring outputs read neighbouring weights. */
 __kernel __attribute__((reqd_work_group_size(ML_WG, 1, 1)))
 void metric_learner(__global const float *a0, __global float *a_out, const int n_rows,
                     __global const float *ln0_w, __global const float *ln0_b,
@@ -72,7 +73,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int k = 0; k < NUM_DENSE; k++) {
             const int u = r * NUM_DENSE + k;
-            /* gluw1 and gluw2 outputs: column c of [W1; W2] for every row */
+            /* gluw1 and gluw2 outputs: column c of [W1; W2]^T for every row */
             __global const float *g12 = w12 + (long)u * 2 * FA * DK;
             for (int c = lid; c < 2 * FA; c += ML_WG) {
                 float h[ML_ROWS];
@@ -81,7 +82,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
                     h[q] = bias;
 #pragma unroll 8
                 for (int i = 0; i < DK; i++) {
-                    const float w = g12[c * DK + i];
+                    const float w = g12[i * 2 * FA + c];
                     for (int q = 0; q < ML_ROWS; q++)
                         h[q] += w * cur[q][i];
                 }
@@ -101,7 +102,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
                 float o = b3[u * DK + j];
 #pragma unroll 8
                 for (int f = 0; f < FA; f++)
-                    o += g3[j * FA + f] * hid[q][f];
+                    o += g3[f * DK + j] * hid[q][f];
                 cur[q][j] = o;
             }
             barrier(CLK_LOCAL_MEM_FENCE);

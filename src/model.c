@@ -148,6 +148,40 @@ static PLDR_PRINTF(6, 7) pldr_status put_rows(loader *ld, cl_mem buf, size_t row
     return PLDR_OK;
 }
 
+/* Writes 2-D tensor `name` [R, C] transposed: element (r, c) goes to
+ * buf[base + c * stride + r], as float32. */
+static PLDR_PRINTF(5, 6) pldr_status put_transposed(loader *ld, cl_mem buf, size_t base, size_t stride,
+                                                     const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const st_tensor *t = find_tensor(ld, fmt, ap);
+    va_end(ap);
+    if (!t)
+        return PLDR_ERR_FORMAT;
+    pldr_status st = st_to_f32(t, ld->staging);
+    if (st != PLDR_OK)
+        return st;
+    const size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1];
+    float *tr = malloc(R * C * sizeof *tr);
+    if (!tr)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory transposing %s", t->name);
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = 0; c < C; c++)
+            tr[c * R + r] = ld->staging[r * C + c];
+    const size_t buf_origin[3] = {base * 4, 0, 0}, host_origin[3] = {0, 0, 0};
+    const size_t region[3] = {R * 4, C, 1};
+    cl_int err = clEnqueueWriteBufferRect(ld->m->ocl.queue, buf, CL_TRUE, buf_origin, host_origin, region,
+                                          stride * 4, 0, R * 4, 0, tr, 0, NULL, NULL);
+    free(tr);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&ld->m->ocl, err, "uploading a metric learner weight");
+    ld->done += t->nbytes;
+    if (ld->progress)
+        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
+    return PLDR_OK;
+}
+
 #define TRY(x)                                                                                     \
     do {                                                                                           \
         pldr_status st_ = (x);                                                                     \
@@ -241,11 +275,14 @@ static pldr_status load_layer(loader *ld, int l)
     for (int r = 0; r < c->n_reslayer_a; r++) {
         for (int k = 0; k < c->n_dense_a; k++) {
             size_t u = (size_t)r * (size_t)c->n_dense_a + (size_t)k;
-            TRY(put(ld, ly->ml_w12, u * 2 * Fa * dk, 0, "%s.%d.%s.%d.denseAs.%d.gluw1.weight", p, l, ra, r, k));
-            TRY(put(ld, ly->ml_w12, (u * 2 + 1) * Fa * dk, 0, "%s.%d.%s.%d.denseAs.%d.gluw2.weight", p, l, ra, r, k));
+            /* stored transposed, [dk, 2*Fa] (gluw1 columns, then gluw2) and
+             * [Fa, dk], so that work-items computing neighbouring outputs
+             * read neighbouring weights */
+            TRY(put_transposed(ld, ly->ml_w12, u * 2 * Fa * dk, 2 * Fa, "%s.%d.%s.%d.denseAs.%d.gluw1.weight", p, l, ra, r, k));
+            TRY(put_transposed(ld, ly->ml_w12, u * 2 * Fa * dk + Fa, 2 * Fa, "%s.%d.%s.%d.denseAs.%d.gluw2.weight", p, l, ra, r, k));
             TRY(put(ld, ly->ml_b12, u * 2 * Fa, 0, "%s.%d.%s.%d.denseAs.%d.gluw1.bias", p, l, ra, r, k));
             TRY(put(ld, ly->ml_b12, (u * 2 + 1) * Fa, 0, "%s.%d.%s.%d.denseAs.%d.gluw2.bias", p, l, ra, r, k));
-            TRY(put(ld, ly->ml_w3, u * dk * Fa, 0, "%s.%d.%s.%d.denseAs.%d.gluw3.weight", p, l, ra, r, k));
+            TRY(put_transposed(ld, ly->ml_w3, u * dk * Fa, dk, "%s.%d.%s.%d.denseAs.%d.gluw3.weight", p, l, ra, r, k));
             TRY(put(ld, ly->ml_b3, u * dk, 0, "%s.%d.%s.%d.denseAs.%d.gluw3.bias", p, l, ra, r, k));
         }
         TRY(put(ld, ly->ml_ln_w, (size_t)r * dk, 0, "%s.%d.%s.%d.layernormA.weight", p, l, ra, r));

@@ -15,8 +15,8 @@ typedef struct pldr_layer {
     cl_mem w3, b3;     /* ffn.gluw3 [d, F], [d] */
     /* metric learner, absent for a predefined G */
     cl_mem a_ln_w, a_ln_b;   /* mha1.layernorm1 [dk] */
-    cl_mem ml_w12, ml_b12;   /* [R*D, 2*Fa, dk], [R*D, 2*Fa] */
-    cl_mem ml_w3, ml_b3;     /* [R*D, dk, Fa], [R*D, dk] */
+    cl_mem ml_w12, ml_b12;   /* [R*D, dk, 2*Fa] (gluw1 | gluw2, transposed), [R*D, 2*Fa] */
+    cl_mem ml_w3, ml_b3;     /* [R*D, Fa, dk] (gluw3 transposed), [R*D, dk] */
     cl_mem ml_ln_w, ml_ln_b; /* reslayerAs.j.layernormA [R, dk] */
     cl_mem plga;             /* Wlst, blst, pwlst, alst, balst: [5, H, dk, dk] */
     cl_mem past_g;           /* predefined [A, A_LM, G_LM]: [3, H, dk, dk] */
