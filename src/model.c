@@ -341,8 +341,8 @@ static void choose_work_groups(pldr_model *m)
     size_t lim = d->max_work_group_size ? d->max_work_group_size : 64;
     m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
     m->att_wg = pow2_at_most(lim, 64);
-    m->ml_wg = pow2_at_most(lim, cpu ? 64 : 256);
-    m->ml_rows = cpu ? 8 : 4;
+    m->ml_wg = pow2_at_most(lim, cpu ? 64 : 512);
+    m->ml_rows = 8;
     m->gemv_wg = pow2_at_most(lim, cpu ? 64 : 256);
     /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
      * work-items share a row so that neighbours read neighbouring weights */
