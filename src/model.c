@@ -452,10 +452,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
 
     char options[1024];
     snprintf(options, sizeof options,
-             "-cl-std=CL1.2 -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
+             "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d",
-             c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
+             getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf);
     st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,

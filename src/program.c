@@ -196,8 +196,22 @@ pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kerne
             free(log);
             clReleaseProgram(prog);
             prog = NULL;
-        } else if (path) {
-            store_cached(ocl, prog, dir, path, key);
+        } else {
+            /* PLDR_BUILD_LOG=1: show the compiler's warnings (kernel development) */
+            const char *want_log = getenv("PLDR_BUILD_LOG");
+            if (want_log && *want_log && strcmp(want_log, "0") != 0) {
+                size_t log_len = 0;
+                clGetProgramBuildInfo(prog, ocl->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &log_len);
+                char *log = malloc(log_len + 1);
+                if (log && clGetProgramBuildInfo(prog, ocl->device, CL_PROGRAM_BUILD_LOG, log_len, log, NULL) ==
+                               CL_SUCCESS) {
+                    log[log_len] = '\0';
+                    fprintf(stderr, "pldr: build log for %s:\n%s\n", ocl->info.name, log);
+                }
+                free(log);
+            }
+            if (path)
+                store_cached(ocl, prog, dir, path, key);
         }
         if (progress && prog)
             progress("compiling kernels", 1, 1, progress_user);

@@ -27,6 +27,8 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +50,7 @@
  * CLBlast compares m*n*k with its cube in 64 bits. */
 #define ALL_DIRECT 1000000u
 #define MARGIN 0.98      /* a solution must take at most 98% of the defaults' time */
-#define ABORT_RATIO 2.5  /* drop a candidate this much slower than its kind's best */
+#define ABORT_RATIO 3.0  /* drop a candidate this much slower than its kind's best */
 #define MIN_REP_TIME 0.1 /* seconds of timed calls per shape, at least 2 calls */
 #define MAX_REPS 20
 
@@ -570,12 +572,14 @@ static void add_shape(pldr_tune_shape *s, int *n, size_t m, size_t nn, size_t k,
 
 /* The GEMMs of src/forward.c: per layer Q/K/V [3d, d], the attention output
  * [d, d], the FFN input [2F, d] and output [d, F] over the T prompt rows;
- * the final layer [V, d] over chunks of 64 rows for all-rows logits. */
+ * the final layer [V, d] over chunks of 64 rows for all-rows logits. Prompts
+ * of 16, 64 and 512 tokens (at most max_position), one forward each: the
+ * short one weighs little but places the direct/indirect switch. */
 static int model_shapes(const pldr_config *c, pldr_tune_shapes which, pldr_tune_shape *s)
 {
-    static const int lengths[] = {64, 512};
-    int n = 0, T[2], nT = 0;
-    for (int i = 0; i < 2; i++) {
+    static const int lengths[] = {16, 64, 512};
+    int n = 0, T[3], nT = 0;
+    for (int i = 0; i < 3; i++) {
         int t = lengths[i] < c->max_position ? lengths[i] : c->max_position;
         if (t >= 2 && (nT == 0 || T[nT - 1] != t))
             T[nT++] = t;
@@ -606,7 +610,7 @@ static int model_shapes(const pldr_config *c, pldr_tune_shapes which, pldr_tune_
 
 /* ------------------------------------------------------------ the tuner */
 
-enum { K_BASE, K_INDIRECT, K_DIRECT };
+enum { K_BASE, K_INDIRECT, K_DIRECT, K_FINAL }; /* K_FINAL: overrides set by the caller */
 
 typedef struct trial {
     int kind;
@@ -619,8 +623,9 @@ typedef struct trial {
 
 typedef struct tuner {
     const pldr_tune_params *p;
-    pldr_ocl ocl;
+    pldr_ocl ocl; /* in the measuring child processes only */
     int ocl_open;
+    pldr_device_info info; /* of the device, as the first child found it */
     limits lim;
     pldr_config cfg;
     int n_shapes;
@@ -790,13 +795,8 @@ static pldr_status measure(tuner *tu, trial *tr)
     const double start = pldr_now();
     for (int j = 0; j < tu->n_shapes; j++)
         tr->t[j] = INFINITY;
-    char desc[400];
-    if (tr->fam >= 0)
-        params_string(tr->fam, tr->v, desc, sizeof desc);
-    else
-        snprintf(desc, sizeof desc, "CLBlast defaults");
     CLBlastStatusCode os = CLBlastSuccess;
-    if (tr->kind != K_BASE) {
+    if (tr->kind == K_INDIRECT || tr->kind == K_DIRECT) {
         if (tr->fam >= 0)
             os = override_kernel(&tu->ocl, families[tr->fam].kernel, families[tr->fam].n_params,
                                  families[tr->fam].names, tr->v);
@@ -822,7 +822,7 @@ static pldr_status measure(tuner *tu, trial *tr)
             why = code != 0 ? "the GEMM failed" : "wrong results";
             break;
         }
-        const double ref = tr->kind == K_BASE ? INFINITY : best_of_kind(tu, tr->kind, j);
+        const double ref = tr->kind == K_INDIRECT || tr->kind == K_DIRECT ? best_of_kind(tu, tr->kind, j) : INFINITY;
         double best = INFINITY, spent = 0.0;
         for (int r = 0; r < MAX_REPS && (r < 2 || spent < MIN_REP_TIME); r++) {
             if ((code = timed_call(tu, s, &t)) != 0) {
@@ -848,7 +848,10 @@ static pldr_status measure(tuner *tu, trial *tr)
         if (tr->kind == K_BASE)
             return pldr_fail(PLDR_ERR_OPENCL, "CLBlast SGEMM with its default parameters: %s (status %d) on %s",
                              why, code, tu->ocl.info.name);
-        logf_(tu, "  dropped: %s (status %d), %.1f s", why, code, tr->cost_s);
+        if (code)
+            logf_(tu, "  dropped: %s (status %d), %.1f s", why, code, tr->cost_s);
+        else
+            logf_(tu, "  dropped: %s, %.1f s", why, tr->cost_s);
         return PLDR_OK;
     }
     double tot = 0.0;
@@ -1091,6 +1094,8 @@ static int family_best(const tuner *tu, int fam, double *score)
     return best;
 }
 
+static pldr_status measure_isolated(tuner *tu, trial *tr);
+
 static pldr_status search(tuner *tu)
 {
     const pldr_tune_params *p = tu->p;
@@ -1115,7 +1120,7 @@ static pldr_status search(tuner *tu)
             logf_(tu, "[%d] CLBlast default %s, every shape on the %s path (%.0f s elapsed)", tu->n_trials + 1,
                   step == 0 ? "Xgemm" : "XgemmDirect", step == 0 ? "indirect" : "direct", elapsed);
         } else {
-            if (p->max_candidates > 0 && explicit_sets >= p->max_candidates) {
+            if (p->max_candidates >= 0 && explicit_sets >= p->max_candidates) {
                 logf_(tu, "candidate limit of %d reached", p->max_candidates);
                 break;
             }
@@ -1163,7 +1168,7 @@ static pldr_status search(tuner *tu)
         }
         if ((st = new_trial(tu, kind, fam, fam >= 0 ? v : NULL, &tr)) != PLDR_OK)
             return st;
-        if ((st = measure(tu, tr)) != PLDR_OK)
+        if ((st = measure_isolated(tu, tr)) != PLDR_OK)
             return st;
         cost_sum += tr->cost_s;
         n_cost++;
@@ -1171,13 +1176,185 @@ static pldr_status search(tuner *tu)
     return PLDR_OK;
 }
 
-/* Applies the solution's parameters to this process (where they are known)
- * and runs a shape on each path it uses, checking the result: this compiles
- * the combination once, so that the driver's on-disk cache (PoCL's kcache,
- * NVIDIA's ComputeCache) spares the next model load the compilation. *ok is
- * cleared when the combination fails. */
-static pldr_status confirm(tuner *tu, const solution *sol, int *ok)
+/* ------------------------------------------------------------ isolation */
+
+/* What a child process reports. */
+typedef struct reply {
+    int status; /* pldr_status of the child's work */
+    char message[512];
+    pldr_device_info info;
+    limits lim;
+    double t[16];
+    int failed, found;
+} reply;
+
+typedef pldr_status (*child_fn)(void *ctx, reply *rep);
+
+static void write_all(int fd, const void *data, size_t len)
 {
+    const char *p = data;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        len -= (size_t)w;
+    }
+}
+
+/* Runs fn in a child process and waits for its reply at most timeout_s
+ * seconds. On a CPU device CLBlast's kernels run in the process's own
+ * memory, so a faulty parameter set can corrupt or crash it; on any device
+ * it can hang. *died is set (non-empty) when the child gave no reply. */
+static pldr_status run_child(child_fn fn, void *ctx, double timeout_s, reply *rep, char *died, size_t died_size)
+{
+    memset(rep, 0, sizeof *rep);
+    died[0] = '\0';
+    int fds[2];
+    if (pipe(fds) != 0)
+        return pldr_fail(PLDR_ERR_IO, "cannot create a pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "cannot start a measuring process: %s", strerror(e));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        reply r;
+        memset(&r, 0, sizeof r);
+        pldr_status st = fn(ctx, &r);
+        r.status = (int)st;
+        if (st != PLDR_OK)
+            snprintf(r.message, sizeof r.message, "%s", pldr_last_error());
+        write_all(fds[1], &r, sizeof r);
+        close(fds[1]);
+        fflush(NULL);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    int timed_out = 0;
+    const double deadline = pldr_now() + timeout_s;
+    while (got < sizeof *rep) {
+        double left = deadline - pldr_now();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {fds[0], POLLIN, 0};
+        int pr = poll(&pfd, 1, left > 10 ? 10000 : (int)(left * 1000) + 1);
+        if (pr < 0 && errno != EINTR)
+            break;
+        if (pr <= 0)
+            continue;
+        ssize_t r = read(fds[0], (char *)rep + got, sizeof *rep - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int wst = 0;
+    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
+        ;
+    if (got == sizeof *rep) {
+        rep->message[sizeof rep->message - 1] = '\0';
+        return PLDR_OK;
+    }
+    if (timed_out)
+        snprintf(died, died_size, "no result after %.0f s", timeout_s);
+    else if (WIFSIGNALED(wst))
+        snprintf(died, died_size, "the measuring process crashed (signal %d)", WTERMSIG(wst));
+    else
+        snprintf(died, died_size, "the measuring process ended without a report");
+    memset(rep, 0, sizeof *rep);
+    return PLDR_OK;
+}
+
+/* In a child: opens the device and creates the matrices. */
+static pldr_status child_open(tuner *tu, reply *rep)
+{
+    pldr_status st = pldr_ocl_open(tu->p->device, &tu->ocl);
+    if (st != PLDR_OK)
+        return st;
+    tu->ocl_open = 1;
+    device_limits(&tu->ocl, &tu->lim);
+    rep->info = tu->ocl.info;
+    rep->lim = tu->lim;
+    return setup_buffers(tu);
+}
+
+typedef struct job {
+    tuner *tu;
+    trial *tr;
+    const solution *sol;
+} job;
+
+static pldr_status child_measure(void *ctx, reply *rep)
+{
+    job *jb = ctx;
+    pldr_status st = child_open(jb->tu, rep);
+    if (st == PLDR_OK)
+        st = measure(jb->tu, jb->tr);
+    for (int j = 0; j < jb->tu->n_shapes; j++)
+        rep->t[j] = jb->tr->t[j];
+    rep->failed = jb->tr->failed;
+    return st;
+}
+
+/* Measures a trial in a child process (see run_child). */
+static pldr_status measure_isolated(tuner *tu, trial *tr)
+{
+    job jb = {tu, tr, NULL};
+    reply rep;
+    char died[128];
+    const double t0 = pldr_now();
+    /* the first call of a parameter set compiles it: allow for that */
+    const double timeout = tr->kind == K_BASE ? 3600.0 : 300.0 + 4.0 * tu->trials[0].cost_s;
+    pldr_status st = run_child(child_measure, &jb, timeout, &rep, died, sizeof died);
+    if (st != PLDR_OK)
+        return st;
+    tr->cost_s = pldr_now() - t0;
+    if (died[0] || rep.status != PLDR_OK) {
+        tr->failed = 1;
+        for (int j = 0; j < tu->n_shapes; j++)
+            tr->t[j] = INFINITY;
+        if (tr->kind == K_BASE)
+            return died[0] ? pldr_fail(PLDR_ERR_OPENCL, "measuring CLBlast's defaults: %s", died)
+                           : pldr_fail((pldr_status)rep.status, "%s", rep.message);
+        logf_(tu, "  dropped: %s", died[0] ? died : rep.message);
+        return PLDR_OK;
+    }
+    for (int j = 0; j < tu->n_shapes; j++)
+        tr->t[j] = rep.t[j];
+    tr->failed = rep.failed;
+    if (tr->kind == K_BASE) {
+        tu->info = rep.info;
+        tu->lim = rep.lim;
+    }
+    return PLDR_OK;
+}
+
+/* In a child: applies the solution's parameters and measures every shape
+ * with them (checking the results). This also compiles the combination once,
+ * so that the driver's on-disk cache (PoCL's kcache, NVIDIA's ComputeCache)
+ * spares the next model load the compilation. */
+static pldr_status child_confirm(void *ctx, reply *rep)
+{
+    job *jb = ctx;
+    tuner *tu = jb->tu;
+    const solution *sol = jb->sol;
+    pldr_status st = child_open(tu, rep);
+    if (st != PLDR_OK)
+        return st;
     CLBlastStatusCode s = CLBlastSuccess;
     if (sol->ind >= 0 && tu->trials[sol->ind].fam >= 0)
         s = override_kernel(&tu->ocl, "Xgemm", XP_COUNT, xgemm_names, tu->trials[sol->ind].v);
@@ -1185,24 +1362,40 @@ static pldr_status confirm(tuner *tu, const solution *sol, int *ok)
         s = override_kernel(&tu->ocl, "XgemmDirect", DP_COUNT, direct_names, tu->trials[sol->dir].v);
     if (s == CLBlastSuccess)
         s = override_threshold(&tu->ocl, sol->thr);
+    if (s != CLBlastSuccess) {
+        rep->failed = 1;
+        snprintf(rep->message, sizeof rep->message, "CLBlastOverrideParameters failed (status %d)", (int)s);
+        return PLDR_OK;
+    }
+    st = measure(tu, jb->tr);
+    for (int j = 0; j < tu->n_shapes; j++)
+        rep->t[j] = jb->tr->t[j];
+    rep->failed = jb->tr->failed;
+    if (rep->failed)
+        snprintf(rep->message, sizeof rep->message, "wrong results or a failing GEMM");
+    return st;
+}
+
+/* Measures the chosen combination (into fin) and the defaults once more,
+ * each in a child process; *ok is cleared when the combination fails. */
+static pldr_status confirm(tuner *tu, const solution *sol, trial *fin, int *ok)
+{
+    job jb = {tu, fin, sol};
+    reply rep;
+    char died[128];
     const double t0 = pldr_now();
-    int code = (int)s, right = 1;
-    const int n = tu->n_shapes;
-    const int probe[2] = {sol->split > 0 ? tu->by_size[0] : -1, sol->split < n ? tu->by_size[n - 1] : -1};
-    for (int i = 0; i < 2 && code == 0 && right; i++) {
-        if (probe[i] < 0)
-            continue;
-        pldr_status st = checked_call(tu, &tu->shapes[probe[i]], &code, &right);
-        if (st != PLDR_OK)
-            return st;
-    }
-    if (code != 0 || !right) {
-        logf_(tu, "the chosen combination fails (%s, status %d): CLBlast's defaults stay",
-              right ? "error" : "wrong results", code);
+    pldr_status st = run_child(child_confirm, &jb, 300.0 + 4.0 * tu->trials[0].cost_s, &rep, died, sizeof died);
+    if (st != PLDR_OK)
+        return st;
+    if (died[0] || rep.status != PLDR_OK || rep.failed) {
+        logf_(tu, "the chosen combination fails (%s): CLBlast's defaults stay",
+              died[0] ? died : rep.message[0] ? rep.message : "error");
         *ok = 0;
-    } else {
-        logf_(tu, "compiled and checked the chosen combination (%.1f s)", pldr_now() - t0);
+        return PLDR_OK;
     }
+    for (int j = 0; j < tu->n_shapes; j++)
+        fin->t[j] = rep.t[j];
+    fin->cost_s = pldr_now() - t0;
     return PLDR_OK;
 }
 
@@ -1221,7 +1414,7 @@ static json_t *ms(double sec) { return isfinite(sec) ? json_real(round(sec * 1e6
 static pldr_status write_file(tuner *tu, const char *model_dir, const solution *sol, int tuned,
                               const pldr_tune_result *res, const char *path)
 {
-    const pldr_device_info *di = &tu->ocl.info;
+    const pldr_device_info *di = &tu->info;
     json_t *root = json_object(), *dev = json_object(), *model = json_object(), *search_o = json_object();
     json_t *shapes = json_array(), *params = json_object(), *trials = json_array();
     if (!root || !dev || !model || !search_o || !shapes || !params || !trials) {
@@ -1304,6 +1497,7 @@ static pldr_status write_file(tuner *tu, const char *model_dir, const solution *
         if (tr->fam >= 0)
             params_string(tr->fam, tr->v, desc, sizeof desc);
         json_object_set_new(o, "kernel", json_string(tr->kind == K_BASE ? "defaults"
+                                                     : tr->kind == K_FINAL ? "chosen combination"
                                                      : tr->fam < 0 ? (tr->kind == K_DIRECT ? "XgemmDirect default"
                                                                                            : "Xgemm default")
                                                                    : families[tr->fam].label));
@@ -1348,6 +1542,7 @@ pldr_tune_params pldr_tune_default_params(void)
     memset(&p, 0, sizeof p);
     p.budget_s = 600.0;
     p.shapes = PLDR_TUNE_PREFILL;
+    p.max_candidates = -1;
     p.seed = 1;
     return p;
 }
@@ -1415,55 +1610,75 @@ static pldr_status run_tuner(tuner *tu, const char *model_dir, pldr_tune_result 
     sort_by(tu->by_size, size_key, tu->n_shapes);
     sort_by(tu->eval_order, cost_key, tu->n_shapes);
 
-    if ((st = pldr_ocl_open(p->device, &tu->ocl)) != PLDR_OK)
-        return st;
-    tu->ocl_open = 1;
-    device_limits(&tu->ocl, &tu->lim);
-    res->path = pldr_tuning_path(&tu->ocl.info, p->cache_dir);
-    if (!res->path)
-        return pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
-    if ((st = setup_buffers(tu)) != PLDR_OK)
-        return st;
     double fl = 0.0;
     for (int i = 0; i < tu->n_shapes; i++)
         fl += tu->shapes[i].weight * flops(&tu->shapes[i]);
-    logf_(tu, "tuning CLBlast SGEMM on %s (%s) for %s: %d shapes, %.1f GFLOP per forward set, budget %.0f s",
-          tu->ocl.info.name, tu->ocl.info.platform, model_dir, tu->n_shapes, fl * 1e-9, p->budget_s);
+    logf_(tu, "tuning CLBlast SGEMM for %s: %d shapes, %.1f GFLOP per forward set, budget %.0f s", model_dir,
+          tu->n_shapes, fl * 1e-9, p->budget_s);
     for (int i = 0; i < tu->n_shapes; i++) {
         const pldr_tune_shape *s = &tu->shapes[i];
         logf_(tu, "  shape %zux%zux%zu (%s) x%g", s->m, s->n, s->k, s->what, s->weight);
     }
-    logf_(tu, "[1] CLBlast defaults (CLBlast compiles each new parameter set on its first call)");
-    trial *base;
-    if ((st = new_trial(tu, K_BASE, -1, NULL, &base)) != PLDR_OK || (st = measure(tu, base)) != PLDR_OK)
+    logf_(tu, "[1] CLBlast defaults (each parameter set is compiled on its first call, in a process of its own)");
+    trial *first;
+    if ((st = new_trial(tu, K_BASE, -1, NULL, &first)) != PLDR_OK || (st = measure_isolated(tu, first)) != PLDR_OK)
         return st;
+    logf_(tu, "device: %s (%s, %s)", tu->info.name, tu->info.platform, tu->info.driver_version);
+    res->path = pldr_tuning_path(&tu->info, p->cache_dir);
+    if (!res->path)
+        return pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
     if ((st = search(tu)) != PLDR_OK)
         return st;
-
-    base = &tu->trials[0];
-    double base_total = 0.0;
-    for (int j = 0; j < tu->n_shapes; j++)
-        base_total += tu->shapes[j].weight * base->t[j];
+    /* The chosen combination and the defaults measured again, one after the
+     * other: each shape's time is the better of its two measurements, which
+     * evens out some of the noise of a shared machine. */
     solution sol = solve(tu, -1);
-    int tuned = isfinite(sol.total) && sol.total < MARGIN * base_total;
-    if (tuned && (st = confirm(tu, &sol, &tuned)) != PLDR_OK)
-        return st;
+    int tuned = isfinite(sol.total);
+    trial *fin = NULL, *base2 = NULL;
+    if (tuned) {
+        logf_(tu, "[%d] the chosen combination, then the defaults again", tu->n_trials + 1);
+        if ((st = new_trial(tu, K_FINAL, -1, NULL, &fin)) != PLDR_OK ||
+            (st = confirm(tu, &sol, fin, &tuned)) != PLDR_OK)
+            return st;
+        if (tuned) {
+            if ((st = new_trial(tu, K_BASE, -1, NULL, &base2)) != PLDR_OK ||
+                (st = measure_isolated(tu, base2)) != PLDR_OK)
+                return st;
+            fin = &tu->trials[tu->n_trials - 2]; /* new_trial may have moved it */
+        }
+    }
+    const trial *base = &tu->trials[0];
+    int rank[16];
+    for (int i = 0; i < tu->n_shapes; i++)
+        rank[tu->by_size[i]] = i;
+    double before[16], after[16], base_total = 0.0, tuned_total = 0.0;
+    for (int j = 0; j < tu->n_shapes; j++) {
+        before[j] = base->t[j];
+        if (base2 && base2->t[j] < before[j])
+            before[j] = base2->t[j];
+        after[j] = before[j];
+        if (tuned) {
+            after[j] = tu->trials[rank[j] < sol.split ? sol.dir : sol.ind].t[j];
+            if (fin->t[j] < after[j])
+                after[j] = fin->t[j];
+        }
+        base_total += tu->shapes[j].weight * before[j];
+        tuned_total += tu->shapes[j].weight * after[j];
+    }
+    if (tuned && !(tuned_total < MARGIN * base_total))
+        tuned = 0;
     res->n_shapes = tu->n_shapes;
     res->shapes = malloc((size_t)tu->n_shapes * sizeof *res->shapes);
     if (!res->shapes)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
-    int rank[16];
-    for (int i = 0; i < tu->n_shapes; i++)
-        rank[tu->by_size[i]] = i;
     res->total_before_s = base_total;
-    res->total_after_s = 0.0;
+    res->total_after_s = tuned ? tuned_total : base_total;
     for (int j = 0; j < tu->n_shapes; j++) {
         pldr_tune_shape *s = &res->shapes[j];
         *s = tu->shapes[j];
-        s->before_s = base->t[j];
+        s->before_s = before[j];
         s->direct_after = tuned && rank[j] < sol.split;
-        s->after_s = !tuned ? base->t[j] : tu->trials[s->direct_after ? sol.dir : sol.ind].t[j];
-        res->total_after_s += s->weight * s->after_s;
+        s->after_s = tuned ? after[j] : before[j];
     }
     res->tuned = tuned;
     res->n_candidates = tu->n_trials;
@@ -1474,7 +1689,8 @@ static pldr_status run_tuner(tuner *tu, const char *model_dir, pldr_tune_result 
             const trial *t = &tu->trials[sol.ind];
             if (t->fam >= 0)
                 params_string(t->fam, t->v, desc, sizeof desc);
-            logf_(tu, "indirect: %s %s", t->fam >= 0 ? families[t->fam].label : "Xgemm", t->fam >= 0 ? desc : "CLBlast default");
+            logf_(tu, "indirect: %s %s", t->fam >= 0 ? families[t->fam].label : "Xgemm",
+                  t->fam >= 0 ? desc : "CLBlast default");
         }
         if (sol.dir >= 0) {
             const trial *t = &tu->trials[sol.dir];
@@ -1483,14 +1699,13 @@ static pldr_status run_tuner(tuner *tu, const char *model_dir, pldr_tune_result 
             logf_(tu, "direct: XgemmDirect %s", t->fam >= 0 ? desc : "CLBlast default");
         }
         logf_(tu, "XGEMM_MIN_INDIRECT_SIZE %zu: %d of %d shapes direct; %.1f -> %.1f ms per forward set (%.2fx)",
-              sol.thr, sol.split, tu->n_shapes, base_total * 1e3, sol.total * 1e3, base_total / sol.total);
+              sol.thr, sol.split, tu->n_shapes, base_total * 1e3, tuned_total * 1e3, base_total / tuned_total);
     } else {
-        logf_(tu, "CLBlast's defaults stay: the best found takes %.1f ms against %.1f ms", sol.total * 1e3,
+        logf_(tu, "CLBlast's defaults stay: the best found takes %.1f ms against %.1f ms", tuned_total * 1e3,
               base_total * 1e3);
     }
     if ((st = write_file(tu, model_dir, &sol, tuned, res, res->path)) != PLDR_OK)
         return st;
-    CLBlastClearCache(); /* the candidates' programs */
     return PLDR_OK;
 }
 
@@ -1502,8 +1717,8 @@ pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params,
         params = &defaults;
     if (!model_dir)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
-    if (!(params->budget_s >= 0.0) || params->max_candidates < 0)
-        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "negative tuning budget or candidate limit");
+    if (!(params->budget_s >= 0.0))
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "negative tuning budget");
     if (params->cache_dir && !*params->cache_dir)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "tuning needs a cache directory");
     tuner tu;
@@ -1526,49 +1741,25 @@ pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params,
 
 /* ------------------------------------------------------------ first use */
 
-typedef struct child_report {
-    int status;
-    int tuned;
-    char message[1024];
-} child_report;
+typedef struct check_job {
+    const pldr_tune_params *p;
+} check_job;
 
-static void child_run(const char *model_dir, const pldr_tune_params *p, int fd)
+/* In a child: whether the device has a readable, valid tuning file. */
+static pldr_status child_check(void *ctx, reply *rep)
 {
-    child_report rep;
-    memset(&rep, 0, sizeof rep);
+    check_job *cj = ctx;
     pldr_ocl ocl;
-    pldr_status st = pldr_ocl_open(p->device, &ocl);
-    if (st == PLDR_OK) {
-        tuning t;
-        int found = 0;
-        pldr_status rs = read_tuning(&ocl, p->cache_dir, &t, &found, NULL);
-        pldr_ocl_close(&ocl);
-        pldr_clear_error();
-        if (rs != PLDR_OK || !found) {
-            if (p->log) {
-                char line[256];
-                snprintf(line, sizeof line, "no usable GEMM tuning for this device: tuning now (budget %.0f s)",
-                         p->budget_s);
-                p->log(line, p->log_user);
-            }
-            st = pldr_tune_run(model_dir, p, NULL);
-            rep.tuned = st == PLDR_OK;
-        }
-    }
-    rep.status = (int)st;
+    pldr_status st = pldr_ocl_open(cj->p->device, &ocl);
     if (st != PLDR_OK)
-        snprintf(rep.message, sizeof rep.message, "%s", pldr_last_error());
-    const char *b = (const char *)&rep;
-    size_t done = 0;
-    while (done < sizeof rep) {
-        ssize_t w = write(fd, b + done, sizeof rep - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break;
-        done += (size_t)w;
-    }
-    close(fd);
+        return st;
+    rep->info = ocl.info;
+    tuning t;
+    int found = 0;
+    if (read_tuning(&ocl, cj->p->cache_dir, &t, &found, NULL) == PLDR_OK && found)
+        rep->found = 1;
+    pldr_ocl_close(&ocl);
+    return PLDR_OK;
 }
 
 pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, const pldr_tune_params *params,
@@ -1584,48 +1775,28 @@ pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, cons
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
     if (tuning_disabled())
         return PLDR_OK;
-    int fds[2];
-    if (pipe(fds) != 0)
-        return pldr_fail(PLDR_ERR_IO, "cannot create a pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(fds[0]);
-        close(fds[1]);
-        return pldr_fail(PLDR_ERR_HOST_MEMORY, "cannot start the tuning process: %s", strerror(e));
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        child_run(model_dir, &p, fds[1]);
-        fflush(NULL);
-        _exit(0);
-    }
-    close(fds[1]);
-    child_report rep;
-    memset(&rep, 0, sizeof rep);
-    size_t got = 0;
-    while (got < sizeof rep) {
-        ssize_t r = read(fds[0], (char *)&rep + got, sizeof rep - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fds[0]);
-    int wst = 0;
-    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
-        ;
-    if (got != sizeof rep) {
-        if (WIFSIGNALED(wst))
-            return pldr_fail(PLDR_ERR_OPENCL, "the tuning process died of signal %d", WTERMSIG(wst));
-        return pldr_fail(PLDR_ERR_OPENCL, "the tuning process ended without a report");
-    }
-    rep.message[sizeof rep.message - 1] = '\0';
+    /* the check opens the device: in a child, so that this process has not
+     * used OpenCL when pldr_tune_run forks its measuring processes */
+    check_job cj = {&p};
+    reply rep;
+    char died[128];
+    pldr_status st = run_child(child_check, &cj, 600.0, &rep, died, sizeof died);
+    if (st != PLDR_OK)
+        return st;
+    if (died[0])
+        return pldr_fail(PLDR_ERR_OPENCL, "checking the tuning file: %s", died);
     if (rep.status != PLDR_OK)
         return pldr_fail((pldr_status)rep.status, "%s", rep.message);
-    if (tuned)
-        *tuned = rep.tuned;
-    return PLDR_OK;
+    if (rep.found)
+        return PLDR_OK;
+    if (p.log) {
+        char line[256];
+        snprintf(line, sizeof line, "no usable GEMM tuning for %s: tuning now (budget %.0f s)", rep.info.name,
+                 p.budget_s);
+        p.log(line, p.log_user);
+    }
+    st = pldr_tune_run(model_dir, &p, NULL);
+    if (st == PLDR_OK && tuned)
+        *tuned = 1;
+    return st;
 }

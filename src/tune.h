@@ -20,7 +20,7 @@
 struct pldr_ocl;
 
 typedef enum pldr_tune_shapes {
-    PLDR_TUNE_PREFILL = 0, /* the per-layer GEMMs of a prefill at 64 and 512 tokens */
+    PLDR_TUNE_PREFILL = 0, /* the per-layer GEMMs of prefills of 16, 64 and 512 tokens */
     PLDR_TUNE_ALL = 1      /* also the final layer in 64-row chunks (all-rows logits) */
 } pldr_tune_shapes;
 
@@ -33,7 +33,7 @@ typedef struct pldr_tune_params {
     double budget_s;       /* wall-clock budget of the search, default 600 s; the
                               defaults are always measured */
     pldr_tune_shapes shapes;
-    int max_candidates;    /* explicit parameter sets to try at most (0: no limit) */
+    int max_candidates;    /* explicit parameter sets to try at most (< 0, the default: no limit) */
     uint64_t seed;         /* of the search; the same seed tries the same sets */
     pldr_tune_log_fn log;  /* progress (NULL: quiet) */
     void *log_user;
@@ -63,19 +63,20 @@ pldr_tune_params pldr_tune_default_params(void);
 
 /* Tunes for the model in model_dir (only its config.json is read) on the
  * device of params->device and writes the tuning file. result may be NULL;
- * otherwise free it with pldr_tune_result_free. Runs in this process: CLBlast
- * keeps the last measured parameters here afterwards (its defaults cannot be
- * restored in-process), so load models in a new process, or use
- * pldr_tune_if_missing. */
+ * otherwise free it with pldr_tune_result_free. Every measurement runs in a
+ * child process of its own (on a CPU device CLBlast's kernels run in the
+ * process's memory, and a faulty parameter set can corrupt, crash or hang
+ * it), so this process neither uses OpenCL nor changes CLBlast's state; as
+ * it forks, call it before this process uses OpenCL. */
 pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params, pldr_tune_result *result);
 void pldr_tune_result_free(pldr_tune_result *result);
 
-/* `--tune` of generate/bench: when the device has no readable tuning file,
- * tunes for model_dir (params NULL: defaults; device overrides
- * params->device) in a child process, so that this process keeps CLBlast's
- * state clean and its memory free of the candidates' programs. Call it before
- * this process uses OpenCL (it forks). *tuned (may be NULL) is set to 1 when
- * it tuned, 0 when a file was already there. */
+/* `--tune` of generate/bench: when the device has no readable, valid tuning
+ * file, tunes for model_dir with pldr_tune_run (params NULL: defaults;
+ * device, when not NULL, overrides params->device). Call it before this
+ * process uses OpenCL (it forks), i.e. before loading the model, which then
+ * applies the file. *tuned (may be NULL) is set to 1 when it tuned, 0 when a
+ * file was already there or PLDR_TUNING=0. */
 pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, const pldr_tune_params *params,
                                  int *tuned);
 

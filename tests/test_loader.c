@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "config_parse.h"
 #include "pldr.h"
 #include "safetensors.h"
 #include "tap.h"
@@ -613,7 +614,22 @@ static void test_config_errors(void)
                  "\"bos_token_id\" is -1");
 
     pldr_config c;
+    /* found by fuzz_config: the defaults 2 and 3 must fit the vocabulary too */
     json_t *j = tiny_config(NULL);
+    json_object_set_new(j, "vocab_size", json_integer(2));
+    json_object_del(j, "bos_token_id");
+    json_object_set_new(j, "eos_token_id", json_integer(1));
+    write_json(tmp_path("config.json"), j);
+    expect(pldr_config_load(tmp_path("config.json"), &c), PLDR_ERR_FORMAT,
+           "an absent token id whose default is outside a tiny vocabulary is rejected", "config.json",
+           "\"bos_token_id\" is absent and its default 2 is outside the vocabulary [0, 2)", NULL);
+    json_object_set_new(j, "bos_token_id", json_integer(0));
+    write_json(tmp_path("config.json"), j);
+    expect(pldr_config_load(tmp_path("config.json"), &c), PLDR_OK,
+           "a vocabulary of 2 with explicit token ids loads", NULL);
+    json_decref(j);
+
+    j = tiny_config(NULL);
     json_object_del(j, "head_dim");
     json_object_set_new(j, "hidden_size", json_integer(9));
     write_json(tmp_path("config.json"), j);
@@ -635,6 +651,64 @@ static void test_config_errors(void)
            "a config that is not UTF-8 is rejected", "config.json", "not valid JSON", NULL);
     expect(pldr_config_load(tmp_path("no-config.json"), &c), PLDR_ERR_IO, "a missing config is an I/O error",
            "no-config.json", NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Parsers on memory buffers (the fuzz targets' entry points)          */
+
+static void test_memory_parsers(void)
+{
+    /* not NUL-terminated: the buffer ends right after the JSON */
+    static const char index_text[] = "{\"weight_map\":{\"y\":\"b.st\",\"x\":\"a.st\",\"z\":\"b.st\"}}XX";
+    st_index ix;
+    expect(st_index_parse(index_text, sizeof index_text - 3, "mem.index.json", &ix), PLDR_OK,
+           "st_index_parse reads an index from a buffer without a NUL", NULL);
+    tap_ok(ix.n_shards == 2 && strcmp(ix.shards[0], "a.st") == 0 && strcmp(ix.shards[1], "b.st") == 0 &&
+               ix.n_entries == 3 && strcmp(ix.entries[0].tensor, "y") == 0 && ix.entries[0].shard == 1 &&
+               ix.entries[1].shard == 0 && strcmp(ix.by_name[0]->tensor, "x") == 0,
+           "st_index: shards distinct and sorted, entries in file order, by_name sorted");
+    st_archive ar = {0};
+    size_t size;
+    unsigned char *a = image("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, &size);
+    unsigned char *b = image("{\"y\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                             "\"z\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+                             2, &size);
+    size_t size_a = 8 + strlen("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}") + 1;
+    expect(st_parse(a, size_a, "a.st", 0, &ar), PLDR_OK, "shard a parses", NULL);
+    expect(st_parse(b, size, "b.st", 1, &ar), PLDR_OK, "shard b parses", NULL);
+    expect(st_index_check(&ix, &ar, "mem.index.json"), PLDR_OK, "st_index_check accepts matching shards", NULL);
+    st_close(&ar);
+    expect(st_parse(b, size, "b.st", 2, &ar), PLDR_OK, "shard b parses as file 2", NULL);
+    expect(st_index_check(&ix, &ar, "mem.index.json"), PLDR_ERR_INVALID_ARGUMENT,
+           "st_index_check refuses an archive whose files are not the index's shards", "from file 2", NULL);
+    st_close(&ar);
+    free(a);
+    free(b);
+    st_index_free(&ix);
+    tap_ok(ix.shards == NULL && ix.n_entries == 0, "st_index_free zeroes the index");
+    static const char slash[] = "{\"weight_map\":{\"x\":\"a/b\"}}";
+    expect(st_index_parse(slash, sizeof slash - 1, "mem.index.json", &ix), PLDR_ERR_FORMAT,
+           "st_index_parse rejects a path as shard name", "mem.index.json", "not a plain file name", NULL);
+    tap_ok(ix.shards == NULL && ix.entries == NULL, "a failed st_index_parse leaves the index zeroed");
+
+    json_t *j = tiny_config(NULL);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!text)
+        exit(99);
+    size_t n = strlen(text);
+    char *exact = malloc(n); /* no NUL after the JSON */
+    if (!exact)
+        exit(99);
+    memcpy(exact, text, n);
+    pldr_config c;
+    expect(pldr_config_parse(exact, n, "mem/config.json", &c), PLDR_OK,
+           "pldr_config_parse reads a config from a buffer without a NUL", NULL);
+    tap_ok(c.n_layers == 2 && c.vocab_size == 16, "pldr_config_parse values");
+    expect(pldr_config_parse(exact, n - 1, "mem/config.json", &c), PLDR_ERR_FORMAT,
+           "pldr_config_parse names its label in messages", "mem/config.json", "not valid JSON", NULL);
+    free(exact);
+    free(text);
 }
 
 /* ------------------------------------------------------------------ */
@@ -912,6 +986,7 @@ int main(void)
     test_index();
     test_config_valid();
     test_config_errors();
+    test_memory_parsers();
     test_checkpoint();
     test_real_checkpoint(srcdir);
     if (tap_failed == 0)

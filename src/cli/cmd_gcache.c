@@ -59,7 +59,7 @@ int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, c
     if (st != PLDR_OK)
         rc = cli_report(st);
     else if (*n_ids == 0)
-        rc = cli_usage_error(cmd, "the prompt is empty after tokenization");
+        rc = cli_usage_error(cmd, "the %s is empty after tokenization", file ? file : "prompt");
     if (rc != EXIT_OK) {
         free(*ids);
         *ids = NULL;

@@ -21,7 +21,7 @@ static const char help[] =
     "device: CLBlast's defaults first, then parameter sets of its indirect (Xgemm, GEMMK 0\n"
     "and 1) and direct (XgemmDirect) kernels, and the size where it switches between them.\n"
     "Each set is checked against a host reference and timed on every shape; the choice\n"
-    "minimises the time of a prefill at 64 and 512 tokens. The winners, with the times\n"
+    "minimises the time of prefills of 16, 64 and 512 tokens. The winners, with the times\n"
     "before and after, go to $XDG_CACHE_HOME/pldr/tune-<hash of the device>.json, and every\n"
     "later model load on the device applies them (PLDR_TUNING=0 skips the file). CLBlast\n"
     "compiles every new parameter set: about 20 s each with PoCL on a small CPU, so the\n"
