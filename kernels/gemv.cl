@@ -81,18 +81,30 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
         }
     }
 #if GEMV_ROWS < GEMV_WG
+    /* the lanes of a row: groups of 8 summed by 8 work-items, then by one
+     * (two barriers instead of log2(LANES)) */
     red[lid] = acc;
     red2[lid] = acc2;
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = LANES / 2; s > 0; s >>= 1) {
-        if (lane < s) {
-            red[lid] += red[lid + s];
-            red2[lid] += red2[lid + s];
+#define RED_STEP (LANES >= 8 ? LANES / 8 : 1)
+    if (lane % RED_STEP == 0) {
+        float a = 0.0f, b = 0.0f;
+        for (int i = 0; i < RED_STEP; i++) {
+            a += red[lid + i];
+            b += red2[lid + i];
         }
-        barrier(CLK_LOCAL_MEM_FENCE);
+        red[lid] = a;
+        red2[lid] = b;
     }
-    acc = red[lid];
-    acc2 = red2[lid];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0) {
+        acc = 0.0f;
+        acc2 = 0.0f;
+        for (int i = 0; i < LANES; i += RED_STEP) {
+            acc += red[lid + i];
+            acc2 += red2[lid + i];
+        }
+    }
 #endif
     float v = -INFINITY;
     if (lane == 0 && row < n_out) {
