@@ -256,3 +256,32 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
     barrier(CLK_LOCAL_MEM_FENCE);
     gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, DMODEL, xs, residual, 1, 0, y, red, red2);
 }
+
+/* The first projection of a decode step with the token embedding fused in:
+ * x = LN_d(Emb[id] * scale) (decoder.embedding, decoder.layernorm1) is built
+ * in local memory, work-group 0 stores it in x_norm (the residual of the
+ * attention output), and y = W . x + b. One launch instead of two. */
+__kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
+void gemv_embed(__global const WT *w, __global const float *bias, const int k_pitch, const int n_out,
+                __global const WT *emb, __global const int *ids, const int ids_offset, const float scale,
+                __global const float *ln_w, __global const float *ln_b, __global float *x_norm,
+                __global float *y, __local float *xs, __global int *flags, const int flag_index)
+{
+    __local float red[GEMV_WG], red2[GEMV_WG];
+    __local float2 scratch[GEMV_WG];
+    const int lid = get_local_id(0);
+    GEMV_SETUP(w, k_pitch, n_out);
+    prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
+    const long base = (long)ids[ids_offset] * DMODEL;
+    for (int i = lid; i < k_pitch; i += GEMV_WG)
+        xs[i] = i < DMODEL ? LOAD_W(emb, base + i) * scale : 0.0f;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const float stat = ln_local(xs, DMODEL, ln_w, ln_b, scratch);
+    if (get_group_id(0) == 0) {
+        for (int i = lid; i < DMODEL; i += GEMV_WG)
+            x_norm[i] = xs[i];
+        if (lid == 0)
+            flag_if_nonfinite(stat, flags, flag_index);
+    }
+    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, bias, 0, 0, y, red, red2);
+}

@@ -26,7 +26,7 @@
 
 typedef struct kernels {
     cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
-    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_ln, gemv_attn, bias_rows, argmax;
+    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_ln, gemv_attn, gemv_embed, bias_rows, argmax;
 } kernels;
 
 struct pldr_context {
@@ -369,19 +369,24 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
         if (err != CL_SUCCESS)
             return pldr_cl_fail(&m->ocl, err, "uploading the token id");
     }
-    TRY(LAUNCH(c, embed, (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(ids_buf), A_INT(ids_off), A_MEM(m->emb),
-               A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->xn), A_MEM(c->flags),
-               A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
         const pldr_layer *ly = &m->layers[l];
         const pldr_layer *prev = l > 0 ? &m->layers[l - 1] : NULL;
-        /* layer 0 reads the embedding (already normalised); later layers
-         * normalise the previous layer's FFN sum on load into xn */
-        gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .k_dim = d, .n_out = 3 * d,
-                       .x = l > 0 ? c->s2 : c->xn, .ln_in = l > 0, .ln_w = prev ? prev->ln2_w : NULL,
-                       .ln_b = prev ? prev->ln2_b : NULL, .x_norm = c->xn, .y = c->qkv,
-                       .flag_index = l > 0 ? flag_ffn(l - 1) : 0};
-        TRY(gemv(c, &qkv));
+        if (l == 0) {
+            /* the embedding and its LayerNorm are done by the first projection */
+            const size_t groups = ((size_t)(3 * d) + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
+            TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
+                       A_MEM(ly->bqkv), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(ids_buf),
+                       A_INT(ids_off), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b),
+                       A_MEM(c->xn), A_MEM(c->qkv), A_LOCAL((size_t)m->d_pitch * sizeof(float)), A_MEM(c->flags),
+                       A_INT(flag_embed(c))));
+        } else {
+            /* later layers normalise the previous layer's FFN sum on load into xn */
+            gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .k_dim = d, .n_out = 3 * d, .x = c->s2, .ln_in = 1,
+                           .ln_w = prev->ln2_w, .ln_b = prev->ln2_b, .x_norm = c->xn, .y = c->qkv,
+                           .flag_index = flag_ffn(l - 1)};
+            TRY(gemv(c, &qkv));
+        }
         TRY(layer_g(c, l, 1, 0));
         const int n_split = (pos + 1 + m->att_wg - 1) / m->att_wg;
         TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg, (size_t)m->att_wg,
@@ -601,7 +606,8 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
         {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
         {&c->k.gemv, "gemv"},                {&c->k.gemv_ln, "gemv_ln"},
-        {&c->k.gemv_attn, "gemv_attn"},      {&c->k.bias_rows, "add_bias_rows"},
+        {&c->k.gemv_attn, "gemv_attn"},      {&c->k.gemv_embed, "gemv_embed"},
+        {&c->k.bias_rows, "add_bias_rows"},
         {&c->k.argmax, "argmax"},
     };
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
