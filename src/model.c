@@ -347,7 +347,7 @@ static void choose_work_groups(pldr_model *m)
     /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
      * work-items share a row so that neighbours read neighbouring weights */
     m->gemv_rows = cpu ? m->gemv_wg : 8;
-    m->gemv_pf = cpu ? 1 : 2;
+    m->gemv_pf = 1;
     /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8" overrides, for tuning */
     const char *env = getenv("PLDR_WG");
     if (env) {
