@@ -176,6 +176,14 @@ const char *cli_default_model_dir(void)
             }
         }
     }
+    /* installed */
+    snprintf(path, sizeof path, "%s/models/pldr-tiny-pydocs", PLDR_PKGDATADIR);
+    if (is_model_dir(path))
+        return path;
+    /* an uninstalled build outside the source tree */
+    snprintf(path, sizeof path, "%s/models/pldr-tiny-pydocs", PLDR_SOURCE_DIR);
+    if (is_model_dir(path))
+        return path;
     snprintf(path, sizeof path, "%s/models/pldr-tiny-pydocs", PLDR_PKGDATADIR);
     return path;
 }
