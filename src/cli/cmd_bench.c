@@ -36,7 +36,8 @@ static const char help[] =
     "      --device SPEC device spec, or 'all' for every device (default: the default device)\n"
     "  -o, --output F    md (default), json or csv\n"
     "      --seed S      seed of the random token ids (default 1)\n"
-    "      --tg-prompt N prompt length before the tgN tests (default 64)\n";
+    "      --tg-prompt N prompt length before the tgN tests (default 64)\n"
+    "      --g-cache FILE use this G-cache (A, A_LM, G_LM) instead of the metric learner\n";
 
 typedef struct result {
     char test[32];
@@ -260,21 +261,21 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
 
 int cmd_bench(int argc, char **argv)
 {
-    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP };
+    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP, O_GCACHE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"n-prompt", required_argument, 0, 'p'},
         {"n-gen", required_argument, 0, 'n'},   {"repetitions", required_argument, 0, 'r'},
         {"cache", required_argument, 0, O_CACHE}, {"dtype", required_argument, 0, O_DTYPE},
         {"device", required_argument, 0, O_DEVICE}, {"output", required_argument, 0, 'o'},
         {"seed", required_argument, 0, O_SEED}, {"help", no_argument, 0, 'h'},
-        {"tg-prompt", required_argument, 0, O_TGP},
+        {"tg-prompt", required_argument, 0, O_TGP}, {"g-cache", required_argument, 0, O_GCACHE},
         {0, 0, 0, 0},
     };
     static const char *const cache_names[] = {"none", "kv", "kvg"};
     static const char *const dtype_names[] = {"f32", "f16"};
     long pp[MAX_LIST] = {512}, tg[MAX_LIST] = {128}, reps = 5, seed = 1;
     int n_pp = 1, n_tg = 1, caches[MAX_LIST] = {PLDR_CACHE_KVG}, n_caches = 1, dtypes[MAX_LIST] = {0}, n_dtypes = 1;
-    const char *model_dir = NULL, *device = NULL, *format = "md";
+    const char *model_dir = NULL, *device = NULL, *format = "md", *gcache = NULL;
     opterr = 0;
     optind = 1;
     int c;
@@ -306,6 +307,7 @@ int cmd_bench(int argc, char **argv)
             if (cli_parse_int(optarg, 0, 0x7fffffff, &seed))
                 return cli_usage_error("bench", "--seed must be a non-negative integer, not '%s'", optarg);
             break;
+        case O_GCACHE: gcache = optarg; break;
         case O_TGP: {
             long v;
             if (cli_parse_int(optarg, 1, 1 << 20, &v))
@@ -393,6 +395,10 @@ int cmd_bench(int argc, char **argv)
                 pldr_context *ctx = NULL;
                 if ((st = pldr_context_new(model, &cp, &ctx)) != PLDR_OK) {
                     rc = cli_report(st);
+                    break;
+                }
+                if (gcache && (rc = cli_apply_gcache(ctx, model, gcache)) != EXIT_OK) {
+                    pldr_context_free(ctx);
                     break;
                 }
                 dr->context_bytes = pldr_context_device_bytes(ctx);
