@@ -1014,8 +1014,10 @@ static int index_of(const opts *o, size_t v)
     return 0;
 }
 
-/* A new valid set near parent: one or two parameters moved to a neighbouring
- * (or, sometimes, any other) value of their range. */
+/* A new valid set near parent: first the untried sets one step away (one
+ * parameter moved to the next value of its range), picked at random, so
+ * that the search climbs from the family's best set; when none is left, one
+ * or two parameters moved to any values. */
 static int mutate(tuner *tu, int fam, const size_t *parent, size_t *v)
 {
     const family *f = &families[fam];
@@ -1026,25 +1028,33 @@ static int mutate(tuner *tu, int fam, const size_t *parent, size_t *v)
             movable[n_mov++] = i;
     if (n_mov == 0)
         return 0;
+    size_t near[2 * XP_COUNT][XP_COUNT];
+    int n_near = 0;
+    for (int m = 0; m < n_mov; m++) {
+        const int p = movable[m];
+        const opts *o = &f->space[p];
+        const int at = index_of(o, parent[p]);
+        for (int step = -1; step <= 1; step += 2) {
+            if (at + step < 0 || at + step >= o->n)
+                continue;
+            memcpy(near[n_near], parent, (size_t)f->n_params * sizeof *v);
+            near[n_near][p] = o->v[at + step];
+            tie_dims(fam, near[n_near]);
+            if (!family_invalid(fam, near[n_near], &tu->lim) && !visited(tu, fam, near[n_near]))
+                n_near++;
+        }
+    }
+    if (n_near > 0) {
+        memcpy(v, near[rnd(tu) % (uint64_t)n_near], (size_t)f->n_params * sizeof *v);
+        return 1;
+    }
     for (int attempt = 0; attempt < 400; attempt++) {
         memcpy(v, parent, (size_t)f->n_params * sizeof *v);
-        int changes = 1 + (rnd(tu) % 10 < 3) + (attempt > 200);
+        int changes = 1 + (rnd(tu) % 2);
         for (int c = 0; c < changes; c++) {
             int p = movable[rnd(tu) % (uint64_t)n_mov];
             const opts *o = &f->space[p];
-            int at = index_of(o, v[p]), to;
-            if (rnd(tu) % 4 == 0) {
-                to = (int)(rnd(tu) % (uint64_t)(o->n - 1));
-                if (to >= at)
-                    to++;
-            } else {
-                to = at + ((rnd(tu) & 1) ? 1 : -1);
-                if (to < 0)
-                    to = 1;
-                if (to >= o->n)
-                    to = o->n - 2;
-            }
-            v[p] = o->v[to];
+            v[p] = o->v[rnd(tu) % (uint64_t)o->n];
         }
         tie_dims(fam, v);
         if (!family_invalid(fam, v, &tu->lim) && !visited(tu, fam, v))
@@ -1721,6 +1731,12 @@ pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params,
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "negative tuning budget");
     if (params->cache_dir && !*params->cache_dir)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "tuning needs a cache directory");
+    if (!params->cache_dir) {
+        char *dir = pldr_default_cache_dir();
+        if (!dir)
+            return pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
+        free(dir);
+    }
     tuner tu;
     memset(&tu, 0, sizeof tu);
     tu.p = params;
@@ -1743,9 +1759,28 @@ pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params,
 
 typedef struct check_job {
     const pldr_tune_params *p;
+    const pldr_config *cfg;
 } check_job;
 
-/* In a child: whether the device has a readable, valid tuning file. */
+/* Whether the tuning file at path was made for GEMMs of the model's shapes. */
+static int same_model(const char *path, const pldr_config *c)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *m = root ? json_object_get(root, "model") : NULL;
+    static const char *const keys[] = {"d_model", "d_ff", "vocab_size"};
+    const int want[] = {c->d_model, c->d_ff, c->vocab_size};
+    int same = json_is_object(m);
+    for (size_t i = 0; same && i < sizeof keys / sizeof keys[0]; i++) {
+        json_t *v = json_object_get(m, keys[i]);
+        same = json_is_integer(v) && json_integer_value(v) == want[i];
+    }
+    json_decref(root);
+    return same;
+}
+
+/* In a child: whether the device has a readable, valid tuning file made for
+ * the model's shapes. */
 static pldr_status child_check(void *ctx, reply *rep)
 {
     check_job *cj = ctx;
@@ -1756,11 +1791,27 @@ static pldr_status child_check(void *ctx, reply *rep)
     rep->info = ocl.info;
     tuning t;
     int found = 0;
-    if (read_tuning(&ocl, cj->p->cache_dir, &t, &found, NULL) == PLDR_OK && found)
+    char *path = NULL;
+    if (read_tuning(&ocl, cj->p->cache_dir, &t, &found, &path) == PLDR_OK && found && same_model(path, cj->cfg))
         rep->found = 1;
+    free(path);
     pldr_ocl_close(&ocl);
     return PLDR_OK;
 }
+
+/* In a child: the number of devices (into rep->found). */
+static pldr_status child_count(void *ctx, reply *rep)
+{
+    (void)ctx;
+    pldr_device_info *list = NULL;
+    int n = 0;
+    pldr_status st = pldr_list_devices(&list, &n);
+    free(list);
+    rep->found = n;
+    return st;
+}
+
+static pldr_status tune_if_missing_one(const char *model_dir, const pldr_tune_params *params, int *tuned);
 
 pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, const pldr_tune_params *params,
                                  int *tuned)
@@ -1775,12 +1826,47 @@ pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, cons
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
     if (tuning_disabled())
         return PLDR_OK;
-    /* the check opens the device: in a child, so that this process has not
-     * used OpenCL when pldr_tune_run forks its measuring processes */
-    check_job cj = {&p};
+    if (!p.device || strcmp(p.device, "all") != 0)
+        return tune_if_missing_one(model_dir, &p, tuned);
+    /* every device: count them in a child too */
     reply rep;
     char died[128];
-    pldr_status st = run_child(child_check, &cj, 600.0, &rep, died, sizeof died);
+    pldr_status st = run_child(child_count, NULL, 600.0, &rep, died, sizeof died);
+    if (st != PLDR_OK)
+        return st;
+    if (died[0])
+        return pldr_fail(PLDR_ERR_OPENCL, "listing the devices: %s", died);
+    if (rep.status != PLDR_OK)
+        return pldr_fail((pldr_status)rep.status, "%s", rep.message);
+    for (int i = 0; i < rep.found && st == PLDR_OK; i++) {
+        char spec[16];
+        snprintf(spec, sizeof spec, "%d", i);
+        p.device = spec;
+        int t = 0;
+        st = tune_if_missing_one(model_dir, &p, &t);
+        if (tuned && t)
+            *tuned = 1;
+    }
+    return st;
+}
+
+static pldr_status tune_if_missing_one(const char *model_dir, const pldr_tune_params *params, int *tuned)
+{
+    pldr_tune_params p = *params;
+    pldr_config cfg;
+    char *cfg_path = pldr_path_join(model_dir, "config.json");
+    if (!cfg_path)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    pldr_status st = pldr_config_load(cfg_path, &cfg);
+    free(cfg_path);
+    if (st != PLDR_OK)
+        return st;
+    /* the check opens the device: in a child, so that this process has not
+     * used OpenCL when pldr_tune_run forks its measuring processes */
+    check_job cj = {&p, &cfg};
+    reply rep;
+    char died[128];
+    st = run_child(child_check, &cj, 600.0, &rep, died, sizeof died);
     if (st != PLDR_OK)
         return st;
     if (died[0])

@@ -72,8 +72,9 @@ pldr_status pldr_tune_run(const char *model_dir, const pldr_tune_params *params,
 void pldr_tune_result_free(pldr_tune_result *result);
 
 /* `--tune` of generate/bench: when the device has no readable, valid tuning
- * file, tunes for model_dir with pldr_tune_run (params NULL: defaults;
- * device, when not NULL, overrides params->device). Call it before this
+ * file made for the GEMM shapes of model_dir (d_model, d_ff, vocab_size),
+ * tunes for model_dir with pldr_tune_run (params NULL: defaults;
+ * device, when not NULL, overrides params->device; "all": every device). Call it before this
  * process uses OpenCL (it forks), i.e. before loading the model, which then
  * applies the file. *tuned (may be NULL) is set to 1 when it tuned, 0 when a
  * file was already there or PLDR_TUNING=0. */

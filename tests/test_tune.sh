@@ -19,7 +19,7 @@ for p in "${PYTHON3:-}" /usr/bin/python3 python3; do
 done
 if [ -z "$PY" ]; then echo "1..0 # SKIP no python3 with numpy"; exit 0; fi
 
-echo "1..18"
+echo "1..21"
 
 # Keep PoCL's compiler cache where it was (CLBlast compiles each parameter
 # set: about 20 s under PoCL when the cache does not have it), and put pldr's
@@ -90,6 +90,9 @@ check $? "tune prints GFLOP/s per shape"
 "$PLDR" tune --check >"$TMP/out" 2>"$TMP/err"
 [ $? -eq 0 ] && grep -q "tuned for" "$TMP/out"
 check $? "tune --check reads and applies the file"
+"$PLDR" tune -m "$MODEL" --if-missing --max-candidates 0 >"$TMP/out" 2>"$TMP/err"
+[ $? -eq 0 ] && grep -q "already tuned" "$TMP/out"
+check $? "tune --if-missing keeps a file made for the same shapes"
 "$PLDR" logits -m "$MODEL" --ids $IDS -o "$TMP/tuned.npy" 2>"$TMP/err"
 [ $? -eq 0 ] && ! grep -q warning "$TMP/err" && same_logits "$TMP/ref.npy" "$TMP/tuned.npy" >>"$TMP/err"
 check $? "a load with the tuning file gives the same logits"
@@ -145,4 +148,14 @@ edit foreign
 ignored_with_warning "file of another device ignored with a warning" "another device"
 edit missing
 ignored_with_warning "incomplete parameter set ignored with a warning" "XgemmDirect has 9 parameters"
+
+# First use (--tune of generate and bench): a damaged file, or one made for
+# other shapes, is replaced.
+"$PLDR" tune -m "$MODEL" --if-missing --budget 0 >"$TMP/out" 2>"$TMP/err"
+[ $? -eq 0 ] && grep -q "^tuned" "$TMP/out" && "$PLDR" tune --check >/dev/null 2>&1
+check $? "tune --if-missing replaces a damaged file"
+"$PY" "$SRC/tests/mkmodel.py" --preset tiny --hidden 192 --heads 3 --seed 3 -o "$TMP/model2" >/dev/null 2>"$TMP/err" &&
+    "$PLDR" tune -m "$TMP/model2" --if-missing --budget 0 >"$TMP/out" 2>"$TMP/err" && grep -q "^tuned" "$TMP/out" &&
+    grep -q '"d_model": 192' "$FILE"
+check $? "tune --if-missing tunes again for a model of other shapes"
 exit 0

@@ -53,6 +53,10 @@ int npy_write_f32(const char *path, const float *data, size_t rows, size_t cols)
 /* Subcommands: argv[0] is the subcommand name. Each returns an exit code. */
 int cmd_devices(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+/* --tune of generate and bench: tunes CLBlast for the model on the device
+ * (or every device, "all") unless a valid tuning file exists. Call it before
+ * anything else uses OpenCL. Returns an exit code. */
+int cli_tune_if_missing(const char *model_dir, const char *device);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

@@ -37,7 +37,8 @@ static const char help[] =
     "  -o, --output F    md (default), json or csv\n"
     "      --seed S      seed of the random token ids (default 1)\n"
     "      --tg-prompt N prompt length before the tgN tests (default 64)\n"
-    "      --g-cache FILE use this G-cache (A, A_LM, G_LM) instead of the metric learner\n";
+    "      --g-cache FILE use this G-cache (A, A_LM, G_LM) instead of the metric learner\n"
+    "      --tune        tune CLBlast for the model on each device first, unless already done\n";
 
 typedef struct result {
     char test[32];
@@ -261,7 +262,7 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
 
 int cmd_bench(int argc, char **argv)
 {
-    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP, O_GCACHE };
+    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP, O_GCACHE, O_TUNE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"n-prompt", required_argument, 0, 'p'},
         {"n-gen", required_argument, 0, 'n'},   {"repetitions", required_argument, 0, 'r'},
@@ -269,6 +270,7 @@ int cmd_bench(int argc, char **argv)
         {"device", required_argument, 0, O_DEVICE}, {"output", required_argument, 0, 'o'},
         {"seed", required_argument, 0, O_SEED}, {"help", no_argument, 0, 'h'},
         {"tg-prompt", required_argument, 0, O_TGP}, {"g-cache", required_argument, 0, O_GCACHE},
+        {"tune", no_argument, 0, O_TUNE},
         {0, 0, 0, 0},
     };
     static const char *const cache_names[] = {"none", "kv", "kvg"};
@@ -276,6 +278,7 @@ int cmd_bench(int argc, char **argv)
     long pp[MAX_LIST] = {512}, tg[MAX_LIST] = {128}, reps = 5, seed = 1;
     int n_pp = 1, n_tg = 1, caches[MAX_LIST] = {PLDR_CACHE_KVG}, n_caches = 1, dtypes[MAX_LIST] = {0}, n_dtypes = 1;
     const char *model_dir = NULL, *device = NULL, *format = "md", *gcache = NULL;
+    int tune = 0;
     opterr = 0;
     optind = 1;
     int c;
@@ -308,6 +311,7 @@ int cmd_bench(int argc, char **argv)
                 return cli_usage_error("bench", "--seed must be a non-negative integer, not '%s'", optarg);
             break;
         case O_GCACHE: gcache = optarg; break;
+        case O_TUNE: tune = 1; break;
         case O_TGP: {
             long v;
             if (cli_parse_int(optarg, 1, 1 << 20, &v))
@@ -332,6 +336,11 @@ int cmd_bench(int argc, char **argv)
     const char *model_name = strrchr(model_dir, '/') && strrchr(model_dir, '/')[1] ? strrchr(model_dir, '/') + 1
                                                                                      : model_dir;
 
+    if (tune) {
+        int rc_tune = cli_tune_if_missing(model_dir, device);
+        if (rc_tune != EXIT_OK)
+            return rc_tune;
+    }
     /* the devices to run on */
     pldr_device_info *all = NULL;
     int n_dev = 0;

@@ -51,6 +51,7 @@ static const char help[] =
     "                    uninterrupted run; sampling starts from a fresh --seed\n"
     "      --device SPEC OpenCL device: index, platform:device or name substring\n"
     "      --dtype T     weight storage on the device: f32 (default, or the session's) or f16\n"
+    "      --tune        tune CLBlast for this model on the device first, unless already done\n"
     "  -q, --quiet       no summary on stderr\n";
 
 typedef struct gen_opts {
@@ -58,7 +59,7 @@ typedef struct gen_opts {
     const char *gcache, *save_session, *load_session;
     long n_gen, top_k, ctx_n, seed;
     double temp, top_p;
-    int quiet;
+    int quiet, tune;
     pldr_cache_mode cache;
     pldr_dtype dtype;
     int cache_set, dtype_set; /* given on the command line */
@@ -67,7 +68,7 @@ typedef struct gen_opts {
 /* Parses the command line; returns -1 to go on, else an exit code. */
 static int parse_options(int argc, char **argv, gen_opts *o)
 {
-    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CACHE, O_CTX, O_DEVICE, O_DTYPE, O_GCACHE, O_SAVE, O_LOAD };
+    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CACHE, O_CTX, O_DEVICE, O_DTYPE, O_GCACHE, O_SAVE, O_LOAD, O_TUNE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},    {"prompt", required_argument, 0, 'p'},
         {"file", required_argument, 0, 'f'},     {"n-tokens", required_argument, 0, 'n'},
@@ -76,7 +77,7 @@ static int parse_options(int argc, char **argv, gen_opts *o)
         {"cache", required_argument, 0, O_CACHE}, {"ctx", required_argument, 0, O_CTX},
         {"device", required_argument, 0, O_DEVICE}, {"dtype", required_argument, 0, O_DTYPE},
         {"g-cache", required_argument, 0, O_GCACHE}, {"save-session", required_argument, 0, O_SAVE},
-        {"load-session", required_argument, 0, O_LOAD},
+        {"load-session", required_argument, 0, O_LOAD}, {"tune", no_argument, 0, O_TUNE},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -95,6 +96,7 @@ static int parse_options(int argc, char **argv, gen_opts *o)
         case 'p': o->prompt = optarg; break;
         case 'f': o->file = optarg; break;
         case 'q': o->quiet = 1; break;
+        case O_TUNE: o->tune = 1; break;
         case O_DEVICE: o->device = optarg; break;
         case O_GCACHE: o->gcache = optarg; break;
         case O_SAVE: o->save_session = optarg; break;
@@ -275,6 +277,8 @@ static int setup_model(gen *g)
     pldr_status st;
     int rc;
     g->t0 = now();
+    if (o->tune && (rc = cli_tune_if_missing(o->model_dir, o->device)) != EXIT_OK)
+        return rc;
     if ((rc = cli_load_model(o->model_dir, o->device, o->dtype, &g->model)) != EXIT_OK)
         return rc;
     const pldr_config *cfg = pldr_model_config(g->model);

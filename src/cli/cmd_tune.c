@@ -13,7 +13,7 @@
 
 static const char help[] =
     "usage: pldr tune [-m DIR] [--device SPEC] [--budget SECONDS] [--shapes prefill|all]\n"
-    "                 [--max-candidates N] [--seed S] [-q]\n"
+    "                 [--max-candidates N] [--seed S] [--if-missing] [-q]\n"
     "       pldr tune --path [--device SPEC]\n"
     "       pldr tune --check [--device SPEC]\n"
     "\n"
@@ -23,9 +23,10 @@ static const char help[] =
     "Each set is checked against a host reference and timed on every shape; the choice\n"
     "minimises the time of prefills of 16, 64 and 512 tokens. The winners, with the times\n"
     "before and after, go to $XDG_CACHE_HOME/pldr/tune-<hash of the device>.json, and every\n"
-    "later model load on the device applies them (PLDR_TUNING=0 skips the file). CLBlast\n"
-    "compiles every new parameter set: about 20 s each with PoCL on a small CPU, so the\n"
-    "search tries about budget/25 sets there; progress goes to stderr.\n"
+    "later model load on the device applies them (PLDR_TUNING=0 skips the file): one file\n"
+    "per device, so tune with the model you run. CLBlast compiles every new parameter set\n"
+    "(10-20 s each with PoCL on a small CPU, a second or two on a GPU), and each is measured\n"
+    "in a process of its own; progress goes to stderr.\n"
     "\n"
     "  -m, --model DIR        model whose config.json gives the shapes\n"
     "                         (default: $PLDR_MODEL or the bundled model)\n"
@@ -36,6 +37,8 @@ static const char help[] =
     "                         layer in 64-row chunks (logits of every row, perplexity)\n"
     "      --max-candidates N try at most N parameter sets besides the defaults\n"
     "      --seed S           seed of the search (default 1)\n"
+    "      --if-missing       tune only when the device has no valid tuning file made for\n"
+    "                         the model's shapes (what --tune of generate and bench does)\n"
     "      --path             print the device's tuning file name and exit\n"
     "      --check            read, check and apply the device's tuning file; print it\n"
     "  -q, --quiet            no progress on stderr\n";
@@ -46,20 +49,30 @@ static void log_line(const char *line, void *user)
     fprintf(stderr, "tune: %s\n", line);
 }
 
+int cli_tune_if_missing(const char *model_dir, const char *device)
+{
+    pldr_tune_params tp = pldr_tune_default_params();
+    tp.log = log_line;
+    int tuned = 0;
+    pldr_status st = pldr_tune_if_missing(model_dir, device, &tp, &tuned);
+    return st == PLDR_OK ? EXIT_OK : cli_report(st);
+}
+
 int cmd_tune(int argc, char **argv)
 {
-    enum { O_DEVICE = 256, O_BUDGET, O_SHAPES, O_MAXC, O_SEED, O_PATH, O_CHECK };
+    enum { O_DEVICE = 256, O_BUDGET, O_SHAPES, O_MAXC, O_SEED, O_PATH, O_CHECK, O_IFMISSING };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"device", required_argument, 0, O_DEVICE},
         {"budget", required_argument, 0, O_BUDGET}, {"shapes", required_argument, 0, O_SHAPES},
         {"max-candidates", required_argument, 0, O_MAXC}, {"seed", required_argument, 0, O_SEED},
         {"path", no_argument, 0, O_PATH},           {"check", no_argument, 0, O_CHECK},
+        {"if-missing", no_argument, 0, O_IFMISSING},
         {"quiet", no_argument, 0, 'q'},             {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL;
     pldr_tune_params p = pldr_tune_default_params();
-    int quiet = 0, want_path = 0, want_check = 0;
+    int quiet = 0, want_path = 0, want_check = 0, if_missing = 0;
     long v;
     opterr = 0;
     optind = 1;
@@ -92,6 +105,7 @@ int cmd_tune(int argc, char **argv)
             break;
         case O_PATH: want_path = 1; break;
         case O_CHECK: want_check = 1; break;
+        case O_IFMISSING: if_missing = 1; break;
         case 'q': quiet = 1; break;
         case 'h': fputs(help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("tune", "option '%s' needs a value", argv[optind - 1]);
@@ -132,6 +146,15 @@ int cmd_tune(int argc, char **argv)
         model_dir = cli_default_model_dir();
     if (!quiet)
         p.log = log_line;
+    if (if_missing) {
+        int tuned = 0;
+        pldr_status st = pldr_tune_if_missing(model_dir, NULL, &p, &tuned);
+        if (st != PLDR_OK)
+            return cli_report(st);
+        printf("%s\n", tuned ? "tuned: the tuning file was written"
+                             : "already tuned: the device has a tuning file for these shapes");
+        return EXIT_OK;
+    }
     pldr_tune_result r;
     pldr_status st = pldr_tune_run(model_dir, &p, &r);
     if (st != PLDR_OK)

@@ -37,6 +37,7 @@ static const char usage[] =
     "  PLDR_MODEL       default model directory\n"
     "  PLDR_KERNEL_DIR  read the .cl kernels from this directory instead of the embedded copy\n"
     "  XDG_CACHE_HOME   compiled kernels are cached in $XDG_CACHE_HOME/pldr (default ~/.cache/pldr)\n"
+    "  PLDR_TUNING=0    do not apply the device's CLBlast tuning file (see 'pldr tune')\n"
     "\n"
     "exit codes:\n"
     "  0 success, 1 runtime failure (OpenCL error, non-finite values), 2 bad command line,\n"
