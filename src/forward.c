@@ -782,13 +782,6 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     return PLDR_OK;
 }
 
-static void release(cl_mem *b)
-{
-    if (*b)
-        clReleaseMemObject(*b);
-    *b = NULL;
-}
-
 void pldr_context_free(pldr_context *c)
 {
     if (!c)
@@ -805,14 +798,14 @@ void pldr_context_free(pldr_context *c)
         cl_mem *arr = *per_layer[i];
         if (arr)
             for (int l = 0; l < c->m->cfg.n_layers; l++)
-                release(&arr[l]);
+                pldr_release_mem(&arr[l]);
         free(arr);
     }
     cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
                         &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
                         &c->s1, &c->s2, &c->xn, &c->x1n, &c->att_part, &c->argmax_part};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
-        release(single[i]);
+        pldr_release_mem(single[i]);
     cl_kernel *ks = (cl_kernel *)&c->k;
     for (size_t i = 0; i < sizeof c->k / sizeof(cl_kernel); i++)
         if (ks[i])

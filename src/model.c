@@ -66,14 +66,42 @@ typedef struct loader {
     void *progress_user;
 } loader;
 
-static const st_tensor *find_tensor(const loader *ld, const char *fmt, va_list ap)
+/* Looks tensor `fmt` up and converts it to float32 in ld->staging. */
+static const st_tensor *fetch_f32(loader *ld, pldr_status *st, const char *fmt, va_list ap)
 {
     char name[256];
     vsnprintf(name, sizeof name, fmt, ap);
     const st_tensor *t = st_find(ld->ar, name);
-    if (!t)
-        pldr_fail(PLDR_ERR_FORMAT, "tensor %s is missing", name);
-    return t;
+    if (!t) {
+        *st = pldr_fail(PLDR_ERR_FORMAT, "tensor %s is missing", name);
+        return NULL;
+    }
+    *st = st_to_f32(t, ld->staging);
+    return *st == PLDR_OK ? t : NULL;
+}
+
+/* The staging copy of t in the storage type: float32, or half when half is set. */
+static const void *stored(loader *ld, const st_tensor *t, int half, size_t *esz)
+{
+    *esz = half ? 2 : 4;
+    if (!half)
+        return ld->staging;
+    for (uint64_t i = 0; i < t->n_elements; i++)
+        ld->hstage[i] = pldr_float_to_half(ld->staging[i]);
+    return ld->hstage;
+}
+
+static pldr_status uploaded(loader *ld, const st_tensor *t, cl_int err)
+{
+    if (err != CL_SUCCESS) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "uploading %s", t->name);
+        return pldr_cl_fail(&ld->m->ocl, err, msg);
+    }
+    ld->done += t->nbytes;
+    if (ld->progress)
+        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
+    return PLDR_OK;
 }
 
 /* Writes tensor `name` (printf format) into buf at element offset off, as
@@ -82,32 +110,15 @@ static PLDR_PRINTF(5, 6) pldr_status put(loader *ld, cl_mem buf, size_t off, int
 {
     va_list ap;
     va_start(ap, fmt);
-    const st_tensor *t = find_tensor(ld, fmt, ap);
+    pldr_status st;
+    const st_tensor *t = fetch_f32(ld, &st, fmt, ap);
     va_end(ap);
     if (!t)
-        return PLDR_ERR_FORMAT;
-    pldr_status st = st_to_f32(t, ld->staging);
-    if (st != PLDR_OK)
         return st;
-    size_t n = (size_t)t->n_elements;
-    const void *src = ld->staging;
-    size_t esz = 4;
-    if (half) {
-        for (size_t i = 0; i < n; i++)
-            ld->hstage[i] = pldr_float_to_half(ld->staging[i]);
-        src = ld->hstage;
-        esz = 2;
-    }
-    cl_int err = clEnqueueWriteBuffer(ld->m->ocl.queue, buf, CL_TRUE, off * esz, n * esz, src, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        char msg[320];
-        snprintf(msg, sizeof msg, "uploading %s (%zu bytes)", t->name, n * esz);
-        return pldr_cl_fail(&ld->m->ocl, err, msg);
-    }
-    ld->done += t->nbytes;
-    if (ld->progress)
-        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
-    return PLDR_OK;
+    size_t esz;
+    const void *src = stored(ld, t, half, &esz);
+    return uploaded(ld, t, clEnqueueWriteBuffer(ld->m->ocl.queue, buf, CL_TRUE, off * esz,
+                                                (size_t)t->n_elements * esz, src, 0, NULL, NULL));
 }
 
 /* Writes a 2-D tensor `name` into buf with rows padded to `pitch` elements,
@@ -117,35 +128,18 @@ static PLDR_PRINTF(6, 7) pldr_status put_rows(loader *ld, cl_mem buf, size_t row
 {
     va_list ap;
     va_start(ap, fmt);
-    const st_tensor *t = find_tensor(ld, fmt, ap);
+    pldr_status st;
+    const st_tensor *t = fetch_f32(ld, &st, fmt, ap);
     va_end(ap);
     if (!t)
-        return PLDR_ERR_FORMAT;
-    pldr_status st = st_to_f32(t, ld->staging);
-    if (st != PLDR_OK)
         return st;
-    const size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1], n = rows * cols;
-    const void *src = ld->staging;
-    size_t esz = 4;
-    if (half) {
-        for (size_t i = 0; i < n; i++)
-            ld->hstage[i] = pldr_float_to_half(ld->staging[i]);
-        src = ld->hstage;
-        esz = 2;
-    }
+    size_t esz;
+    const void *src = stored(ld, t, half, &esz);
+    const size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
     const size_t buf_origin[3] = {0, row_off, 0}, host_origin[3] = {0, 0, 0};
     const size_t region[3] = {cols * esz, rows, 1};
-    cl_int err = clEnqueueWriteBufferRect(ld->m->ocl.queue, buf, CL_TRUE, buf_origin, host_origin, region,
-                                          pitch * esz, 0, cols * esz, 0, src, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        char msg[320];
-        snprintf(msg, sizeof msg, "uploading %s (%zu bytes)", t->name, n * esz);
-        return pldr_cl_fail(&ld->m->ocl, err, msg);
-    }
-    ld->done += t->nbytes;
-    if (ld->progress)
-        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
-    return PLDR_OK;
+    return uploaded(ld, t, clEnqueueWriteBufferRect(ld->m->ocl.queue, buf, CL_TRUE, buf_origin, host_origin, region,
+                                                    pitch * esz, 0, cols * esz, 0, src, 0, NULL, NULL));
 }
 
 /* Writes 2-D tensor `name` [R, C] transposed: element (r, c) goes to
@@ -155,12 +149,10 @@ static PLDR_PRINTF(5, 6) pldr_status put_transposed(loader *ld, cl_mem buf, size
 {
     va_list ap;
     va_start(ap, fmt);
-    const st_tensor *t = find_tensor(ld, fmt, ap);
+    pldr_status st;
+    const st_tensor *t = fetch_f32(ld, &st, fmt, ap);
     va_end(ap);
     if (!t)
-        return PLDR_ERR_FORMAT;
-    pldr_status st = st_to_f32(t, ld->staging);
-    if (st != PLDR_OK)
         return st;
     const size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1];
     float *tr = malloc(R * C * sizeof *tr);
@@ -174,12 +166,7 @@ static PLDR_PRINTF(5, 6) pldr_status put_transposed(loader *ld, cl_mem buf, size
     cl_int err = clEnqueueWriteBufferRect(ld->m->ocl.queue, buf, CL_TRUE, buf_origin, host_origin, region,
                                           stride * 4, 0, R * 4, 0, tr, 0, NULL, NULL);
     free(tr);
-    if (err != CL_SUCCESS)
-        return pldr_cl_fail(&ld->m->ocl, err, "uploading a metric learner weight");
-    ld->done += t->nbytes;
-    if (ld->progress)
-        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
-    return PLDR_OK;
+    return uploaded(ld, t, err);
 }
 
 #define TRY(x)                                                                                     \
@@ -496,7 +483,7 @@ fail:
     return st;
 }
 
-static void release(cl_mem *b)
+void pldr_release_mem(cl_mem *b)
 {
     if (*b)
         clReleaseMemObject(*b);
@@ -515,15 +502,15 @@ void pldr_model_free(pldr_model *m)
                              &ly->a_ln_w, &ly->a_ln_b, &ly->ml_w12, &ly->ml_b12, &ly->ml_w3,
                              &ly->ml_b3, &ly->ml_ln_w, &ly->ml_ln_b, &ly->plga, &ly->past_g};
             for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-                release(all[i]);
+                pldr_release_mem(all[i]);
         }
         free(m->layers);
     }
-    release(&m->emb);
-    release(&m->ln0_w);
-    release(&m->ln0_b);
-    release(&m->wf);
-    release(&m->bf);
+    pldr_release_mem(&m->emb);
+    pldr_release_mem(&m->ln0_w);
+    pldr_release_mem(&m->ln0_b);
+    pldr_release_mem(&m->wf);
+    pldr_release_mem(&m->bf);
     if (m->program)
         clReleaseProgram(m->program);
     pldr_ocl_close(&m->ocl);

@@ -43,6 +43,9 @@ struct pldr_model {
     int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf;
 };
 
+/* Releases *b if set and clears it. */
+void pldr_release_mem(cl_mem *b);
+
 /* Creates a device buffer, recording its size in *counter when given. */
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter);
 
