@@ -332,7 +332,7 @@ for label, model in MODELS:
     tests_for()
 
 
-@tap.test("encoding speed: the 1.3 MB corpus in well under a second")
+@tap.test("the 1.3 MB corpus encodes (its time is printed; speed is a benchmark, see README)")
 def test_speed():
     need_pldr()
     path = corpus_file()
@@ -346,8 +346,7 @@ def test_speed():
         best = dt if best is None else min(best, dt)
     print("# encoded %.2f MB with the tiny tokenizer in %.3f s (%.1f MB/s, including load and output)"
           % (len(corpus()) / 1e6, best, len(corpus()) / 1e6 / best))
-    # Generous bound: sanitizer builds and busy CI machines are several times slower.
-    return None if best < 10.0 else "took %.2f s" % best
+    return None
 
 
 # ---------------------------------------------------------------- protobuf, to build model files
