@@ -57,6 +57,7 @@ struct pldr_context {
     int n_flags;
     int *flags_host;   /* n_flags words, then the greedy token id */
     int next_on_device; /* flags word n_flags holds the last greedy token */
+    int flags_dirty;    /* a flag was raised: clear them before the next forward */
     int32_t last_next;
     /* profiling (PLDR_PROFILE=1) */
     int profile;
@@ -448,6 +449,10 @@ static pldr_status check_flags(pldr_context *c)
         prof_collect(c);
     if (!c->p.check_finite)
         return PLDR_OK;
+    /* the kernels only ever set flags: they need clearing only after one was raised */
+    for (int i = 0; i < c->n_flags; i++)
+        if (c->flags_host[i])
+            c->flags_dirty = 1;
     const int L = c->m->cfg.n_layers;
     if (c->flags_host[flag_embed(c)])
         return pldr_fail(PLDR_ERR_NONFINITE, "non-finite values in the token embedding");
@@ -467,8 +472,9 @@ static pldr_status check_flags(pldr_context *c)
 
 static pldr_status clear_flags(pldr_context *c)
 {
-    if (!c->p.check_finite)
+    if (!c->flags_dirty)
         return PLDR_OK;
+    c->flags_dirty = 0;
     const cl_int zero = 0;
     cl_int err = clEnqueueFillBuffer(c->m->ocl.queue, c->flags, &zero, sizeof zero, 0,
                                      (size_t)c->n_flags * sizeof(int), 0, NULL, NULL);
