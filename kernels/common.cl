@@ -103,6 +103,22 @@ inline float ln_local(__local float *x, const int n, __global const float *w, __
     return mean + var;
 }
 
+/* The best (largest value, lowest index among equals) of the pairs in
+ * v[i], ix[i] over the work-group, left in v[0], ix[0]; the work-group size is
+ * a power of two. Every work-item must call it after writing its pair. */
+inline void wg_argmax(__local float *v, __local int *ix)
+{
+    const int lid = get_local_id(0);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
+        if (lid < s && (v[lid + s] > v[lid] || (v[lid + s] == v[lid] && ix[lid + s] < ix[lid]))) {
+            v[lid] = v[lid + s];
+            ix[lid] = ix[lid + s];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+}
+
 inline void flag_if_nonfinite(float v, __global int *flags, int index)
 {
     if (!isfinite(v))

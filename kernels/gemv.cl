@@ -141,14 +141,7 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
     red_i[lid] = lane == 0 && row < n_out ? row : n_out;
     if (lane == 0 && row < n_out && !isfinite(v))
         atomic_or(flags + flag_index, FLAG_NONFINITE);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = GEMV_WG / 2; s > 0; s >>= 1) {
-        if (lid < s && (red[lid + s] > red[lid] || (red[lid + s] == red[lid] && red_i[lid + s] < red_i[lid]))) {
-            red[lid] = red[lid + s];
-            red_i[lid] = red_i[lid + s];
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
+    wg_argmax(red, red_i);
     if (lid == 0) {
         part[2 * get_group_id(0)] = red[0];
         part[2 * get_group_id(0) + 1] = as_float(red_i[0]);
@@ -171,14 +164,7 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
     }
     red[lid] = bv;
     red_i[lid] = bi;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = GEMV_WG / 2; s > 0; s >>= 1) {
-        if (lid < s && (red[lid + s] > red[lid] || (red[lid + s] == red[lid] && red_i[lid + s] < red_i[lid]))) {
-            red[lid] = red[lid + s];
-            red_i[lid] = red_i[lid + s];
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
+    wg_argmax(red, red_i);
     if (lid == 0) {
         flags[out_index] = red_i[0] < n_out ? red_i[0] : 0;
         flags[counter_index] = 0;

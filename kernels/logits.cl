@@ -34,18 +34,7 @@ void argmax(__global const float *logits, const int n, __global int *flags, cons
         atomic_or(flags + flag_index, FLAG_NONFINITE);
     best_v[lid] = bv;
     best_i[lid] = bi;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = ROW_WG / 2; s > 0; s >>= 1) {
-        if (lid < s) {
-            const float ov = best_v[lid + s];
-            const int oi = best_i[lid + s];
-            if (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid])) {
-                best_v[lid] = ov;
-                best_i[lid] = oi;
-            }
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
+    wg_argmax(best_v, best_i);
     if (lid == 0)
         flags[out_index] = best_i[0] < n ? best_i[0] : 0;
 }
