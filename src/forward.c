@@ -59,6 +59,13 @@ struct pldr_context {
     int next_on_device; /* flags word n_flags holds the last greedy token */
     int flags_dirty;    /* a flag was raised: clear them before the next forward */
     int32_t last_next;
+    /* greedy decoding enqueues the next step before waiting for this one
+     * (see pldr_eval_greedy); slot: host buffer and read event of a step */
+    int pipeline;       /* allowed (PLDR_PIPELINE=0: not) */
+    int ahead;          /* a step at position n_past, fed with last_next, is enqueued */
+    int slot;           /* the slot of the last step enqueued */
+    int *slot_host[2];  /* n_flags + 1 words each */
+    cl_event slot_ev[2];
     /* profiling (PLDR_PROFILE=1) */
     int profile;
     cl_event *events;
@@ -70,6 +77,12 @@ struct pldr_context {
         long count;
     } prof[48];
     int n_prof;
+    double prof_gap_ms;  /* device idle time between consecutive recorded kernels */
+    long prof_gaps;
+    double prof_host_ms; /* host time spent setting arguments and enqueueing */
+    int host_timing;     /* PLDR_HOSTTIME=1: host time per launch, without device profiling */
+    double host_arg_ms, host_enq_ms;
+    long host_launches;
 };
 
 /* Flag words: [2l] attention sum of layer l, [2l+1] FFN sum of layer l,
@@ -99,8 +112,11 @@ pldr_cache_mode pldr_context_cache_mode(const pldr_context *c) { return c->p.cac
 /* Whether G_LM comes from outside the metric learner (checkpoint or caller). */
 static int g_fixed(const pldr_context *c) { return c->external_g || c->m->cfg.g_type != PLDR_G_LEARNED; }
 
+static void ahead_cancel(pldr_context *c);
+
 void pldr_context_reset(pldr_context *c)
 {
+    ahead_cancel(c);
     c->n_past = 0;
     c->g_valid = g_fixed(c);
 }
@@ -125,9 +141,12 @@ typedef struct arg {
 #define A_LONG(v) ((arg){sizeof(cl_long), &(cl_long){(v)}})
 #define A_LOCAL(n) ((arg){(n), NULL})
 
+static void prof_add(pldr_context *c, const char *name, double ms);
+
 static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t global, size_t local,
                           int n_args, const arg *args)
 {
+    const double a0 = c->host_timing ? pldr_now() : 0.0;
     for (int i = 0; i < n_args; i++) {
         cl_int err = clSetKernelArg(k, (cl_uint)i, args[i].size, args[i].value);
         if (err != CL_SUCCESS) {
@@ -138,6 +157,9 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     }
     if (global == 0)
         return PLDR_OK;
+    const double h0 = c->profile || c->host_timing ? pldr_now() : 0.0;
+    if (c->host_timing)
+        c->host_arg_ms += (h0 - a0) * 1e3;
     cl_event ev = NULL, *evp = NULL;
     if (c->profile && c->n_events < c->cap_events)
         evp = &ev;
@@ -146,6 +168,14 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     if (evp && err == CL_SUCCESS) {
         c->events[c->n_events] = ev;
         c->event_names[c->n_events++] = name;
+    }
+    if (c->profile)
+        c->prof_host_ms += (pldr_now() - h0) * 1e3;
+    if (c->host_timing) {
+        const double ms = (pldr_now() - h0) * 1e3;
+        c->host_enq_ms += ms;
+        c->host_launches++;
+        prof_add(c, name, ms);
     }
     if (err != CL_SUCCESS) {
         char msg[128];
@@ -176,11 +206,17 @@ static void prof_add(pldr_context *c, const char *name, double ms)
 /* Adds the times of the kernels recorded since the last call (after a sync). */
 static void prof_collect(pldr_context *c)
 {
+    cl_ulong prev_end = 0;
     for (int i = 0; i < c->n_events; i++) {
         cl_ulong t0 = 0, t1 = 0;
         clGetEventProfilingInfo(c->events[i], CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL);
         clGetEventProfilingInfo(c->events[i], CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL);
         prof_add(c, c->event_names[i], (double)(t1 - t0) * 1e-6);
+        if (prev_end && t0 > prev_end) {
+            c->prof_gap_ms += (double)(t0 - prev_end) * 1e-6;
+            c->prof_gaps++;
+        }
+        prev_end = t1;
         clReleaseEvent(c->events[i]);
     }
     c->n_events = 0;
@@ -196,6 +232,9 @@ static void prof_print(pldr_context *c)
         fprintf(stderr, "  %-26s %9.3f ms %7ld calls %8.2f us/call %5.1f%%\n", c->prof[i].name, c->prof[i].ms,
                 c->prof[i].count, 1000.0 * c->prof[i].ms / (double)c->prof[i].count,
                 total > 0 ? 100.0 * c->prof[i].ms / total : 0.0);
+    fprintf(stderr, "  idle between kernels       %9.3f ms %7ld gaps  %8.2f us/gap\n", c->prof_gap_ms, c->prof_gaps,
+            c->prof_gaps ? 1000.0 * c->prof_gap_ms / (double)c->prof_gaps : 0.0);
+    fprintf(stderr, "  host enqueue time          %9.3f ms\n", c->prof_host_ms);
 }
 
 /* C[M, N] = A[M, K] . W[N, K]^T through CLBlast (row-major). */
@@ -549,6 +588,7 @@ static pldr_status run(pldr_context *c, const int32_t *ids, int n, int *rows_at)
 pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits, int all_rows)
 {
     pldr_clear_error();
+    ahead_cancel(c);
     int rows_at;
     TRY(run(c, ids, n, &rows_at));
     if (!logits) {
@@ -577,23 +617,92 @@ pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits,
     return PLDR_OK;
 }
 
+/* Greedy decoding keeps the device busy across calls: once a step is
+ * enqueued, the step after it (fed with the token the first leaves on the
+ * device) is enqueued too, before the host waits for the first. Enqueueing a
+ * step costs the host about as long as the device takes to run it on fast
+ * GPUs, so the two now overlap. The step ahead is used when the next call
+ * feeds back the token this one returned; any other call discards it: its
+ * position n_past is not counted until then, and the cache rows it wrote
+ * there are overwritten by whatever comes next. */
+static void ahead_cancel(pldr_context *c)
+{
+    if (!c->ahead)
+        return;
+    clWaitForEvents(1, &c->slot_ev[c->slot]);
+    clReleaseEvent(c->slot_ev[c->slot]);
+    c->slot_ev[c->slot] = NULL;
+    c->ahead = 0;
+    c->flags_dirty = 1;     /* it may have raised flags */
+    c->next_on_device = 0;  /* and it replaced the token on the device */
+}
+
+/* Enqueues the read of the flags and the greedy token into the next slot. */
+static pldr_status read_slot(pldr_context *c)
+{
+    const int slot = c->slot ^ 1;
+    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, CL_FALSE, 0, ((size_t)c->n_flags + 1) * sizeof(int),
+                                     c->slot_host[slot], 0, NULL, &c->slot_ev[slot]);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&c->m->ocl, err, "reading the greedy token");
+    clFlush(c->m->ocl.queue);
+    c->slot = slot;
+    return PLDR_OK;
+}
+
+static pldr_status ahead_enqueue(pldr_context *c)
+{
+    if (!c->pipeline || c->p.cache_mode == PLDR_CACHE_NONE || c->n_past >= c->n_ctx)
+        return PLDR_OK;
+    TRY(decode_token(c, 0, c->n_past, 1));
+    TRY(final_from_decode(c, 1));
+    TRY(read_slot(c));
+    c->ahead = 1;
+    return PLDR_OK;
+}
+
 pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
 {
     pldr_clear_error();
-    int rows_at;
-    TRY(run(c, ids, n, &rows_at));
-    if (rows_at < 0) {
-        TRY(final_from_decode(c, 1));
+    int rows_at = -1;
+    if (c->ahead && n == 1 && ids[0] == c->last_next && c->n_past < c->n_ctx) {
+        /* this step is already on its way */
+        c->ahead = 0;
+        c->tokens[c->n_past++] = ids[0];
     } else {
-        TRY(final_row(c, rows_at + n - 1));
-        TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
-                   A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+        ahead_cancel(c);
+        TRY(run(c, ids, n, &rows_at));
+        if (rows_at < 0) {
+            TRY(final_from_decode(c, 1));
+        } else {
+            TRY(final_row(c, rows_at + n - 1));
+            TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
+                       A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+        }
+        TRY(read_slot(c));
     }
-    TRY(fetch_flags(c, c->n_flags + 1, CL_TRUE));
-    TRY(check_flags(c));
+    const int slot = c->slot;
+    pldr_status st = ahead_enqueue(c);
+    cl_int err = clWaitForEvents(1, &c->slot_ev[slot]);
+    clReleaseEvent(c->slot_ev[slot]);
+    c->slot_ev[slot] = NULL;
+    if (err != CL_SUCCESS) {
+        ahead_cancel(c);
+        return pldr_cl_fail(&c->m->ocl, err, "waiting for the greedy token");
+    }
+    memcpy(c->flags_host, c->slot_host[slot], ((size_t)c->n_flags + 1) * sizeof(int));
+    if (st != PLDR_OK) {
+        ahead_cancel(c);
+        return st;
+    }
+    st = check_flags(c);
+    if (st != PLDR_OK) {
+        ahead_cancel(c);
+        return st;
+    }
     *next_id = c->flags_host[c->n_flags];
     c->last_next = *next_id;
-    c->next_on_device = c->p.cache_mode != PLDR_CACHE_NONE;
+    c->next_on_device = c->p.cache_mode != PLDR_CACHE_NONE && !c->ahead;
     return PLDR_OK;
 }
 
@@ -700,7 +809,10 @@ static pldr_status context_alloc(pldr_context *c)
     c->tokens = calloc(T, sizeof *c->tokens);
     c->n_flags = 3 * (int)L + 2;
     c->flags_host = calloc((size_t)c->n_flags + 1, sizeof(int));
-    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens || !c->flags_host)
+    c->slot_host[0] = calloc((size_t)c->n_flags + 1, sizeof(int));
+    c->slot_host[1] = calloc((size_t)c->n_flags + 1, sizeof(int));
+    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens || !c->flags_host ||
+        !c->slot_host[0] || !c->slot_host[1])
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
     for (size_t l = 0; l < L; l++) {
         TRY(ctx_buffer(c, &c->k_cache[l], T * d * 4, "the K cache"));
@@ -767,6 +879,9 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
         c->event_names = calloc((size_t)c->cap_events, sizeof *c->event_names);
         c->profile = c->events && c->event_names;
     }
+    c->host_timing = !c->profile && getenv("PLDR_HOSTTIME") && atoi(getenv("PLDR_HOSTTIME")) > 0;
+    const char *pipe = getenv("PLDR_PIPELINE");
+    c->pipeline = !c->profile && !(pipe && strcmp(pipe, "0") == 0);
     pldr_status st = make_kernels(c);
     if (st == PLDR_OK)
         st = context_alloc(c);
@@ -792,7 +907,15 @@ void pldr_context_free(pldr_context *c)
 {
     if (!c)
         return;
+    ahead_cancel(c);
     clFinish(c->m->ocl.queue);
+    if (c->host_timing) {
+        fprintf(stderr, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing\n",
+                c->host_launches, c->host_arg_ms, c->host_enq_ms);
+        for (int i = 0; i < c->n_prof; i++)
+            fprintf(stderr, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
+                    1000.0 * c->prof[i].ms / (double)c->prof[i].count, c->prof[i].count);
+    }
     if (c->profile) {
         prof_collect(c);
         prof_print(c);
@@ -818,6 +941,8 @@ void pldr_context_free(pldr_context *c)
             clReleaseKernel(ks[i]);
     free(c->tokens);
     free(c->flags_host);
+    free(c->slot_host[0]);
+    free(c->slot_host[1]);
     free(c);
 }
 
@@ -838,6 +963,7 @@ static pldr_status copy_buffer(pldr_context *c, cl_mem b, size_t off, size_t byt
 
 pldr_status pldr_context_get_gcache(pldr_context *c, float *out)
 {
+    ahead_cancel(c);
     pldr_clear_error();
     const size_t hdd = hdd_of(&c->m->cfg);
     for (int l = 0; l < c->m->cfg.n_layers; l++) {
@@ -850,6 +976,7 @@ pldr_status pldr_context_get_gcache(pldr_context *c, float *out)
 
 pldr_status pldr_context_set_external_g(pldr_context *c, const float *a, const float *a_lm, const float *g_lm)
 {
+    ahead_cancel(c);
     pldr_clear_error();
     if (!g_lm)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no G_LM given");
@@ -876,6 +1003,7 @@ pldr_status pldr_context_set_external_g(pldr_context *c, const float *a, const f
 
 void pldr_context_clear_external_g(pldr_context *c)
 {
+    ahead_cancel(c);
     c->external_g = 0;
     if (c->m->cfg.g_type == PLDR_G_LEARNED) {
         c->g_valid = 0;
@@ -900,6 +1028,7 @@ void pldr_state_free(pldr_state *s)
 
 pldr_status pldr_context_get_state(pldr_context *c, pldr_state *s)
 {
+    ahead_cancel(c);
     pldr_clear_error();
     memset(s, 0, sizeof *s);
     const pldr_config *cf = &c->m->cfg;
@@ -932,6 +1061,7 @@ pldr_status pldr_context_get_state(pldr_context *c, pldr_state *s)
 
 pldr_status pldr_context_set_state(pldr_context *c, const pldr_state *s)
 {
+    ahead_cancel(c);
     pldr_clear_error();
     const pldr_config *cf = &c->m->cfg;
     const size_t L = (size_t)cf->n_layers, d = (size_t)cf->d_model, hdd = hdd_of(cf);
