@@ -37,13 +37,8 @@ import os
 import struct
 import sys
 
-try:
-    import numpy as np
-except ImportError:  # another python3 first on PATH: use Debian's, which has NumPy
-    if os.path.exists("/usr/bin/python3") and os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") \
-            and sys.argv and os.path.isfile(sys.argv[0]):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    raise
+import needs_numpy  # noqa: F401,E402
+import numpy as np  # noqa: E402
 
 # --------------------------------------------------------------- safetensors
 

@@ -11,12 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-try:
-    import numpy as np  # noqa: F401
-except ImportError:  # another python3 first on PATH: use Debian's, which has NumPy
-    if os.path.exists("/usr/bin/python3") and os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    raise
+import needs_numpy  # noqa: F401,E402
 
 import mkmodel  # noqa: E402
 import pldr_ref as ref  # noqa: E402
