@@ -352,6 +352,10 @@ static void choose_work_groups(pldr_model *m)
     }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
+    /* more than 32 work-items per row gave non-finite logits on NVIDIA's
+     * OpenCL (not on PoCL; cause not found): GPU overrides stop at 32 */
+    while (!cpu && m->gemv_wg / m->gemv_rows > 32)
+        m->gemv_rows *= 2;
     /* the metric learner keeps ml_rows rows of A and their hidden units in
      * local memory */
     const uint64_t per_row = (2 * (uint64_t)m->cfg.head_dim + 2 * (uint64_t)m->cfg.a_dff + 2) * 4;
