@@ -79,9 +79,9 @@ struct pldr_context {
     int n_prof;
     double prof_gap_ms;  /* device idle time between consecutive recorded kernels */
     long prof_gaps;
-    double prof_host_ms; /* host time spent setting arguments and enqueueing */
-    int host_timing;     /* PLDR_HOSTTIME=1: host time per launch, without device profiling */
-    double host_arg_ms, host_enq_ms;
+    int host_timing;    /* PLDR_HOSTTIME=1: host time per launch, without device profiling */
+    double host_arg_ms; /* host time setting arguments (PLDR_HOSTTIME) */
+    double host_enq_ms; /* host time enqueueing (PLDR_PROFILE or PLDR_HOSTTIME) */
     long host_launches;
 };
 
@@ -169,13 +169,12 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
         c->events[c->n_events] = ev;
         c->event_names[c->n_events++] = name;
     }
-    if (c->profile)
-        c->prof_host_ms += (pldr_now() - h0) * 1e3;
-    if (c->host_timing) {
+    if (c->profile || c->host_timing) {
         const double ms = (pldr_now() - h0) * 1e3;
         c->host_enq_ms += ms;
         c->host_launches++;
-        prof_add(c, name, ms);
+        if (c->host_timing)
+            prof_add(c, name, ms);
     }
     if (err != CL_SUCCESS) {
         char msg[128];
@@ -234,7 +233,7 @@ static void prof_print(pldr_context *c)
                 total > 0 ? 100.0 * c->prof[i].ms / total : 0.0);
     fprintf(stderr, "  idle between kernels       %9.3f ms %7ld gaps  %8.2f us/gap\n", c->prof_gap_ms, c->prof_gaps,
             c->prof_gaps ? 1000.0 * c->prof_gap_ms / (double)c->prof_gaps : 0.0);
-    fprintf(stderr, "  host enqueue time          %9.3f ms\n", c->prof_host_ms);
+    fprintf(stderr, "  host enqueue time          %9.3f ms\n", c->host_enq_ms);
 }
 
 /* C[M, N] = A[M, K] . W[N, K]^T through CLBlast (row-major). */
@@ -633,8 +632,7 @@ static void ahead_cancel(pldr_context *c)
     clReleaseEvent(c->slot_ev[c->slot]);
     c->slot_ev[c->slot] = NULL;
     c->ahead = 0;
-    c->flags_dirty = 1;     /* it may have raised flags */
-    c->next_on_device = 0;  /* and it replaced the token on the device */
+    c->flags_dirty = 1; /* it may have raised flags (next_on_device is 0 while a step is ahead) */
 }
 
 /* Enqueues the read of the flags and the greedy token into the next slot. */
@@ -664,13 +662,13 @@ static pldr_status ahead_enqueue(pldr_context *c)
 pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
 {
     pldr_clear_error();
-    int rows_at = -1;
-    if (c->ahead && n == 1 && ids[0] == c->last_next && c->n_past < c->n_ctx) {
-        /* this step is already on its way */
+    if (c->ahead && n == 1 && ids[0] == c->last_next) {
+        /* this step is already on its way (ahead_enqueue checked its position) */
         c->ahead = 0;
         c->tokens[c->n_past++] = ids[0];
     } else {
         ahead_cancel(c);
+        int rows_at;
         TRY(run(c, ids, n, &rows_at));
         if (rows_at < 0) {
             TRY(final_from_decode(c, 1));
