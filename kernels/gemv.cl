@@ -33,6 +33,20 @@ inline void load_x(__local float *xs, __global const float *x, const int k_dim, 
     barrier(CLK_LOCAL_MEM_FENCE);
 }
 
+/* LayerNorm of the n values in xs, in place; work-group 0 also stores the
+ * normalised row in x_norm and raises flags[flag_index] if it is not finite. */
+inline void ln_keep(__local float *xs, const int n, __global const float *ln_w, __global const float *ln_b,
+                    __global float *x_norm, __global int *flags, const int flag_index, __local float2 *scratch)
+{
+    const float stat = ln_local(xs, n, ln_w, ln_b, scratch);
+    if (get_group_id(0) == 0) {
+        for (int i = get_local_id(0); i < n; i += GEMV_WG)
+            x_norm[i] = xs[i];
+        if (get_local_id(0) == 0)
+            flag_if_nonfinite(stat, flags, flag_index);
+    }
+}
+
 /* The weights do not depend on x: each work-item starts loading the first
  * GEMV_PF vectors of its rows into registers before x is ready, so that the
  * memory latency overlaps the loading (and normalising) of x. */
@@ -194,17 +208,10 @@ void gemv_ln(__global const WT *w, __global const float *bias, const int k_dim, 
     __local float red[GEMV_WG], red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
     __local int red_i[GEMV_WG], last;
-    const int lid = get_local_id(0);
     GEMV_SETUP(w, k_pitch, n_out);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
     load_x(xs, x, k_dim, k_pitch);
-    const float stat = ln_local(xs, k_dim, ln_w, ln_b, scratch);
-    if (get_group_id(0) == 0) {
-        for (int i = lid; i < k_dim; i += GEMV_WG)
-            x_norm[i] = xs[i];
-        if (lid == 0)
-            flag_if_nonfinite(stat, flags, flag_index);
-    }
+    ln_keep(xs, k_dim, ln_w, ln_b, x_norm, flags, flag_index, scratch);
     const float v = gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, residual, has_residual, glu, y,
                                 red, red2);
     if (argmax)
@@ -262,12 +269,6 @@ void gemv_embed(__global const WT *w, __global const float *bias, const int k_pi
     for (int i = lid; i < k_pitch; i += GEMV_WG)
         xs[i] = i < DMODEL ? LOAD_W(emb, base + i) * scale : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
-    const float stat = ln_local(xs, DMODEL, ln_w, ln_b, scratch);
-    if (get_group_id(0) == 0) {
-        for (int i = lid; i < DMODEL; i += GEMV_WG)
-            x_norm[i] = xs[i];
-        if (lid == 0)
-            flag_if_nonfinite(stat, flags, flag_index);
-    }
+    ln_keep(xs, DMODEL, ln_w, ln_b, x_norm, flags, flag_index, scratch);
     gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, bias, 0, 0, y, red, red2);
 }
