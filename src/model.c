@@ -80,6 +80,21 @@ static const st_tensor *fetch_f32(loader *ld, pldr_status *st, const char *fmt, 
     return *st == PLDR_OK ? t : NULL;
 }
 
+/* In a function whose last named parameter is fmt: looks up the tensor named
+ * by fmt and the variable arguments into ld->staging as t, or returns the
+ * failure. */
+#define FETCH_OR_RETURN(ld, fmt, t)                                                                \
+    const st_tensor *t;                                                                            \
+    do {                                                                                           \
+        va_list ap_;                                                                               \
+        pldr_status st_;                                                                           \
+        va_start(ap_, fmt);                                                                        \
+        t = fetch_f32((ld), &st_, (fmt), ap_);                                                     \
+        va_end(ap_);                                                                               \
+        if (!t)                                                                                    \
+            return st_;                                                                            \
+    } while (0)
+
 /* The staging copy of t in the storage type: float32, or half when half is set. */
 static const void *stored(loader *ld, const st_tensor *t, int half, size_t *esz)
 {
@@ -108,13 +123,7 @@ static pldr_status uploaded(loader *ld, const st_tensor *t, cl_int err)
  * half when half is set, else float32. */
 static PLDR_PRINTF(5, 6) pldr_status put(loader *ld, cl_mem buf, size_t off, int half, const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    pldr_status st;
-    const st_tensor *t = fetch_f32(ld, &st, fmt, ap);
-    va_end(ap);
-    if (!t)
-        return st;
+    FETCH_OR_RETURN(ld, fmt, t);
     size_t esz;
     const void *src = stored(ld, t, half, &esz);
     return uploaded(ld, t, clEnqueueWriteBuffer(ld->m->ocl.queue, buf, CL_TRUE, off * esz,
@@ -126,13 +135,7 @@ static PLDR_PRINTF(5, 6) pldr_status put(loader *ld, cl_mem buf, size_t off, int
 static PLDR_PRINTF(6, 7) pldr_status put_rows(loader *ld, cl_mem buf, size_t row_off, size_t pitch, int half,
                                                const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    pldr_status st;
-    const st_tensor *t = fetch_f32(ld, &st, fmt, ap);
-    va_end(ap);
-    if (!t)
-        return st;
+    FETCH_OR_RETURN(ld, fmt, t);
     size_t esz;
     const void *src = stored(ld, t, half, &esz);
     const size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
@@ -147,13 +150,7 @@ static PLDR_PRINTF(6, 7) pldr_status put_rows(loader *ld, cl_mem buf, size_t row
 static PLDR_PRINTF(5, 6) pldr_status put_transposed(loader *ld, cl_mem buf, size_t base, size_t stride,
                                                      const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    pldr_status st;
-    const st_tensor *t = fetch_f32(ld, &st, fmt, ap);
-    va_end(ap);
-    if (!t)
-        return st;
+    FETCH_OR_RETURN(ld, fmt, t);
     const size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1];
     float *tr = malloc(R * C * sizeof *tr);
     if (!tr)
