@@ -1289,6 +1289,21 @@ static pldr_status run_child(child_fn fn, void *ctx, double timeout_s, reply *re
     return PLDR_OK;
 }
 
+/* run_child with up to 600 s for a quick job whose failure is an error: a
+ * child that died or reported a failure fails here, naming `what`. */
+static pldr_status run_child_ok(child_fn fn, void *ctx, const char *what, reply *rep)
+{
+    char died[128];
+    pldr_status st = run_child(fn, ctx, 600.0, rep, died, sizeof died);
+    if (st != PLDR_OK)
+        return st;
+    if (died[0])
+        return pldr_fail(PLDR_ERR_OPENCL, "%s: %s", what, died);
+    if (rep->status != PLDR_OK)
+        return pldr_fail((pldr_status)rep->status, "%s", rep->message);
+    return PLDR_OK;
+}
+
 /* In a child: opens the device and creates the matrices. */
 static pldr_status child_open(tuner *tu, reply *rep)
 {
@@ -1830,14 +1845,9 @@ pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, cons
         return tune_if_missing_one(model_dir, &p, tuned);
     /* every device: count them in a child too */
     reply rep;
-    char died[128];
-    pldr_status st = run_child(child_count, NULL, 600.0, &rep, died, sizeof died);
+    pldr_status st = run_child_ok(child_count, NULL, "listing the devices", &rep);
     if (st != PLDR_OK)
         return st;
-    if (died[0])
-        return pldr_fail(PLDR_ERR_OPENCL, "listing the devices: %s", died);
-    if (rep.status != PLDR_OK)
-        return pldr_fail((pldr_status)rep.status, "%s", rep.message);
     for (int i = 0; i < rep.found && st == PLDR_OK; i++) {
         char spec[16];
         snprintf(spec, sizeof spec, "%d", i);
@@ -1865,14 +1875,9 @@ static pldr_status tune_if_missing_one(const char *model_dir, const pldr_tune_pa
      * used OpenCL when pldr_tune_run forks its measuring processes */
     check_job cj = {&p, &cfg};
     reply rep;
-    char died[128];
-    st = run_child(child_check, &cj, 600.0, &rep, died, sizeof died);
+    st = run_child_ok(child_check, &cj, "checking the tuning file", &rep);
     if (st != PLDR_OK)
         return st;
-    if (died[0])
-        return pldr_fail(PLDR_ERR_OPENCL, "checking the tuning file: %s", died);
-    if (rep.status != PLDR_OK)
-        return pldr_fail((pldr_status)rep.status, "%s", rep.message);
     if (rep.found)
         return PLDR_OK;
     if (p.log) {
