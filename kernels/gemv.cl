@@ -16,7 +16,11 @@
  *   y[r] = W[r] . x + b[r] (+ residual[r])
  *   glu:  y[r] = silu(W[r] . x + b[r]) * (W[r+n_out] . x + b[r+n_out])
  * gemv_ln can also finish greedy decoding: the argmax of y over all rows (see
- * argmax_merge). xs is local memory of k_pitch floats. */
+ * argmax_merge). xs is local memory of k_pitch floats.
+ *
+ * Where a row has several lanes (GPUs), gemv_ln and gemv_embed fold the
+ * LayerNorm into the product instead (ln_fold_rows): no pass over x before
+ * the weights are used. */
 #define LANES (GEMV_WG / GEMV_ROWS)
 
 #if WEIGHT_HALF
@@ -143,22 +147,33 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
 /* Greedy decoding fused into the final GEMV: every work-group writes the best
  * (value, index) of its rows to part, and the last work-group to finish
  * (counted with an atomic) reduces them and writes the index to
- * flags[out_index]; the lowest index wins among equal values. */
+ * flags[out_index]; the lowest index wins among equal values. v is the value
+ * of this work-item's row in its lane 0 (gemv_finish, ln_fold_rows); lane 0s
+ * put their rows in red[0 .. GEMV_ROWS), and work-item 0 scans those. */
 inline void argmax_merge(const float v, const int n_out, __global float *part, __global int *flags,
                          const int out_index, const int counter_index, const int flag_index,
                          __local float *red, __local int *red_i, __local int *last)
 {
     const int lid = get_local_id(0);
-    const int row = get_group_id(0) * GEMV_ROWS + lid / LANES;
-    const int lane = lid % LANES;
-    red[lid] = lane == 0 && row < n_out ? v : -INFINITY;
-    red_i[lid] = lane == 0 && row < n_out ? row : n_out;
-    if (lane == 0 && row < n_out && !isfinite(v))
-        atomic_or(flags + flag_index, FLAG_NONFINITE);
-    wg_argmax(red, red_i);
+    const int grp = lid / LANES;
+    const int row = get_group_id(0) * GEMV_ROWS + grp;
+    if (lid % LANES == 0) {
+        red[grp] = row < n_out ? v : -INFINITY;
+        if (row < n_out && !isfinite(v))
+            atomic_or(flags + flag_index, FLAG_NONFINITE);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
     if (lid == 0) {
-        part[2 * get_group_id(0)] = red[0];
-        part[2 * get_group_id(0) + 1] = as_float(red_i[0]);
+        float bv = red[0];
+        int bi = 0;
+        for (int i = 1; i < GEMV_ROWS; i++)
+            if (red[i] > bv) { /* strict: the lowest index among equals */
+                bv = red[i];
+                bi = i;
+            }
+        const int best = get_group_id(0) * GEMV_ROWS + bi;
+        part[2 * get_group_id(0)] = bv;
+        part[2 * get_group_id(0) + 1] = as_float(best < n_out ? best : n_out);
         mem_fence(CLK_GLOBAL_MEM_FENCE);
         *last = atomic_inc(flags + counter_index) == (int)get_num_groups(0) - 1;
     }
@@ -185,6 +200,140 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
     }
 }
 
+/* ---- LayerNorm folded into the product (LANES > 1) ----
+ * With LN(x) = (x - mean) * rstd * gamma + beta and any shift x0,
+ *   W . LN(x) + b = rstd * (sum_k W_k gamma_k (x_k - x0) - (mean - x0) * s) + c,
+ * where s = sum_k W_k gamma_k and c = b + sum_k W_k beta_k are constants of the
+ * model (ln_fold_consts, at load; sc holds s for every row of W, then c). The
+ * lanes of a row take the sums of t = x - x0 and t^2 while they multiply, so
+ * the statistics arrive with the product's own reduction, and the weights
+ * stream from the first instruction. x0 = x[0], as in ln_local. */
+#define DP4 ((DMODEL + 3) / 4)
+
+/* t = x - x0 for elements 4k .. 4k+3 of the LN input (x, or the embedding
+ * row at base times scale when from_emb), zero beyond DMODEL. */
+inline float4 ln_t4(__global const float *x, __global const WT *emb, const long base, const float scale,
+                    const int from_emb, const float x0, const int k)
+{
+#if DMODEL % 4 == 0
+    const float4 v = from_emb ? LOAD_W4(emb, base + 4 * k) * scale : vload4(k, x);
+    return v - x0;
+#else
+    float t[4];
+    for (int j = 0; j < 4; j++) {
+        const int i = 4 * k + j;
+        t[j] = i < DMODEL ? (from_emb ? LOAD_W(emb, base + i) * scale : x[i]) - x0 : 0.0f;
+    }
+    return (float4)(t[0], t[1], t[2], t[3]);
+#endif
+}
+
+inline float4 ln_g4(__global const float *ln_w, const int k)
+{
+#if DMODEL % 4 == 0
+    return vload4(k, ln_w);
+#else
+    float g[4];
+    for (int j = 0; j < 4; j++)
+        g[j] = 4 * k + j < DMODEL ? ln_w[4 * k + j] : 0.0f;
+    return (float4)(g[0], g[1], g[2], g[3]);
+#endif
+}
+
+/* y[r] = W[r] . LN(x) + b[r] for this work-group's rows; with glu,
+ * y[r] = silu(that) * (the same for row r + n_out), the two products of an
+ * output row being done by two lane groups (so a work-group has GEMV_ROWS / 2
+ * output rows, GEMV_ROWS >= 2: see choose_work_groups). Work-group 0 also
+ * stores LN(x) in x_norm (a later residual) and flags a non-finite row.
+ * Returns y[r] before any gate in lane 0 of each live row, -INFINITY elsewhere. */
+inline float ln_fold_rows(__global const WT *w, __global const float *sc, const int k_pitch, const int n_out,
+                          __global const float *x, __global const WT *emb, const long base, const float scale,
+                          const int from_emb, __global const float *ln_w, __global const float *ln_b,
+                          __global float *x_norm, const int glu, __global float *y, __global int *flags,
+                          const int flag_index, __local float4 *red, __local float *stat)
+{
+    const int lid = get_local_id(0);
+    const int grp = lid / LANES, lane = lid % LANES;
+    const int half_rows = GEMV_ROWS / 2;
+    const int row = glu ? get_group_id(0) * half_rows + grp % half_rows : get_group_id(0) * GEMV_ROWS + grp;
+    const int wrow = glu && grp >= half_rows ? row + n_out : row; /* the row of W (and of sc) */
+    const int live = row < n_out;
+    __global const WT *wr = w + (long)(live ? wrow : 0) * k_pitch;
+    const float x0 = from_emb ? LOAD_W(emb, base) * scale : x[0];
+    float4 acc = 0.0f; /* W.tg, sum t, sum t^2 */
+#pragma unroll
+    for (int i = 0; i < (DP4 + LANES - 1) / LANES; i++) {
+        const int k = lane + i * LANES;
+        if (DP4 % LANES == 0 || k < DP4) {
+            const float4 t = ln_t4(x, emb, base, scale, from_emb, x0, k);
+            acc.x += dot(LOAD_ROW4(wr, k), t * ln_g4(ln_w, k));
+            acc.y += t.x + t.y + t.z + t.w;
+            acc.z += dot(t, t);
+        }
+    }
+    /* the lanes of a row: groups summed by FOLD_STEP work-items, then by one */
+    red[lid] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+#define FOLD_STEP (LANES >= 8 ? LANES / 8 : 1)
+    if (lane % FOLD_STEP == 0) {
+        float4 a = 0.0f;
+        for (int i = 0; i < FOLD_STEP; i++)
+            a += red[lid + i];
+        red[lid] = a;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float v = -INFINITY;
+    if (lane == 0) {
+        acc = 0.0f;
+        for (int i = 0; i < LANES; i += FOLD_STEP)
+            acc += red[lid + i];
+        const float m1 = acc.y / DMODEL;
+        const float var = fmax(acc.z / DMODEL - m1 * m1, 0.0f);
+        const float rstd = rsqrt(var + LN_EPS);
+        if (lid == 0) {
+            stat[0] = x0 + m1;
+            stat[1] = rstd;
+            stat[2] = x0 + m1 + var;
+        }
+        if (live)
+            v = rstd * (acc.x - m1 * sc[wrow]) + sc[(glu ? 2 * n_out : n_out) + wrow];
+        if (glu && grp >= half_rows)
+            stat[3 + grp - half_rows] = v;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0 && live && !(glu && grp >= half_rows))
+        y[row] = glu ? silu(v) * stat[3 + grp] : v;
+    if (get_group_id(0) == 0) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const float mean = stat[0], rstd = stat[1];
+        for (int i = lid; i < DMODEL; i += GEMV_WG) {
+            const float xi = from_emb ? LOAD_W(emb, base + i) * scale : x[i];
+            x_norm[i] = (xi - mean) * rstd * ln_w[i] + ln_b[i];
+        }
+        if (lid == 0)
+            flag_if_nonfinite(stat[2], flags, flag_index);
+    }
+    return v;
+}
+
+/* The constants of a product with a folded LayerNorm (ln_fold_rows), once at
+ * load: sc[r] = sum_k W[r,k] gamma_k, sc[n_rows + r] = b[r] + sum_k W[r,k] beta_k. */
+__kernel void ln_fold_consts(__global const WT *w, __global const float *bias, const int k_pitch, const int n_rows,
+                             __global const float *ln_w, __global const float *ln_b, __global float *sc)
+{
+    const int r = get_global_id(0);
+    if (r >= n_rows)
+        return;
+    float s = 0.0f, c = 0.0f;
+    for (int k = 0; k < DMODEL; k++) {
+        const float wv = LOAD_W(w, (long)r * k_pitch + k);
+        s += wv * ln_w[k];
+        c += wv * ln_b[k];
+    }
+    sc[r] = s;
+    sc[n_rows + r] = bias[r] + c;
+}
+
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
           __global const float *x, __global const float *residual, const int has_residual, const int glu,
@@ -198,22 +347,28 @@ void gemv(__global const WT *w, __global const float *bias, const int k_dim, con
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_ln(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch,
-             const int n_out, __global const float *x, __global const float *ln_w, __global const float *ln_b,
-             __global float *x_norm, __global const float *residual, const int has_residual, const int glu,
-             __global float *y, __local float *xs, __global int *flags, const int flag_index,
-             const int argmax, __global float *argmax_part, const int out_index, const int counter_index,
-             const int logits_flag)
+void gemv_ln(__global const WT *w, __global const float *bias, __global const float *sc, const int k_dim,
+             const int k_pitch, const int n_out, __global const float *x, __global const float *ln_w,
+             __global const float *ln_b, __global float *x_norm, const int glu, __global float *y,
+             __local float *xs, __global int *flags, const int flag_index, const int argmax,
+             __global float *argmax_part, const int out_index, const int counter_index, const int logits_flag)
 {
-    __local float red[GEMV_WG], red2[GEMV_WG];
-    __local float2 scratch[GEMV_WG];
+    __local float red[GEMV_WG];
     __local int red_i[GEMV_WG], last;
+#if LANES > 1
+    __local float4 red4[GEMV_WG];
+    __local float stat[3 + GEMV_ROWS / 2];
+    const float v = ln_fold_rows(w, sc, k_pitch, n_out, x, (__global const WT *)w, 0, 1.0f, 0, ln_w, ln_b, x_norm,
+                                 glu, y, flags, flag_index, red4, stat);
+#else
+    __local float red2[GEMV_WG];
+    __local float2 scratch[GEMV_WG];
     GEMV_SETUP(w, k_pitch, n_out);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
     load_x(xs, x, k_dim, k_pitch);
     ln_keep(xs, k_dim, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    const float v = gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, residual, has_residual, glu, y,
-                                red, red2);
+    const float v = gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, x, 0, glu, y, red, red2);
+#endif
     if (argmax)
         argmax_merge(v, n_out, argmax_part, flags, out_index, counter_index, logits_flag, red, red_i, &last);
 }
@@ -255,20 +410,27 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
  * in local memory, work-group 0 stores it in x_norm (the residual of the
  * attention output), and y = W . x + b. One launch instead of two. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_embed(__global const WT *w, __global const float *bias, const int k_pitch, const int n_out,
-                __global const WT *emb, __global const int *ids, const int ids_offset, const float scale,
-                __global const float *ln_w, __global const float *ln_b, __global float *x_norm,
+void gemv_embed(__global const WT *w, __global const float *bias, __global const float *sc, const int k_pitch,
+                const int n_out, __global const WT *emb, __global const int *ids, const int ids_offset,
+                const float scale, __global const float *ln_w, __global const float *ln_b, __global float *x_norm,
                 __global float *y, __local float *xs, __global int *flags, const int flag_index)
 {
+    const long base = (long)ids[ids_offset] * DMODEL;
+#if LANES > 1
+    __local float4 red4[GEMV_WG];
+    __local float stat[3 + GEMV_ROWS / 2];
+    ln_fold_rows(w, sc, k_pitch, n_out, x_norm, emb, base, scale, 1, ln_w, ln_b, x_norm, 0, y, flags, flag_index,
+                 red4, stat);
+#else
     __local float red[GEMV_WG], red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
     const int lid = get_local_id(0);
     GEMV_SETUP(w, k_pitch, n_out);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
-    const long base = (long)ids[ids_offset] * DMODEL;
     for (int i = lid; i < k_pitch; i += GEMV_WG)
         xs[i] = i < DMODEL ? LOAD_W(emb, base + i) * scale : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
     ln_keep(xs, DMODEL, ln_w, ln_b, x_norm, flags, flag_index, scratch);
     gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, bias, 0, 0, y, red, red2);
+#endif
 }

@@ -64,7 +64,14 @@ struct pldr_context {
     int pipeline;       /* allowed (PLDR_PIPELINE=0: not) */
     int ahead;          /* a step at position n_past, fed with last_next, is enqueued */
     int slot;           /* the slot of the last step enqueued */
-    int *slot_host[2];  /* n_flags + 1 words each */
+    int *slot_host[2];  /* n_flags + 1 words each, in stage */
+    /* page-locked host memory (CL_MEM_ALLOC_HOST_PTR, mapped for the context's
+     * life) for what every step reads back: the two slots, flags_host and one
+     * row of logits. Reads into pageable memory make some drivers (NVIDIA's)
+     * copy through a bounce buffer, and the device waits for that copy. */
+    cl_mem stage;
+    void *stage_ptr;
+    float *logit_row;
     cl_event slot_ev[2];
     /* profiling (PLDR_PROFILE=1) */
     int profile;
@@ -82,6 +89,7 @@ struct pldr_context {
     int host_timing;    /* PLDR_HOSTTIME=1: host time per launch, without device profiling */
     double host_arg_ms; /* host time setting arguments (PLDR_HOSTTIME) */
     double host_enq_ms; /* host time enqueueing (PLDR_PROFILE or PLDR_HOSTTIME) */
+    double host_wait_ms; /* host time blocked on greedy tokens (PLDR_HOSTTIME) */
     long host_launches;
 };
 
@@ -184,9 +192,10 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     return PLDR_OK;
 }
 
-#define LAUNCH(c, kern, global, local, ...)                                                        \
-    launch((c), (c)->k.kern, #kern, (global), (local), (int)(sizeof((arg[]){__VA_ARGS__}) / sizeof(arg)), \
+#define LAUNCH_AS(c, kern, name, global, local, ...)                                               \
+    launch((c), (c)->k.kern, (name), (global), (local), (int)(sizeof((arg[]){__VA_ARGS__}) / sizeof(arg)), \
            (arg[]){__VA_ARGS__})
+#define LAUNCH(c, kern, global, local, ...) LAUNCH_AS(c, kern, #kern, global, local, __VA_ARGS__)
 
 static void prof_add(pldr_context *c, const char *name, double ms)
 {
@@ -274,11 +283,13 @@ typedef struct gemv_op {
     cl_mem x;
     int ln_in;
     cl_mem ln_w, ln_b, x_norm;
+    cl_mem sc; /* ln_in: the folded layer-norm constants (pldr_layer.qkv_sc) */
     cl_mem residual; /* NULL: none */
     int glu;
     cl_mem y;
     int flag_index;
     int argmax; /* also the argmax of y over all rows (gemv_ln only) */
+    const char *name; /* in PLDR_PROFILE's table */
 } gemv_op;
 
 static int pitch_of(const pldr_model *m, int k_dim)
@@ -289,17 +300,19 @@ static int pitch_of(const pldr_model *m, int k_dim)
 static pldr_status gemv(pldr_context *c, const gemv_op *op)
 {
     const pldr_model *m = c->m;
-    size_t groups = ((size_t)op->n_out + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
+    /* a folded-norm GLU product spends two lane groups on an output row */
+    const size_t rows = op->ln_in && op->glu && m->gemv_rows < m->gemv_wg ? (size_t)m->gemv_rows / 2
+                                                                           : (size_t)m->gemv_rows;
+    size_t groups = ((size_t)op->n_out + rows - 1) / rows;
     const int pitch = pitch_of(m, op->k_dim);
     cl_mem res = op->residual ? op->residual : op->x; /* any valid buffer when unused */
-    if (op->ln_in)
-        return LAUNCH(c, gemv_ln, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
-                      A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x), A_MEM(op->ln_w),
-                      A_MEM(op->ln_b), A_MEM(op->x_norm), A_MEM(res), A_INT(op->residual != NULL), A_INT(op->glu),
-                      A_MEM(op->y), A_LOCAL((size_t)pitch * sizeof(float)), A_MEM(c->flags), A_INT(op->flag_index),
+    if (op->ln_in) /* never with a residual */
+        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
+                      A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x),
+                      A_MEM(op->ln_w), A_MEM(op->ln_b), A_MEM(op->x_norm), A_INT(op->glu), A_MEM(op->y), A_LOCAL((size_t)pitch * sizeof(float)), A_MEM(c->flags), A_INT(op->flag_index),
                       A_INT(op->argmax), A_MEM(c->argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
                       A_INT(flag_logits(c)));
-    return LAUNCH(c, gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
+    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
                   A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x), A_MEM(res),
                   A_INT(op->residual != NULL), A_INT(op->glu), A_MEM(op->y),
                   A_LOCAL((size_t)pitch * sizeof(float)));
@@ -415,13 +428,13 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
             /* the embedding and its LayerNorm are done by the first projection */
             const size_t groups = ((size_t)(3 * d) + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
             TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
-                       A_MEM(ly->bqkv), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(ids_buf),
+                       A_MEM(ly->bqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(ids_buf),
                        A_INT(ids_off), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b),
                        A_MEM(c->xn), A_MEM(c->qkv), A_LOCAL((size_t)m->d_pitch * sizeof(float)), A_MEM(c->flags),
                        A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
-            gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .k_dim = d, .n_out = 3 * d, .x = c->s2, .ln_in = 1,
+            gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d, .n_out = 3 * d, .x = c->s2, .ln_in = 1,
                            .ln_w = prev->ln2_w, .ln_b = prev->ln2_b, .x_norm = c->xn, .y = c->qkv,
                            .flag_index = flag_ffn(l - 1)};
             TRY(gemv(c, &qkv));
@@ -434,11 +447,11 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
         TRY(LAUNCH(c, gemv_attn, (((size_t)d + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows) * (size_t)m->gemv_wg,
                    (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_INT(m->d_pitch), A_MEM(c->att_part), A_INT(n_split),
                    A_MEM(c->xn), A_MEM(c->s1), A_LOCAL((size_t)m->d_pitch * sizeof(float))));
-        gemv_op up = {.w = ly->w12, .bias = ly->b12, .k_dim = d, .n_out = F, .x = c->s1, .ln_in = 1,
+        gemv_op up = {.w = ly->w12, .bias = ly->b12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d, .n_out = F, .x = c->s1, .ln_in = 1,
                       .ln_w = ly->ln1_w, .ln_b = ly->ln1_b, .x_norm = c->x1n, .glu = 1, .y = c->g,
                       .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
-        gemv_op down = {.w = ly->w3, .bias = ly->b3, .k_dim = F, .n_out = d, .x = c->g, .residual = c->x1n,
+        gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = c->g, .residual = c->x1n,
                         .y = c->s2};
         TRY(gemv(c, &down));
     }
@@ -451,7 +464,8 @@ static pldr_status final_from_decode(pldr_context *c, int argmax)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const pldr_layer *last = &m->layers[cf->n_layers - 1];
-    gemv_op fin = {.w = m->wf, .bias = m->bf, .k_dim = cf->d_model, .n_out = cf->vocab_size, .x = c->s2,
+    gemv_op fin = {.w = m->wf, .bias = m->bf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model, .n_out = cf->vocab_size,
+                   .x = c->s2,
                    .ln_in = 1, .ln_w = last->ln2_w, .ln_b = last->ln2_b, .x_norm = c->xn, .y = c->logits,
                    .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
@@ -466,7 +480,8 @@ static pldr_status final_row(pldr_context *c, int row)
     cl_int err = clEnqueueCopyBuffer(m->ocl.queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
-    gemv_op fin = {.w = m->wf, .bias = m->bf, .k_dim = cf->d_model, .n_out = cf->vocab_size, .x = c->xn,
+    gemv_op fin = {.w = m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
+                   .n_out = cf->vocab_size, .x = c->xn,
                    .y = c->logits};
     return gemv(c, &fin);
 }
@@ -521,9 +536,15 @@ static pldr_status clear_flags(pldr_context *c)
 
 static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 {
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0,
-                                     rows * (size_t)c->m->cfg.vocab_size * sizeof(float), dst, 0, NULL, NULL);
-    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "reading the logits");
+    const size_t bytes = rows * (size_t)c->m->cfg.vocab_size * sizeof(float);
+    /* one row (a decode step) goes through the page-locked stage */
+    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
+                                     0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&c->m->ocl, err, "reading the logits");
+    if (rows == 1)
+        memcpy(dst, c->logit_row, bytes);
+    return PLDR_OK;
 }
 
 /* Logits of hidden rows [first, first+n) of c->x, in chunks, through CLBlast. */
@@ -681,7 +702,10 @@ pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t
     }
     const int slot = c->slot;
     pldr_status st = ahead_enqueue(c);
+    const double w0 = c->host_timing ? pldr_now() : 0.0;
     cl_int err = clWaitForEvents(1, &c->slot_ev[slot]);
+    if (c->host_timing)
+        c->host_wait_ms += (pldr_now() - w0) * 1e3;
     clReleaseEvent(c->slot_ev[slot]);
     c->slot_ev[slot] = NULL;
     if (err != CL_SUCCESS) {
@@ -732,6 +756,29 @@ static pldr_status make_kernels(pldr_context *c)
             return pldr_cl_fail(&c->m->ocl, err, msg);
         }
     }
+    return PLDR_OK;
+}
+
+/* The page-locked staging area (see pldr_context.stage). */
+static pldr_status map_stage(pldr_context *c)
+{
+    const pldr_ocl *o = &c->m->ocl;
+    const size_t words = (size_t)c->n_flags + 1, ints = (3 * words + 3) & ~(size_t)3;
+    const size_t bytes = ints * sizeof(int) + (size_t)c->m->cfg.vocab_size * sizeof(float);
+    cl_int err;
+    c->stage = clCreateBuffer(o->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, bytes, NULL, &err);
+    if (!c->stage)
+        return pldr_cl_fail(o, err, "allocating page-locked host memory for the context");
+    c->stage_ptr = clEnqueueMapBuffer(o->queue, c->stage, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0, bytes, 0, NULL,
+                                      NULL, &err);
+    if (!c->stage_ptr)
+        return pldr_cl_fail(o, err, "mapping page-locked host memory for the context");
+    memset(c->stage_ptr, 0, bytes);
+    int *w = c->stage_ptr;
+    c->slot_host[0] = w;
+    c->slot_host[1] = w + words;
+    c->flags_host = w + 2 * words;
+    c->logit_row = (float *)(w + ints);
     return PLDR_OK;
 }
 
@@ -806,12 +853,9 @@ static pldr_status context_alloc(pldr_context *c)
     c->g_g = calloc(L, sizeof(cl_mem));
     c->tokens = calloc(T, sizeof *c->tokens);
     c->n_flags = 3 * (int)L + 2;
-    c->flags_host = calloc((size_t)c->n_flags + 1, sizeof(int));
-    c->slot_host[0] = calloc((size_t)c->n_flags + 1, sizeof(int));
-    c->slot_host[1] = calloc((size_t)c->n_flags + 1, sizeof(int));
-    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens || !c->flags_host ||
-        !c->slot_host[0] || !c->slot_host[1])
+    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
+    TRY(map_stage(c));
     for (size_t l = 0; l < L; l++) {
         TRY(ctx_buffer(c, &c->k_cache[l], T * d * 4, "the K cache"));
         TRY(ctx_buffer(c, &c->v_cache[l], T * d * 4, "the V cache"));
@@ -908,8 +952,9 @@ void pldr_context_free(pldr_context *c)
     ahead_cancel(c);
     clFinish(c->m->ocl.queue);
     if (c->host_timing) {
-        fprintf(stderr, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing\n",
-                c->host_launches, c->host_arg_ms, c->host_enq_ms);
+        fprintf(stderr, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing, "
+                "%.3f ms waiting for greedy tokens\n", c->host_launches, c->host_arg_ms, c->host_enq_ms,
+                c->host_wait_ms);
         for (int i = 0; i < c->n_prof; i++)
             fprintf(stderr, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
                     1000.0 * c->prof[i].ms / (double)c->prof[i].count, c->prof[i].count);
@@ -938,9 +983,11 @@ void pldr_context_free(pldr_context *c)
         if (ks[i])
             clReleaseKernel(ks[i]);
     free(c->tokens);
-    free(c->flags_host);
-    free(c->slot_host[0]);
-    free(c->slot_host[1]);
+    if (c->stage_ptr) {
+        clEnqueueUnmapMemObject(c->m->ocl.queue, c->stage, c->stage_ptr, 0, NULL, NULL);
+        clFinish(c->m->ocl.queue);
+    }
+    pldr_release_mem(&c->stage);
     free(c);
 }
 

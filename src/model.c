@@ -308,6 +308,52 @@ static pldr_status load_weights(loader *ld)
     return PLDR_OK;
 }
 
+/* The constants of each decode product that has a LayerNorm folded in
+ * (kernels/gemv.cl, ln_fold_consts), from the weights as stored. */
+static pldr_status fold_one(pldr_model *m, cl_kernel k, cl_mem w, cl_mem bias, size_t rows, cl_mem ln_w,
+                            cl_mem ln_b, cl_mem *sc)
+{
+    TRY(alloc_f32(m, sc, 2 * rows, "the folded layer-norm constants"));
+    const cl_int pitch = m->d_pitch, n = (cl_int)rows;
+    cl_int err = clSetKernelArg(k, 0, sizeof w, &w);
+    err |= clSetKernelArg(k, 1, sizeof bias, &bias);
+    err |= clSetKernelArg(k, 2, sizeof pitch, &pitch);
+    err |= clSetKernelArg(k, 3, sizeof n, &n);
+    err |= clSetKernelArg(k, 4, sizeof ln_w, &ln_w);
+    err |= clSetKernelArg(k, 5, sizeof ln_b, &ln_b);
+    err |= clSetKernelArg(k, 6, sizeof *sc, sc);
+    const size_t local = 64, global = (rows + local - 1) / local * local;
+    if (err == CL_SUCCESS)
+        err = clEnqueueNDRangeKernel(m->ocl.queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "folding a layer norm into its product");
+}
+
+static pldr_status fold_layer_norms(pldr_model *m)
+{
+    const pldr_config *c = &m->cfg;
+    cl_int err;
+    cl_kernel k = clCreateKernel(m->program, "ln_fold_consts", &err);
+    if (!k)
+        return pldr_cl_fail(&m->ocl, err, "creating kernel ln_fold_consts");
+    const size_t d = (size_t)c->d_model, F = (size_t)c->d_ff;
+    pldr_status st = PLDR_OK;
+    for (int l = 0; l < c->n_layers && st == PLDR_OK; l++) {
+        pldr_layer *ly = &m->layers[l];
+        /* Q/K/V read the previous layer's output norm (the embedding's for layer 0) */
+        cl_mem ln_w = l ? m->layers[l - 1].ln2_w : m->ln0_w, ln_b = l ? m->layers[l - 1].ln2_b : m->ln0_b;
+        st = fold_one(m, k, ly->wqkv, ly->bqkv, 3 * d, ln_w, ln_b, &ly->qkv_sc);
+        if (st == PLDR_OK)
+            st = fold_one(m, k, ly->w12, ly->b12, 2 * F, ly->ln1_w, ly->ln1_b, &ly->up_sc);
+    }
+    const pldr_layer *last = &m->layers[c->n_layers - 1];
+    if (st == PLDR_OK)
+        st = fold_one(m, k, m->wf, m->bf, (size_t)c->vocab_size, last->ln2_w, last->ln2_b, &m->wf_sc);
+    if (st == PLDR_OK && (err = clFinish(m->ocl.queue)) != CL_SUCCESS)
+        st = pldr_cl_fail(&m->ocl, err, "folding the layer norms");
+    clReleaseKernel(k);
+    return st;
+}
+
 /* ------------------------------------------------------------------ model */
 
 static int pow2_at_most(size_t limit, int want)
@@ -353,6 +399,10 @@ static void choose_work_groups(pldr_model *m)
      * OpenCL (not on PoCL; cause not found): GPU overrides stop at 32 */
     while (!cpu && m->gemv_wg / m->gemv_rows > 32)
         m->gemv_rows *= 2;
+    /* rows with several lanes: at least two per work-group (the two halves of
+     * a GLU row, kernels/gemv.cl) */
+    if (m->gemv_rows == 1 && m->gemv_wg > 1)
+        m->gemv_rows = 2;
     /* the metric learner keeps ml_rows rows of A and their hidden units in
      * local memory */
     const uint64_t per_row = (2 * (uint64_t)m->cfg.head_dim + 2 * (uint64_t)m->cfg.a_dff + 2) * 4;
@@ -464,6 +514,8 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
         goto fail;
     }
     st = load_weights(&ld);
+    if (st == PLDR_OK)
+        st = fold_layer_norms(m);
     if (st != PLDR_OK) {
         pldr_fail_prefix(st, "%s", dir);
         goto fail;
@@ -501,7 +553,8 @@ void pldr_model_free(pldr_model *m)
             cl_mem *all[] = {&ly->wqkv, &ly->bqkv, &ly->wo, &ly->bo, &ly->ln1_w, &ly->ln1_b,
                              &ly->ln2_w, &ly->ln2_b, &ly->w12, &ly->b12, &ly->w3, &ly->b3,
                              &ly->a_ln_w, &ly->a_ln_b, &ly->ml_w12, &ly->ml_b12, &ly->ml_w3,
-                             &ly->ml_b3, &ly->ml_ln_w, &ly->ml_ln_b, &ly->plga, &ly->past_g};
+                             &ly->ml_b3, &ly->ml_ln_w, &ly->ml_ln_b, &ly->plga, &ly->past_g,
+                             &ly->qkv_sc, &ly->up_sc};
             for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
                 pldr_release_mem(all[i]);
         }
@@ -512,6 +565,7 @@ void pldr_model_free(pldr_model *m)
     pldr_release_mem(&m->ln0_b);
     pldr_release_mem(&m->wf);
     pldr_release_mem(&m->bf);
+    pldr_release_mem(&m->wf_sc);
     if (m->program)
         clReleaseProgram(m->program);
     pldr_ocl_close(&m->ocl);

@@ -69,15 +69,17 @@ def have_pldr():
     return os.path.isfile(PLDR_BIN) and os.access(PLDR_BIN, os.X_OK)
 
 
-def run_pldr(args, timeout=None):
-    """Runs $PLDR_BIN args; returns (exit code, stdout, stderr).  A missing
-    binary or a timeout comes back as exit code 127 / 124 with a message."""
+def run_pldr(args, timeout=None, env=None):
+    """Runs $PLDR_BIN args (env: extra environment variables); returns (exit
+    code, stdout, stderr).  A missing binary or a timeout comes back as exit
+    code 127 / 124 with a message."""
     if not have_pldr():
         return 127, "", "pldr binary not found: %s (set PLDR_BIN)" % PLDR_BIN
     try:
         p = subprocess.run([PLDR_BIN] + [str(a) for a in args], stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, errors="replace",
-                           timeout=timeout or TIMEOUT)
+                           timeout=timeout or TIMEOUT,
+                           env=dict(os.environ, **env) if env else None)
     except subprocess.TimeoutExpired as e:
         return 124, e.stdout or "", (e.stderr or "") + "\ntimed out after %g s" % e.timeout
     return p.returncode, p.stdout, p.stderr

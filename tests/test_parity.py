@@ -55,6 +55,18 @@ CONFIGS = [
     ("f-external-G", "custom_G_type external (G = I + noise), F16",
      dict(L=2, d=128, H=2, dk=64, F=192, R=2, D=2, Fa=48, V=512, Tmax=64),
      dict(reference_rope=True, dtype="F16", shards=1, g_type="external")),
+    ("g-f32-odd-d", "F32, d=90 (not a multiple of 4), dk=30, F=150",
+     dict(L=2, d=90, H=3, dk=30, F=150, R=2, D=2, Fa=40, V=320, Tmax=64),
+     dict(reference_rope=True, dtype="F32", shards=1, g_type="learned")),
+]
+
+# The decode GEMVs on a GPU give each row several lanes and fold the layer
+# norms into the products (kernels/gemv.cl); a CPU gives a row one work-item.
+# PLDR_WG forces GPU layouts on any device: (config, PLDR_WG, lanes per row).
+LAYOUTS = [
+    ("a-f32-dk64", "gemv=64,rows=8", 8),
+    ("c-f16-3shards", "gemv=64,rows=2", 32),
+    ("g-f32-odd-d", "gemv=64,rows=4", 16),
 ]
 
 # "To open a file in Python, use the :func:`open` function," with the bundled
@@ -91,9 +103,9 @@ class Case:
             self.want[key] = ref.logits_for_mode(self.m64, self.ids, prefill, mode)
         return self.want[key]
 
-    def engine(self, mode, prefill):
+    def engine(self, mode, prefill, env=None):
         """Runs pldr; returns (logits, "N.N s") or (None, (summary, details))."""
-        out = os.path.join(self.work, "%s-%s.npy" % (mode, prefill or "all"))
+        out = os.path.join(self.work, "%s-%s%s.npy" % (mode, prefill or "all", "-layout" if env else ""))
         if os.path.exists(out):
             os.remove(out)
         args = ["logits", "-m", self.dir, "--ids", ",".join(map(str, self.ids))]
@@ -101,9 +113,9 @@ class Case:
             args += ["--prefill", prefill]
         args += ["--cache", mode, "-o", out]
         t0 = time.time()
-        rc, so, se = pt.run_pldr(args)
+        rc, so, se = pt.run_pldr(args, env=env)
         dt = time.time() - t0
-        cmd = "pldr " + " ".join(map(str, args))
+        cmd = " ".join("%s=%s" % kv for kv in (env or {}).items()) + " pldr " + " ".join(map(str, args))
         if rc != 0:
             last = (se.strip().split("\n") or [""])[-1]
             return None, ("engine exit code %d after %.1f s (%s)" % (rc, dt, last[:200]),
@@ -116,13 +128,13 @@ class Case:
             return None, ("unreadable output .npy: %s" % e, cmd)
         return got, "%.1f s" % dt
 
-    def check_mode(self, mode, prefill, label=None):
+    def check_mode(self, mode, prefill, label=None, env=None, tol=TOL):
         want = self.reference(mode, prefill)
         n_pre = len(self.ids) if prefill is None else prefill
         what = "%s: %s" % (self.name, label or "--cache %s --prefill %s" % (mode, prefill))
 
         def fn():
-            got, msg = self.engine(mode, prefill)
+            got, msg = self.engine(mode, prefill, env)
             if got is None:
                 return False, msg[0], msg[1]
             if got.shape != want.shape:
@@ -132,9 +144,10 @@ class Case:
             if not np.all(np.isfinite(got)):
                 bad = sorted(set(np.nonzero(~np.isfinite(got))[0].tolist()))
                 return False, "non-finite values in rows %s" % bad
-            self.out[(mode, prefill)] = got
+            if env is None:
+                self.out[(mode, prefill)] = got
             e = pt.rel_err(got, want)
-            return e <= TOL, "rel_err %.3g (tol %g), %s" % (e, TOL, msg), row_report(got, want, n_pre)
+            return e <= tol, "rel_err %.3g (tol %g), %s" % (e, tol, msg), row_report(got, want, n_pre)
 
         return self.tap.check(what, fn)
 
@@ -223,6 +236,11 @@ def main():
         if i == 0:
             case.check_mode("kv", 1, "--cache kv --prefill 1 (G from a single token)")
             case.check_mode("none", 1, "--cache none --prefill 1")
+        for lname, wg, lanes in LAYOUTS:
+            if lname == name:
+                for mode in ("kv", "kvg"):
+                    case.check_mode(mode, PREFILL, "--cache %s with PLDR_WG=%s (%d lanes per GEMV row)"
+                                    % (mode, wg, lanes), env={"PLDR_WG": wg})
 
     # The bundled trained model.
     trained = os.path.join(pt.SRCDIR, "models", "pldr-tiny-pydocs")
