@@ -92,10 +92,14 @@ void attention_prefill(__global const float *qg, __global const float *k_cache,
  * combines them. The work-group whose keys include pos writes k and v there.
  * qkv is the projection output with its bias. */
 __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
-void attention_decode(__global const float *qkv, __global const float2 *rope,
-                      __global float *k_cache, __global float *v_cache, __global const float *g,
-                      const int pos, const float scale, const int n_split, __global float *part)
+void attention_decode(__global char *act, const int qkv_off, const int rope_off, __global float *k_cache,
+                      __global float *v_cache, __global const float *g, const int pos, const float scale,
+                      const int n_split, const int part_off)
 {
+    /* q, k, v and the partial results are in the decode-step buffer (see kernels/gemv.cl) */
+    __global const float *qkv = (__global const float *)(act + qkv_off);
+    __global const float2 *rope = (__global const float2 *)(act + rope_off);
+    __global float *part = (__global float *)(act + part_off);
     __local float q[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
     const int h = get_group_id(0) / n_split, sp = get_group_id(0) % n_split, lid = get_local_id(0);
     const int off = h * DK;

@@ -18,10 +18,16 @@
  * gemv_ln can also finish greedy decoding: the argmax of y over all rows (see
  * argmax_merge). xs is local memory of k_pitch floats.
  *
+ * The vectors of a decode step (x, its normalised copy, y, the flags, the
+ * attention and argmax partials, the token ids) live in one buffer, act, at
+ * the byte offsets given (*_off): a launch costs some drivers' hosts ~0.4 us
+ * per buffer argument (NVIDIA's), so kernels take as few as they can.
+ *
  * Where a row has several lanes (GPUs), gemv_ln and gemv_embed fold the
  * LayerNorm into the product instead (ln_fold_rows): no pass over x before
  * the weights are used. */
 #define LANES (GEMV_WG / GEMV_ROWS)
+#define AT(type, off) ((__global type *)(act + (off)))
 
 #if WEIGHT_HALF
 #define LOAD_ROW4(row, i) vload_half4((i), (row))
@@ -336,25 +342,29 @@ __kernel void ln_fold_consts(__global const WT *w, __global const float *bias, c
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
-          __global const float *x, __global const float *residual, const int has_residual, const int glu,
-          __global float *y, __local float *xs)
+          __global char *act, const int x_off, const int res_off, const int has_residual, const int glu,
+          const int y_off, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
     GEMV_SETUP(w, k_pitch, n_out);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
-    load_x(xs, x, k_dim, k_pitch);
-    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, residual, has_residual, glu, y, red, red2);
+    load_x(xs, AT(const float, x_off), k_dim, k_pitch);
+    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, AT(const float, res_off), has_residual, glu,
+                AT(float, y_off), red, red2);
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv_ln(__global const WT *w, __global const float *bias, __global const float *sc, const int k_dim,
-             const int k_pitch, const int n_out, __global const float *x, __global const float *ln_w,
-             __global const float *ln_b, __global float *x_norm, const int glu, __global float *y,
-             __local float *xs, __global int *flags, const int flag_index, const int argmax,
-             __global float *argmax_part, const int out_index, const int counter_index, const int logits_flag)
+             const int k_pitch, const int n_out, __global char *act, const int x_off, __global const float *ln_w,
+             __global const float *ln_b, const int xn_off, const int glu, const int y_off, __local float *xs,
+             const int flags_off, const int flag_index, const int argmax, const int part_off, const int out_index,
+             const int counter_index, const int logits_flag)
 {
     __local float red[GEMV_WG];
     __local int red_i[GEMV_WG], last;
+    __global const float *x = AT(const float, x_off);
+    __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
+    __global int *flags = AT(int, flags_off);
 #if LANES > 1
     __local float4 red4[GEMV_WG];
     __local float stat[3 + GEMV_ROWS / 2];
@@ -370,16 +380,18 @@ void gemv_ln(__global const WT *w, __global const float *bias, __global const fl
     const float v = gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, x, 0, glu, y, red, red2);
 #endif
     if (argmax)
-        argmax_merge(v, n_out, argmax_part, flags, out_index, counter_index, logits_flag, red, red_i, &last);
+        argmax_merge(v, n_out, AT(float, part_off), flags, out_index, counter_index, logits_flag, red, red_i,
+                     &last);
 }
 
 /* The attention output projection: x[h*DK+j] combines the n_split partial
  * results (max m, sum l, acc[DK]) of head h as sum_s e^(m_s-M) acc_s[j] /
  * sum_s e^(m_s-M) l_s, M = max_s m_s: the last step of the split softmax. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_attn(__global const WT *w, __global const float *bias, const int k_pitch, __global const float *part,
-               const int n_split, __global const float *residual, __global float *y, __local float *xs)
+void gemv_attn(__global const WT *w, __global const float *bias, const int k_pitch, __global char *act,
+               const int part_off, const int n_split, const int res_off, const int y_off, __local float *xs)
 {
+    __global const float *part = AT(const float, part_off);
     __local float red[GEMV_WG], red2[GEMV_WG];
     GEMV_SETUP(w, k_pitch, DMODEL);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
@@ -402,7 +414,8 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
         xs[i] = val;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, DMODEL, xs, residual, 1, 0, y, red, red2);
+    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, DMODEL, xs, AT(const float, res_off), 1, 0, AT(float, y_off), red,
+                red2);
 }
 
 /* The first projection of a decode step with the token embedding fused in:
@@ -411,11 +424,13 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
  * attention output), and y = W . x + b. One launch instead of two. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv_embed(__global const WT *w, __global const float *bias, __global const float *sc, const int k_pitch,
-                const int n_out, __global const WT *emb, __global const int *ids, const int ids_offset,
-                const float scale, __global const float *ln_w, __global const float *ln_b, __global float *x_norm,
-                __global float *y, __local float *xs, __global int *flags, const int flag_index)
+                const int n_out, __global const WT *emb, __global char *act, const int id_off, const float scale,
+                __global const float *ln_w, __global const float *ln_b, const int xn_off, const int y_off,
+                __local float *xs, const int flags_off, const int flag_index)
 {
-    const long base = (long)ids[ids_offset] * DMODEL;
+    const long base = (long)*AT(const int, id_off) * DMODEL;
+    __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
+    __global int *flags = AT(int, flags_off);
 #if LANES > 1
     __local float4 red4[GEMV_WG];
     __local float stat[3 + GEMV_ROWS / 2];

@@ -49,10 +49,18 @@ struct pldr_context {
     cl_mem logits;               /* [LOGIT_CHUNK, V] */
     cl_mem flags;                /* non-finite flags, see flag_* */
     cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast */
-    /* decode-step vectors */
+    /* The decode-step vectors, the flags, the token ids, the RoPE table and
+     * the logits are regions of one buffer, act, so that decode kernels take
+     * it once with byte offsets (kernels/gemv.cl); the regions that other code
+     * uses are also sub-buffers. */
+    cl_mem act;
     cl_mem s1, s2, xn, x1n;
-    cl_mem att_part; /* split decode attention: [H, n_ctx/ATT_WG, dk + 2] */
-    cl_mem argmax_part; /* greedy decode: (value, index) per final GEMV work-group */
+    struct act_offsets {
+        int s1, s2, xn, x1n, qkv, g; /* one token's vectors: d, d, d, d, 3d, F */
+        int att_part;                /* split decode attention: [H, n_ctx/ATT_WG, dk + 2] */
+        int argmax_part;             /* greedy decode: (value, index) per final GEMV work-group */
+        int flags, ids, rope, logits;
+    } off;
     int32_t id_host;
     int n_flags;
     int *flags_host;   /* n_flags words, then the greedy token id */
@@ -280,13 +288,14 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
 typedef struct gemv_op {
     cl_mem w, bias;
     int k_dim, n_out;
-    cl_mem x;
+    int x; /* vectors: byte offsets in c->act */
     int ln_in;
-    cl_mem ln_w, ln_b, x_norm;
+    cl_mem ln_w, ln_b;
+    int x_norm;
     cl_mem sc; /* ln_in: the folded layer-norm constants (pldr_layer.qkv_sc) */
-    cl_mem residual; /* NULL: none */
+    int residual; /* -1: none */
     int glu;
-    cl_mem y;
+    int y;
     int flag_index;
     int argmax; /* also the argmax of y over all rows (gemv_ln only) */
     const char *name; /* in PLDR_PROFILE's table */
@@ -305,17 +314,17 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
                                                                            : (size_t)m->gemv_rows;
     size_t groups = ((size_t)op->n_out + rows - 1) / rows;
     const int pitch = pitch_of(m, op->k_dim);
-    cl_mem res = op->residual ? op->residual : op->x; /* any valid buffer when unused */
     if (op->ln_in) /* never with a residual */
-        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
-                      A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x),
-                      A_MEM(op->ln_w), A_MEM(op->ln_b), A_MEM(op->x_norm), A_INT(op->glu), A_MEM(op->y), A_LOCAL((size_t)pitch * sizeof(float)), A_MEM(c->flags), A_INT(op->flag_index),
-                      A_INT(op->argmax), A_MEM(c->argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
-                      A_INT(flag_logits(c)));
-    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w), A_MEM(op->bias),
-                  A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(op->x), A_MEM(res),
-                  A_INT(op->residual != NULL), A_INT(op->glu), A_MEM(op->y),
-                  A_LOCAL((size_t)pitch * sizeof(float)));
+        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+                         A_MEM(op->bias), A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out),
+                         A_MEM(c->act), A_INT(op->x), A_MEM(op->ln_w), A_MEM(op->ln_b), A_INT(op->x_norm),
+                         A_INT(op->glu), A_INT(op->y), A_LOCAL((size_t)pitch * sizeof(float)), A_INT(c->off.flags),
+                         A_INT(op->flag_index), A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags),
+                         A_INT(c->n_flags + 1), A_INT(flag_logits(c)));
+    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+                     A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act), A_INT(op->x),
+                     A_INT(op->residual >= 0 ? op->residual : op->x), A_INT(op->residual >= 0), A_INT(op->glu),
+                     A_INT(op->y), A_LOCAL((size_t)pitch * sizeof(float)));
 }
 
 /* ------------------------------------------------------------ PLGA */
@@ -408,13 +417,10 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
     const pldr_config *cf = &m->cfg;
     const int d = cf->d_model, F = cf->d_ff;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
-    cl_mem ids_buf = c->ids;
-    int ids_off = 0;
-    if (chained) {
-        /* the previous greedy step left this token on the device */
-        ids_buf = c->flags;
-        ids_off = c->n_flags;
-    } else {
+    const struct act_offsets *o = &c->off;
+    /* chained: the previous greedy step left this token on the device, after the flags */
+    int id_off = chained ? o->flags + c->n_flags * (int)sizeof(cl_int) : o->ids;
+    if (!chained) {
         c->id_host = id; /* stays valid until the step ends: the write need not block */
         cl_int err = clEnqueueWriteBuffer(m->ocl.queue, c->ids, CL_FALSE, 0, sizeof(cl_int), &c->id_host, 0, NULL,
                                           NULL);
@@ -428,31 +434,33 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
             /* the embedding and its LayerNorm are done by the first projection */
             const size_t groups = ((size_t)(3 * d) + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
             TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
-                       A_MEM(ly->bqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(ids_buf),
-                       A_INT(ids_off), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b),
-                       A_MEM(c->xn), A_MEM(c->qkv), A_LOCAL((size_t)m->d_pitch * sizeof(float)), A_MEM(c->flags),
-                       A_INT(flag_embed(c))));
+                       A_MEM(ly->bqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb),
+                       A_MEM(c->act), A_INT(id_off), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w),
+                       A_MEM(m->ln0_b), A_INT(o->xn), A_INT(o->qkv), A_LOCAL((size_t)m->d_pitch * sizeof(float)),
+                       A_INT(o->flags), A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
-            gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d, .n_out = 3 * d, .x = c->s2, .ln_in = 1,
-                           .ln_w = prev->ln2_w, .ln_b = prev->ln2_b, .x_norm = c->xn, .y = c->qkv,
+            gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)",
+                           .k_dim = d, .n_out = 3 * d, .x = o->s2, .ln_in = 1, .ln_w = prev->ln2_w,
+                           .ln_b = prev->ln2_b, .x_norm = o->xn, .residual = -1, .y = o->qkv,
                            .flag_index = flag_ffn(l - 1)};
             TRY(gemv(c, &qkv));
         }
         TRY(layer_g(c, l, 1, 0));
         const int n_split = (pos + 1 + m->att_wg - 1) / m->att_wg;
         TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg, (size_t)m->att_wg,
-                   A_MEM(c->qkv), A_MEM(c->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]),
-                   A_INT(pos), A_FLT(scale), A_INT(n_split), A_MEM(c->att_part)));
+                   A_MEM(c->act), A_INT(o->qkv), A_INT(o->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
+                   A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part)));
         TRY(LAUNCH(c, gemv_attn, (((size_t)d + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows) * (size_t)m->gemv_wg,
-                   (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_INT(m->d_pitch), A_MEM(c->att_part), A_INT(n_split),
-                   A_MEM(c->xn), A_MEM(c->s1), A_LOCAL((size_t)m->d_pitch * sizeof(float))));
-        gemv_op up = {.w = ly->w12, .bias = ly->b12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d, .n_out = F, .x = c->s1, .ln_in = 1,
-                      .ln_w = ly->ln1_w, .ln_b = ly->ln1_b, .x_norm = c->x1n, .glu = 1, .y = c->g,
-                      .flag_index = flag_att(l)};
+                   (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_INT(m->d_pitch), A_MEM(c->act),
+                   A_INT(o->att_part), A_INT(n_split), A_INT(o->xn), A_INT(o->s1),
+                   A_LOCAL((size_t)m->d_pitch * sizeof(float))));
+        gemv_op up = {.w = ly->w12, .bias = ly->b12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
+                      .n_out = F, .x = o->s1, .ln_in = 1, .ln_w = ly->ln1_w, .ln_b = ly->ln1_b, .x_norm = o->x1n,
+                      .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
-        gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = c->g, .residual = c->x1n,
-                        .y = c->s2};
+        gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
+                        .residual = o->x1n, .y = o->s2};
         TRY(gemv(c, &down));
     }
     return PLDR_OK;
@@ -464,9 +472,9 @@ static pldr_status final_from_decode(pldr_context *c, int argmax)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const pldr_layer *last = &m->layers[cf->n_layers - 1];
-    gemv_op fin = {.w = m->wf, .bias = m->bf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model, .n_out = cf->vocab_size,
-                   .x = c->s2,
-                   .ln_in = 1, .ln_w = last->ln2_w, .ln_b = last->ln2_b, .x_norm = c->xn, .y = c->logits,
+    gemv_op fin = {.w = m->wf, .bias = m->bf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
+                   .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .ln_w = last->ln2_w, .ln_b = last->ln2_b,
+                   .x_norm = c->off.xn, .residual = -1, .y = c->off.logits,
                    .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
 }
@@ -481,8 +489,7 @@ static pldr_status final_row(pldr_context *c, int row)
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
     gemv_op fin = {.w = m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
-                   .n_out = cf->vocab_size, .x = c->xn,
-                   .y = c->logits};
+                   .n_out = cf->vocab_size, .x = c->off.xn, .residual = -1, .y = c->off.logits};
     return gemv(c, &fin);
 }
 
@@ -787,6 +794,58 @@ static pldr_status ctx_buffer(pldr_context *c, cl_mem *b, size_t bytes, const ch
     return pldr_buffer(c->m, bytes, what, b, &c->device_bytes);
 }
 
+/* The decode-step buffer c->act (see pldr_context.act): its regions at
+ * offsets aligned for sub-buffers, the sub-buffers, and cleared flags. */
+static pldr_status make_act(pldr_context *c, size_t T)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, V = (size_t)cf->vocab_size;
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(m->ocl.device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    size_t align = align_bits / 8 > 256 ? align_bits / 8 : 256;
+    const size_t max_split = (T + (size_t)m->att_wg - 1) / (size_t)m->att_wg;
+    struct {
+        int *off;
+        size_t bytes;
+        cl_mem *sub;
+    } r[] = {
+        {&c->off.s1, d * 4, &c->s1},
+        {&c->off.s2, d * 4, &c->s2},
+        {&c->off.xn, d * 4, &c->xn},
+        {&c->off.x1n, d * 4, &c->x1n},
+        {&c->off.qkv, 3 * d * 4, NULL},
+        {&c->off.g, F * 4, NULL},
+        {&c->off.att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4, NULL},
+        {&c->off.argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, NULL},
+        /* the flags, then the greedy token id and the argmax work-group counter */
+        {&c->off.flags, ((size_t)c->n_flags + 2) * 4, &c->flags},
+        {&c->off.ids, T * 4, &c->ids},
+        {&c->off.rope, T * (size_t)cf->head_dim * 4, &c->rope},
+        {&c->off.logits, LOGIT_CHUNK * V * 4, &c->logits},
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        if (total > INT32_MAX)
+            return pldr_fail(PLDR_ERR_DEVICE_MEMORY, "the decode buffers of %zu tokens exceed 2 GiB", T);
+        *r[i].off = (int)total;
+        total += (r[i].bytes + align - 1) / align * align;
+    }
+    TRY(ctx_buffer(c, &c->act, total, "the decode-step buffer"));
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        if (!r[i].sub)
+            continue;
+        cl_buffer_region reg = {(size_t)*r[i].off, r[i].bytes};
+        cl_int err;
+        *r[i].sub = clCreateSubBuffer(c->act, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &reg, &err);
+        if (!*r[i].sub)
+            return pldr_cl_fail(&m->ocl, err, "creating a region of the decode-step buffer");
+    }
+    const cl_uchar zero = 0;
+    cl_int err = clEnqueueFillBuffer(m->ocl.queue, c->act, &zero, 1, 0, total, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing the decode-step buffer");
+}
+
 static pldr_status upload_rope(pldr_context *c)
 {
     const pldr_config *cf = &c->m->cfg;
@@ -863,8 +922,7 @@ static pldr_status context_alloc(pldr_context *c)
         TRY(ctx_buffer(c, &c->g_alm[l], hdd * 4, "the G-cache"));
         TRY(ctx_buffer(c, &c->g_g[l], hdd * 4, "the G-cache"));
     }
-    TRY(ctx_buffer(c, &c->rope, T * (size_t)cf->head_dim * 4, "the RoPE table"));
-    TRY(ctx_buffer(c, &c->ids, T * 4, "the token ids"));
+    TRY(make_act(c, T));
     cl_mem *td[] = {&c->x, &c->x1, &c->q, &c->qg, &c->att, &c->o};
     for (size_t i = 0; i < sizeof td / sizeof td[0]; i++)
         TRY(ctx_buffer(c, td[i], T * d * 4, "activations"));
@@ -873,23 +931,6 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->g, T * F * 4, "activations"));
     TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
-    TRY(ctx_buffer(c, &c->logits, LOGIT_CHUNK * V * 4, "the logits"));
-    /* the flags, then the greedy token id and the argmax work-group counter */
-    TRY(ctx_buffer(c, &c->flags, ((size_t)c->n_flags + 2) * 4, "the flags"));
-    {
-        const cl_int zero = 0;
-        cl_int err = clEnqueueFillBuffer(m->ocl.queue, c->flags, &zero, sizeof zero, 0,
-                                         ((size_t)c->n_flags + 2) * 4, 0, NULL, NULL);
-        if (err != CL_SUCCESS)
-            return pldr_cl_fail(&m->ocl, err, "clearing the flags");
-    }
-    TRY(ctx_buffer(c, &c->argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, "the argmax partials"));
-    const size_t max_split = (T + (size_t)m->att_wg - 1) / (size_t)m->att_wg;
-    TRY(ctx_buffer(c, &c->att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4,
-                   "the attention partials"));
-    cl_mem *vec[] = {&c->s1, &c->s2, &c->xn, &c->x1n};
-    for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++)
-        TRY(ctx_buffer(c, vec[i], d * 4, "activations"));
     if (m->weight_half)
         TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
     return PLDR_OK;
@@ -975,7 +1016,7 @@ void pldr_context_free(pldr_context *c)
     }
     cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
                         &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
-                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->att_part, &c->argmax_part};
+                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->act};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
         pldr_release_mem(single[i]);
     cl_kernel *ks = (cl_kernel *)&c->k;
