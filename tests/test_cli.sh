@@ -23,7 +23,7 @@ expect() {
     fi
 }
 
-echo "1..26"
+echo "1..27"
 
 expect 0 "devices lists the PoCL CPU device" "Portable Computing Language" -- "$PLDR" devices
 expect 0 "--help prints the commands and exit codes" "exit codes" -- "$PLDR" --help
@@ -68,4 +68,8 @@ for cache in kvg kv; do
     got=$("$PLDR" generate -p "To open a file in Python, use" -n 40 --cache $cache -q 2>"$TMP/err")
     if [ "$got" = "$want" ]; then ok "greedy generation, cache $cache"; else echo "# got: $got"; not_ok "greedy generation, cache $cache"; fi
 done
+# the same with the decode products in a GPU layout (8 lanes per row, folded
+# LayerNorms, argmax merged from row values)
+got=$(PLDR_WG=gemv=64,rows=8 "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
+if [ "$got" = "$want" ]; then ok "greedy generation, GPU layout"; else echo "# got: $got"; not_ok "greedy generation, GPU layout"; fi
 exit 0
