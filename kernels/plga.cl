@@ -80,12 +80,23 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
                 const float bias = b12[u * 2 * FA + c];
                 for (int q = 0; q < ML_ROWS; q++)
                     h[q] = bias;
+#if DK % 4 == 0
+                /* four inputs at a time: one vector read of local memory per row */
+#pragma unroll 4
+                for (int i = 0; i < DK; i += 4) {
+                    const float4 w = (float4)(g12[i * 2 * FA + c], g12[(i + 1) * 2 * FA + c],
+                                              g12[(i + 2) * 2 * FA + c], g12[(i + 3) * 2 * FA + c]);
+                    for (int q = 0; q < ML_ROWS; q++)
+                        h[q] += dot(w, vload4(0, &cur[q][i]));
+                }
+#else
 #pragma unroll 8
                 for (int i = 0; i < DK; i++) {
                     const float w = g12[i * 2 * FA + c];
                     for (int q = 0; q < ML_ROWS; q++)
                         h[q] += w * cur[q][i];
                 }
+#endif
                 for (int q = 0; q < ML_ROWS; q++)
                     hid[q][c] = h[q];
             }
@@ -100,9 +111,16 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
             for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
                 const int q = e / DK, j = e % DK;
                 float o = b3[u * DK + j];
+#if FA % 2 == 0
+                /* pairs of hidden units: one vector read of local memory per pair */
+#pragma unroll 8
+                for (int f = 0; f < FA; f += 2)
+                    o += dot((float2)(g3[f * DK + j], g3[(f + 1) * DK + j]), vload2(0, &hid[q][f]));
+#else
 #pragma unroll 8
                 for (int f = 0; f < FA; f++)
                     o += g3[f * DK + j] * hid[q][f];
+#endif
                 cur[q][j] = o;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
