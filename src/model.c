@@ -114,6 +114,7 @@ static pldr_status uploaded(loader *ld, const st_tensor *t, cl_int err)
         return pldr_cl_fail(&ld->m->ocl, err, msg);
     }
     ld->done += t->nbytes;
+    st_release_pages(ld->ar, t);
     if (ld->progress)
         ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
     return PLDR_OK;
@@ -472,6 +473,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
             uint64_t len = t->nbytes - o < (1u << 30) ? t->nbytes - o : (1u << 30);
             crc = crc32(crc, t->data + o, (uInt)len);
         }
+        st_release_pages(&ar, t);
         h = pldr_fnv1a(h, &crc, sizeof crc);
         if (strcmp(t->name, "decoder.past_G_values") != 0)
             m->n_params += t->n_elements;

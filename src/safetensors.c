@@ -724,6 +724,17 @@ pldr_status st_to_f32(const st_tensor *t, float *dst)
     }
 }
 
+void st_release_pages(const st_archive *ar, const st_tensor *t)
+{
+    if (t->file < 0 || t->file >= ar->n_files || !ar->files[t->file].map)
+        return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+    const uintptr_t b = ((uintptr_t)t->data + (uintptr_t)t->nbytes) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 void st_close(st_archive *ar)
 {
     for (size_t i = 0; i < ar->n_tensors; i++)

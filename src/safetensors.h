@@ -66,6 +66,13 @@ pldr_status st_parse(const uint8_t *data, size_t size, const char *label, int fi
  * earlier files). On failure ar is left as it was. */
 pldr_status st_open_file(const char *path, st_archive *ar);
 
+/* Lets the pages of tensor t's data that lie wholly inside it leave this
+ * process's resident set (they stay in the page cache and come back if read
+ * again): a loader calls it once a tensor is uploaded, so that the mapping
+ * and the uploaded copy are not both resident. Only for files that
+ * st_open_file mapped. */
+void st_release_pages(const st_archive *ar, const st_tensor *t);
+
 /* A model.safetensors.index.json: its weight_map (tensor name -> shard file
  * name), checked on its own. */
 typedef struct st_index_entry {
