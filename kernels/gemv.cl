@@ -249,14 +249,20 @@ inline float4 ln_g4(__global const float *ln_w, const int k)
 /* y[r] = W[r] . LN(x) + b[r] for this work-group's rows; with glu,
  * y[r] = silu(that) * (the same for row r + n_out), the two products of an
  * output row being done by two lane groups (so a work-group has GEMV_ROWS / 2
- * output rows, GEMV_ROWS >= 2: see choose_work_groups). Work-group 0 also
- * stores LN(x) in x_norm (a later residual) and flags a non-finite row.
- * Returns y[r] before any gate in lane 0 of each live row, -INFINITY elsewhere. */
+ * output rows, GEMV_ROWS >= 2: see choose_work_groups). Each work-group also
+ * stores its share of LN(x) in x_norm (a later residual); work-group 0 flags
+ * a non-finite row. t = x - x0 and t * gamma are staged in local memory once
+ * per work-group (ts, tg: DP4 vectors each) while the first weights of every
+ * lane are already on their way. Returns y[r] before any gate in lane 0 of
+ * each live row, -INFINITY elsewhere. */
+#define FOLD_NIT ((DP4 + LANES - 1) / LANES)
+#define FOLD_PF (FOLD_NIT < 8 ? FOLD_NIT : 8)
 inline float ln_fold_rows(__global const WT *w, __global const float *sc, const int k_pitch, const int n_out,
                           __global const float *x, __global const WT *emb, const long base, const float scale,
                           const int from_emb, __global const float *ln_w, __global const float *ln_b,
                           __global float *x_norm, const int glu, __global float *y, __global int *flags,
-                          const int flag_index, __local float4 *red, __local float *stat)
+                          const int flag_index, __local float4 *red, __local float *stat, __local float4 *ts,
+                          __local float4 *tg)
 {
     const int lid = get_local_id(0);
     const int grp = lid / LANES, lane = lid % LANES;
@@ -265,14 +271,26 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
     const int wrow = glu && grp >= half_rows ? row + n_out : row; /* the row of W (and of sc) */
     const int live = row < n_out;
     __global const WT *wr = w + (long)(live ? wrow : 0) * k_pitch;
+    float4 wv[FOLD_PF];
+#pragma unroll
+    for (int i = 0; i < FOLD_PF; i++) {
+        const int k = lane + i * LANES;
+        wv[i] = DP4 % LANES == 0 || k < DP4 ? LOAD_ROW4(wr, k) : (float4)0.0f;
+    }
     const float x0 = from_emb ? LOAD_W(emb, base) * scale : x[0];
+    for (int k = lid; k < DP4; k += GEMV_WG) {
+        const float4 t = ln_t4(x, emb, base, scale, from_emb, x0, k);
+        ts[k] = t;
+        tg[k] = t * ln_g4(ln_w, k);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
     float4 acc = 0.0f; /* W.tg, sum t, sum t^2 */
 #pragma unroll
-    for (int i = 0; i < (DP4 + LANES - 1) / LANES; i++) {
+    for (int i = 0; i < FOLD_NIT; i++) {
         const int k = lane + i * LANES;
         if (DP4 % LANES == 0 || k < DP4) {
-            const float4 t = ln_t4(x, emb, base, scale, from_emb, x0, k);
-            acc.x += dot(LOAD_ROW4(wr, k), t * ln_g4(ln_w, k));
+            const float4 t = ts[k];
+            acc.x += dot(i < FOLD_PF ? wv[i < FOLD_PF ? i : 0] : LOAD_ROW4(wr, k), tg[k]);
             acc.y += t.x + t.y + t.z + t.w;
             acc.z += dot(t, t);
         }
@@ -309,16 +327,16 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
     barrier(CLK_LOCAL_MEM_FENCE);
     if (lane == 0 && live && !(glu && grp >= half_rows))
         y[row] = glu ? silu(v) * stat[3 + grp] : v;
-    if (get_group_id(0) == 0) {
-        barrier(CLK_LOCAL_MEM_FENCE);
-        const float mean = stat[0], rstd = stat[1];
-        for (int i = lid; i < DMODEL; i += GEMV_WG) {
-            const float xi = from_emb ? LOAD_W(emb, base + i) * scale : x[i];
-            x_norm[i] = (xi - mean) * rstd * ln_w[i] + ln_b[i];
-        }
-        if (lid == 0)
-            flag_if_nonfinite(stat[2], flags, flag_index);
+    /* this work-group's share of LN(x): every work-group has the same
+     * statistics (same sums in the same order), so the shares agree */
+    const int share = (DMODEL + get_num_groups(0) - 1) / get_num_groups(0);
+    const int i = get_group_id(0) * share + lid;
+    if (lid < share && i < DMODEL) {
+        const float xi = from_emb ? LOAD_W(emb, base + i) * scale : x[i];
+        x_norm[i] = (xi - stat[0]) * stat[1] * ln_w[i] + ln_b[i];
     }
+    if (get_group_id(0) == 0 && lid == 0)
+        flag_if_nonfinite(stat[2], flags, flag_index);
     return v;
 }
 
@@ -366,10 +384,10 @@ void gemv_ln(__global const WT *w, __global const float *bias, __global const fl
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);
 #if LANES > 1
-    __local float4 red4[GEMV_WG];
+    __local float4 red4[GEMV_WG], ts[DP4], tg[DP4];
     __local float stat[3 + GEMV_ROWS / 2];
     const float v = ln_fold_rows(w, sc, k_pitch, n_out, x, (__global const WT *)w, 0, 1.0f, 0, ln_w, ln_b, x_norm,
-                                 glu, y, flags, flag_index, red4, stat);
+                                 glu, y, flags, flag_index, red4, stat, ts, tg);
 #else
     __local float red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
@@ -432,10 +450,10 @@ void gemv_embed(__global const WT *w, __global const float *bias, __global const
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);
 #if LANES > 1
-    __local float4 red4[GEMV_WG];
+    __local float4 red4[GEMV_WG], ts[DP4], tg[DP4];
     __local float stat[3 + GEMV_ROWS / 2];
     ln_fold_rows(w, sc, k_pitch, n_out, x_norm, emb, base, scale, 1, ln_w, ln_b, x_norm, 0, y, flags, flag_index,
-                 red4, stat);
+                 red4, stat, ts, tg);
 #else
     __local float red[GEMV_WG], red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];

@@ -301,6 +301,13 @@ typedef struct gemv_op {
     const char *name; /* in PLDR_PROFILE's table */
 } gemv_op;
 
+/* Local memory for x in gemv_ln and gemv_embed: only the one-lane form
+ * (kernels/gemv.cl) keeps x there. */
+static size_t ln_x_local(const pldr_model *m, int pitch)
+{
+    return (m->gemv_rows < m->gemv_wg ? 1 : (size_t)pitch) * sizeof(float);
+}
+
 static int pitch_of(const pldr_model *m, int k_dim)
 {
     return k_dim == m->cfg.d_model ? m->d_pitch : m->f_pitch;
@@ -318,7 +325,7 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
         return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                          A_MEM(op->bias), A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out),
                          A_MEM(c->act), A_INT(op->x), A_MEM(op->ln_w), A_MEM(op->ln_b), A_INT(op->x_norm),
-                         A_INT(op->glu), A_INT(op->y), A_LOCAL((size_t)pitch * sizeof(float)), A_INT(c->off.flags),
+                         A_INT(op->glu), A_INT(op->y), A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags),
                          A_INT(op->flag_index), A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags),
                          A_INT(c->n_flags + 1), A_INT(flag_logits(c)));
     return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
@@ -436,7 +443,7 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
             TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
                        A_MEM(ly->bqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb),
                        A_MEM(c->act), A_INT(id_off), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w),
-                       A_MEM(m->ln0_b), A_INT(o->xn), A_INT(o->qkv), A_LOCAL((size_t)m->d_pitch * sizeof(float)),
+                       A_MEM(m->ln0_b), A_INT(o->xn), A_INT(o->qkv), A_LOCAL(ln_x_local(m, m->d_pitch)),
                        A_INT(o->flags), A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
