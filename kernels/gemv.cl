@@ -71,13 +71,24 @@ inline void prefetch_w(__global const WT *wr, __global const WT *wr2, const int 
     }
 }
 
+/* What a row adds at the end, loaded at the start so that its latency hides
+ * behind the product: (b[row], b[row + n_out] for glu, residual[row]). */
+inline float3 row_early(__global const float *bias, __global const float *residual, const int has_residual,
+                        const int glu, const int n_out)
+{
+    const int row = get_group_id(0) * GEMV_ROWS + get_local_id(0) / LANES;
+    if (row >= n_out)
+        return (float3)0.0f;
+    return (float3)(bias[row], glu ? bias[row + n_out] : 0.0f, has_residual ? residual[row] : 0.0f);
+}
+
 /* The rest of the product of this work-group's rows with xs, the reduction
- * over lanes, and the output. Returns W[row] . x + b[row] (before the
- * residual) in lane 0 of each row, -INFINITY elsewhere. */
+ * over lanes, and the output (early: row_early). Returns W[row] . x + b[row]
+ * (before the residual) in lane 0 of each row, -INFINITY elsewhere. */
 inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const float4 *wa, const float4 *wb,
-                         __global const float *bias, const int kv, const int n_out, __local const float *xs,
-                         __global const float *residual, const int has_residual, const int glu,
-                         __global float *y, __local float *red, __local float *red2)
+                         const float3 early, const int kv, const int n_out, __local const float *xs,
+                         const int has_residual, const int glu, __global float *y, __local float *red,
+                         __local float *red2)
 {
     const int lid = get_local_id(0);
     const int row = get_group_id(0) * GEMV_ROWS + lid / LANES;
@@ -132,11 +143,11 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
 #endif
     float v = -INFINITY;
     if (lane == 0 && row < n_out) {
-        v = acc + bias[row];
+        v = acc + early.x;
         if (glu)
-            y[row] = silu(v) * (acc2 + bias[row + n_out]);
+            y[row] = silu(v) * (acc2 + early.y);
         else
-            y[row] = has_residual ? v + residual[row] : v;
+            y[row] = has_residual ? v + early.z : v;
     }
     return v;
 }
@@ -271,6 +282,8 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
     const int wrow = glu && grp >= half_rows ? row + n_out : row; /* the row of W (and of sc) */
     const int live = row < n_out;
     __global const WT *wr = w + (long)(live ? wrow : 0) * k_pitch;
+    /* the row's constants, loaded now and used at the end */
+    const float s_row = live ? sc[wrow] : 0.0f, c_row = live ? sc[(glu ? 2 * n_out : n_out) + wrow] : 0.0f;
     float4 wv[FOLD_PF];
 #pragma unroll
     for (int i = 0; i < FOLD_PF; i++) {
@@ -320,7 +333,7 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
             stat[2] = x0 + m1 + var;
         }
         if (live)
-            v = rstd * (acc.x - m1 * sc[wrow]) + sc[(glu ? 2 * n_out : n_out) + wrow];
+            v = rstd * (acc.x - m1 * s_row) + c_row;
         if (glu && grp >= half_rows)
             stat[3 + grp - half_rows] = v;
     }
@@ -366,9 +379,9 @@ void gemv(__global const WT *w, __global const float *bias, const int k_dim, con
     __local float red[GEMV_WG], red2[GEMV_WG];
     GEMV_SETUP(w, k_pitch, n_out);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
+    const float3 early = row_early(bias, AT(const float, res_off), has_residual, glu, n_out);
     load_x(xs, AT(const float, x_off), k_dim, k_pitch);
-    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, AT(const float, res_off), has_residual, glu,
-                AT(float, y_off), red, red2);
+    gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2);
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
@@ -393,9 +406,10 @@ void gemv_ln(__global const WT *w, __global const float *bias, __global const fl
     __local float2 scratch[GEMV_WG];
     GEMV_SETUP(w, k_pitch, n_out);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
+    const float3 early = row_early(bias, bias, 0, glu, n_out);
     load_x(xs, x, k_dim, k_pitch);
     ln_keep(xs, k_dim, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    const float v = gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, x, 0, glu, y, red, red2);
+    const float v = gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, 0, glu, y, red, red2);
 #endif
     if (argmax)
         argmax_merge(v, n_out, AT(float, part_off), flags, out_index, counter_index, logits_flag, red, red_i,
@@ -413,6 +427,7 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
     __local float red[GEMV_WG], red2[GEMV_WG];
     GEMV_SETUP(w, k_pitch, DMODEL);
     prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
+    const float3 early = row_early(bias, AT(const float, res_off), 1, 0, DMODEL);
     for (int i = get_local_id(0); i < k_pitch; i += GEMV_WG) {
         float val = 0.0f;
         if (i < DMODEL) {
@@ -432,8 +447,7 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
         xs[i] = val;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, DMODEL, xs, AT(const float, res_off), 1, 0, AT(float, y_off), red,
-                red2);
+    gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, DMODEL, xs, 1, 0, AT(float, y_off), red, red2);
 }
 
 /* The first projection of a decode step with the token embedding fused in:
@@ -464,6 +478,6 @@ void gemv_embed(__global const WT *w, __global const float *bias, __global const
         xs[i] = i < DMODEL ? LOAD_W(emb, base + i) * scale : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
     ln_keep(xs, DMODEL, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    gemv_finish(wr, wr2, wa, wb, bias, k_pitch / 4, n_out, xs, bias, 0, 0, y, red, red2);
+    gemv_finish(wr, wr2, wa, wb, row_early(bias, bias, 0, 0, n_out), k_pitch / 4, n_out, xs, 0, 0, y, red, red2);
 #endif
 }
