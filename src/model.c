@@ -387,19 +387,19 @@ static void choose_work_groups(pldr_model *m)
             int *val;
         } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
                     {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf}};
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-            const char *p = strstr(env, keys[i].key);
-            size_t kl = strlen(keys[i].key);
-            if (p && p[kl] == '=' && atoi(p + kl + 1) > 0)
-                *keys[i].val = pow2_at_most(lim, atoi(p + kl + 1));
+        /* comma-separated key=value items; a key is matched whole ("row" is not "rows") */
+        for (const char *p = env; *p;) {
+            const size_t len = strcspn(p, ",");
+            for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+                const size_t kl = strlen(keys[i].key);
+                if (len > kl + 1 && strncmp(p, keys[i].key, kl) == 0 && p[kl] == '=' && atoi(p + kl + 1) > 0)
+                    *keys[i].val = pow2_at_most(lim, atoi(p + kl + 1));
+            }
+            p += len + (p[len] == ',');
         }
     }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
-    /* more than 32 work-items per row gave non-finite logits on NVIDIA's
-     * OpenCL (not on PoCL; cause not found): GPU overrides stop at 32 */
-    while (!cpu && m->gemv_wg / m->gemv_rows > 32)
-        m->gemv_rows *= 2;
     /* rows with several lanes: at least two per work-group (the two halves of
      * a GLU row, kernels/gemv.cl) */
     if (m->gemv_rows == 1 && m->gemv_wg > 1)

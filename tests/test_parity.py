@@ -65,6 +65,7 @@ CONFIGS = [
 # PLDR_WG forces GPU layouts on any device: (config, PLDR_WG, lanes per row).
 LAYOUTS = [
     ("a-f32-dk64", "gemv=64,rows=8", 8),
+    ("b-f32-dk32-D1-halfrope", "rows=2,gemv=128", 64),
     ("c-f16-3shards", "gemv=64,rows=2", 32),
     ("g-f32-odd-d", "gemv=64,rows=4", 16),
 ]
