@@ -384,6 +384,45 @@ void gemv(__global const WT *w, __global const float *bias, const int k_dim, con
     gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2);
 }
 
+/* A long-row product on a multi-lane layout (the FFN output projection,
+ * k_dim = DFF): y[r] = W[r] . x + b[r] (+ residual[r]) with GEMV_WROWS rows
+ * per work-group, so more lanes share a row and each walks fewer vectors; x
+ * is read from global memory (it stays in cache), so nothing waits for a
+ * barrier before the weights stream. */
+#define WLANES (GEMV_WG / GEMV_WROWS)
+__kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
+void gemv_wide(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch,
+               const int n_out, __global char *act, const int x_off, const int res_off, const int has_residual,
+               const int y_off)
+{
+    __local float red[GEMV_WG];
+    const int lid = get_local_id(0);
+    const int row = get_group_id(0) * GEMV_WROWS + lid / WLANES, lane = lid % WLANES;
+    const int live = row < n_out;
+    __global const WT *wr = w + (long)(live ? row : 0) * k_pitch;
+    __global const float *x = AT(const float, x_off);
+    const float b = live ? bias[row] : 0.0f;
+    const float res = live && has_residual ? AT(const float, res_off)[row] : 0.0f;
+    const int kv = k_pitch / 4, full = k_dim / 4;
+    float4 acc = 0.0f;
+#pragma unroll 4
+    for (int k = lane; k < full; k += WLANES)
+        acc += LOAD_ROW4(wr, k) * vload4(k, x);
+    /* the last, partial vector (the row padding is zero, x past k_dim is not read) */
+    if (full < kv && lane == full % WLANES)
+        for (int i = 4 * full; i < k_dim; i++)
+            acc.x += LOAD_W(wr, i) * x[i];
+    red[lid] = acc.x + acc.y + acc.z + acc.w;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int st = WLANES / 2; st > 0; st >>= 1) {
+        if (lane < st)
+            red[lid] += red[lid + st];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lane == 0 && live)
+        AT(float, y_off)[row] = red[lid] + b + res;
+}
+
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv_ln(__global const WT *w, __global const float *bias, __global const float *sc, const int k_dim,
              const int k_pitch, const int n_out, __global char *act, const int x_off, __global const float *ln_w,

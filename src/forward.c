@@ -26,7 +26,8 @@
 
 typedef struct kernels {
     cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
-    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_ln, gemv_attn, gemv_embed, bias_rows, argmax;
+    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_attn, gemv_embed, bias_rows,
+        argmax;
 } kernels;
 
 struct pldr_context {
@@ -328,6 +329,13 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
                          A_INT(op->glu), A_INT(op->y), A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags),
                          A_INT(op->flag_index), A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags),
                          A_INT(c->n_flags + 1), A_INT(flag_logits(c)));
+    if (m->gemv_rows < m->gemv_wg && op->k_dim != m->cfg.d_model && !op->glu) {
+        const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;
+        return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+                         A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
+                         A_INT(op->x), A_INT(op->residual >= 0 ? op->residual : op->x), A_INT(op->residual >= 0),
+                         A_INT(op->y));
+    }
     return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                      A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act), A_INT(op->x),
                      A_INT(op->residual >= 0 ? op->residual : op->x), A_INT(op->residual >= 0), A_INT(op->glu),
@@ -757,6 +765,7 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
         {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
         {&c->k.gemv, "gemv"},                {&c->k.gemv_ln, "gemv_ln"},
+        {&c->k.gemv_wide, "gemv_wide"},
         {&c->k.gemv_attn, "gemv_attn"},      {&c->k.gemv_embed, "gemv_embed"},
         {&c->k.bias_rows, "add_bias_rows"},
         {&c->k.argmax, "argmax"},

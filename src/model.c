@@ -379,6 +379,7 @@ static void choose_work_groups(pldr_model *m)
      * work-items share a row so that neighbours read neighbouring weights */
     m->gemv_rows = cpu ? m->gemv_wg : 8;
     m->gemv_pf = 1;
+    m->gemv_wrows = 0; /* from gemv_rows below, unless PLDR_WG sets it */
     /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8" overrides, for tuning */
     const char *env = getenv("PLDR_WG");
     if (env) {
@@ -386,7 +387,8 @@ static void choose_work_groups(pldr_model *m)
             const char *key;
             int *val;
         } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
-                    {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf}};
+                    {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf},
+                    {"wrows", &m->gemv_wrows}};
         /* comma-separated key=value items; a key is matched whole ("row" is not "rows") */
         for (const char *p = env; *p;) {
             const size_t len = strcspn(p, ",");
@@ -400,6 +402,12 @@ static void choose_work_groups(pldr_model *m)
     }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
+    /* the FFN output projection (rows of d_ff) on multi-lane layouts: a
+     * quarter of the rows per work-group, four times the lanes per row */
+    if (!m->gemv_wrows)
+        m->gemv_wrows = m->gemv_rows >= 4 ? m->gemv_rows / 4 : 1;
+    while (m->gemv_wrows > 1 && m->gemv_wrows > m->gemv_wg)
+        m->gemv_wrows /= 2;
     /* rows with several lanes: at least two per work-group (the two halves of
      * a GLU row, kernels/gemv.cl) */
     if (m->gemv_rows == 1 && m->gemv_wg > 1)
@@ -494,10 +502,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     snprintf(options, sizeof options,
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
-             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d",
+             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d",
              getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
-             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf);
+             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows);
     st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                         params->progress_user, &m->program);
     if (st != PLDR_OK)

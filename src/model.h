@@ -44,7 +44,7 @@ struct pldr_model {
      * length d, f_pitch for rows of length F */
     int d_pitch, f_pitch;
     /* work-group sizes chosen for the device (also passed as -D defines) */
-    int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf;
+    int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf, gemv_wrows;
 };
 
 /* Releases *b if set and clears it. */
