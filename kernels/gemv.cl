@@ -221,7 +221,7 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
  * With LN(x) = (x - mean) * rstd * gamma + beta and any shift x0,
  *   W . LN(x) + b = rstd * (sum_k W_k gamma_k (x_k - x0) - (mean - x0) * s) + c,
  * where s = sum_k W_k gamma_k and c = b + sum_k W_k beta_k are constants of the
- * model (ln_fold_consts, at load; sc holds s for every row of W, then c). The
+ * model (ln_fold_consts, at load: sc holds s for every row of W, then c). The
  * lanes of a row take the sums of t = x - x0 and t^2 while they multiply, so
  * the statistics arrive with the product's own reduction, and the weights
  * stream from the first instruction. x0 = x[0], as in ln_local. */
@@ -353,12 +353,19 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
     return v;
 }
 
-/* The constants of a product with a folded LayerNorm (ln_fold_rows), once at
- * load: sc[r] = sum_k W[r,k] gamma_k, sc[n_rows + r] = b[r] + sum_k W[r,k] beta_k. */
+/* The per-row data of a product that reads a LayerNorm's output, once at
+ * load, in one buffer so that a launch binds it once (see AT above): for the
+ * n_rows rows of W, sc = [s, c, b, gamma, beta] with s[r] = sum_k W[r,k]
+ * gamma_k and c[r] = b[r] + sum_k W[r,k] beta_k (ln_fold_rows), b the bias,
+ * and gamma, beta (DMODEL each) the LayerNorm's weights. */
 __kernel void ln_fold_consts(__global const WT *w, __global const float *bias, const int k_pitch, const int n_rows,
                              __global const float *ln_w, __global const float *ln_b, __global float *sc)
 {
     const int r = get_global_id(0);
+    for (int i = r; i < DMODEL; i += get_global_size(0)) {
+        sc[3 * n_rows + i] = ln_w[i];
+        sc[3 * n_rows + DMODEL + i] = ln_b[i];
+    }
     if (r >= n_rows)
         return;
     float s = 0.0f, c = 0.0f;
@@ -369,6 +376,7 @@ __kernel void ln_fold_consts(__global const WT *w, __global const float *bias, c
     }
     sc[r] = s;
     sc[n_rows + r] = bias[r] + c;
+    sc[2 * n_rows + r] = bias[r];
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
@@ -424,12 +432,13 @@ void gemv_wide(__global const WT *w, __global const float *bias, const int k_dim
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_ln(__global const WT *w, __global const float *bias, __global const float *sc, const int k_dim,
-             const int k_pitch, const int n_out, __global char *act, const int x_off, __global const float *ln_w,
-             __global const float *ln_b, const int xn_off, const int glu, const int y_off, __local float *xs,
-             const int flags_off, const int flag_index, const int argmax, const int part_off, const int out_index,
-             const int counter_index, const int logits_flag)
+void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, const int k_pitch, const int n_out,
+             __global char *act, const int x_off, const int xn_off, const int glu, const int y_off,
+             __local float *xs, const int flags_off, const int flag_index, const int argmax, const int part_off,
+             const int out_index, const int counter_index, const int logits_flag)
 {
+    const int nt = glu ? 2 * n_out : n_out; /* rows of W: sc is [s, c, b][nt], gamma, beta */
+    __global const float *bias = sc + 2 * nt, *ln_w = sc + 3 * nt, *ln_b = ln_w + DMODEL;
     __local float red[GEMV_WG];
     __local int red_i[GEMV_WG], last;
     __global const float *x = AT(const float, x_off);
@@ -494,11 +503,11 @@ void gemv_attn(__global const WT *w, __global const float *bias, const int k_pit
  * in local memory, work-group 0 stores it in x_norm (the residual of the
  * attention output), and y = W . x + b. One launch instead of two. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_embed(__global const WT *w, __global const float *bias, __global const float *sc, const int k_pitch,
-                const int n_out, __global const WT *emb, __global char *act, const int id_off, const float scale,
-                __global const float *ln_w, __global const float *ln_b, const int xn_off, const int y_off,
-                __local float *xs, const int flags_off, const int flag_index)
+void gemv_embed(__global const WT *w, __global const float *sc, const int k_pitch, const int n_out,
+                __global const WT *emb, __global char *act, const int id_off, const float scale, const int xn_off,
+                const int y_off, __local float *xs, const int flags_off, const int flag_index)
 {
+    __global const float *bias = sc + 2 * n_out, *ln_w = sc + 3 * n_out, *ln_b = ln_w + DMODEL;
     const long base = (long)*AT(const int, id_off) * DMODEL;
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);

@@ -290,10 +290,9 @@ typedef struct gemv_op {
     cl_mem w, bias;
     int k_dim, n_out;
     int x; /* vectors: byte offsets in c->act */
-    int ln_in;
-    cl_mem ln_w, ln_b;
+    int ln_in; /* x is normalised on load by the LayerNorm whose weights are in sc */
     int x_norm;
-    cl_mem sc; /* ln_in: the folded layer-norm constants (pldr_layer.qkv_sc) */
+    cl_mem sc; /* ln_in: the per-row data and the LayerNorm (pldr_layer.qkv_sc) */
     int residual; /* -1: none */
     int glu;
     int y;
@@ -324,9 +323,8 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
     const int pitch = pitch_of(m, op->k_dim);
     if (op->ln_in) /* never with a residual */
         return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
-                         A_MEM(op->bias), A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out),
-                         A_MEM(c->act), A_INT(op->x), A_MEM(op->ln_w), A_MEM(op->ln_b), A_INT(op->x_norm),
-                         A_INT(op->glu), A_INT(op->y), A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags),
+                         A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
+                         A_INT(op->x), A_INT(op->x_norm), A_INT(op->glu), A_INT(op->y), A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags),
                          A_INT(op->flag_index), A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags),
                          A_INT(c->n_flags + 1), A_INT(flag_logits(c)));
     if (m->gemv_rows < m->gemv_wg && op->k_dim != m->cfg.d_model && !op->glu) {
@@ -444,20 +442,18 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
     }
     for (int l = 0; l < cf->n_layers; l++) {
         const pldr_layer *ly = &m->layers[l];
-        const pldr_layer *prev = l > 0 ? &m->layers[l - 1] : NULL;
         if (l == 0) {
             /* the embedding and its LayerNorm are done by the first projection */
             const size_t groups = ((size_t)(3 * d) + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
             TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
-                       A_MEM(ly->bqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb),
-                       A_MEM(c->act), A_INT(id_off), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w),
-                       A_MEM(m->ln0_b), A_INT(o->xn), A_INT(o->qkv), A_LOCAL(ln_x_local(m, m->d_pitch)),
+                       A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(c->act),
+                       A_INT(id_off), A_FLT((float)sqrt((double)d)), A_INT(o->xn), A_INT(o->qkv),
+                       A_LOCAL(ln_x_local(m, m->d_pitch)),
                        A_INT(o->flags), A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
             gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)",
-                           .k_dim = d, .n_out = 3 * d, .x = o->s2, .ln_in = 1, .ln_w = prev->ln2_w,
-                           .ln_b = prev->ln2_b, .x_norm = o->xn, .residual = -1, .y = o->qkv,
+                           .k_dim = d, .n_out = 3 * d, .x = o->s2, .ln_in = 1, .x_norm = o->xn, .residual = -1, .y = o->qkv,
                            .flag_index = flag_ffn(l - 1)};
             TRY(gemv(c, &qkv));
         }
@@ -471,7 +467,7 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
                    A_INT(o->att_part), A_INT(n_split), A_INT(o->xn), A_INT(o->s1),
                    A_LOCAL((size_t)m->d_pitch * sizeof(float))));
         gemv_op up = {.w = ly->w12, .bias = ly->b12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
-                      .n_out = F, .x = o->s1, .ln_in = 1, .ln_w = ly->ln1_w, .ln_b = ly->ln1_b, .x_norm = o->x1n,
+                      .n_out = F, .x = o->s1, .ln_in = 1, .x_norm = o->x1n,
                       .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
         gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
@@ -486,11 +482,10 @@ static pldr_status final_from_decode(pldr_context *c, int argmax)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
-    const pldr_layer *last = &m->layers[cf->n_layers - 1];
+    /* the last layer's output norm comes with wf_sc */
     gemv_op fin = {.w = m->wf, .bias = m->bf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
-                   .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .ln_w = last->ln2_w, .ln_b = last->ln2_b,
-                   .x_norm = c->off.xn, .residual = -1, .y = c->off.logits,
-                   .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
+                   .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
+                   .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
 }
 

@@ -314,7 +314,7 @@ static pldr_status load_weights(loader *ld)
 static pldr_status fold_one(pldr_model *m, cl_kernel k, cl_mem w, cl_mem bias, size_t rows, cl_mem ln_w,
                             cl_mem ln_b, cl_mem *sc)
 {
-    TRY(alloc_f32(m, sc, 2 * rows, "the folded layer-norm constants"));
+    TRY(alloc_f32(m, sc, 3 * rows + 2 * (size_t)m->cfg.d_model, "the folded layer-norm constants"));
     const cl_int pitch = m->d_pitch, n = (cl_int)rows;
     cl_int err = clSetKernelArg(k, 0, sizeof w, &w);
     err |= clSetKernelArg(k, 1, sizeof bias, &bias);

@@ -13,8 +13,9 @@ typedef struct pldr_layer {
     cl_mem ln1_w, ln1_b, ln2_w, ln2_b; /* layer.layernorm1/2 [d] */
     cl_mem w12, b12;   /* ffn.gluw1; gluw2 [2F, d], [2F] */
     cl_mem w3, b3;     /* ffn.gluw3 [d, F], [d] */
-    /* constants of the decode products with the preceding LayerNorm folded in
-     * (kernels/gemv.cl, ln_fold_rows): [2, 3d] for Q/K/V, [2, 2F] for gluw1|2 */
+    /* the per-row data of the decode products that read a LayerNorm's output
+     * (kernels/gemv.cl, ln_fold_consts): [3, 3d] for Q/K/V, [3, 2F] for
+     * gluw1|2 (folded constants and the bias), then the LayerNorm's weights */
     cl_mem qkv_sc, up_sc;
     /* metric learner, absent for a predefined G */
     cl_mem a_ln_w, a_ln_b;   /* mha1.layernorm1 [dk] */
@@ -33,7 +34,7 @@ struct pldr_model {
     cl_mem emb;            /* [V, d], weight dtype */
     cl_mem ln0_w, ln0_b;   /* decoder.layernorm1 */
     cl_mem wf, bf;         /* final_layer [V, d] (weight dtype), [V] */
-    cl_mem wf_sc;          /* [2, V], as pldr_layer.qkv_sc */
+    cl_mem wf_sc;          /* [3, V] and the last LayerNorm, as pldr_layer.qkv_sc */
     pldr_layer *layers;
     uint64_t n_params;
     uint64_t fingerprint;
