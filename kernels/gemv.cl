@@ -221,10 +221,10 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
  * With LN(x) = (x - mean) * rstd * gamma + beta and any shift x0,
  *   W . LN(x) + b = rstd * (sum_k W_k gamma_k (x_k - x0) - (mean - x0) * s) + c,
  * where s = sum_k W_k gamma_k and c = b + sum_k W_k beta_k are constants of the
- * model (ln_fold_consts, at load: sc holds s for every row of W, then c). The
- * lanes of a row take the sums of t = x - x0 and t^2 while they multiply, so
- * the statistics arrive with the product's own reduction, and the weights
- * stream from the first instruction. x0 = x[0], as in ln_local. */
+ * model (ln_fold_consts, at load). The lanes of a row take the sums of
+ * t = x - x0 and t^2 while they multiply, so the statistics arrive with the
+ * product's own reduction instead of a LayerNorm pass before it, and the
+ * weights start loading before anything else. x0 = x[0], as in ln_local. */
 #define DP4 ((DMODEL + 3) / 4)
 
 /* t = x - x0 for elements 4k .. 4k+3 of the LN input (x, or the embedding
