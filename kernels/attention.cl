@@ -88,19 +88,23 @@ void attention_prefill(__global const float *qg, __global const float *k_cache,
  * and v, q @ G_LM and the attention, in one launch. The keys are split over
  * work-groups so that a short sequence still fills the device: work-group
  * (h, s) attends to keys [s*ATT_WG, min((s+1)*ATT_WG, pos+1)) of head h and
- * writes its partial softmax (max, sum, acc[DK]) to part[h][s]; gemv_attn
- * combines them. The work-group whose keys include pos writes k and v there.
- * qkv is the projection output with its bias. */
+ * writes its partial softmax (max, sum, acc[DK]) to part[h][s]; the last of
+ * a head's work-groups to finish (counted with an atomic in count[h]) combines
+ * them into att[h*DK .. h*DK+DK), the attention output. The work-group whose
+ * keys include pos writes k and v there. qkv is the projection output with
+ * its bias. */
 __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
 void attention_decode(__global char *act, const int qkv_off, const int rope_off, __global float *k_cache,
                       __global float *v_cache, __global const float *g, const int pos, const float scale,
-                      const int n_split, const int part_off)
+                      const int n_split, const int part_off, const int count_off, const int att_off)
 {
-    /* q, k, v and the partial results are in the decode-step buffer (see kernels/gemv.cl) */
+    /* q, k, v, the partial results, the counters and the output are in the
+     * decode-step buffer (see kernels/gemv.cl) */
     __global const float *qkv = (__global const float *)(act + qkv_off);
     __global const float2 *rope = (__global const float2 *)(act + rope_off);
     __global float *part = (__global float *)(act + part_off);
     __local float q[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
+    __local int last;
     const int h = get_group_id(0) / n_split, sp = get_group_id(0) % n_split, lid = get_local_id(0);
     const int off = h * DK;
     const int t0 = sp * ATT_WG, n = min(ATT_WG, pos + 1 - t0);
@@ -194,4 +198,30 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
         out[0] = mx;
         out[1] = sum;
     }
+    /* the combination: x[j] = sum_s e^(m_s-M) acc_s[j] / sum_s e^(m_s-M) l_s, M = max_s m_s */
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    __global int *count = (__global int *)(act + count_off);
+    if (lid == 0)
+        last = atomic_inc(count + h) == n_split - 1;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!last)
+        return;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    volatile __global const float *ph = part + (long)h * n_split * (DK + 2);
+    __global float *att = (__global float *)(act + att_off) + off;
+    for (int j = lid; j < DK; j += ATT_WG) {
+        float m = -INFINITY;
+        for (int s2 = 0; s2 < n_split; s2++)
+            m = fmax(m, ph[s2 * (DK + 2)]);
+        float num = 0.0f, den = 0.0f;
+        for (int s2 = 0; s2 < n_split; s2++) {
+            const float e2 = exp(ph[s2 * (DK + 2)] - m);
+            den += e2 * ph[s2 * (DK + 2) + 1];
+            num += e2 * ph[s2 * (DK + 2) + 2 + j];
+        }
+        att[j] = num / den;
+    }
+    if (lid == 0)
+        count[h] = 0;
 }

@@ -5,13 +5,12 @@
  * work-items each (on a CPU, LANES = 1: a work-item walks a whole row), then
  * reduces in local memory.
  *
- * Three variants, by what happens to the input row x before the product:
- *   gemv          x as it is;
+ * Variants, by what happens to the input row x before the product:
+ *   gemv          x as it is (gemv_wide: the same for long rows on GPUs);
  *   gemv_ln       LN(x): the LayerNorm of the previous step is done here, on
- *                 load, instead of in a launch of its own; work-group 0 stores
- *                 the normalised row in x_norm (the residual of a later step);
- *   gemv_attn     x is combined from the partial results of the split decode
- *                 attention (kernels/attention.cl).
+ *                 load, instead of in a launch of its own, and the normalised
+ *                 row is stored in x_norm (the residual of a later step);
+ *   gemv_embed    LN of the token's embedding row;
  * and by what happens to the output:
  *   y[r] = W[r] . x + b[r] (+ residual[r])
  *   glu:  y[r] = silu(W[r] . x + b[r]) * (W[r+n_out] . x + b[r+n_out])
@@ -19,7 +18,7 @@
  * argmax_merge). xs is local memory of k_pitch floats.
  *
  * The vectors of a decode step (x, its normalised copy, y, the flags, the
- * attention and argmax partials, the token ids) live in one buffer, act, at
+ * argmax partials, the token ids) live in one buffer, act, at
  * the byte offsets given (*_off): a launch costs some drivers' hosts ~0.4 us
  * per buffer argument (NVIDIA's), so kernels take as few as they can.
  *
@@ -462,40 +461,6 @@ void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, co
     if (argmax)
         argmax_merge(v, n_out, AT(float, part_off), flags, out_index, counter_index, logits_flag, red, red_i,
                      &last);
-}
-
-/* The attention output projection: x[h*DK+j] combines the n_split partial
- * results (max m, sum l, acc[DK]) of head h as sum_s e^(m_s-M) acc_s[j] /
- * sum_s e^(m_s-M) l_s, M = max_s m_s: the last step of the split softmax. */
-__kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_attn(__global const WT *w, __global const float *bias, const int k_pitch, __global char *act,
-               const int part_off, const int n_split, const int res_off, const int y_off, __local float *xs)
-{
-    __global const float *part = AT(const float, part_off);
-    __local float red[GEMV_WG], red2[GEMV_WG];
-    GEMV_SETUP(w, k_pitch, DMODEL);
-    prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
-    const float3 early = row_early(bias, AT(const float, res_off), 1, 0, DMODEL);
-    for (int i = get_local_id(0); i < k_pitch; i += GEMV_WG) {
-        float val = 0.0f;
-        if (i < DMODEL) {
-            const int h = i / DK, j = i % DK;
-            __global const float *ph = part + (long)h * n_split * (DK + 2);
-            float mx = -INFINITY;
-            for (int s = 0; s < n_split; s++)
-                mx = fmax(mx, ph[s * (DK + 2)]);
-            float num = 0.0f, den = 0.0f;
-            for (int s = 0; s < n_split; s++) {
-                const float e = exp(ph[s * (DK + 2)] - mx);
-                den += e * ph[s * (DK + 2) + 1];
-                num += e * ph[s * (DK + 2) + 2 + j];
-            }
-            val = num / den;
-        }
-        xs[i] = val;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, DMODEL, xs, 1, 0, AT(float, y_off), red, red2);
 }
 
 /* The first projection of a decode step with the token embedding fused in:

@@ -26,7 +26,7 @@
 
 typedef struct kernels {
     cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
-    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_attn, gemv_embed, bias_rows,
+    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
 } kernels;
 
@@ -59,6 +59,8 @@ struct pldr_context {
     struct act_offsets {
         int s1, s2, xn, x1n, qkv, g; /* one token's vectors: d, d, d, d, 3d, F */
         int att_part;                /* split decode attention: [H, n_ctx/ATT_WG, dk + 2] */
+        int att_count;               /* its work-groups finished, per head: [H] ints */
+        int att;                     /* its output: d */
         int argmax_part;             /* greedy decode: (value, index) per final GEMV work-group */
         int flags, ids, rope, logits;
     } off;
@@ -461,11 +463,11 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
         const int n_split = (pos + 1 + m->att_wg - 1) / m->att_wg;
         TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg, (size_t)m->att_wg,
                    A_MEM(c->act), A_INT(o->qkv), A_INT(o->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
-                   A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part)));
-        TRY(LAUNCH(c, gemv_attn, (((size_t)d + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows) * (size_t)m->gemv_wg,
-                   (size_t)m->gemv_wg, A_MEM(ly->wo), A_MEM(ly->bo), A_INT(m->d_pitch), A_MEM(c->act),
-                   A_INT(o->att_part), A_INT(n_split), A_INT(o->xn), A_INT(o->s1),
-                   A_LOCAL((size_t)m->d_pitch * sizeof(float))));
+                   A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part),
+                   A_INT(o->att_count), A_INT(o->att)));
+        gemv_op proj = {.w = ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
+                        .x = o->att, .residual = o->xn, .y = o->s1};
+        TRY(gemv(c, &proj));
         gemv_op up = {.w = ly->w12, .bias = ly->b12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
                       .n_out = F, .x = o->s1, .ln_in = 1, .x_norm = o->x1n,
                       .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
@@ -761,7 +763,7 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
         {&c->k.gemv, "gemv"},                {&c->k.gemv_ln, "gemv_ln"},
         {&c->k.gemv_wide, "gemv_wide"},
-        {&c->k.gemv_attn, "gemv_attn"},      {&c->k.gemv_embed, "gemv_embed"},
+        {&c->k.gemv_embed, "gemv_embed"},
         {&c->k.bias_rows, "add_bias_rows"},
         {&c->k.argmax, "argmax"},
     };
@@ -828,6 +830,8 @@ static pldr_status make_act(pldr_context *c, size_t T)
         {&c->off.qkv, 3 * d * 4, NULL},
         {&c->off.g, F * 4, NULL},
         {&c->off.att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4, NULL},
+        {&c->off.att_count, (size_t)cf->n_heads * 4, NULL},
+        {&c->off.att, d * 4, NULL},
         {&c->off.argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, NULL},
         /* the flags, then the greedy token id and the argmax work-group counter */
         {&c->off.flags, ((size_t)c->n_flags + 2) * 4, &c->flags},

@@ -62,12 +62,13 @@ CONFIGS = [
 
 # The decode GEMVs on a GPU give each row several lanes and fold the layer
 # norms into the products (kernels/gemv.cl); a CPU gives a row one work-item.
-# PLDR_WG forces GPU layouts on any device: (config, PLDR_WG, lanes per row).
+# PLDR_WG forces other work-group shapes on any device: (config, PLDR_WG, what).
 LAYOUTS = [
-    ("a-f32-dk64", "gemv=64,rows=8", 8),
-    ("b-f32-dk32-D1-halfrope", "rows=2,gemv=128", 64),
-    ("c-f16-3shards", "gemv=64,rows=2", 32),
-    ("g-f32-odd-d", "gemv=64,rows=4", 16),
+    ("a-f32-dk64", "gemv=64,rows=8", "8 lanes per GEMV row"),
+    ("b-f32-dk32-D1-halfrope", "rows=2,gemv=128", "64 lanes per GEMV row"),
+    ("c-f16-3shards", "gemv=64,rows=2", "32 lanes per GEMV row"),
+    ("d-bf16-dk48", "att=8", "decode attention split into blocks of 8 keys"),
+    ("g-f32-odd-d", "gemv=64,rows=4", "16 lanes per GEMV row"),
 ]
 
 # "To open a file in Python, use the :func:`open` function," with the bundled
@@ -237,11 +238,11 @@ def main():
         if i == 0:
             case.check_mode("kv", 1, "--cache kv --prefill 1 (G from a single token)")
             case.check_mode("none", 1, "--cache none --prefill 1")
-        for lname, wg, lanes in LAYOUTS:
+        for lname, wg, what in LAYOUTS:
             if lname == name:
                 for mode in ("kv", "kvg"):
-                    case.check_mode(mode, PREFILL, "--cache %s with PLDR_WG=%s (%d lanes per GEMV row)"
-                                    % (mode, wg, lanes), env={"PLDR_WG": wg})
+                    case.check_mode(mode, PREFILL, "--cache %s with PLDR_WG=%s (%s)" % (mode, wg, what),
+                                    env={"PLDR_WG": wg})
 
     # The bundled trained model.
     trained = os.path.join(pt.SRCDIR, "models", "pldr-tiny-pydocs")
