@@ -380,7 +380,7 @@ static void choose_work_groups(pldr_model *m)
     m->gemv_rows = cpu ? m->gemv_wg : 8;
     m->gemv_pf = 1;
     m->gemv_wrows = 0; /* from gemv_rows below, unless PLDR_WG sets it */
-    /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8" overrides, for tuning */
+    /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8,wrows=2" overrides, for tuning */
     const char *env = getenv("PLDR_WG");
     if (env) {
         const struct {
