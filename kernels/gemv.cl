@@ -378,6 +378,10 @@ __kernel void ln_fold_consts(__global const WT *w, __global const float *bias, c
     sc[2 * n_rows + r] = bias[r];
 }
 
+/* The bias and the LayerNorm's weights in sc (ln_fold_consts) for nt rows of W. */
+#define SC_PARTS(sc, nt)                                                                           \
+    __global const float *bias = (sc) + 2 * (nt), *ln_w = (sc) + 3 * (nt), *ln_b = ln_w + DMODEL
+
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
           __global char *act, const int x_off, const int res_off, const int has_residual, const int glu,
@@ -436,8 +440,7 @@ void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, co
              __local float *xs, const int flags_off, const int flag_index, const int argmax, const int part_off,
              const int out_index, const int counter_index, const int logits_flag)
 {
-    const int nt = glu ? 2 * n_out : n_out; /* rows of W: sc is [s, c, b][nt], gamma, beta */
-    __global const float *bias = sc + 2 * nt, *ln_w = sc + 3 * nt, *ln_b = ln_w + DMODEL;
+    SC_PARTS(sc, glu ? 2 * n_out : n_out);
     __local float red[GEMV_WG];
     __local int red_i[GEMV_WG], last;
     __global const float *x = AT(const float, x_off);
@@ -464,15 +467,15 @@ void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, co
 }
 
 /* The first projection of a decode step with the token embedding fused in:
- * x = LN_d(Emb[id] * scale) (decoder.embedding, decoder.layernorm1) is built
- * in local memory, work-group 0 stores it in x_norm (the residual of the
- * attention output), and y = W . x + b. One launch instead of two. */
+ * x = LN_d(Emb[id] * scale) (decoder.embedding, decoder.layernorm1) is stored
+ * in x_norm (the residual of the attention output), and y = W . x + b. One
+ * launch instead of two. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv_embed(__global const WT *w, __global const float *sc, const int k_pitch, const int n_out,
                 __global const WT *emb, __global char *act, const int id_off, const float scale, const int xn_off,
                 const int y_off, __local float *xs, const int flags_off, const int flag_index)
 {
-    __global const float *bias = sc + 2 * n_out, *ln_w = sc + 3 * n_out, *ln_b = ln_w + DMODEL;
+    SC_PARTS(sc, n_out);
     const long base = (long)*AT(const int, id_off) * DMODEL;
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);

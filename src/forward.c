@@ -289,7 +289,8 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
 
 /* y = W . xin + b with the options of the gemv kernel (see kernels/gemv.cl). */
 typedef struct gemv_op {
-    cl_mem w, bias;
+    cl_mem w;
+    cl_mem bias; /* not with ln_in: sc holds the bias then */
     int k_dim, n_out;
     int x; /* vectors: byte offsets in c->act */
     int ln_in; /* x is normalised on load by the LayerNorm whose weights are in sc */
@@ -303,11 +304,18 @@ typedef struct gemv_op {
     const char *name; /* in PLDR_PROFILE's table */
 } gemv_op;
 
+/* Whether a GEMV row has several lanes (the GPU form of kernels/gemv.cl,
+ * LANES > 1 there) rather than one work-item. */
+static int multi_lane(const pldr_model *m)
+{
+    return m->gemv_rows < m->gemv_wg;
+}
+
 /* Local memory for x in gemv_ln and gemv_embed: only the one-lane form
  * (kernels/gemv.cl) keeps x there. */
 static size_t ln_x_local(const pldr_model *m, int pitch)
 {
-    return (m->gemv_rows < m->gemv_wg ? 1 : (size_t)pitch) * sizeof(float);
+    return (multi_lane(m) ? 1 : (size_t)pitch) * sizeof(float);
 }
 
 static int pitch_of(const pldr_model *m, int k_dim)
@@ -319,27 +327,27 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
 {
     const pldr_model *m = c->m;
     /* a folded-norm GLU product spends two lane groups on an output row */
-    const size_t rows = op->ln_in && op->glu && m->gemv_rows < m->gemv_wg ? (size_t)m->gemv_rows / 2
-                                                                           : (size_t)m->gemv_rows;
+    const size_t rows = op->ln_in && op->glu && multi_lane(m) ? (size_t)m->gemv_rows / 2 : (size_t)m->gemv_rows;
     size_t groups = ((size_t)op->n_out + rows - 1) / rows;
     const int pitch = pitch_of(m, op->k_dim);
     if (op->ln_in) /* never with a residual */
         return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                          A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
-                         A_INT(op->x), A_INT(op->x_norm), A_INT(op->glu), A_INT(op->y), A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags),
-                         A_INT(op->flag_index), A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags),
-                         A_INT(c->n_flags + 1), A_INT(flag_logits(c)));
-    if (m->gemv_rows < m->gemv_wg && op->k_dim != m->cfg.d_model && !op->glu) {
+                         A_INT(op->x), A_INT(op->x_norm), A_INT(op->glu), A_INT(op->y),
+                         A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags), A_INT(op->flag_index),
+                         A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
+                         A_INT(flag_logits(c)));
+    const int has_res = op->residual >= 0, res = has_res ? op->residual : op->x; /* any valid offset */
+    if (multi_lane(m) && op->k_dim != m->cfg.d_model && !op->glu) {
         const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;
         return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                          A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
-                         A_INT(op->x), A_INT(op->residual >= 0 ? op->residual : op->x), A_INT(op->residual >= 0),
-                         A_INT(op->y));
+                         A_INT(op->x), A_INT(res), A_INT(has_res), A_INT(op->y));
     }
     return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                      A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act), A_INT(op->x),
-                     A_INT(op->residual >= 0 ? op->residual : op->x), A_INT(op->residual >= 0), A_INT(op->glu),
-                     A_INT(op->y), A_LOCAL((size_t)pitch * sizeof(float)));
+                     A_INT(res), A_INT(has_res), A_INT(op->glu), A_INT(op->y),
+                     A_LOCAL((size_t)pitch * sizeof(float)));
 }
 
 /* ------------------------------------------------------------ PLGA */
@@ -450,12 +458,11 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
             TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
                        A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(c->act),
                        A_INT(id_off), A_FLT((float)sqrt((double)d)), A_INT(o->xn), A_INT(o->qkv),
-                       A_LOCAL(ln_x_local(m, m->d_pitch)),
-                       A_INT(o->flags), A_INT(flag_embed(c))));
+                       A_LOCAL(ln_x_local(m, m->d_pitch)), A_INT(o->flags), A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
-            gemv_op qkv = {.w = ly->wqkv, .bias = ly->bqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)",
-                           .k_dim = d, .n_out = 3 * d, .x = o->s2, .ln_in = 1, .x_norm = o->xn, .residual = -1, .y = o->qkv,
+            gemv_op qkv = {.w = ly->wqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d,
+                           .n_out = 3 * d, .x = o->s2, .ln_in = 1, .x_norm = o->xn, .residual = -1, .y = o->qkv,
                            .flag_index = flag_ffn(l - 1)};
             TRY(gemv(c, &qkv));
         }
@@ -468,7 +475,7 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
         gemv_op proj = {.w = ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
                         .x = o->att, .residual = o->xn, .y = o->s1};
         TRY(gemv(c, &proj));
-        gemv_op up = {.w = ly->w12, .bias = ly->b12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
+        gemv_op up = {.w = ly->w12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
                       .n_out = F, .x = o->s1, .ln_in = 1, .x_norm = o->x1n,
                       .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
@@ -485,7 +492,7 @@ static pldr_status final_from_decode(pldr_context *c, int argmax)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     /* the last layer's output norm comes with wf_sc */
-    gemv_op fin = {.w = m->wf, .bias = m->bf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
+    gemv_op fin = {.w = m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
                    .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
                    .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
