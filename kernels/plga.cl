@@ -21,37 +21,118 @@ __kernel void metric_tensor(__global const float *q, const int T, __global float
     a0[gid] = s;
 }
 
-/* LayerNorm of ML_ROWS rows of DK values in local memory, one work-item per
- * row computing the statistics (rows are short), all of them applying it. */
+/* Work-item shapes of the metric learner, chosen by the host:
+ * ML_RG    groups of rows in the gluw1/gluw2 phase, 1 <= ML_RG <= ML_ROWS;
+ * ML_KS    splits of the DK inputs in that phase, 1 <= ML_KS: a work-item
+ *          takes one hidden unit f for the ML_RPG rows of its group over
+ *          ML_KL inputs, holding the weights of ML_KC inputs in registers
+ *          at a time; the splits' partial sums meet in local memory;
+ * ML_S     slices of the hidden units in the gluw3 phase, 1 <= ML_S <= FA:
+ *          a work-item takes one output j of every row over ML_FL hidden
+ *          units; the slices' partial sums meet in local memory;
+ * ML_LNP   work-items per row taking a LayerNorm's partial sums.
+ * Rows of hidden units are padded to ML_FAP (a multiple of 4, zeros) so that
+ * they are read four at a time. */
+#define ML_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define ML_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define ML_RPG ((ML_ROWS + ML_RG - 1) / ML_RG)
+#define ML_KL (((DK + ML_KS - 1) / ML_KS + 3) / 4 * 4)
+#define ML_FAP ((FA + 3) / 4 * 4)
+#define ML_FL (((ML_FAP + ML_S - 1) / ML_S + 3) / 4 * 4)
+#define ML_LNP ML_MIN(8, DK)
+/* local scratch shared by the two phases' partial sums */
+#define ML_P1 (ML_KS > 1 ? ML_KS * ML_ROWS * 2 * FA : 1)
+#define ML_P2 (ML_S > 1 ? ML_S * ML_ROWS * DK : 1)
+#define ML_SCRATCH ML_MAX(ML_P1, ML_P2)
+
+/* LayerNorm of ML_ROWS rows of DK values in local memory: ML_LNP work-items
+ * per row take partial sums, then every work-item applying it combines them
+ * (three barriers, two passes for the variance). */
 inline void ln_rows(__local float (*x)[DK], __global const float *w, __global const float *b,
-                    __local float *mean, __local float *rstd)
+                    __local float (*ps)[ML_LNP], __local float (*pq)[ML_LNP])
 {
     const int lid = get_local_id(0);
-    if (lid < ML_ROWS) {
-        float s = 0.0f;
-        for (int i = 0; i < DK; i++)
-            s += x[lid][i];
-        const float mu = s / DK;
-        float s2 = 0.0f;
-        for (int i = 0; i < DK; i++)
-            s2 += (x[lid][i] - mu) * (x[lid][i] - mu);
-        mean[lid] = mu;
-        rstd[lid] = rsqrt(s2 / DK + LN_EPS);
+    for (int e = lid; e < ML_ROWS * ML_LNP; e += ML_WG) {
+        const int r = e / ML_LNP, s = e % ML_LNP;
+        float v = 0.0f;
+        for (int i = s; i < DK; i += ML_LNP)
+            v += x[r][i];
+        ps[r][s] = v;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int e = lid; e < ML_ROWS * ML_LNP; e += ML_WG) {
+        const int r = e / ML_LNP, s = e % ML_LNP;
+        float mu = 0.0f;
+        for (int t = 0; t < ML_LNP; t++)
+            mu += ps[r][t];
+        mu /= DK;
+        float v = 0.0f;
+        for (int i = s; i < DK; i += ML_LNP)
+            v += (x[r][i] - mu) * (x[r][i] - mu);
+        pq[r][s] = v;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
         const int r = e / DK, i = e % DK;
-        x[r][i] = (x[r][i] - mean[r]) * rstd[r] * w[i] + b[i];
+        float mu = 0.0f, var = 0.0f;
+        for (int t = 0; t < ML_LNP; t++) {
+            mu += ps[r][t];
+            var += pq[r][t];
+        }
+        mu /= DK;
+        x[r][i] = (x[r][i] - mu) * rsqrt(var / DK + LN_EPS) * w[i] + b[i];
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
 
+/* The gluw1/gluw2 sums of hidden unit f over inputs [i0, i0 + ML_KL) for the
+ * rows q0 .. q0 + ML_RPG - 1 (clamped; the caller drops rows past the end). */
+inline void ml_gates(__local float (*src)[DK], __global const float *g12, const int f, const int i0,
+                     const int q0, float *hg, float *hu)
+{
+    for (int q = 0; q < ML_RPG; q++)
+        hg[q] = hu[q] = 0.0f;
+    for (int c0 = i0; c0 < ML_MIN(i0 + ML_KL, DK); c0 += ML_KC) {
+        float wg[ML_KC], wu[ML_KC];
+#pragma unroll
+        for (int t = 0; t < ML_KC; t++) {
+            const int i = ML_MIN(c0 + t, DK - 1);
+            wg[t] = g12[i * 2 * FA + f];
+            wu[t] = g12[i * 2 * FA + FA + f];
+        }
+#pragma unroll
+        for (int q = 0; q < ML_RPG; q++) {
+            __local const float *x = src[ML_MIN(q0 + q, ML_ROWS - 1)];
+#if DK % 4 == 0 && ML_KC % 4 == 0
+#pragma unroll
+            for (int t = 0; t < ML_KC; t += 4) {
+                if (c0 + t < ML_MIN(i0 + ML_KL, DK)) {
+                    const float4 v = vload4(0, x + c0 + t);
+                    hg[q] += wg[t] * v.x + wg[t + 1] * v.y + wg[t + 2] * v.z + wg[t + 3] * v.w;
+                    hu[q] += wu[t] * v.x + wu[t + 1] * v.y + wu[t + 2] * v.z + wu[t + 3] * v.w;
+                }
+            }
+#else
+#pragma unroll
+            for (int t = 0; t < ML_KC; t++) {
+                if (c0 + t < ML_MIN(i0 + ML_KL, DK)) {
+                    hg[q] += wg[t] * x[c0 + t];
+                    hu[q] += wu[t] * x[c0 + t];
+                }
+            }
+#endif
+        }
+    }
+}
+
 /* The metric learner (mha1.layernorm1 and mha1.reslayerAs). Rows of A are
  * independent through all of it, so each work-group keeps ML_ROWS rows in
- * local memory from start to end, and every weight it reads serves all of
- * them. The weights of GLU u = r*NUM_DENSE + k are stored transposed:
+ * local memory from start to end, and every weight it reads serves several
+ * rows. The weights of GLU u = r*NUM_DENSE + k are stored transposed:
  * w12[u] is [DK, 2*FA] (gluw1 columns, then gluw2), w3[u] is [FA, DK], so
- * work-items computing neighbouring outputs read neighbouring weights. */
+ * work-items computing neighbouring outputs read neighbouring weights.
+ * A GLU takes two to four barriers: the gate sums (and their total over the
+ * input splits), the gluw3 slices' sums (and their total). */
 __kernel __attribute__((reqd_work_group_size(ML_WG, 1, 1)))
 void metric_learner(__global const float *a0, __global float *a_out, const int n_rows,
                     __global const float *ln0_w, __global const float *ln0_b,
@@ -59,76 +140,92 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
                     __global const float *w3, __global const float *b3,
                     __global const float *lna_w, __global const float *lna_b)
 {
-    __local float a[ML_ROWS][DK], cur[ML_ROWS][DK], hid[ML_ROWS][2 * FA], mean[ML_ROWS], rstd[ML_ROWS];
+    __local float a[ML_ROWS][DK], cur[ML_ROWS][DK], hid[ML_ROWS][ML_FAP];
+    __local float ps[ML_ROWS][ML_LNP], pq[ML_ROWS][ML_LNP], scratch[ML_SCRATCH];
     const int row0 = get_group_id(0) * ML_ROWS, lid = get_local_id(0);
     for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
         const int r = e / DK, i = e % DK;
         a[r][i] = row0 + r < n_rows ? a0[(long)(row0 + r) * DK + i] : 0.0f;
     }
+    for (int e = lid; e < ML_ROWS * (ML_FAP - FA); e += ML_WG)
+        hid[e / (ML_FAP - FA)][FA + e % (ML_FAP - FA)] = 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
-    ln_rows(a, ln0_w, ln0_b, mean, rstd);
+    ln_rows(a, ln0_w, ln0_b, ps, pq);
     for (int r = 0; r < NUM_RES; r++) {
-        for (int e = lid; e < ML_ROWS * DK; e += ML_WG)
-            cur[e / DK][e % DK] = a[e / DK][e % DK];
-        barrier(CLK_LOCAL_MEM_FENCE);
         for (int k = 0; k < NUM_DENSE; k++) {
             const int u = r * NUM_DENSE + k;
-            /* gluw1 and gluw2 outputs: column c of [W1; W2]^T for every row */
-            __global const float *g12 = w12 + (long)u * 2 * FA * DK;
-            for (int c = lid; c < 2 * FA; c += ML_WG) {
-                float h[ML_ROWS];
-                const float bias = b12[u * 2 * FA + c];
-                for (int q = 0; q < ML_ROWS; q++)
-                    h[q] = bias;
-#if DK % 4 == 0
-                /* four inputs at a time: one vector read of local memory per row */
-#pragma unroll 4
-                for (int i = 0; i < DK; i += 4) {
-                    const float4 w = (float4)(g12[i * 2 * FA + c], g12[(i + 1) * 2 * FA + c],
-                                              g12[(i + 2) * 2 * FA + c], g12[(i + 3) * 2 * FA + c]);
-                    for (int q = 0; q < ML_ROWS; q++)
-                        h[q] += dot(w, vload4(0, &cur[q][i]));
-                }
+            __local float (*src)[DK] = k == 0 ? a : cur;
+            __global const float *g12 = w12 + (long)u * 2 * FA * DK, *bb = b12 + u * 2 * FA;
+            /* hidden unit f: silu(gluw1) * gluw2, by row group and input split */
+            for (int e = lid; e < FA * ML_RG * ML_KS; e += ML_WG) {
+                const int f = e % FA, q0 = (e / FA) % ML_RG * ML_RPG, ks = e / (FA * ML_RG);
+                float hg[ML_RPG], hu[ML_RPG];
+                ml_gates(src, g12, f, ks * ML_KL, q0, hg, hu);
+                for (int q = 0; q < ML_RPG; q++) {
+                    if (q0 + q < ML_ROWS) {
+#if ML_KS > 1
+                        __local float *p = scratch + (ks * ML_ROWS + q0 + q) * 2 * FA;
+                        p[f] = hg[q];
+                        p[FA + f] = hu[q];
 #else
-#pragma unroll 8
-                for (int i = 0; i < DK; i++) {
-                    const float w = g12[i * 2 * FA + c];
-                    for (int q = 0; q < ML_ROWS; q++)
-                        h[q] += w * cur[q][i];
-                }
+                        hid[q0 + q][f] = silu(hg[q] + bb[f]) * (hu[q] + bb[FA + f]);
 #endif
-                for (int q = 0; q < ML_ROWS; q++)
-                    hid[q][c] = h[q];
+                    }
+                }
             }
             barrier(CLK_LOCAL_MEM_FENCE);
+#if ML_KS > 1
             for (int e = lid; e < ML_ROWS * FA; e += ML_WG) {
                 const int q = e / FA, f = e % FA;
-                hid[q][f] = silu(hid[q][f]) * hid[q][FA + f];
+                float g = bb[f], v = bb[FA + f];
+                for (int ks = 0; ks < ML_KS; ks++) {
+                    g += scratch[(ks * ML_ROWS + q) * 2 * FA + f];
+                    v += scratch[(ks * ML_ROWS + q) * 2 * FA + FA + f];
+                }
+                hid[q][f] = silu(g) * v;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* gluw3: output j of row q */
+#endif
+            /* gluw3: output j of every row over slice s of the hidden units */
             __global const float *g3 = w3 + (long)u * DK * FA;
+            __local float (*dst)[DK] = k == NUM_DENSE - 1 ? a : cur;
+            for (int e = lid; e < DK * ML_S; e += ML_WG) {
+                const int j = e % DK, s = e / DK, f0 = s * ML_FL;
+                float o[ML_ROWS];
+                for (int q = 0; q < ML_ROWS; q++)
+                    o[q] = 0.0f;
+#pragma unroll
+                for (int t = 0; t < ML_FL; t += 4) {
+                    const int f = f0 + t;
+                    if (f < FA) {
+                        const float4 w = (float4)(g3[f * DK + j], f + 1 < FA ? g3[(f + 1) * DK + j] : 0.0f,
+                                                  f + 2 < FA ? g3[(f + 2) * DK + j] : 0.0f,
+                                                  f + 3 < FA ? g3[(f + 3) * DK + j] : 0.0f);
+                        for (int q = 0; q < ML_ROWS; q++)
+                            o[q] += dot(w, vload4(0, &hid[q][f]));
+                    }
+                }
+#if ML_S > 1
+                for (int q = 0; q < ML_ROWS; q++)
+                    scratch[(s * ML_ROWS + q) * DK + j] = o[q];
+#else
+                for (int q = 0; q < ML_ROWS; q++)
+                    dst[q][j] = (k == NUM_DENSE - 1 ? dst[q][j] : 0.0f) + o[q] + b3[u * DK + j];
+#endif
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+#if ML_S > 1
             for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
                 const int q = e / DK, j = e % DK;
                 float o = b3[u * DK + j];
-#if FA % 2 == 0
-                /* pairs of hidden units: one vector read of local memory per pair */
-#pragma unroll 8
-                for (int f = 0; f < FA; f += 2)
-                    o += dot((float2)(g3[f * DK + j], g3[(f + 1) * DK + j]), vload2(0, &hid[q][f]));
-#else
-#pragma unroll 8
-                for (int f = 0; f < FA; f++)
-                    o += g3[f * DK + j] * hid[q][f];
-#endif
-                cur[q][j] = o;
+                for (int s = 0; s < ML_S; s++)
+                    o += scratch[(s * ML_ROWS + q) * DK + j];
+                dst[q][j] = (k == NUM_DENSE - 1 ? dst[q][j] : 0.0f) + o;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
+#endif
         }
-        for (int e = lid; e < ML_ROWS * DK; e += ML_WG)
-            a[e / DK][e % DK] += cur[e / DK][e % DK];
-        barrier(CLK_LOCAL_MEM_FENCE);
-        ln_rows(a, lna_w + r * DK, lna_b + r * DK, mean, rstd);
+        ln_rows(a, lna_w + r * DK, lna_b + r * DK, ps, pq);
     }
     for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
         const int r = e / DK, i = e % DK;

@@ -365,6 +365,18 @@ static int pow2_at_most(size_t limit, int want)
     return v;
 }
 
+/* Local memory of one metric-learner work-group (kernels/plga.cl): ml_rows
+ * rows of A, of the current GLU input and of hidden units (padded to a
+ * multiple of 4), the LayerNorm partial sums, and a scratch area shared by
+ * the input splits' and the gluw3 slices' partial sums. */
+static uint64_t learner_local_bytes(const pldr_model *m)
+{
+    const uint64_t rows = (uint64_t)m->ml_rows, dk = (uint64_t)m->cfg.head_dim, fa = (uint64_t)m->cfg.a_dff;
+    const uint64_t p1 = m->ml_ks > 1 ? (uint64_t)m->ml_ks * rows * 2 * fa : 1;
+    const uint64_t p2 = m->ml_s > 1 ? (uint64_t)m->ml_s * rows * dk : 1;
+    return 4 * (rows * (2 * dk + (fa + 3) / 4 * 4 + 2 * (dk < 8 ? dk : 8)) + (p1 > p2 ? p1 : p2));
+}
+
 static void choose_work_groups(pldr_model *m)
 {
     const pldr_device_info *d = &m->ocl.info;
@@ -373,13 +385,18 @@ static void choose_work_groups(pldr_model *m)
     m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
     m->att_wg = pow2_at_most(lim, 64);
     m->ml_wg = pow2_at_most(lim, cpu ? 64 : 512);
-    m->ml_rows = 8;
+    /* measured: on a GPU 4 rows (two work-groups per compute unit at the 110M
+     * shape), on a CPU 16 (each weight read serves more rows) */
+    m->ml_rows = cpu ? 16 : 4;
     m->gemv_wg = pow2_at_most(lim, cpu ? 64 : 256);
     /* on a CPU a work-item walks a whole row (no reduction); on a GPU 32
      * work-items share a row so that neighbours read neighbouring weights */
     m->gemv_rows = cpu ? m->gemv_wg : 8;
     m->gemv_pf = 1;
     m->gemv_wrows = 0; /* from gemv_rows below, unless PLDR_WG sets it */
+    m->ml_rg = 1;
+    m->ml_ks = m->ml_s = 0; /* from ml_wg below, unless PLDR_WG sets them */
+    m->ml_kc = 16;
     /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8,wrows=2" overrides, for tuning */
     const char *env = getenv("PLDR_WG");
     if (env) {
@@ -388,7 +405,7 @@ static void choose_work_groups(pldr_model *m)
             int *val;
         } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
                     {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf},
-                    {"wrows", &m->gemv_wrows}};
+                    {"wrows", &m->gemv_wrows}, {"mlrg", &m->ml_rg}, {"mlks", &m->ml_ks}, {"mls", &m->ml_s}, {"mlkc", &m->ml_kc}};
         /* comma-separated key=value items; a key is matched whole ("row" is not "rows") */
         for (const char *p = env; *p;) {
             const size_t len = strcspn(p, ",");
@@ -412,11 +429,20 @@ static void choose_work_groups(pldr_model *m)
      * a GLU row, kernels/gemv.cl) */
     if (m->gemv_rows == 1 && m->gemv_wg > 1)
         m->gemv_rows = 2;
-    /* the metric learner keeps ml_rows rows of A and their hidden units in
-     * local memory */
-    const uint64_t per_row = (2 * (uint64_t)m->cfg.head_dim + 2 * (uint64_t)m->cfg.a_dff + 2) * 4;
-    while (m->ml_rows > 1 && per_row * (uint64_t)m->ml_rows + 4096 > d->local_mem_bytes)
+    /* the metric learner (kernels/plga.cl): ml_rg groups of rows and ml_ks
+     * splits of the inputs share the gluw1/gluw2 phase, one work-item per
+     * hidden unit, group and split; ml_s slices of the hidden units share the
+     * gluw3 phase, one work-item per output and slice */
+    const int dk = m->cfg.head_dim, fa = m->cfg.a_dff;
+    if (!m->ml_ks)
+        m->ml_ks = m->ml_wg / (fa * m->ml_rg);
+    if (!m->ml_s)
+        m->ml_s = m->ml_wg / dk;
+    m->ml_ks = m->ml_ks < 1 ? 1 : m->ml_ks > dk ? dk : m->ml_ks;
+    m->ml_s = m->ml_s < 1 ? 1 : m->ml_s > fa ? fa : m->ml_s;
+    while (m->ml_rows > 1 && learner_local_bytes(m) + 4096 > d->local_mem_bytes)
         m->ml_rows /= 2;
+    m->ml_rg = m->ml_rg < 1 ? 1 : m->ml_rg > m->ml_rows ? m->ml_rows : m->ml_rg;
 }
 
 static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
@@ -502,10 +528,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     snprintf(options, sizeof options,
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
-             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d",
+             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d",
              getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
-             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows);
+             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc);
     st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                         params->progress_user, &m->program);
     if (st != PLDR_OK)

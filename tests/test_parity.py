@@ -69,6 +69,13 @@ LAYOUTS = [
     ("c-f16-3shards", "gemv=64,rows=2", "32 lanes per GEMV row"),
     ("d-bf16-dk48", "att=8", "decode attention split into blocks of 8 keys"),
     ("g-f32-odd-d", "gemv=64,rows=4", "16 lanes per GEMV row"),
+    # metric learner shapes (kernels/plga.cl): row groups and input splits of
+    # the gluw1/gluw2 phase, slices of the gluw3 phase, some of them empty
+    ("a-f32-dk64", "ml=512,mlrows=4", "learner: 4 rows, 10 input splits of 8 (2 empty), 8 gluw3 slices"),
+    ("b-f32-dk32-D1-halfrope", "ml=256,mlrows=4,mlrg=2", "learner: 2 row groups, 3 input splits, 8 slices (3 empty), D=1"),
+    ("c-f16-3shards", "ml=512,mlrows=4", "learner: 8 input splits of 4, 16 gluw3 slices of 4 units"),
+    ("d-bf16-dk48", "ml=128,mlrows=8,mlrg=2,mlkc=8", "learner: 2 row groups of 4 rows, 2 slices of 28 units"),
+    ("g-f32-odd-d", "ml=256,mlrows=8,mlrg=4", "learner: dk=30 (scalar reads), 4 row groups, 8 slices (3 empty)"),
 ]
 
 # "To open a file in Python, use the :func:`open` function," with the bundled
