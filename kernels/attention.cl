@@ -70,13 +70,15 @@ __kernel void apply_g(__global const float *q, __global const float *g, const fl
 }
 
 /* Prefill: one work-group per (token, head); token t sits at position pos0+t
- * and attends to keys 0 .. pos0+t. */
+ * and attends to keys 0 .. pos0+t. The work-group's index comes from the
+ * global id, so that a global work offset skips tokens. */
 __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
 void attention_prefill(__global const float *qg, __global const float *k_cache,
                        __global const float *v_cache, const int pos0, __global float *out)
 {
     __local float qs[DK], p[ATT_WG], scratch[ATT_WG];
-    const int t = get_group_id(0) / HEADS, h = get_group_id(0) % HEADS;
+    const int wg = get_global_id(0) / ATT_WG;
+    const int t = wg / HEADS, h = wg % HEADS;
     const long row = (long)t * DMODEL + h * DK;
     for (int i = get_local_id(0); i < DK; i += ATT_WG)
         qs[i] = qg[row + i];

@@ -162,8 +162,8 @@ typedef struct arg {
 
 static void prof_add(pldr_context *c, const char *name, double ms);
 
-static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t global, size_t local,
-                          int n_args, const arg *args)
+static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t offset, size_t global,
+                          size_t local, int n_args, const arg *args)
 {
     const double a0 = c->host_timing ? pldr_now() : 0.0;
     for (int i = 0; i < n_args; i++) {
@@ -182,8 +182,8 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     cl_event ev = NULL, *evp = NULL;
     if (c->profile && c->n_events < c->cap_events)
         evp = &ev;
-    cl_int err = clEnqueueNDRangeKernel(c->m->ocl.queue, k, 1, NULL, &global, local ? &local : NULL, 0,
-                                        NULL, evp);
+    cl_int err = clEnqueueNDRangeKernel(c->m->ocl.queue, k, 1, offset ? &offset : NULL, &global,
+                                        local ? &local : NULL, 0, NULL, evp);
     if (evp && err == CL_SUCCESS) {
         c->events[c->n_events] = ev;
         c->event_names[c->n_events++] = name;
@@ -203,9 +203,10 @@ static pldr_status launch(pldr_context *c, cl_kernel k, const char *name, size_t
     return PLDR_OK;
 }
 
-#define LAUNCH_AS(c, kern, name, global, local, ...)                                               \
-    launch((c), (c)->k.kern, (name), (global), (local), (int)(sizeof((arg[]){__VA_ARGS__}) / sizeof(arg)), \
-           (arg[]){__VA_ARGS__})
+#define LAUNCH_FROM(c, kern, name, offset, global, local, ...)                                     \
+    launch((c), (c)->k.kern, (name), (offset), (global), (local),                                  \
+           (int)(sizeof((arg[]){__VA_ARGS__}) / sizeof(arg)), (arg[]){__VA_ARGS__})
+#define LAUNCH_AS(c, kern, name, global, local, ...) LAUNCH_FROM(c, kern, name, 0, global, local, __VA_ARGS__)
 #define LAUNCH(c, kern, global, local, ...) LAUNCH_AS(c, kern, #kern, global, local, __VA_ARGS__)
 
 static void prof_add(pldr_context *c, const char *name, double ms)
@@ -396,38 +397,43 @@ static pldr_status write_ids(pldr_context *c, const int32_t *ids, int n)
 }
 
 /* A forward over T tokens at positions pos0 .. pos0+T-1 leaving the final
- * hidden states in c->x. full: compute G_LM from these tokens regardless of
- * the cache (mode NONE, or the prefill). */
-static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, int pos0, int full)
+ * hidden states of the last `keep` tokens in c->x (rows T-keep .. T-1).
+ * full: compute G_LM from these tokens regardless of the cache (mode NONE,
+ * or the prefill). Every layer's K, V and A need all T rows, but the last
+ * layer's attention, output projection and FFN only the kept ones: those
+ * launches start at row T-keep (global work offsets; GEMMs by offset). */
+static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, int pos0, int full, int keep)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
-    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, t = (size_t)T;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, H = (size_t)cf->n_heads;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
     TRY(write_ids(c, ids, T));
-    TRY(LAUNCH(c, embed, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb),
+    TRY(LAUNCH(c, embed, (size_t)T * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb),
                A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags),
                A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
         const pldr_layer *ly = &m->layers[l];
         const size_t dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch;
+        const size_t t = (size_t)T, r0 = l == cf->n_layers - 1 && keep > 0 && keep < T ? (size_t)(T - keep) : 0;
+        const size_t n = t - r0, rw = (size_t)m->row_wg;
         TRY(gemm(c, t, 3 * d, d, c->x, 0, ly->wqkv, dp, c->qkv, 0));
-        TRY(LAUNCH(c, qkv_rope, t * (size_t)cf->n_heads * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv),
-                   A_MEM(ly->bqkv), A_MEM(c->rope), A_MEM(c->q), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
-                   A_INT(pos0)));
+        TRY(LAUNCH(c, qkv_rope, t * H * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv), A_MEM(ly->bqkv), A_MEM(c->rope),
+                   A_MEM(c->q), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0)));
         TRY(layer_g(c, l, T, full));
-        TRY(LAUNCH(c, apply_g, t * d, 0, A_MEM(c->q), A_MEM(c->g_g[l]), A_FLT(scale), A_MEM(c->qg)));
-        TRY(LAUNCH(c, att_prefill, t * (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg,
-                   A_MEM(c->qg), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0), A_MEM(c->att)));
-        TRY(gemm(c, t, d, d, c->att, 0, ly->wo, dp, c->o, 0));
-        TRY(LAUNCH(c, brln, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
-                   A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
-        TRY(gemm(c, t, 2 * F, d, c->x1, 0, ly->w12, dp, c->h, 0));
-        TRY(LAUNCH(c, glu, t * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
-        TRY(gemm(c, t, d, F, c->g, 0, ly->w3, fp, c->o, 0));
-        TRY(LAUNCH(c, brln, t * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->o), A_MEM(ly->b3),
-                   A_MEM(c->x1), A_MEM(ly->ln2_w), A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags),
-                   A_INT(flag_ffn(l))));
+        TRY(LAUNCH_FROM(c, apply_g, "apply_g", r0 * d, n * d, 0, A_MEM(c->q), A_MEM(c->g_g[l]), A_FLT(scale),
+                        A_MEM(c->qg)));
+        TRY(LAUNCH_FROM(c, att_prefill, "att_prefill", r0 * H * (size_t)m->att_wg, n * H * (size_t)m->att_wg,
+                        (size_t)m->att_wg, A_MEM(c->qg), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0),
+                        A_MEM(c->att)));
+        TRY(gemm(c, n, d, d, c->att, r0 * d, ly->wo, dp, c->o, r0 * d));
+        TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
+                        A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
+        TRY(gemm(c, n, 2 * F, d, c->x1, r0 * d, ly->w12, dp, c->h, r0 * 2 * F));
+        TRY(LAUNCH_FROM(c, glu, "glu", r0 * F, n * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
+        TRY(gemm(c, n, d, F, c->g, r0 * F, ly->w3, fp, c->o, r0 * d));
+        TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->b3), A_MEM(c->x1),
+                        A_MEM(ly->ln2_w), A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags), A_INT(flag_ffn(l))));
     }
     return PLDR_OK;
 }
@@ -605,8 +611,9 @@ static pldr_status check_ids(const pldr_context *c, const int32_t *ids, int n)
 
 /* The forward of an eval: returns in *rows_at the index of the first
  * hidden row of c->x that belongs to the new tokens, or -1 when the last
- * token went through the decode path (its logits input is c->s2). */
-static pldr_status run(pldr_context *c, const int32_t *ids, int n, int *rows_at)
+ * token went through the decode path (its logits input is c->s2). Only the
+ * hidden rows of the new tokens' last `keep` are computed in full. */
+static pldr_status run(pldr_context *c, const int32_t *ids, int n, int keep, int *rows_at)
 {
     TRY(check_ids(c, ids, n));
     TRY(clear_flags(c));
@@ -616,13 +623,13 @@ static pldr_status run(pldr_context *c, const int32_t *ids, int n, int *rows_at)
     memcpy(c->tokens + c->n_past, ids, (size_t)n * sizeof *ids);
     if (c->p.cache_mode == PLDR_CACHE_NONE) {
         int total = c->n_past + n;
-        TRY(forward_tokens(c, c->tokens, total, 0, 1));
+        TRY(forward_tokens(c, c->tokens, total, 0, 1, keep));
         *rows_at = c->n_past;
     } else if (c->n_past > 0 && n == 1) {
         TRY(decode_token(c, ids[0], c->n_past, chained));
         *rows_at = -1;
     } else {
-        TRY(forward_tokens(c, ids, n, c->n_past, c->n_past == 0));
+        TRY(forward_tokens(c, ids, n, c->n_past, c->n_past == 0, keep));
         *rows_at = 0;
     }
     if (c->p.cache_mode != PLDR_CACHE_NONE)
@@ -636,7 +643,7 @@ pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits,
     pldr_clear_error();
     ahead_cancel(c);
     int rows_at;
-    TRY(run(c, ids, n, &rows_at));
+    TRY(run(c, ids, n, logits && all_rows ? n : 1, &rows_at));
     if (!logits) {
         TRY(fetch_flags(c, c->n_flags, CL_TRUE));
         return check_flags(c);
@@ -716,7 +723,7 @@ pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t
     } else {
         ahead_cancel(c);
         int rows_at;
-        TRY(run(c, ids, n, &rows_at));
+        TRY(run(c, ids, n, 1, &rows_at));
         if (rows_at < 0) {
             TRY(final_from_decode(c, 1));
         } else {
