@@ -65,6 +65,7 @@ typedef struct pldr_device_info {
     int fp16;           /* cl_khr_fp16 */
     int fp64;           /* cl_khr_fp64 */
     int unified_memory; /* CL_DEVICE_HOST_UNIFIED_MEMORY */
+    unsigned mem_base_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, in bytes */
 } pldr_device_info;
 
 /* Lists every device of every platform. Free the array with free(). */
@@ -133,6 +134,10 @@ typedef struct pldr_model_params {
                                or ~/.cache/pldr); "" disables it */
     pldr_progress_fn progress;
     void *progress_user;
+    int zero_copy; /* 1 (default): on a device that shares memory with the host,
+                      float32 weights stored as F32 are used in place from the
+                      file mapping where their layout and alignment allow
+                      (CL_MEM_USE_HOST_PTR); 0, or $PLDR_ZERO_COPY=0: copied */
 } pldr_model_params;
 
 pldr_model_params pldr_model_default_params(void);
@@ -154,6 +159,9 @@ uint64_t pldr_model_n_params(const pldr_model *model);
 uint64_t pldr_model_fingerprint(const pldr_model *model);
 /* Bytes of device memory held by the weights. */
 uint64_t pldr_model_device_bytes(const pldr_model *model);
+/* The part of pldr_model_device_bytes that is not a copy: weights the device
+ * reads in place from the checkpoint's file mapping (see zero_copy). */
+uint64_t pldr_model_zero_copy_bytes(const pldr_model *model);
 
 /* Measures the device's memory bandwidth with a copy kernel (bytes read +
  * written per second), on buffers of up to 256 MiB. */

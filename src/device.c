@@ -79,18 +79,21 @@ static void fill_info(cl_platform_id p, cl_device_id d, pldr_device_info *info)
     cl_ulong gmem = 0, maxalloc = 0, lmem = 0;
     size_t wg = 0;
     cl_bool unified = CL_FALSE;
+    cl_uint base_align_bits = 0;
     clGetDeviceInfo(d, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
     clGetDeviceInfo(d, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof gmem, &gmem, NULL);
     clGetDeviceInfo(d, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof maxalloc, &maxalloc, NULL);
     clGetDeviceInfo(d, CL_DEVICE_LOCAL_MEM_SIZE, sizeof lmem, &lmem, NULL);
     clGetDeviceInfo(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
     clGetDeviceInfo(d, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL);
+    clGetDeviceInfo(d, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof base_align_bits, &base_align_bits, NULL);
     info->compute_units = cu;
     info->global_mem_bytes = gmem;
     info->max_alloc_bytes = maxalloc;
     info->local_mem_bytes = lmem;
     info->max_work_group_size = wg;
     info->unified_memory = unified == CL_TRUE;
+    info->mem_base_align = base_align_bits / 8;
     size_t n = 0;
     info->fp16 = info->fp64 = 0;
     if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) == CL_SUCCESS && n > 0) {

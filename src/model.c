@@ -1,6 +1,9 @@
 /* Loading a checkpoint onto the device: config, tensor checks, kernel build,
  * weight upload. The safetensors files are memory-mapped and unmapped once the
- * weights are on the device, so the host keeps no copy of the model. */
+ * weights are on the device, so the host keeps no copy of the model. On a
+ * device that shares the host's memory, tensors that need no conversion are
+ * not copied at all: their buffers read the mapping in place, which then
+ * stays open until the model is freed. */
 #include "config.h"
 
 #include <math.h>
@@ -22,6 +25,7 @@ pldr_model_params pldr_model_default_params(void)
     pldr_model_params p;
     memset(&p, 0, sizeof p);
     p.weight_dtype = PLDR_DTYPE_F32;
+    p.zero_copy = 1;
     return p;
 }
 
@@ -29,6 +33,7 @@ const pldr_config *pldr_model_config(const pldr_model *m) { return &m->cfg; }
 const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.info; }
 uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
 uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
+uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
 uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
 
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter)
@@ -61,10 +66,33 @@ typedef struct loader {
     float *staging;    /* float32 of the largest tensor */
     uint16_t *hstage;  /* its half conversion */
     float *past_g;     /* decoder.past_G_values as float32 (predefined G only) */
+    uLong *crc;              /* per tensor of ar: crc32 of its bytes, for the fingerprint */
+    unsigned char *summed;   /* per tensor: crc is computed */
+    unsigned char *in_place; /* per file of ar: a buffer reads its mapping */
+    /* the alignment a tensor's address needs for its buffer to read it in
+     * place (map_tensor), 0 where every weight is copied: align for buffers
+     * only the engine's kernels read, blas_align for those CLBlast reads */
+    size_t align, blas_align;
     uint64_t done, total;
     pldr_progress_fn progress;
     void *progress_user;
 } loader;
+
+/* crc32 of tensor t's bytes, computed once, where the loader reads the tensor
+ * anyway, so that the file is read once. */
+static void checksum(loader *ld, const st_tensor *t)
+{
+    const size_t i = (size_t)(t - ld->ar->tensors);
+    if (ld->summed[i])
+        return;
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (uint64_t o = 0; o < t->nbytes; o += 1u << 30) {
+        uint64_t len = t->nbytes - o < (1u << 30) ? t->nbytes - o : (1u << 30);
+        crc = crc32(crc, t->data + o, (uInt)len);
+    }
+    ld->crc[i] = crc;
+    ld->summed[i] = 1;
+}
 
 /* Looks tensor `fmt` up and converts it to float32 in ld->staging. */
 static const st_tensor *fetch_f32(loader *ld, pldr_status *st, const char *fmt, va_list ap)
@@ -76,6 +104,7 @@ static const st_tensor *fetch_f32(loader *ld, pldr_status *st, const char *fmt, 
         *st = pldr_fail(PLDR_ERR_FORMAT, "tensor %s is missing", name);
         return NULL;
     }
+    checksum(ld, t);
     *st = st_to_f32(t, ld->staging);
     return *st == PLDR_OK ? t : NULL;
 }
@@ -106,6 +135,13 @@ static const void *stored(loader *ld, const st_tensor *t, int half, size_t *esz)
     return ld->hstage;
 }
 
+static void progressed(loader *ld, const st_tensor *t)
+{
+    ld->done += t->nbytes;
+    if (ld->progress)
+        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
+}
+
 static pldr_status uploaded(loader *ld, const st_tensor *t, cl_int err)
 {
     if (err != CL_SUCCESS) {
@@ -113,10 +149,8 @@ static pldr_status uploaded(loader *ld, const st_tensor *t, cl_int err)
         snprintf(msg, sizeof msg, "uploading %s", t->name);
         return pldr_cl_fail(&ld->m->ocl, err, msg);
     }
-    ld->done += t->nbytes;
     st_release_pages(ld->ar, t);
-    if (ld->progress)
-        ld->progress("uploading weights", ld->done, ld->total, ld->progress_user);
+    progressed(ld, t);
     return PLDR_OK;
 }
 
@@ -192,6 +226,72 @@ static pldr_status alloc_w(pldr_model *m, cl_mem *b, size_t rows, size_t pitch, 
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing a weight buffer");
 }
 
+/* Makes *b a read-only buffer over tensor t's bytes in the file mapping
+ * instead of a copy (CL_MEM_USE_HOST_PTR), where the loader allows it (align
+ * non-zero), t is stored as float32 and is exactly the `n` elements the
+ * buffer holds, and t's address is a multiple of align. Its pages then stay
+ * mapped for the model's life. Returns 0 where this does not apply or the
+ * driver refuses the buffer: the caller copies then. */
+static int map_tensor(loader *ld, const st_tensor *t, size_t n, size_t align, cl_mem *b)
+{
+    pldr_model *m = ld->m;
+    if (!align || !t || t->dtype != ST_F32 || t->n_elements != n || t->nbytes == 0 ||
+        t->nbytes > m->ocl.info.max_alloc_bytes || (uintptr_t)t->data % align != 0)
+        return 0;
+    cl_int err;
+    cl_mem buf = clCreateBuffer(m->ocl.context, CL_MEM_READ_ONLY | CL_MEM_USE_HOST_PTR, (size_t)t->nbytes,
+                                (void *)(uintptr_t)t->data, &err);
+    if (!buf)
+        return 0;
+    checksum(ld, t);
+    *b = buf;
+    m->device_bytes += t->nbytes;
+    m->zero_copy_bytes += t->nbytes;
+    ld->in_place[t->file] = 1;
+    progressed(ld, t);
+    return 1;
+}
+
+/* A float32 buffer of n elements holding tensor `name` alone: in place where
+ * map_tensor allows, else a copy. */
+static PLDR_PRINTF(5, 6) pldr_status load_vector(loader *ld, cl_mem *b, size_t n, const char *what,
+                                                  const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (map_tensor(ld, st_find(ld->ar, name), n, ld->align, b))
+        return PLDR_OK;
+    TRY(alloc_f32(ld->m, b, n, what));
+    return put(ld, *b, 0, 0, "%s", name);
+}
+
+/* A weight matrix of `rows` rows of `pitch` elements holding tensor `name`
+ * alone: in place where its rows need no padding and map_tensor allows (at
+ * alignment `align`), else a copy in the weight dtype. */
+static PLDR_PRINTF(7, 8) pldr_status load_matrix(loader *ld, cl_mem *b, size_t rows, size_t pitch, size_t align,
+                                                  const char *what, const char *fmt, ...)
+{
+    pldr_model *m = ld->m;
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const st_tensor *t = st_find(ld->ar, name);
+    const int unpadded = t && t->ndim == 2 && (uint64_t)t->shape[1] == pitch;
+    if (unpadded && map_tensor(ld, t, rows * pitch, align, b)) {
+        if (rows * pitch > m->max_matrix_elems)
+            m->max_matrix_elems = rows * pitch;
+        return PLDR_OK;
+    }
+    TRY(alloc_w(m, b, rows, pitch, what));
+    return unpadded ? put(ld, *b, 0, m->weight_half, "%s", name)
+                    : put_rows(ld, *b, 0, pitch, m->weight_half, "%s", name);
+}
+
 static pldr_status load_layer(loader *ld, int l)
 {
     pldr_model *m = ld->m;
@@ -211,17 +311,14 @@ static pldr_status load_layer(loader *ld, int l)
         TRY(put_rows(ld, ly->wqkv, i * d, dp, hw, "%s.%d.mha1.%s.weight", p, l, qkv[i]));
         TRY(put(ld, ly->bqkv, i * d, 0, "%s.%d.mha1.%s.bias", p, l, qkv[i]));
     }
-    TRY(alloc_w(m, &ly->wo, d, dp, "the attention output weights"));
-    TRY(alloc_f32(m, &ly->bo, d, "the attention output bias"));
-    TRY(put_rows(ld, ly->wo, 0, dp, hw, "%s.%d.mha1.dense.weight", p, l));
-    TRY(put(ld, ly->bo, 0, 0, "%s.%d.mha1.dense.bias", p, l));
+    TRY(load_matrix(ld, &ly->wo, d, dp, ld->blas_align, "the attention output weights", "%s.%d.mha1.dense.weight",
+                    p, l));
+    TRY(load_vector(ld, &ly->bo, d, "the attention output bias", "%s.%d.mha1.dense.bias", p, l));
 
     cl_mem *lns[4] = {&ly->ln1_w, &ly->ln1_b, &ly->ln2_w, &ly->ln2_b};
     const char *lnn[4] = {"layernorm1.weight", "layernorm1.bias", "layernorm2.weight", "layernorm2.bias"};
-    for (int i = 0; i < 4; i++) {
-        TRY(alloc_f32(m, lns[i], d, "a layer norm"));
-        TRY(put(ld, *lns[i], 0, 0, "%s.%d.%s", p, l, lnn[i]));
-    }
+    for (int i = 0; i < 4; i++)
+        TRY(load_vector(ld, lns[i], d, "a layer norm", "%s.%d.%s", p, l, lnn[i]));
 
     TRY(alloc_w(m, &ly->w12, 2 * F, dp, "the feed-forward input weights"));
     TRY(alloc_f32(m, &ly->b12, 2 * F, "the feed-forward input biases"));
@@ -229,10 +326,9 @@ static pldr_status load_layer(loader *ld, int l)
     TRY(put_rows(ld, ly->w12, F, dp, hw, "%s.%d.ffn.gluw2.weight", p, l));
     TRY(put(ld, ly->b12, 0, 0, "%s.%d.ffn.gluw1.bias", p, l));
     TRY(put(ld, ly->b12, F, 0, "%s.%d.ffn.gluw2.bias", p, l));
-    TRY(alloc_w(m, &ly->w3, d, fp, "the feed-forward output weights"));
-    TRY(alloc_f32(m, &ly->b3, d, "the feed-forward output bias"));
-    TRY(put_rows(ld, ly->w3, 0, fp, hw, "%s.%d.ffn.gluw3.weight", p, l));
-    TRY(put(ld, ly->b3, 0, 0, "%s.%d.ffn.gluw3.bias", p, l));
+    TRY(load_matrix(ld, &ly->w3, d, fp, ld->blas_align, "the feed-forward output weights", "%s.%d.ffn.gluw3.weight",
+                    p, l));
+    TRY(load_vector(ld, &ly->b3, d, "the feed-forward output bias", "%s.%d.ffn.gluw3.bias", p, l));
 
     if (c->g_type != PLDR_G_LEARNED) {
         TRY(alloc_f32(m, &ly->past_g, 3 * H * dk * dk, "the predefined G_LM"));
@@ -246,10 +342,8 @@ static pldr_status load_layer(loader *ld, int l)
         return PLDR_OK;
     }
 
-    TRY(alloc_f32(m, &ly->a_ln_w, dk, "the metric learner"));
-    TRY(alloc_f32(m, &ly->a_ln_b, dk, "the metric learner"));
-    TRY(put(ld, ly->a_ln_w, 0, 0, "%s.%d.mha1.layernorm1.weight", p, l));
-    TRY(put(ld, ly->a_ln_b, 0, 0, "%s.%d.mha1.layernorm1.bias", p, l));
+    TRY(load_vector(ld, &ly->a_ln_w, dk, "the metric learner", "%s.%d.mha1.layernorm1.weight", p, l));
+    TRY(load_vector(ld, &ly->a_ln_b, dk, "the metric learner", "%s.%d.mha1.layernorm1.bias", p, l));
     TRY(alloc_f32(m, &ly->ml_w12, RD * 2 * Fa * dk, "the metric learner"));
     TRY(alloc_f32(m, &ly->ml_b12, RD * 2 * Fa, "the metric learner"));
     TRY(alloc_f32(m, &ly->ml_w3, RD * dk * Fa, "the metric learner"));
@@ -285,27 +379,23 @@ static pldr_status load_weights(loader *ld)
     pldr_model *m = ld->m;
     const pldr_config *c = &m->cfg;
     const size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size;
-    const int hw = m->weight_half;
-    TRY(alloc_w(m, &m->emb, V, d, "the token embedding"));
-    TRY(put(ld, m->emb, 0, hw, "decoder.embedding.weight"));
-    TRY(alloc_f32(m, &m->ln0_w, d, "the embedding layer norm"));
-    TRY(alloc_f32(m, &m->ln0_b, d, "the embedding layer norm"));
-    TRY(put(ld, m->ln0_w, 0, 0, "decoder.layernorm1.weight"));
-    TRY(put(ld, m->ln0_b, 0, 0, "decoder.layernorm1.bias"));
+    TRY(load_matrix(ld, &m->emb, V, d, ld->align, "the token embedding", "decoder.embedding.weight"));
+    TRY(load_vector(ld, &m->ln0_w, d, "the embedding layer norm", "decoder.layernorm1.weight"));
+    TRY(load_vector(ld, &m->ln0_b, d, "the embedding layer norm", "decoder.layernorm1.bias"));
     if (c->g_type != PLDR_G_LEARNED) {
         const st_tensor *t = st_find(ld->ar, "decoder.past_G_values");
         if (!t)
             return pldr_fail(PLDR_ERR_FORMAT, "tensor decoder.past_G_values is missing");
         if (!(ld->past_g = malloc((size_t)t->n_elements * sizeof(float))))
             return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for decoder.past_G_values");
+        checksum(ld, t);
         TRY(st_to_f32(t, ld->past_g));
+        st_release_pages(ld->ar, t);
     }
     for (int l = 0; l < c->n_layers; l++)
         TRY(load_layer(ld, l));
-    TRY(alloc_w(m, &m->wf, V, (size_t)m->d_pitch, "the final layer"));
-    TRY(alloc_f32(m, &m->bf, V, "the final layer bias"));
-    TRY(put_rows(ld, m->wf, 0, (size_t)m->d_pitch, hw, "final_layer.weight"));
-    TRY(put(ld, m->bf, 0, 0, "final_layer.bias"));
+    TRY(load_matrix(ld, &m->wf, V, (size_t)m->d_pitch, ld->blas_align, "the final layer", "final_layer.weight"));
+    TRY(load_vector(ld, &m->bf, V, "the final layer bias", "final_layer.bias"));
     return PLDR_OK;
 }
 
@@ -456,6 +546,80 @@ static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
     return PLDR_OK;
 }
 
+/* Sets ld->align and ld->blas_align (see loader), or leaves them 0: tensors
+ * are used in place only where asked for ($PLDR_ZERO_COPY=0 turns it off), on
+ * a device that shares the host's memory, with float32 weights, and on a
+ * little-endian host (the file's byte order). The engine's kernels read at
+ * most a float4 at a time from a weight buffer (kernels/gemv.cl, LOAD_ROW4).
+ * CLBlast's SGEMM kernels read vectors of up to 16 floats (64 bytes) from a
+ * matrix's start, counting on the base-address alignment the device gives
+ * the buffers it allocates (CL_DEVICE_MEM_BASE_ADDR_ALIGN). */
+static void zero_copy_alignment(const pldr_model *m, const pldr_model_params *params, loader *ld)
+{
+    const char *env = getenv("PLDR_ZERO_COPY");
+    if (!params->zero_copy || (env && strcmp(env, "0") == 0) || !m->ocl.info.unified_memory || m->weight_half)
+        return;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const size_t base = m->ocl.info.mem_base_align < 64 ? m->ocl.info.mem_base_align : 64;
+    ld->align = 16;
+    ld->blas_align = base > ld->align ? base : ld->align;
+#endif
+}
+
+/* A hash of the config and, per tensor in name order, of its name, dtype and
+ * the crc32 of its bytes (pldr_model_fingerprint). */
+static uint64_t fingerprint(loader *ld)
+{
+    const pldr_config *c = &ld->m->cfg;
+    char canon[512];
+    int canon_len = snprintf(canon, sizeof canon, "%d %d %d %d %d %d %d %d %d %d %.17g %.17g %d %d",
+                             c->n_layers, c->d_model, c->n_heads, c->head_dim, c->d_ff, c->n_reslayer_a,
+                             c->n_dense_a, c->a_dff, c->vocab_size, c->max_position, c->layer_norm_eps,
+                             c->rope_theta, c->reference_rope, (int)c->g_type);
+    uint64_t h = pldr_fnv1a(PLDR_FNV_INIT, canon, (size_t)canon_len);
+    for (size_t i = 0; i < ld->ar->n_tensors; i++) {
+        const st_tensor *t = &ld->ar->tensors[i];
+        if (!ld->summed[i]) { /* a tensor the loader did not read */
+            checksum(ld, t);
+            st_release_pages(ld->ar, t);
+        }
+        h = pldr_fnv1a(h, t->name, strlen(t->name) + 1);
+        h = pldr_fnv1a(h, &t->dtype, sizeof t->dtype);
+        h = pldr_fnv1a(h, &ld->crc[i], sizeof ld->crc[i]);
+    }
+    return h;
+}
+
+/* Moves the mappings that buffers read in place from the archive to the
+ * model, which unmaps them after releasing the buffers. */
+static pldr_status keep_mappings(loader *ld, st_archive *ar)
+{
+    pldr_model *m = ld->m;
+    int n = 0;
+    for (int f = 0; f < ar->n_files; f++)
+        n += ld->in_place[f];
+    if (n == 0)
+        return PLDR_OK;
+    if (!(m->maps = calloc((size_t)n, sizeof *m->maps)))
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory keeping the weight files mapped");
+    for (int f = 0; f < ar->n_files; f++)
+        if (ld->in_place[f]) {
+            st_take_mapping(ar, f, &m->maps[m->n_maps].addr, &m->maps[m->n_maps].size);
+            m->n_maps++;
+        }
+    return PLDR_OK;
+}
+
+static void free_loader(loader *ld)
+{
+    free(ld->staging);
+    free(ld->hstage);
+    free(ld->past_g);
+    free(ld->crc);
+    free(ld->summed);
+    free(ld->in_place);
+}
+
 pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pldr_model **out)
 {
     *out = NULL;
@@ -492,30 +656,14 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     const pldr_config *c = &m->cfg;
     uint64_t total_bytes = 0;
     size_t max_elems = 0;
-    char canon[512];
-    int canon_len = snprintf(canon, sizeof canon, "%d %d %d %d %d %d %d %d %d %d %.17g %.17g %d %d",
-                             c->n_layers, c->d_model, c->n_heads, c->head_dim, c->d_ff, c->n_reslayer_a,
-                             c->n_dense_a, c->a_dff, c->vocab_size, c->max_position, c->layer_norm_eps,
-                             c->rope_theta, c->reference_rope, (int)c->g_type);
-    uint64_t h = pldr_fnv1a(PLDR_FNV_INIT, canon, (size_t)canon_len);
     for (size_t i = 0; i < ar.n_tensors; i++) {
         const st_tensor *t = &ar.tensors[i];
-        h = pldr_fnv1a(h, t->name, strlen(t->name) + 1);
-        h = pldr_fnv1a(h, &t->dtype, sizeof t->dtype);
-        uLong crc = crc32(0L, Z_NULL, 0);
-        for (uint64_t o = 0; o < t->nbytes; o += 1u << 30) {
-            uint64_t len = t->nbytes - o < (1u << 30) ? t->nbytes - o : (1u << 30);
-            crc = crc32(crc, t->data + o, (uInt)len);
-        }
-        st_release_pages(&ar, t);
-        h = pldr_fnv1a(h, &crc, sizeof crc);
         if (strcmp(t->name, "decoder.past_G_values") != 0)
             m->n_params += t->n_elements;
         total_bytes += t->nbytes;
         if (t->n_elements > max_elems)
             max_elems = (size_t)t->n_elements;
     }
-    m->fingerprint = h;
     /* the matrices stored in the weight dtype: embedding, final layer, and per
      * layer Q/K/V, dense and the three FFN matrices */
     const uint64_t d = (uint64_t)c->d_model, F = (uint64_t)c->d_ff;
@@ -542,10 +690,14 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     ld.ar = &ar;
     ld.staging = malloc(max_elems * sizeof(float));
     ld.hstage = m->weight_half ? malloc(max_elems * sizeof(uint16_t)) : NULL;
+    ld.crc = calloc(ar.n_tensors ? ar.n_tensors : 1, sizeof *ld.crc);
+    ld.summed = calloc(ar.n_tensors ? ar.n_tensors : 1, 1);
+    ld.in_place = calloc(ar.n_files ? (size_t)ar.n_files : 1, 1);
     ld.total = total_bytes;
     ld.progress = params->progress;
     ld.progress_user = params->progress_user;
-    if (!m->layers || !ld.staging || (m->weight_half && !ld.hstage)) {
+    zero_copy_alignment(m, params, &ld);
+    if (!m->layers || !ld.staging || (m->weight_half && !ld.hstage) || !ld.crc || !ld.summed || !ld.in_place) {
         st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory while loading %s", dir);
         goto fail;
     }
@@ -556,19 +708,18 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
         pldr_fail_prefix(st, "%s", dir);
         goto fail;
     }
-    free(ld.staging);
-    free(ld.hstage);
-    free(ld.past_g);
+    m->fingerprint = fingerprint(&ld);
+    if ((st = keep_mappings(&ld, &ar)) != PLDR_OK)
+        goto fail;
+    free_loader(&ld);
     st_close(&ar);
     *out = m;
     return PLDR_OK;
 
 fail:
-    free(ld.staging);
-    free(ld.hstage);
-    free(ld.past_g);
+    free_loader(&ld);
+    pldr_model_free(m); /* first: its buffers may read the mappings */
     st_close(&ar);
-    pldr_model_free(m);
     return st;
 }
 
@@ -605,6 +756,10 @@ void pldr_model_free(pldr_model *m)
     if (m->program)
         clReleaseProgram(m->program);
     pldr_ocl_close(&m->ocl);
+    /* after the buffers that read them, once the queue has finished */
+    for (int i = 0; i < m->n_maps; i++)
+        st_unmap(m->maps[i].addr, m->maps[i].size);
+    free(m->maps);
     free(m);
 }
 

@@ -39,6 +39,13 @@ struct pldr_model {
     uint64_t n_params;
     uint64_t fingerprint;
     uint64_t device_bytes;
+    uint64_t zero_copy_bytes; /* of device_bytes: buffers over the file mapping */
+    /* the file mappings those buffers read, unmapped after the buffers are released */
+    struct pldr_mapping {
+        void *addr;
+        size_t size;
+    } *maps;
+    int n_maps;
     size_t max_matrix_elems; /* largest weight matrix, for the f16 prefill scratch */
     /* rows of the weight matrices are padded to a multiple of 4 elements so
      * that GEMV kernels read them as aligned vectors: d_pitch for rows of

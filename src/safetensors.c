@@ -735,6 +735,23 @@ void st_release_pages(const st_archive *ar, const st_tensor *t)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+void st_take_mapping(st_archive *ar, int file, void **map, size_t *size)
+{
+    *map = NULL;
+    *size = 0;
+    if (file < 0 || file >= ar->n_files)
+        return;
+    *map = ar->files[file].map;
+    *size = ar->files[file].size;
+    ar->files[file].map = NULL;
+}
+
+void st_unmap(void *map, size_t size)
+{
+    if (map)
+        munmap(map, size);
+}
+
 void st_close(st_archive *ar)
 {
     for (size_t i = 0; i < ar->n_tensors; i++)

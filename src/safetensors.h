@@ -115,6 +115,13 @@ const st_tensor *st_find(const st_archive *ar, const char *name);
  * the data may be unaligned. Other dtypes: PLDR_ERR_UNSUPPORTED. */
 pldr_status st_to_f32(const st_tensor *t, float *dst);
 
+/* Takes file `file`'s mapping out of ar: st_close then leaves it mapped, and
+ * the caller unmaps it with st_unmap once nothing reads it (buffers created
+ * over its tensors' bytes, for instance). Its tensors' data pointers stay
+ * valid until then. */
+void st_take_mapping(st_archive *ar, int file, void **map, size_t *size);
+void st_unmap(void *map, size_t size);
+
 /* Unmaps every file and frees everything; ar is zeroed and may be reused. */
 void st_close(st_archive *ar);
 

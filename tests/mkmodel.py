@@ -5,6 +5,7 @@
                [--heads H] [--head-dim dk] [--ffn F] [--reslayers R] [--dense-a D]
                [--a-dff Fa] [--vocab V] [--max-pos Tmax] [--reference-rope true|false]
                [--dtype F32|F16|BF16] [--shards N] [--g-type learned|identity|random|external]
+               [--data-align A] [--data-skew S]
 
 The tensors have the names and shapes of ../shared/docs/pldr-llm.md.  The
 initialisation follows a freshly initialised PLDR-LLM (the HF port's
@@ -18,6 +19,9 @@ test_parity.py for every configuration it uses).
 Storage: F32, F16 or BF16 (round to nearest even), one model.safetensors or N
 shards model-0000i-of-0000N.safetensors with model.safetensors.index.json.
 Every tensor is stored in the chosen dtype, including decoder.past_G_values.
+The header is padded with spaces so that the data region starts at S modulo
+A bytes (default: a multiple of 8, as the reference writer does); the tensors'
+alignment in memory follows from that, which tests of zero-copy loading set.
 """
 
 import json
@@ -53,9 +57,12 @@ def to_storage(arr, dtype):
     raise ValueError("dtype must be F32, F16 or BF16")
 
 
-def write_safetensors(path, tensors, dtype, metadata=None):
+def write_safetensors(path, tensors, dtype, metadata=None, data_align=8, data_skew=0):
     """tensors: list of (name, float array), written in name order with
-    contiguous data_offsets from 0; header padded with spaces to 8 bytes."""
+    contiguous data_offsets from 0; the header is padded with spaces so that
+    the data region starts at data_skew modulo data_align bytes."""
+    if data_align < 1 or not 0 <= data_skew < data_align:
+        raise ValueError("need data_align >= 1 and 0 <= data_skew < data_align")
     header = {"__metadata__": metadata or {"format": "pt"}}
     blobs = []
     off = 0
@@ -65,7 +72,7 @@ def write_safetensors(path, tensors, dtype, metadata=None):
         blobs.append(raw)
         off += len(raw)
     hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hj += b" " * ((-len(hj)) % 8)
+    hj += b" " * ((data_skew - 8 - len(hj)) % data_align)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hj)))
@@ -187,9 +194,12 @@ def config_json(cfg, reference_rope, g_type, dtype):
     }
 
 
-def make_checkpoint(outdir, cfg, seed=0, reference_rope=True, dtype="F32", shards=1, g_type="learned"):
+def make_checkpoint(outdir, cfg, seed=0, reference_rope=True, dtype="F32", shards=1, g_type="learned",
+                    data_align=8, data_skew=0):
     """Writes the checkpoint; returns its directory.  cfg: dict with keys
-    L, d, H, dk, F, R, D, Fa, V, Tmax (missing ones from the tiny preset)."""
+    L, d, H, dk, F, R, D, Fa, V, Tmax (missing ones from the tiny preset).
+    data_align, data_skew: where each file's data region starts (see
+    write_safetensors)."""
     full = dict(PRESETS["tiny"])
     full.update(cfg)
     cfg = full
@@ -207,7 +217,8 @@ def make_checkpoint(outdir, cfg, seed=0, reference_rope=True, dtype="F32", shard
         if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
             os.remove(os.path.join(outdir, stale))
     if shards <= 1:
-        write_safetensors(os.path.join(outdir, "model.safetensors"), tensors, dtype)
+        write_safetensors(os.path.join(outdir, "model.safetensors"), tensors, dtype, data_align=data_align,
+                          data_skew=data_skew)
         return outdir
     # Deal tensors to shards, largest first, each to the lightest shard.
     bins = [[] for _ in range(shards)]
@@ -220,7 +231,7 @@ def make_checkpoint(outdir, cfg, seed=0, reference_rope=True, dtype="F32", shard
     total = 0
     for i, b in enumerate(bins):
         fn = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
-        total += write_safetensors(os.path.join(outdir, fn), b, dtype)
+        total += write_safetensors(os.path.join(outdir, fn), b, dtype, data_align=data_align, data_skew=data_skew)
         for name, _ in b:
             weight_map[name] = fn
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -244,6 +255,8 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="F32")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--g-type", choices=["learned", "identity", "random", "external"], default="learned")
+    ap.add_argument("--data-align", type=int, default=8, help="data region start modulus (default 8)")
+    ap.add_argument("--data-skew", type=int, default=0, help="data region start modulo --data-align (default 0)")
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for key in cfg:
@@ -254,7 +267,8 @@ def main(argv=None):
     if args.d is None and (args.H is not None or args.dk is not None):
         cfg["d"] = cfg["H"] * cfg["dk"]
     make_checkpoint(args.output, cfg, seed=args.seed, reference_rope=args.reference_rope == "true",
-                    dtype=args.dtype, shards=args.shards, g_type=args.g_type)
+                    dtype=args.dtype, shards=args.shards, g_type=args.g_type, data_align=args.data_align,
+                    data_skew=args.data_skew)
     return 0
 
 

@@ -175,6 +175,8 @@ typedef struct device_run {
     double bandwidth;
     uint64_t decode_bytes[2];
     uint64_t weight_bytes[2], context_bytes;
+    uint64_t zero_copy_bytes[2]; /* of weight_bytes: read in place from the checkpoint's mapping */
+    double load_s[2];            /* seconds pldr_model_load took, per dtype (0: not run) */
     result *res;
     int n_res;
 } device_run;
@@ -196,14 +198,19 @@ static void print_md(const char *model_name, uint64_t n_params, const device_run
             printf("| %s | %.2fM | %s | %s | %s | %s | %.2f ± %.2f | %s |\n", model_name, n_params / 1e6,
                    runs[d].dev.name, r->dtype, r->cache, r->test, r->mean, r->sd, roof);
         }
-    printf("\nhost RSS after loading: %.1f MiB (%.1f MiB anonymous, %.1f MiB file-backed: libraries' code); "
-           "peak host RSS: %.1f MiB\n",
+    printf("\nhost RSS after loading: %.1f MiB (%.1f MiB anonymous, %.1f MiB file-backed: libraries' code and "
+           "weights read in place); peak host RSS: %.1f MiB\n",
            rss_after_load_kib / 1024.0, (rss_after_load_kib - rss_file_after_load_kib) / 1024.0,
            rss_file_after_load_kib / 1024.0, peak_rss_kib() / 1024.0);
     for (int d = 0; d < n_runs; d++)
-        printf("device %d memory: weights %.1f MiB (f32) / %.1f MiB (f16), context %.1f MiB\n", runs[d].dev.index,
-               runs[d].weight_bytes[0] / 1048576.0, runs[d].weight_bytes[1] / 1048576.0,
-               runs[d].context_bytes / 1048576.0);
+        printf("device %d memory: weights %.1f MiB (f32) / %.1f MiB (f16), context %.1f MiB; of the weights, "
+               "zero-copy (read in place from the checkpoint's mapping) %.1f MiB (f32) / %.1f MiB (f16)\n",
+               runs[d].dev.index, runs[d].weight_bytes[0] / 1048576.0, runs[d].weight_bytes[1] / 1048576.0,
+               runs[d].context_bytes / 1048576.0, runs[d].zero_copy_bytes[0] / 1048576.0,
+               runs[d].zero_copy_bytes[1] / 1048576.0);
+    for (int d = 0; d < n_runs; d++)
+        printf("device %d model load: %.2f s (f32) / %.2f s (f16)\n", runs[d].dev.index, runs[d].load_s[0],
+               runs[d].load_s[1]);
 }
 
 static void print_csv(const char *model_name, uint64_t n_params, const device_run *runs, int n_runs)
@@ -247,6 +254,10 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
                dr->dev.compute_units, (unsigned long long)dr->dev.global_mem_bytes);
         printf("     \"bandwidth_bytes_per_s\": %.0f, \"context_device_bytes\": %llu,\n", dr->bandwidth,
                (unsigned long long)dr->context_bytes);
+        printf("     \"unified_memory\": %s, \"mem_base_align_bytes\": %u, \"zero_copy_weight_bytes\": %llu,\n",
+               dr->dev.unified_memory ? "true" : "false", dr->dev.mem_base_align,
+               (unsigned long long)(dr->zero_copy_bytes[0] + dr->zero_copy_bytes[1]));
+        printf("     \"load_seconds\": {\"f32\": %.3f, \"f16\": %.3f},\n", dr->load_s[0], dr->load_s[1]);
         printf("     \"results\": [\n");
         for (int i = 0; i < dr->n_res; i++) {
             const result *r = &dr->res[i];
@@ -375,8 +386,10 @@ int cmd_bench(int argc, char **argv)
         snprintf(spec, sizeof spec, "%d", all[d].index);
         for (int di = 0; di < n_dtypes && rc == EXIT_OK; di++) {
             pldr_model *model = NULL;
+            double t_load = now();
             if ((rc = cli_load_model(model_dir, spec, (pldr_dtype)dtypes[di], &model)) != EXIT_OK)
                 break;
+            dr->load_s[dtypes[di]] = now() - t_load;
             long rss_file, rss = rss_kib(&rss_file);
             if (rss > rss_after_load_kib) {
                 rss_after_load_kib = rss;
@@ -385,6 +398,7 @@ int cmd_bench(int argc, char **argv)
             const pldr_config *cfg = pldr_model_config(model);
             n_params = pldr_model_n_params(model);
             dr->weight_bytes[dtypes[di]] = pldr_model_device_bytes(model);
+            dr->zero_copy_bytes[dtypes[di]] = pldr_model_zero_copy_bytes(model);
             dr->decode_bytes[dtypes[di]] = pldr_model_decode_bytes(model);
             if (dr->bandwidth == 0.0 && (st = pldr_model_measure_bandwidth(model, &dr->bandwidth)) != PLDR_OK)
                 fprintf(stderr, "pldr bench: bandwidth probe failed: %s\n", pldr_last_error());

@@ -13,8 +13,10 @@ int cmd_devices(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: pldr devices\n\n"
                    "Lists every OpenCL platform and device: index (and platform:device), platform,\n"
-                   "name, type, compute units, global memory, max allocation, OpenCL C version and\n"
-                   "fp16/fp64 support. Select one with --device SPEC or PLDR_DEVICE=SPEC, where SPEC\n"
+                   "name, type, compute units, global memory, max allocation, OpenCL C version,\n"
+                   "fp16/fp64 support, and whether the device shares the host's memory (unified:\n"
+                   "there float32 weights are read in place from the checkpoint's mapping where\n"
+                   "their alignment allows, see PLDR_ZERO_COPY). Select one with --device SPEC or PLDR_DEVICE=SPEC, where SPEC\n"
                    "is an index, platform:device, or a case-insensitive name substring.\n");
             return EXIT_OK;
         }
@@ -29,16 +31,16 @@ int cmd_devices(int argc, char **argv)
     int def_index = -1;
     if (pldr_select_device(NULL, &def) == PLDR_OK)
         def_index = def.index;
-    printf("%-5s %-5s %-28s %-36s %-5s %4s %10s %10s %-16s %4s %4s\n", "index", "p:d", "platform", "name",
-           "type", "CUs", "memory", "max alloc", "OpenCL C", "fp16", "fp64");
+    printf("%-5s %-5s %-28s %-36s %-5s %4s %10s %10s %-16s %4s %4s %7s\n", "index", "p:d", "platform", "name",
+           "type", "CUs", "memory", "max alloc", "OpenCL C", "fp16", "fp64", "unified");
     for (int i = 0; i < n; i++) {
         const pldr_device_info *d = &devs[i];
         char pd[16];
         snprintf(pd, sizeof pd, "%d:%d", d->platform_index, d->device_index);
-        printf("%-5d %-5s %-28.28s %-36.36s %-5s %4u %8.1fGi %8.1fGi %-16.16s %4s %4s%s\n", d->index, pd,
+        printf("%-5d %-5s %-28.28s %-36.36s %-5s %4u %8.1fGi %8.1fGi %-16.16s %4s %4s %7s%s\n", d->index, pd,
                d->platform, d->name, d->type, d->compute_units, d->global_mem_bytes / 1073741824.0,
                d->max_alloc_bytes / 1073741824.0, d->opencl_c_version, d->fp16 ? "yes" : "no",
-               d->fp64 ? "yes" : "no", d->index == def_index ? "  (default)" : "");
+               d->fp64 ? "yes" : "no", d->unified_memory ? "yes" : "no", d->index == def_index ? "  (default)" : "");
     }
     free(devs);
     return EXIT_OK;
