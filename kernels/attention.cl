@@ -5,18 +5,64 @@
 
 #define ATT_DIMS ((DK + ATT_WG - 1) / ATT_WG)
 
+/* P.V of a tile of keys as float4 columns: where DK % 4 == 0 and the
+ * work-group splits evenly into DK / 4 columns and ATT_KG key groups,
+ * work-item lid takes column lid % (DK / 4) of the keys lid / (DK / 4),
+ * + ATT_KG, ... (vector loads, all issued together: a fixed trip count, rows
+ * clamped to the last valid one, p = 0 past the tile's keys), and the key
+ * groups' sums meet in local memory at the end. Otherwise a work-item owns
+ * output dims lid, lid + ATT_WG, ... and walks every key. */
+#if DK % 4 == 0 && ATT_WG % (DK / 4) == 0
+#define ATT_PV4 1
+#define ATT_KG (ATT_WG / (DK / 4))
+inline float4 pv_tile(__local const float *p, __global const float *v_cache, const int t0, const int last_row,
+                      const int h)
+{
+    const int c4 = get_local_id(0) % (DK / 4), kg = get_local_id(0) / (DK / 4);
+    __global const float *vc = v_cache + h * DK + 4 * c4;
+    float4 a = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ATT_WG / ATT_KG; i++) {
+        const int kk = kg + i * ATT_KG;
+        a += p[kk] * vload4(0, vc + (long)min(t0 + kk, last_row) * DMODEL);
+    }
+    return a;
+}
+
+/* The key groups' sums of every column: work-items lid < DK / 4 return the
+ * total of column lid (red: ATT_WG float4 of local memory). */
+inline float4 pv_reduce(float4 a, __local float4 *red)
+{
+    const int lid = get_local_id(0);
+    red[lid] = a;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float4 t = 0.0f;
+    if (lid < DK / 4)
+        for (int g = 0; g < ATT_KG; g++)
+            t += red[g * (DK / 4) + lid];
+    return t;
+}
+#else
+#define ATT_PV4 0
+#endif
+
 /* One query row qg (already multiplied by G_LM and the scale, in local memory)
  * of head h over keys 0 .. n_keys-1: an online softmax over tiles of ATT_WG
  * keys, so the context length is not limited by local memory. Work-item lid
- * scores key t0+lid of each tile and owns output dims lid, lid+ATT_WG, ... */
+ * scores key t0+lid of each tile; P.V as described at pv_tile. red holds
+ * ATT_WG float4. */
 inline void attend_row(__local const float *qg, __global const float *k_cache,
                        __global const float *v_cache, const int h, const int n_keys,
-                       __global float *out, __local float *p, __local float *scratch)
+                       __global float *out, __local float *p, __local float *scratch, __local float4 *red)
 {
     const int lid = get_local_id(0);
+#if ATT_PV4
+    float4 acc4 = 0.0f;
+#else
     float acc[ATT_DIMS];
     for (int m = 0; m < ATT_DIMS; m++)
         acc[m] = 0.0f;
+#endif
     float run_max = -INFINITY, run_sum = 0.0f;
     for (int t0 = 0; t0 < n_keys; t0 += ATT_WG) {
         const int n = min(ATT_WG, n_keys - t0);
@@ -33,6 +79,9 @@ inline void attend_row(__local const float *qg, __global const float *k_cache,
         p[lid] = e;
         run_sum = run_sum * corr + e;
         barrier(CLK_LOCAL_MEM_FENCE);
+#if ATT_PV4
+        acc4 = acc4 * corr + pv_tile(p, v_cache, t0, n_keys - 1, h);
+#else
         for (int m = 0; m < ATT_DIMS; m++) {
             const int j = lid + m * ATT_WG;
             if (j < DK) {
@@ -43,15 +92,22 @@ inline void attend_row(__local const float *qg, __global const float *k_cache,
                 acc[m] = a;
             }
         }
+#endif
         run_max = new_max;
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     const float total = wg_sum(run_sum, scratch);
+#if ATT_PV4
+    const float4 t = pv_reduce(acc4, red);
+    if (lid < DK / 4)
+        vstore4(t / total, lid, out);
+#else
     for (int m = 0; m < ATT_DIMS; m++) {
         const int j = lid + m * ATT_WG;
         if (j < DK)
             out[j] = acc[m] / total;
     }
+#endif
 }
 
 /* Prefill: qg[t][h*DK+j] = scale * sum_i q[t][h*DK+i] * G[h][i][j].
@@ -77,13 +133,14 @@ void attention_prefill(__global const float *qg, __global const float *k_cache,
                        __global const float *v_cache, const int pos0, __global float *out)
 {
     __local float qs[DK], p[ATT_WG], scratch[ATT_WG];
+    __local float4 red[ATT_WG];
     const int wg = get_global_id(0) / ATT_WG;
     const int t = wg / HEADS, h = wg % HEADS;
     const long row = (long)t * DMODEL + h * DK;
     for (int i = get_local_id(0); i < DK; i += ATT_WG)
         qs[i] = qg[row + i];
     barrier(CLK_LOCAL_MEM_FENCE);
-    attend_row(qs, k_cache, v_cache, h, pos0 + t + 1, out + row, p, scratch);
+    attend_row(qs, k_cache, v_cache, h, pos0 + t + 1, out + row, p, scratch, red);
 }
 
 /* Decode of one token at position pos: RoPE of q and k, the cache write of k
@@ -106,6 +163,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     __global const float2 *rope = (__global const float2 *)(act + rope_off);
     __global float *part = (__global float *)(act + part_off);
     __local float q[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
+    __local float4 red[ATT_WG];
     __local int last;
     const int h = get_group_id(0) / n_split, sp = get_group_id(0) % n_split, lid = get_local_id(0);
     const int off = h * DK;
@@ -186,6 +244,11 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     p[lid] = e;
     const float sum = wg_sum(e, scratch);
     __global float *out = part + ((long)h * n_split + sp) * (DK + 2);
+#if ATT_PV4
+    const float4 pv = pv_reduce(pv_tile(p, v_cache, t0, pos, h), red);
+    if (lid < DK / 4)
+        vstore4(pv, 0, out + 2 + 4 * lid);
+#else
     for (int j = lid; j < DK; j += ATT_WG) {
         __global const float *vc = v_cache + off + j;
         float a = 0.0f;
@@ -196,6 +259,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
             a += p[kk] * vc[(long)min(t0 + kk, pos) * DMODEL];
         out[2 + j] = a;
     }
+#endif
     if (lid == 0) {
         out[0] = mx;
         out[1] = sum;

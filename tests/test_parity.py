@@ -68,6 +68,7 @@ LAYOUTS = [
     ("b-f32-dk32-D1-halfrope", "rows=2,gemv=128", "64 lanes per GEMV row"),
     ("c-f16-3shards", "gemv=64,rows=2", "32 lanes per GEMV row"),
     ("d-bf16-dk48", "att=8", "decode attention split into blocks of 8 keys"),
+    ("c-f16-3shards", "att=128", "attention tiles of 128 keys, P.V in 16 key groups of float4 columns"),
     ("g-f32-odd-d", "gemv=64,rows=4", "16 lanes per GEMV row"),
     # metric learner shapes (kernels/plga.cl): row groups and input splits of
     # the gluw1/gluw2 phase, slices of the gluw3 phase, some of them empty
