@@ -202,15 +202,14 @@ static void print_md(const char *model_name, uint64_t n_params, const device_run
            "weights read in place); peak host RSS: %.1f MiB\n",
            rss_after_load_kib / 1024.0, (rss_after_load_kib - rss_file_after_load_kib) / 1024.0,
            rss_file_after_load_kib / 1024.0, peak_rss_kib() / 1024.0);
+    static const char *const dtype_names[2] = {"f32", "f16"};
     for (int d = 0; d < n_runs; d++)
-        printf("device %d memory: weights %.1f MiB (f32) / %.1f MiB (f16), context %.1f MiB; of the weights, "
-               "zero-copy (read in place from the checkpoint's mapping) %.1f MiB (f32) / %.1f MiB (f16)\n",
-               runs[d].dev.index, runs[d].weight_bytes[0] / 1048576.0, runs[d].weight_bytes[1] / 1048576.0,
-               runs[d].context_bytes / 1048576.0, runs[d].zero_copy_bytes[0] / 1048576.0,
-               runs[d].zero_copy_bytes[1] / 1048576.0);
-    for (int d = 0; d < n_runs; d++)
-        printf("device %d model load: %.2f s (f32) / %.2f s (f16)\n", runs[d].dev.index, runs[d].load_s[0],
-               runs[d].load_s[1]);
+        for (int t = 0; t < 2; t++)
+            if (runs[d].load_s[t] > 0.0)
+                printf("device %d, %s weights: %.1f MiB (%.1f MiB of them zero-copy, read in place from the "
+                       "checkpoint's mapping), context %.1f MiB, model load %.2f s\n",
+                       runs[d].dev.index, dtype_names[t], runs[d].weight_bytes[t] / 1048576.0,
+                       runs[d].zero_copy_bytes[t] / 1048576.0, runs[d].context_bytes / 1048576.0, runs[d].load_s[t]);
 }
 
 static void print_csv(const char *model_name, uint64_t n_params, const device_run *runs, int n_runs)
