@@ -101,6 +101,45 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
         acc2 += dot(wb[v], xv);
     }
     if (row < n_out) {
+#if LANES == 1
+        /* a work-item walks its whole row: vector accumulators, one
+         * horizontal sum at the end */
+        float4 a4 = 0.0f, b4 = 0.0f;
+        if (glu) {
+            /* two independent chains per row */
+            float4 c4 = 0.0f, d4 = 0.0f;
+            int k = GEMV_PF;
+            for (; k + 1 < kv; k += 2) {
+                const float4 xv = vload4(k, xs), xw = vload4(k + 1, xs);
+                a4 += LOAD_ROW4(wr, k) * xv;
+                b4 += LOAD_ROW4(wr2, k) * xv;
+                c4 += LOAD_ROW4(wr, k + 1) * xw;
+                d4 += LOAD_ROW4(wr2, k + 1) * xw;
+            }
+            if (k < kv) {
+                const float4 xv = vload4(k, xs);
+                a4 += LOAD_ROW4(wr, k) * xv;
+                b4 += LOAD_ROW4(wr2, k) * xv;
+            }
+            a4 += c4;
+            b4 += d4;
+        } else {
+            /* four independent chains */
+            float4 c4 = 0.0f, d4 = 0.0f, e4 = 0.0f;
+            int k = GEMV_PF;
+            for (; k + 3 < kv; k += 4) {
+                a4 += LOAD_ROW4(wr, k) * vload4(k, xs);
+                c4 += LOAD_ROW4(wr, k + 1) * vload4(k + 1, xs);
+                d4 += LOAD_ROW4(wr, k + 2) * vload4(k + 2, xs);
+                e4 += LOAD_ROW4(wr, k + 3) * vload4(k + 3, xs);
+            }
+            for (; k < kv; k++)
+                a4 += LOAD_ROW4(wr, k) * vload4(k, xs);
+            a4 += (c4 + d4) + e4;
+        }
+        acc += a4.x + a4.y + a4.z + a4.w;
+        acc2 += b4.x + b4.y + b4.z + b4.w;
+#else
         if (glu) {
 #pragma unroll 4
             for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES) {
@@ -113,6 +152,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
             for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES)
                 acc += dot(LOAD_ROW4(wr, k), vload4(k, xs));
         }
+#endif
     }
 #if GEMV_ROWS < GEMV_WG
     /* the lanes of a row: groups of 8 summed by 8 work-items, then by one
