@@ -170,7 +170,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     const int t0 = sp * ATT_WG, n = min(ATT_WG, pos + 1 - t0);
     const int writer = sp == n_split - 1;
     const long ko = (long)pos * DMODEL + off;
-#if DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
+#if ATT_PRELOAD && DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
     /* loads that do not depend on q start first: this work-item's column of
      * G_LM and its key row (the writer's last key is written below) */
     float gcol[DK];
@@ -198,7 +198,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
-#if DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
+#if ATT_PRELOAD && DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
     if (lid < DK) {
         float sq = 0.0f;
         for (int i = 0; i < DK; i++)

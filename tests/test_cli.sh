@@ -70,6 +70,6 @@ for cache in kvg kv; do
 done
 # the same with the decode products in a GPU layout (8 lanes per row, folded
 # LayerNorms, argmax merged from row values)
-got=$(PLDR_WG=gemv=64,rows=8 "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
+got=$(PLDR_WG=gemv=64,rows=8,attpre=1 "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
 if [ "$got" = "$want" ]; then ok "greedy generation, GPU layout"; else echo "# got: $got"; not_ok "greedy generation, GPU layout"; fi
 exit 0

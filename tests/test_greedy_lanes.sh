@@ -3,4 +3,4 @@
 # row: LayerNorms folded into the products, the argmax merged from row values),
 # forced with PLDR_WG on whatever device runs the tests.
 builddir=$(dirname "${PLDR_BIN:-./pldr}")
-PLDR_WG=gemv=64,rows=8 exec "$builddir/tests/test_greedy"
+PLDR_WG=gemv=64,rows=8,attpre=1 exec "$builddir/tests/test_greedy"
