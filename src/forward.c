@@ -25,7 +25,7 @@
 #define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
 
 typedef struct kernels {
-    cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
+    cl_kernel embed, brln, half2f, gemm_cpu, qkv_rope, metric, learner, potential, energy;
     cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
 } kernels;
@@ -257,7 +257,8 @@ static void prof_print(pldr_context *c)
     fprintf(stderr, "  host enqueue time          %9.3f ms\n", c->host_enq_ms);
 }
 
-/* C[M, N] = A[M, K] . W[N, K]^T through CLBlast (row-major). */
+/* C[M, N] = A[M, K] . W[N, K]^T (row-major): through CLBlast, or on CPU
+ * devices through the engine's own kernel (kernels/gemm.cl). */
 static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
                         size_t w_pitch, cl_mem out, size_t out_off)
 {
@@ -266,6 +267,12 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
         TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
                    A_LONG((cl_long)(N * w_pitch))));
         w = c->w_scratch;
+    }
+    if (m->own_gemm) {
+        const size_t bm = (M + 63) / 64, bn = (N + 15) / 16; /* kernels/gemm.cl: 64 x 16 outputs per work-group */
+        return LAUNCH_AS(c, gemm_cpu, "gemm_cpu", bm * bn, 1, A_MEM(a), A_LONG((cl_long)a_off), A_INT((int)K),
+                         A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG((cl_long)out_off), A_INT((int)N),
+                         A_INT((int)M), A_INT((int)N), A_INT((int)K));
     }
     cl_command_queue q = m->ocl.queue;
     double t0 = 0.0;
@@ -770,7 +777,7 @@ static pldr_status make_kernels(pldr_context *c)
         const char *name;
     } list[] = {
         {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
-        {&c->k.half2f, "half_to_float"},     {&c->k.qkv_rope, "qkv_rope"},
+        {&c->k.half2f, "half_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
         {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
         {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
         {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},

@@ -477,6 +477,9 @@ static void choose_work_groups(pldr_model *m)
     /* measured: on PoCL the registers held across barriers cost more than the
      * loads they hide (2-core PoCL: 220 vs 176 us per layer) */
     m->att_preload = !cpu;
+    /* PLDR_GEMM=clblast|own: CLBlast is the default except on CPUs */
+    const char *ge = getenv("PLDR_GEMM");
+    m->own_gemm = ge && strcmp(ge, "own") == 0 ? 1 : ge && strcmp(ge, "clblast") == 0 ? 0 : cpu;
     m->ml_wg = pow2_at_most(lim, cpu ? 64 : 512);
     /* measured: on a GPU 4 rows (two work-groups per compute unit at the 110M
      * shape), on a CPU 16 (each weight read serves more rows) */

@@ -64,9 +64,9 @@ CONFIGS = [
 # norms into the products (kernels/gemv.cl); a CPU gives a row one work-item.
 # PLDR_WG forces other work-group shapes on any device: (config, PLDR_WG, what).
 LAYOUTS = [
-    ("a-f32-dk64", "gemv=64,rows=8", "8 lanes per GEMV row"),
+    ("a-f32-dk64", "gemv=64,rows=8,attpre=1", "8 lanes per GEMV row, decode attention preloading G_LM and keys"),
     ("b-f32-dk32-D1-halfrope", "rows=2,gemv=128", "64 lanes per GEMV row"),
-    ("c-f16-3shards", "gemv=64,rows=2", "32 lanes per GEMV row"),
+    ("c-f16-3shards", "gemv=64,rows=2,attpre=1", "32 lanes per GEMV row, decode attention preloading"),
     ("d-bf16-dk48", "att=8", "decode attention split into blocks of 8 keys"),
     ("c-f16-3shards", "att=128", "attention tiles of 128 keys, P.V in 16 key groups of float4 columns"),
     ("g-f32-odd-d", "gemv=64,rows=4", "16 lanes per GEMV row"),
@@ -77,6 +77,14 @@ LAYOUTS = [
     ("c-f16-3shards", "ml=512,mlrows=4", "learner: 8 input splits of 4, 16 gluw3 slices of 4 units"),
     ("d-bf16-dk48", "ml=128,mlrows=8,mlrg=2,mlkc=8", "learner: 2 row groups of 4 rows, 2 slices of 28 units"),
     ("g-f32-odd-d", "ml=256,mlrows=8,mlrg=4", "learner: dk=30 (scalar reads), 4 row groups, 8 slices (3 empty)"),
+]
+
+# The prefill products go through CLBlast, or on CPU devices through the
+# engine's own kernel (kernels/gemm.cl); PLDR_GEMM forces either on any device:
+# both run here, on shapes with K not a multiple of 16 (d=90, F=150, 176).
+GEMMS = [
+    ("a-f32-dk64", "clblast"), ("a-f32-dk64", "own"),
+    ("c-f16-3shards", "own"), ("g-f32-odd-d", "own"), ("g-f32-odd-d", "clblast"),
 ]
 
 # "To open a file in Python, use the :func:`open` function," with the bundled
@@ -251,6 +259,10 @@ def main():
                 for mode in ("kv", "kvg"):
                     case.check_mode(mode, PREFILL, "--cache %s with PLDR_WG=%s (%s)" % (mode, wg, what),
                                     env={"PLDR_WG": wg})
+        for lname, gemm in GEMMS:
+            if lname == name:
+                case.check_mode("none", 1, "--cache none --prefill 1 with PLDR_GEMM=%s" % gemm,
+                                env={"PLDR_GEMM": gemm})
 
     # The bundled trained model.
     trained = os.path.join(pt.SRCDIR, "models", "pldr-tiny-pydocs")
@@ -266,6 +278,18 @@ def main():
         for mode in ("none", "kv", "kvg"):
             case.check_mode(mode, PREFILL)
         case.check_kv_kvg(PREFILL)
+
+    # A prompt long enough for several blocks of the prefill products' rows
+    # (kernels/gemm.cl: 64 rows per work-group), both GEMM paths.
+    long_ids = np.random.default_rng(3000).integers(0, 4096, 150).tolist()
+    try:
+        case = Case(tap, "pldr-tiny-pydocs-150", "trained, 150 tokens", trained, long_ids, 140)
+    except Exception as e:
+        tap.ok(False, "pldr-tiny-pydocs-150: load for the reference", repr(e))
+    else:
+        for gemm in ("own", "clblast"):
+            case.check_mode("kvg", 140, "--cache kvg --prefill 140 with PLDR_GEMM=%s" % gemm,
+                            env={"PLDR_GEMM": gemm})
 
     tap.diag("test_parity.py took %.1f s" % (time.time() - t_start))
     return tap.done()

@@ -1,0 +1,74 @@
+/* Matrix products of a forward over many tokens on CPU devices:
+ *   C[M, N] = A[M, K] . W[N, K]^T     (row-major; W rows padded to ldw)
+ * A work-group is one work-item computing a block of GM_BM x GM_BN register
+ * tiles of GM_TM rows of A by GM_TN rows of W, walking K sixteen floats at a
+ * time (one 512-bit vector on AVX-512, two 256-bit ones on AVX2): the GM_TN
+ * rows of W of a tile stay in the first-level cache while the work-item walks
+ * the GM_BM tiles of A, whose GM_BM * GM_TM rows stay in the second level.
+ * Rows past M or N are clamped on load and not written. */
+/* a work-group's block is GM_TM * GM_BM = 64 rows of A by GM_TN * GM_BN = 16
+ * rows of W (src/forward.c sizes the launch by it); on 2-core PoCL, tiles of
+ * 2x8, 4x2 and 8x2 ran within 10% of 4x4 */
+#define GM_TM 4
+#define GM_TN 4
+#define GM_BM 16
+#define GM_BN 4
+
+inline float gm_hsum(const float16 v)
+{
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    return (b.x + b.y) + (b.z + b.w);
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void gemm_cpu(__global const float *a, const long a_off, const int lda, __global const float *w, const int ldw,
+              __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
+{
+    /* work-groups in M-major order: neighbours share their rows of W */
+    const int blocks_m = (M + GM_TM * GM_BM - 1) / (GM_TM * GM_BM);
+    const int m_blk = get_group_id(0) % blocks_m * GM_TM * GM_BM, n_blk = get_group_id(0) / blocks_m * GM_TN * GM_BN;
+    for (int nt = 0; nt < GM_BN; nt++) {
+        const int n0 = n_blk + nt * GM_TN;
+        if (n0 >= N)
+            break;
+        __global const float *wr[GM_TN];
+        for (int j = 0; j < GM_TN; j++)
+            wr[j] = w + (long)min(n0 + j, N - 1) * ldw;
+        for (int mt = 0; mt < GM_BM; mt++) {
+            const int m0 = m_blk + mt * GM_TM;
+            if (m0 >= M)
+                break;
+            __global const float *ar[GM_TM];
+            for (int i = 0; i < GM_TM; i++)
+                ar[i] = a + a_off + (long)min(m0 + i, M - 1) * lda;
+            float16 acc[GM_TM][GM_TN];
+            for (int i = 0; i < GM_TM; i++)
+                for (int j = 0; j < GM_TN; j++)
+                    acc[i][j] = 0.0f;
+            int k = 0;
+            for (; k + 16 <= K; k += 16) {
+                float16 av[GM_TM], wv[GM_TN];
+                for (int i = 0; i < GM_TM; i++)
+                    av[i] = vload16(0, ar[i] + k);
+                for (int j = 0; j < GM_TN; j++)
+                    wv[j] = vload16(0, wr[j] + k);
+                for (int i = 0; i < GM_TM; i++)
+                    for (int j = 0; j < GM_TN; j++)
+                        acc[i][j] = mad(av[i], wv[j], acc[i][j]);
+            }
+            for (int i = 0; i < GM_TM; i++) {
+                float s[GM_TN];
+                for (int j = 0; j < GM_TN; j++)
+                    s[j] = gm_hsum(acc[i][j]);
+                for (int kk = k; kk < K; kk++)
+                    for (int j = 0; j < GM_TN; j++)
+                        s[j] += ar[i][kk] * wr[j][kk];
+                if (m0 + i < M)
+                    for (int j = 0; j < GM_TN; j++)
+                        if (n0 + j < N)
+                            c[c_off + (long)(m0 + i) * ldc + n0 + j] = s[j];
+            }
+        }
+    }
+}
