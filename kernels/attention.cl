@@ -291,3 +291,73 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     if (lid == 0)
         count[h] = 0;
 }
+
+/* Prefill attention on CPU devices: a work-group is one work-item taking one
+ * (token, head) over all its keys, 16 keys at a time (an online softmax), the
+ * dot products and the P.V sums as 16-wide vectors where DK allows, with no
+ * barrier. Its index comes from the global id (a global work offset skips
+ * tokens). */
+#define AC_DP ((DK + 15) / 16 * 16)
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void attention_prefill_cpu(__global const float *qg, __global const float *k_cache,
+                           __global const float *v_cache, const int pos0, __global float *out)
+{
+    const int wg = get_global_id(0);
+    const int t = wg / HEADS, h = wg % HEADS;
+    const long row = (long)t * DMODEL + h * DK;
+    const int n_keys = pos0 + t + 1;
+    float q[AC_DP], acc[AC_DP];
+    for (int i = 0; i < AC_DP; i++) {
+        q[i] = i < DK ? qg[row + i] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float run_max = -INFINITY, run_sum = 0.0f;
+    for (int t0 = 0; t0 < n_keys; t0 += 16) {
+        const int n = min(16, n_keys - t0);
+        float s[16], mx = -INFINITY;
+        for (int kk = 0; kk < n; kk++) {
+            __global const float *kr = k_cache + (long)(t0 + kk) * DMODEL + h * DK;
+#if DK % 16 == 0
+            float16 d = 0.0f;
+            for (int i = 0; i < DK; i += 16)
+                d = mad(vload16(0, kr + i), vload16(0, q + i), d);
+            const float8 d8 = d.lo + d.hi;
+            const float4 d4 = d8.lo + d8.hi;
+            s[kk] = (d4.x + d4.y) + (d4.z + d4.w);
+#else
+            float d = 0.0f;
+            for (int i = 0; i < DK; i++)
+                d += kr[i] * q[i];
+            s[kk] = d;
+#endif
+            mx = fmax(mx, s[kk]);
+        }
+        const float new_max = fmax(run_max, mx);
+        const float corr = exp(run_max - new_max);
+        run_sum *= corr;
+#if DK % 16 == 0
+        for (int i = 0; i < DK; i += 16)
+            vstore16(vload16(0, acc + i) * corr, 0, acc + i);
+        for (int kk = 0; kk < n; kk++) {
+            const float p = exp(s[kk] - new_max);
+            run_sum += p;
+            __global const float *vr = v_cache + (long)(t0 + kk) * DMODEL + h * DK;
+            for (int i = 0; i < DK; i += 16)
+                vstore16(mad((float16)p, vload16(0, vr + i), vload16(0, acc + i)), 0, acc + i);
+        }
+#else
+        for (int i = 0; i < DK; i++)
+            acc[i] *= corr;
+        for (int kk = 0; kk < n; kk++) {
+            const float p = exp(s[kk] - new_max);
+            run_sum += p;
+            __global const float *vr = v_cache + (long)(t0 + kk) * DMODEL + h * DK;
+            for (int i = 0; i < DK; i++)
+                acc[i] += p * vr[i];
+        }
+#endif
+        run_max = new_max;
+    }
+    for (int i = 0; i < DK; i++)
+        out[row + i] = acc[i] / run_sum;
+}

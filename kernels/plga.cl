@@ -21,6 +21,31 @@ __kernel void metric_tensor(__global const float *q, const int T, __global float
     a0[gid] = s;
 }
 
+/* The same on CPU devices: a work-item per row i of a head's A, the row
+ * summed over t as 16-wide vectors where DK allows. Global size HEADS*DK. */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
+{
+    const int gid = get_global_id(0);
+    const int i = gid % DK, h = gid / DK;
+    float s[(DK + 15) / 16 * 16];
+    for (int j = 0; j < DK; j++)
+        s[j] = 0.0f;
+    for (int t = 0; t < T; t++) {
+        __global const float *r = q + (long)t * DMODEL + h * DK;
+        const float x = r[i];
+#if DK % 16 == 0
+        for (int j = 0; j < DK; j += 16)
+            vstore16(mad((float16)x, vload16(0, r + j), vload16(0, s + j)), 0, s + j);
+#else
+        for (int j = 0; j < DK; j++)
+            s[j] += x * r[j];
+#endif
+    }
+    for (int j = 0; j < DK; j++)
+        a0[(long)gid * DK + j] = s[j];
+}
+
 /* Work-item shapes of the metric learner, chosen by the host:
  * ML_RG    groups of rows in the gluw1/gluw2 phase, 1 <= ML_RG <= ML_ROWS;
  * ML_KS    splits of the DK inputs in that phase, 1 <= ML_KS: a work-item
@@ -266,4 +291,103 @@ __kernel void plga_energy(__global const float *a_p, __global const float *plga,
         s += al[k] * ph[k * DK + j];
     g[gid] = s;
     flag_if_nonfinite(s, flags, flag_index);
+}
+
+/* The metric learner on CPU devices: a work-group is one work-item taking
+ * LC_ROWS rows of A through the whole learner with no barrier, its rows and
+ * hidden units in private memory, the products as 16-wide vectors along the
+ * contiguous dimension of the transposed weights (gluw1/gluw2 columns, gluw3
+ * outputs) with the rows' values broadcast, so each weight vector read
+ * serves LC_ROWS rows. A vector may run past the last column of a row into
+ * the next one or into the 16 floats of padding after each weight buffer
+ * (src/model.c); those lanes are dropped. */
+#define LC_ROWS 4
+#define LC_FP ((FA + 15) / 16 * 16)
+#define LC_DP ((DK + 15) / 16 * 16)
+
+inline void lc_layernorm(float *x, __global const float *w, __global const float *b)
+{
+    float mu = 0.0f;
+    for (int i = 0; i < DK; i++)
+        mu += x[i];
+    mu /= DK;
+    float var = 0.0f;
+    for (int i = 0; i < DK; i++)
+        var += (x[i] - mu) * (x[i] - mu);
+    const float rs = rsqrt(var / DK + LN_EPS);
+    for (int i = 0; i < DK; i++)
+        x[i] = (x[i] - mu) * rs * w[i] + b[i];
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void metric_learner_cpu(__global const float *a0, __global float *a_out, const int n_rows,
+                        __global const float *ln0_w, __global const float *ln0_b,
+                        __global const float *w12, __global const float *b12,
+                        __global const float *w3, __global const float *b3,
+                        __global const float *lna_w, __global const float *lna_b)
+{
+    float a[LC_ROWS][LC_DP], cur[LC_ROWS][LC_DP], hid[LC_ROWS][LC_FP];
+    const int row0 = get_group_id(0) * LC_ROWS;
+    for (int r = 0; r < LC_ROWS; r++) {
+        for (int i = 0; i < DK; i++)
+            a[r][i] = row0 + r < n_rows ? a0[(long)(row0 + r) * DK + i] : 0.0f;
+        lc_layernorm(a[r], ln0_w, ln0_b);
+    }
+    for (int res = 0; res < NUM_RES; res++) {
+        for (int k = 0; k < NUM_DENSE; k++) {
+            const int u = res * NUM_DENSE + k;
+            __global const float *g12 = w12 + (long)u * 2 * FA * DK, *bb = b12 + u * 2 * FA;
+            /* hidden units f0 .. f0+15: silu(gluw1) * gluw2 */
+            for (int f0 = 0; f0 < FA; f0 += 16) {
+                float16 hg[LC_ROWS], hu[LC_ROWS];
+                for (int r = 0; r < LC_ROWS; r++)
+                    hg[r] = hu[r] = 0.0f;
+                for (int i = 0; i < DK; i++) {
+                    const float16 wg = vload16(0, g12 + i * 2 * FA + f0);
+                    const float16 wu = vload16(0, g12 + i * 2 * FA + FA + f0);
+                    for (int r = 0; r < LC_ROWS; r++) {
+                        const float x = k == 0 ? a[r][i] : cur[r][i];
+                        hg[r] = mad((float16)x, wg, hg[r]);
+                        hu[r] = mad((float16)x, wu, hu[r]);
+                    }
+                }
+                for (int r = 0; r < LC_ROWS; r++) {
+                    float g[16], v[16];
+                    vstore16(hg[r], 0, g);
+                    vstore16(hu[r], 0, v);
+                    for (int t = 0; t < 16 && f0 + t < FA; t++)
+                        hid[r][f0 + t] = silu(g[t] + bb[f0 + t]) * (v[t] + bb[FA + f0 + t]);
+                }
+            }
+            /* gluw3: outputs j0 .. j0+15 */
+            __global const float *g3 = w3 + (long)u * DK * FA;
+            for (int j0 = 0; j0 < DK; j0 += 16) {
+                float16 o[LC_ROWS];
+                for (int r = 0; r < LC_ROWS; r++)
+                    o[r] = 0.0f;
+                for (int f = 0; f < FA; f++) {
+                    const float16 w = vload16(0, g3 + f * DK + j0);
+                    for (int r = 0; r < LC_ROWS; r++)
+                        o[r] = mad((float16)hid[r][f], w, o[r]);
+                }
+                for (int r = 0; r < LC_ROWS; r++) {
+                    float y[16];
+                    vstore16(o[r], 0, y);
+                    for (int t = 0; t < 16 && j0 + t < DK; t++) {
+                        const float val = y[t] + b3[u * DK + j0 + t];
+                        if (k == NUM_DENSE - 1)
+                            a[r][j0 + t] += val;
+                        else
+                            cur[r][j0 + t] = val;
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < LC_ROWS; r++)
+            lc_layernorm(a[r], lna_w + res * DK, lna_b + res * DK);
+    }
+    for (int r = 0; r < LC_ROWS; r++)
+        if (row0 + r < n_rows)
+            for (int i = 0; i < DK; i++)
+                a_out[(long)(row0 + r) * DK + i] = a[r][i];
 }

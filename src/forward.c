@@ -25,7 +25,7 @@
 #define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
 
 typedef struct kernels {
-    cl_kernel embed, brln, half2f, gemm_cpu, qkv_rope, metric, learner, potential, energy;
+    cl_kernel embed, brln, half2f, gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, qkv_rope, metric, learner, potential, energy;
     cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
 } kernels;
@@ -369,12 +369,23 @@ static pldr_status plga(pldr_context *c, int l, int T, int from_cached_a)
     const pldr_layer *ly = &m->layers[l];
     const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
     if (!from_cached_a) {
-        TRY(LAUNCH(c, metric, hdd, 0, A_MEM(c->q), A_INT(T), A_MEM(c->a0)));
+        if (m->wg_forms)
+            TRY(LAUNCH(c, metric, hdd, 0, A_MEM(c->q), A_INT(T), A_MEM(c->a0)));
+        else
+            TRY(LAUNCH_AS(c, metric_cpu, "metric", hdd / (size_t)cf->head_dim, 1, A_MEM(c->q), A_INT(T),
+                          A_MEM(c->a0)));
         const int rows = cf->n_heads * cf->head_dim;
-        const size_t groups = ((size_t)rows + (size_t)m->ml_rows - 1) / (size_t)m->ml_rows;
-        TRY(LAUNCH(c, learner, groups * (size_t)m->ml_wg, (size_t)m->ml_wg, A_MEM(c->a0), A_MEM(c->g_a[l]),
-                   A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
-                   A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
+        if (m->wg_forms) {
+            const size_t groups = ((size_t)rows + (size_t)m->ml_rows - 1) / (size_t)m->ml_rows;
+            TRY(LAUNCH(c, learner, groups * (size_t)m->ml_wg, (size_t)m->ml_wg, A_MEM(c->a0), A_MEM(c->g_a[l]),
+                       A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
+                       A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
+        } else {
+            /* kernels/plga.cl: 4 rows per work-item */
+            TRY(LAUNCH_AS(c, learner_cpu, "learner", ((size_t)rows + 3) / 4, 1, A_MEM(c->a0), A_MEM(c->g_a[l]),
+                          A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
+                          A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
+        }
     }
     TRY(LAUNCH(c, potential, hdd, 0, A_MEM(c->g_a[l]), A_MEM(ly->plga), A_MEM(c->g_alm[l]), A_MEM(c->a_p)));
     return LAUNCH(c, energy, hdd, 0, A_MEM(c->a_p), A_MEM(ly->plga), A_MEM(c->g_g[l]), A_MEM(c->flags),
@@ -430,9 +441,13 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
         TRY(layer_g(c, l, T, full));
         TRY(LAUNCH_FROM(c, apply_g, "apply_g", r0 * d, n * d, 0, A_MEM(c->q), A_MEM(c->g_g[l]), A_FLT(scale),
                         A_MEM(c->qg)));
-        TRY(LAUNCH_FROM(c, att_prefill, "att_prefill", r0 * H * (size_t)m->att_wg, n * H * (size_t)m->att_wg,
-                        (size_t)m->att_wg, A_MEM(c->qg), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0),
-                        A_MEM(c->att)));
+        if (m->wg_forms)
+            TRY(LAUNCH_FROM(c, att_prefill, "att_prefill", r0 * H * (size_t)m->att_wg, n * H * (size_t)m->att_wg,
+                            (size_t)m->att_wg, A_MEM(c->qg), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
+                            A_INT(pos0), A_MEM(c->att)));
+        else
+            TRY(LAUNCH_FROM(c, att_prefill_cpu, "att_prefill", r0 * H, n * H, 1, A_MEM(c->qg), A_MEM(c->k_cache[l]),
+                            A_MEM(c->v_cache[l]), A_INT(pos0), A_MEM(c->att)));
         TRY(gemm(c, n, d, d, c->att, r0 * d, ly->wo, dp, c->o, r0 * d));
         TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
                         A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
@@ -779,6 +794,8 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
         {&c->k.half2f, "half_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
         {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
+        {&c->k.learner_cpu, "metric_learner_cpu"}, {&c->k.metric_cpu, "metric_tensor_cpu"},
+        {&c->k.att_prefill_cpu, "attention_prefill_cpu"},
         {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
         {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
         {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},

@@ -344,9 +344,18 @@ static pldr_status load_layer(loader *ld, int l)
 
     TRY(load_vector(ld, &ly->a_ln_w, dk, "the metric learner", "%s.%d.mha1.layernorm1.weight", p, l));
     TRY(load_vector(ld, &ly->a_ln_b, dk, "the metric learner", "%s.%d.mha1.layernorm1.bias", p, l));
-    TRY(alloc_f32(m, &ly->ml_w12, RD * 2 * Fa * dk, "the metric learner"));
+    /* 16 floats of padding after the transposed learner weights: the CPU
+     * learner reads 16-wide vectors that may run past a row's last column
+     * (kernels/plga.cl, metric_learner_cpu) */
+    TRY(alloc_f32(m, &ly->ml_w12, RD * 2 * Fa * dk + 16, "the metric learner"));
     TRY(alloc_f32(m, &ly->ml_b12, RD * 2 * Fa, "the metric learner"));
-    TRY(alloc_f32(m, &ly->ml_w3, RD * dk * Fa, "the metric learner"));
+    TRY(alloc_f32(m, &ly->ml_w3, RD * dk * Fa + 16, "the metric learner"));
+    const cl_float zero = 0.0f;
+    cl_int zerr = clEnqueueFillBuffer(m->ocl.queue, ly->ml_w12, &zero, sizeof zero, RD * 2 * Fa * dk * 4, 64, 0, NULL,
+                                      NULL);
+    zerr |= clEnqueueFillBuffer(m->ocl.queue, ly->ml_w3, &zero, sizeof zero, RD * dk * Fa * 4, 64, 0, NULL, NULL);
+    if (zerr != CL_SUCCESS)
+        return pldr_cl_fail(&m->ocl, zerr, "clearing the metric learner's padding");
     TRY(alloc_f32(m, &ly->ml_b3, RD * dk, "the metric learner"));
     TRY(alloc_f32(m, &ly->ml_ln_w, (size_t)c->n_reslayer_a * dk, "the metric learner"));
     TRY(alloc_f32(m, &ly->ml_ln_b, (size_t)c->n_reslayer_a * dk, "the metric learner"));
@@ -480,6 +489,10 @@ static void choose_work_groups(pldr_model *m)
     /* PLDR_GEMM=clblast|own: CLBlast is the default except on CPUs */
     const char *ge = getenv("PLDR_GEMM");
     m->own_gemm = ge && strcmp(ge, "own") == 0 ? 1 : ge && strcmp(ge, "clblast") == 0 ? 0 : cpu;
+    /* on CPUs the metric tensor, the metric learner and the prefill attention
+     * run as one work-item per piece of work, without barriers (the *_cpu
+     * kernels); PLDR_WG's gpu=1 forces the work-group forms */
+    m->wg_forms = !cpu;
     m->ml_wg = pow2_at_most(lim, cpu ? 64 : 512);
     /* measured: on a GPU 4 rows (two work-groups per compute unit at the 110M
      * shape), on a CPU 16 (each weight read serves more rows) */
@@ -502,7 +515,7 @@ static void choose_work_groups(pldr_model *m)
         } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
                     {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf},
                     {"wrows", &m->gemv_wrows}, {"mlrg", &m->ml_rg}, {"mlks", &m->ml_ks}, {"mls", &m->ml_s}, {"mlkc", &m->ml_kc},
-                    {"attpre", &m->att_preload}};
+                    {"attpre", &m->att_preload}, {"gpu", &m->wg_forms}};
         /* comma-separated key=value items; a key is matched whole ("row" is not "rows") */
         for (const char *p = env; *p;) {
             const size_t len = strcspn(p, ",");

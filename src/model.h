@@ -53,6 +53,7 @@ struct pldr_model {
     int d_pitch, f_pitch;
     /* work-group sizes chosen for the device (also passed as -D defines) */
     int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf, gemv_wrows;
+    int wg_forms; /* the prefill's work-group kernels (else the one-work-item CPU forms) */
     int own_gemm; /* prefill products through kernels/gemm.cl instead of CLBlast */
     int att_preload; /* decode attention loads G_LM's column and the key row into registers first */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */

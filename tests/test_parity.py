@@ -67,16 +67,18 @@ LAYOUTS = [
     ("a-f32-dk64", "gemv=64,rows=8,attpre=1", "8 lanes per GEMV row, decode attention preloading G_LM and keys"),
     ("b-f32-dk32-D1-halfrope", "rows=2,gemv=128", "64 lanes per GEMV row"),
     ("c-f16-3shards", "gemv=64,rows=2,attpre=1", "32 lanes per GEMV row, decode attention preloading"),
-    ("d-bf16-dk48", "att=8", "decode attention split into blocks of 8 keys"),
-    ("c-f16-3shards", "att=128", "attention tiles of 128 keys, P.V in 16 key groups of float4 columns"),
+    ("d-bf16-dk48", "att=8,gpu=1", "attention split into blocks of 8 keys"),
+    ("c-f16-3shards", "att=128,gpu=1", "attention tiles of 128 keys, P.V in 16 key groups of float4 columns"),
     ("g-f32-odd-d", "gemv=64,rows=4", "16 lanes per GEMV row"),
-    # metric learner shapes (kernels/plga.cl): row groups and input splits of
-    # the gluw1/gluw2 phase, slices of the gluw3 phase, some of them empty
-    ("a-f32-dk64", "ml=512,mlrows=4", "learner: 4 rows, 10 input splits of 8 (2 empty), 8 gluw3 slices"),
-    ("b-f32-dk32-D1-halfrope", "ml=256,mlrows=4,mlrg=2", "learner: 2 row groups, 3 input splits, 8 slices (3 empty), D=1"),
-    ("c-f16-3shards", "ml=512,mlrows=4", "learner: 8 input splits of 4, 16 gluw3 slices of 4 units"),
-    ("d-bf16-dk48", "ml=128,mlrows=8,mlrg=2,mlkc=8", "learner: 2 row groups of 4 rows, 2 slices of 28 units"),
-    ("g-f32-odd-d", "ml=256,mlrows=8,mlrg=4", "learner: dk=30 (scalar reads), 4 row groups, 8 slices (3 empty)"),
+    # the work-group forms of the prefill kernels (GPUs; CPUs run the *_cpu
+    # ones, gpu=1 forces the others) and the metric learner's shapes
+    # (kernels/plga.cl): row groups and input splits of the gluw1/gluw2 phase,
+    # slices of the gluw3 phase, some of them empty
+    ("a-f32-dk64", "gpu=1,ml=512,mlrows=4", "learner: 4 rows, 10 input splits of 8 (2 empty), 8 gluw3 slices"),
+    ("b-f32-dk32-D1-halfrope", "gpu=1,ml=256,mlrows=4,mlrg=2", "learner: 2 row groups, 3 input splits, 8 slices (3 empty), D=1"),
+    ("c-f16-3shards", "gpu=1,ml=512,mlrows=4", "learner: 8 input splits of 4, 16 gluw3 slices of 4 units"),
+    ("d-bf16-dk48", "gpu=1,ml=128,mlrows=8,mlrg=2,mlkc=8", "learner: 2 row groups of 4 rows, 2 slices of 28 units"),
+    ("g-f32-odd-d", "gpu=1,ml=256,mlrows=8,mlrg=4", "learner: dk=30 (scalar reads), 4 row groups, 8 slices (3 empty)"),
 ]
 
 # The prefill products go through CLBlast, or on CPU devices through the
