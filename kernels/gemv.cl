@@ -435,8 +435,8 @@ void gemv(__global const WT *w, __global const float *bias, const int k_dim, con
     gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2);
 }
 
-/* A long-row product on a multi-lane layout (the FFN output projection,
- * k_dim = DFF): y[r] = W[r] . x + b[r] (+ residual[r]) with GEMV_WROWS rows
+/* A product without a LayerNorm on a multi-lane layout (the attention and
+ * FFN output projections): y[r] = W[r] . x + b[r] (+ residual[r]) with GEMV_WROWS rows
  * per work-group, so more lanes share a row and each walks fewer vectors; x
  * is read from global memory (it stays in cache), so nothing waits for a
  * barrier before the weights stream. */

@@ -346,7 +346,7 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
                          A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
                          A_INT(flag_logits(c)));
     const int has_res = op->residual >= 0, res = has_res ? op->residual : op->x; /* any valid offset */
-    if (multi_lane(m) && op->k_dim != m->cfg.d_model && !op->glu) {
+    if (multi_lane(m) && !op->glu) {
         const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;
         return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                          A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),

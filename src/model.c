@@ -529,8 +529,9 @@ static void choose_work_groups(pldr_model *m)
     }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
-    /* the FFN output projection (rows of d_ff) on multi-lane layouts: a
-     * quarter of the rows per work-group, four times the lanes per row */
+    /* the products without a LayerNorm (attention output, FFN output) on
+     * multi-lane layouts (gemv_wide): a quarter of the rows per work-group,
+     * four times the lanes per row */
     if (!m->gemv_wrows)
         m->gemv_wrows = m->gemv_rows >= 4 ? m->gemv_rows / 4 : 1;
     while (m->gemv_wrows > 1 && m->gemv_wrows > m->gemv_wg)
