@@ -305,6 +305,7 @@ typedef struct gemv_op {
     int x_norm;
     cl_mem sc; /* ln_in: the per-row data and the LayerNorm (pldr_layer.qkv_sc) */
     int residual; /* -1: none */
+    int wide;     /* on multi-lane layouts, through gemv_wide (the output projections; not glu) */
     int glu;
     int y;
     int flag_index;
@@ -346,7 +347,7 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
                          A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
                          A_INT(flag_logits(c)));
     const int has_res = op->residual >= 0, res = has_res ? op->residual : op->x; /* any valid offset */
-    if (multi_lane(m) && !op->glu) {
+    if (multi_lane(m) && op->wide) {
         const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;
         return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
                          A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
@@ -501,14 +502,14 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
                    A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part),
                    A_INT(o->att_count), A_INT(o->att)));
         gemv_op proj = {.w = ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
-                        .x = o->att, .residual = o->xn, .y = o->s1};
+                        .x = o->att, .residual = o->xn, .y = o->s1, .wide = 1};
         TRY(gemv(c, &proj));
         gemv_op up = {.w = ly->w12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
                       .n_out = F, .x = o->s1, .ln_in = 1, .x_norm = o->x1n,
                       .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
         gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
-                        .residual = o->x1n, .y = o->s2};
+                        .residual = o->x1n, .y = o->s2, .wide = 1};
         TRY(gemv(c, &down));
     }
     return PLDR_OK;
