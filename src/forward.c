@@ -25,7 +25,8 @@
 #define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
 
 typedef struct kernels {
-    cl_kernel embed, brln, half2f, gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, qkv_rope, metric, learner, potential, energy;
+    cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
+    cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu; /* CPU devices (kernels/gemm.cl, *_cpu) */
     cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
 } kernels;
