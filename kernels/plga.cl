@@ -391,3 +391,65 @@ void metric_learner_cpu(__global const float *a0, __global float *a_out, const i
             for (int i = 0; i < DK; i++)
                 a_out[(long)(row0 + r) * DK + i] = a[r][i];
 }
+
+/* plga_potential and plga_energy on CPU devices: a work-item per row i of a
+ * head, the row's DK outputs as 16-wide vectors where DK allows (the power
+ * and the exponentials vectorised too). Global size HEADS*DK. */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void plga_potential_cpu(__global const float *a, __global const float *plga, __global float *a_lm,
+                        __global float *a_p)
+{
+    const int gid = get_global_id(0);
+    const int h = gid / DK;
+    const long row = (long)gid * DK;
+    __global const float *w = plga + row, *ah = a + (long)h * DK * DK;
+#if DK % 16 == 0
+    for (int j = 0; j < DK; j += 16) {
+        float16 z = vload16(0, plga + PLGA_SIZE + row + j);
+        for (int k = 0; k < DK; k++)
+            z = mad((float16)w[k], vload16(0, ah + k * DK + j), z);
+        const float16 lm = z * (z / (1.0f + exp(-z))) + 1e-9f;
+        vstore16(lm, 0, a_lm + row + j);
+        vstore16(pow(lm, vload16(0, plga + 2 * PLGA_SIZE + row + j)), 0, a_p + row + j);
+    }
+#else
+    for (int j = 0; j < DK; j++) {
+        float z = plga[PLGA_SIZE + row + j];
+        for (int k = 0; k < DK; k++)
+            z += w[k] * ah[k * DK + j];
+        const float lm = z * silu(z) + 1e-9f;
+        a_lm[row + j] = lm;
+        a_p[row + j] = pow(lm, plga[2 * PLGA_SIZE + row + j]);
+    }
+#endif
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void plga_energy_cpu(__global const float *a_p, __global const float *plga, __global float *g,
+                     __global int *flags, const int flag_index)
+{
+    const int gid = get_global_id(0);
+    const int h = gid / DK;
+    const long row = (long)gid * DK;
+    __global const float *al = plga + 3 * PLGA_SIZE + row, *ph = a_p + (long)h * DK * DK;
+    int finite = 1;
+#if DK % 16 == 0
+    for (int j = 0; j < DK; j += 16) {
+        float16 s = vload16(0, plga + 4 * PLGA_SIZE + row + j);
+        for (int k = 0; k < DK; k++)
+            s = mad((float16)al[k], vload16(0, ph + k * DK + j), s);
+        vstore16(s, 0, g + row + j);
+        finite &= all(isfinite(s));
+    }
+#else
+    for (int j = 0; j < DK; j++) {
+        float s = plga[4 * PLGA_SIZE + row + j];
+        for (int k = 0; k < DK; k++)
+            s += al[k] * ph[k * DK + j];
+        g[row + j] = s;
+        finite &= isfinite(s);
+    }
+#endif
+    if (!finite)
+        atomic_or(flags + flag_index, FLAG_NONFINITE);
+}

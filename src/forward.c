@@ -26,7 +26,7 @@
 
 typedef struct kernels {
     cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
-    cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu; /* CPU devices (kernels/gemm.cl, *_cpu) */
+    cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
     cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
 } kernels;
@@ -388,6 +388,13 @@ static pldr_status plga(pldr_context *c, int l, int T, int from_cached_a)
                           A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
                           A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
         }
+    }
+    if (!m->wg_forms) { /* kernels/plga.cl: a work-item per row of a head */
+        const size_t rows = hdd / (size_t)cf->head_dim;
+        TRY(LAUNCH_AS(c, potential_cpu, "potential", rows, 1, A_MEM(c->g_a[l]), A_MEM(ly->plga), A_MEM(c->g_alm[l]),
+                      A_MEM(c->a_p)));
+        return LAUNCH_AS(c, energy_cpu, "energy", rows, 1, A_MEM(c->a_p), A_MEM(ly->plga), A_MEM(c->g_g[l]),
+                         A_MEM(c->flags), A_INT(flag_g(c, l)));
     }
     TRY(LAUNCH(c, potential, hdd, 0, A_MEM(c->g_a[l]), A_MEM(ly->plga), A_MEM(c->g_alm[l]), A_MEM(c->a_p)));
     return LAUNCH(c, energy, hdd, 0, A_MEM(c->a_p), A_MEM(ly->plga), A_MEM(c->g_g[l]), A_MEM(c->flags),
@@ -797,7 +804,8 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.half2f, "half_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
         {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
         {&c->k.learner_cpu, "metric_learner_cpu"}, {&c->k.metric_cpu, "metric_tensor_cpu"},
-        {&c->k.att_prefill_cpu, "attention_prefill_cpu"},
+        {&c->k.att_prefill_cpu, "attention_prefill_cpu"}, {&c->k.potential_cpu, "plga_potential_cpu"},
+        {&c->k.energy_cpu, "plga_energy_cpu"},
         {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
         {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
         {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
