@@ -33,6 +33,7 @@ void gemm_cpu(__global const float *a, const long a_off, const int lda, __global
         if (n0 >= N)
             break;
         __global const float *wr[GM_TN];
+#pragma unroll
         for (int j = 0; j < GM_TN; j++)
             wr[j] = w + (long)min(n0 + j, N - 1) * ldw;
         for (int mt = 0; mt < GM_BM; mt++) {
@@ -40,28 +41,38 @@ void gemm_cpu(__global const float *a, const long a_off, const int lda, __global
             if (m0 >= M)
                 break;
             __global const float *ar[GM_TM];
+#pragma unroll
             for (int i = 0; i < GM_TM; i++)
                 ar[i] = a + a_off + (long)min(m0 + i, M - 1) * lda;
             float16 acc[GM_TM][GM_TN];
+#pragma unroll
             for (int i = 0; i < GM_TM; i++)
+#pragma unroll
                 for (int j = 0; j < GM_TN; j++)
                     acc[i][j] = 0.0f;
             int k = 0;
             for (; k + 16 <= K; k += 16) {
                 float16 av[GM_TM], wv[GM_TN];
+#pragma unroll
                 for (int i = 0; i < GM_TM; i++)
                     av[i] = vload16(0, ar[i] + k);
+#pragma unroll
                 for (int j = 0; j < GM_TN; j++)
                     wv[j] = vload16(0, wr[j] + k);
+#pragma unroll
                 for (int i = 0; i < GM_TM; i++)
+#pragma unroll
                     for (int j = 0; j < GM_TN; j++)
-                        acc[i][j] = mad(av[i], wv[j], acc[i][j]);
+                        acc[i][j] = fma(av[i], wv[j], acc[i][j]);
             }
+#pragma unroll
             for (int i = 0; i < GM_TM; i++) {
                 float s[GM_TN];
+#pragma unroll
                 for (int j = 0; j < GM_TN; j++)
                     s[j] = gm_hsum(acc[i][j]);
                 for (int kk = k; kk < K; kk++)
+#pragma unroll
                     for (int j = 0; j < GM_TN; j++)
                         s[j] += ar[i][kk] * wr[j][kk];
                 if (m0 + i < M)

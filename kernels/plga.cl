@@ -29,19 +29,23 @@ void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
     const int gid = get_global_id(0);
     const int i = gid % DK, h = gid / DK;
     float s[(DK + 15) / 16 * 16];
+    #pragma unroll
     for (int j = 0; j < DK; j++)
         s[j] = 0.0f;
     for (int t = 0; t < T; t++) {
         __global const float *r = q + (long)t * DMODEL + h * DK;
         const float x = r[i];
 #if DK % 16 == 0
+        #pragma unroll
         for (int j = 0; j < DK; j += 16)
             vstore16(mad((float16)x, vload16(0, r + j), vload16(0, s + j)), 0, s + j);
 #else
+        #pragma unroll
         for (int j = 0; j < DK; j++)
             s[j] += x * r[j];
 #endif
     }
+    #pragma unroll
     for (int j = 0; j < DK; j++)
         a0[(long)gid * DK + j] = s[j];
 }
@@ -340,17 +344,20 @@ void metric_learner_cpu(__global const float *a0, __global float *a_out, const i
             /* hidden units f0 .. f0+15: silu(gluw1) * gluw2 */
             for (int f0 = 0; f0 < FA; f0 += 16) {
                 float16 hg[LC_ROWS], hu[LC_ROWS];
+#pragma unroll
                 for (int r = 0; r < LC_ROWS; r++)
                     hg[r] = hu[r] = 0.0f;
                 for (int i = 0; i < DK; i++) {
                     const float16 wg = vload16(0, g12 + i * 2 * FA + f0);
                     const float16 wu = vload16(0, g12 + i * 2 * FA + FA + f0);
+#pragma unroll
                     for (int r = 0; r < LC_ROWS; r++) {
                         const float x = k == 0 ? a[r][i] : cur[r][i];
-                        hg[r] = mad((float16)x, wg, hg[r]);
-                        hu[r] = mad((float16)x, wu, hu[r]);
+                        hg[r] = fma((float16)x, wg, hg[r]);
+                        hu[r] = fma((float16)x, wu, hu[r]);
                     }
                 }
+#pragma unroll
                 for (int r = 0; r < LC_ROWS; r++) {
                     float g[16], v[16];
                     vstore16(hg[r], 0, g);
@@ -363,13 +370,16 @@ void metric_learner_cpu(__global const float *a0, __global float *a_out, const i
             __global const float *g3 = w3 + (long)u * DK * FA;
             for (int j0 = 0; j0 < DK; j0 += 16) {
                 float16 o[LC_ROWS];
+#pragma unroll
                 for (int r = 0; r < LC_ROWS; r++)
                     o[r] = 0.0f;
                 for (int f = 0; f < FA; f++) {
                     const float16 w = vload16(0, g3 + f * DK + j0);
+#pragma unroll
                     for (int r = 0; r < LC_ROWS; r++)
-                        o[r] = mad((float16)hid[r][f], w, o[r]);
+                        o[r] = fma((float16)hid[r][f], w, o[r]);
                 }
+#pragma unroll
                 for (int r = 0; r < LC_ROWS; r++) {
                     float y[16];
                     vstore16(o[r], 0, y);
@@ -404,6 +414,7 @@ void plga_potential_cpu(__global const float *a, __global const float *plga, __g
     const long row = (long)gid * DK;
     __global const float *w = plga + row, *ah = a + (long)h * DK * DK;
 #if DK % 16 == 0
+    #pragma unroll
     for (int j = 0; j < DK; j += 16) {
         float16 z = vload16(0, plga + PLGA_SIZE + row + j);
         for (int k = 0; k < DK; k++)
@@ -413,6 +424,7 @@ void plga_potential_cpu(__global const float *a, __global const float *plga, __g
         vstore16(pow(lm, vload16(0, plga + 2 * PLGA_SIZE + row + j)), 0, a_p + row + j);
     }
 #else
+    #pragma unroll
     for (int j = 0; j < DK; j++) {
         float z = plga[PLGA_SIZE + row + j];
         for (int k = 0; k < DK; k++)
@@ -434,6 +446,7 @@ void plga_energy_cpu(__global const float *a_p, __global const float *plga, __gl
     __global const float *al = plga + 3 * PLGA_SIZE + row, *ph = a_p + (long)h * DK * DK;
     int finite = 1;
 #if DK % 16 == 0
+    #pragma unroll
     for (int j = 0; j < DK; j += 16) {
         float16 s = vload16(0, plga + 4 * PLGA_SIZE + row + j);
         for (int k = 0; k < DK; k++)
@@ -442,6 +455,7 @@ void plga_energy_cpu(__global const float *a_p, __global const float *plga, __gl
         finite &= all(isfinite(s));
     }
 #else
+    #pragma unroll
     for (int j = 0; j < DK; j++) {
         float s = plga[4 * PLGA_SIZE + row + j];
         for (int k = 0; k < DK; k++)
