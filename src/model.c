@@ -489,6 +489,8 @@ static void choose_work_groups(pldr_model *m)
     /* PLDR_GEMM=clblast|own: CLBlast is the default except on CPUs */
     const char *ge = getenv("PLDR_GEMM");
     m->own_gemm = ge && strcmp(ge, "own") == 0 ? 1 : ge && strcmp(ge, "clblast") == 0 ? 0 : cpu;
+    if (ge && *ge && strcmp(ge, "own") != 0 && strcmp(ge, "clblast") != 0)
+        fprintf(stderr, "pldr: warning: ignoring PLDR_GEMM=%s (use clblast or own)\n", ge);
     /* on CPUs the metric tensor, the metric learner and the prefill attention
      * run as one work-item per piece of work, without barriers (the *_cpu
      * kernels); PLDR_WG's gpu=1 forces the work-group forms */

@@ -23,7 +23,7 @@ expect() {
     fi
 }
 
-echo "1..27"
+echo "1..29"
 
 expect 0 "devices lists the PoCL CPU device" "Portable Computing Language" -- "$PLDR" devices
 expect 0 "--help prints the commands and exit codes" "exit codes" -- "$PLDR" --help
@@ -72,4 +72,10 @@ done
 # LayerNorms, argmax merged from row values)
 got=$(PLDR_WG=gemv=64,rows=8,attpre=1 "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
 if [ "$got" = "$want" ]; then ok "greedy generation, GPU layout"; else echo "# got: $got"; not_ok "greedy generation, GPU layout"; fi
+# the prefill through the GPUs' work-group kernels and CLBlast
+got=$(PLDR_WG=gpu=1 PLDR_GEMM=clblast "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
+if [ "$got" = "$want" ]; then ok "greedy generation, work-group prefill kernels and CLBlast"; else echo "# got: $got"; not_ok "greedy generation, work-group prefill kernels and CLBlast"; fi
+# an unknown PLDR_GEMM value is named in a warning and the default is used
+got=$(PLDR_GEMM=fast "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
+if [ "$got" = "$want" ] && grep -q "ignoring PLDR_GEMM=fast" "$TMP/err"; then ok "unknown PLDR_GEMM warned about"; else cat "$TMP/err"; not_ok "unknown PLDR_GEMM warned about"; fi
 exit 0
