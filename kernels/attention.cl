@@ -307,7 +307,7 @@ void attention_prefill_cpu(__global const float *qg, __global const float *k_cac
     const long row = (long)t * DMODEL + h * DK;
     const int n_keys = pos0 + t + 1;
     float q[AC_DP], acc[AC_DP];
-    #pragma unroll
+#pragma unroll
     for (int i = 0; i < AC_DP; i++) {
         q[i] = i < DK ? qg[row + i] : 0.0f;
         acc[i] = 0.0f;
@@ -320,15 +320,13 @@ void attention_prefill_cpu(__global const float *qg, __global const float *k_cac
             __global const float *kr = k_cache + (long)(t0 + kk) * DMODEL + h * DK;
 #if DK % 16 == 0
             float16 d = 0.0f;
-            #pragma unroll
+#pragma unroll
             for (int i = 0; i < DK; i += 16)
                 d = fma(vload16(0, kr + i), vload16(0, q + i), d);
-            const float8 d8 = d.lo + d.hi;
-            const float4 d4 = d8.lo + d8.hi;
-            s[kk] = (d4.x + d4.y) + (d4.z + d4.w);
+            s[kk] = hsum16(d);
 #else
             float d = 0.0f;
-            #pragma unroll
+#pragma unroll
             for (int i = 0; i < DK; i++)
                 d += kr[i] * q[i];
             s[kk] = d;
@@ -339,33 +337,33 @@ void attention_prefill_cpu(__global const float *qg, __global const float *k_cac
         const float corr = exp(run_max - new_max);
         run_sum *= corr;
 #if DK % 16 == 0
-        #pragma unroll
+#pragma unroll
         for (int i = 0; i < DK; i += 16)
             vstore16(vload16(0, acc + i) * corr, 0, acc + i);
         for (int kk = 0; kk < n; kk++) {
             const float p = exp(s[kk] - new_max);
             run_sum += p;
             __global const float *vr = v_cache + (long)(t0 + kk) * DMODEL + h * DK;
-            #pragma unroll
+#pragma unroll
             for (int i = 0; i < DK; i += 16)
                 vstore16(fma((float16)p, vload16(0, vr + i), vload16(0, acc + i)), 0, acc + i);
         }
 #else
-        #pragma unroll
+#pragma unroll
         for (int i = 0; i < DK; i++)
             acc[i] *= corr;
         for (int kk = 0; kk < n; kk++) {
             const float p = exp(s[kk] - new_max);
             run_sum += p;
             __global const float *vr = v_cache + (long)(t0 + kk) * DMODEL + h * DK;
-            #pragma unroll
+#pragma unroll
             for (int i = 0; i < DK; i++)
                 acc[i] += p * vr[i];
         }
 #endif
         run_max = new_max;
     }
-    #pragma unroll
+#pragma unroll
     for (int i = 0; i < DK; i++)
         out[row + i] = acc[i] / run_sum;
 }

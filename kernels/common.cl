@@ -20,6 +20,14 @@
 
 inline float silu(float x) { return x / (1.0f + exp(-x)); }
 
+/* The sum of a float16's lanes (the CPU kernels' 16-wide accumulators). */
+inline float hsum16(const float16 v)
+{
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    return (b.x + b.y) + (b.z + b.w);
+}
+
 /* Sum over the work-group of one value per work-item; scratch holds
  * get_local_size(0) floats, a power of two. Every work-item must call it. */
 inline float wg_sum(float v, __local float *scratch)

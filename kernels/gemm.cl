@@ -14,13 +14,6 @@
 #define GM_BM 16
 #define GM_BN 4
 
-inline float gm_hsum(const float16 v)
-{
-    const float8 a = v.lo + v.hi;
-    const float4 b = a.lo + a.hi;
-    return (b.x + b.y) + (b.z + b.w);
-}
-
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_cpu(__global const float *a, const long a_off, const int lda, __global const float *w, const int ldw,
               __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
@@ -70,7 +63,7 @@ void gemm_cpu(__global const float *a, const long a_off, const int lda, __global
                 float s[GM_TN];
 #pragma unroll
                 for (int j = 0; j < GM_TN; j++)
-                    s[j] = gm_hsum(acc[i][j]);
+                    s[j] = hsum16(acc[i][j]);
                 for (int kk = k; kk < K; kk++)
 #pragma unroll
                     for (int j = 0; j < GM_TN; j++)

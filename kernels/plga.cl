@@ -29,23 +29,23 @@ void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
     const int gid = get_global_id(0);
     const int i = gid % DK, h = gid / DK;
     float s[(DK + 15) / 16 * 16];
-    #pragma unroll
+#pragma unroll
     for (int j = 0; j < DK; j++)
         s[j] = 0.0f;
     for (int t = 0; t < T; t++) {
         __global const float *r = q + (long)t * DMODEL + h * DK;
         const float x = r[i];
 #if DK % 16 == 0
-        #pragma unroll
+#pragma unroll
         for (int j = 0; j < DK; j += 16)
             vstore16(mad((float16)x, vload16(0, r + j), vload16(0, s + j)), 0, s + j);
 #else
-        #pragma unroll
+#pragma unroll
         for (int j = 0; j < DK; j++)
             s[j] += x * r[j];
 #endif
     }
-    #pragma unroll
+#pragma unroll
     for (int j = 0; j < DK; j++)
         a0[(long)gid * DK + j] = s[j];
 }
@@ -414,7 +414,7 @@ void plga_potential_cpu(__global const float *a, __global const float *plga, __g
     const long row = (long)gid * DK;
     __global const float *w = plga + row, *ah = a + (long)h * DK * DK;
 #if DK % 16 == 0
-    #pragma unroll
+#pragma unroll
     for (int j = 0; j < DK; j += 16) {
         float16 z = vload16(0, plga + PLGA_SIZE + row + j);
         for (int k = 0; k < DK; k++)
@@ -424,7 +424,7 @@ void plga_potential_cpu(__global const float *a, __global const float *plga, __g
         vstore16(pow(lm, vload16(0, plga + 2 * PLGA_SIZE + row + j)), 0, a_p + row + j);
     }
 #else
-    #pragma unroll
+#pragma unroll
     for (int j = 0; j < DK; j++) {
         float z = plga[PLGA_SIZE + row + j];
         for (int k = 0; k < DK; k++)
@@ -446,7 +446,7 @@ void plga_energy_cpu(__global const float *a_p, __global const float *plga, __gl
     __global const float *al = plga + 3 * PLGA_SIZE + row, *ph = a_p + (long)h * DK * DK;
     int finite = 1;
 #if DK % 16 == 0
-    #pragma unroll
+#pragma unroll
     for (int j = 0; j < DK; j += 16) {
         float16 s = vload16(0, plga + 4 * PLGA_SIZE + row + j);
         for (int k = 0; k < DK; k++)
@@ -455,7 +455,7 @@ void plga_energy_cpu(__global const float *a_p, __global const float *plga, __gl
         finite &= all(isfinite(s));
     }
 #else
-    #pragma unroll
+#pragma unroll
     for (int j = 0; j < DK; j++) {
         float s = plga[4 * PLGA_SIZE + row + j];
         for (int k = 0; k < DK; k++)

@@ -16,8 +16,9 @@ int cmd_devices(int argc, char **argv)
                    "name, type, compute units, global memory, max allocation, OpenCL C version,\n"
                    "fp16/fp64 support, and whether the device shares the host's memory (unified:\n"
                    "there float32 weights are read in place from the checkpoint's mapping where\n"
-                   "their alignment allows, see PLDR_ZERO_COPY). Select one with --device SPEC or PLDR_DEVICE=SPEC, where SPEC\n"
-                   "is an index, platform:device, or a case-insensitive name substring.\n");
+                   "their alignment allows, see PLDR_ZERO_COPY). Select one with --device SPEC or\n"
+                   "PLDR_DEVICE=SPEC, where SPEC is an index, platform:device, or a case-insensitive\n"
+                   "name substring.\n");
             return EXIT_OK;
         }
         return cli_usage_error("devices", "unknown option '%s'", argv[i]);
