@@ -34,6 +34,7 @@ const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.
 uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
 uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
+const char *pldr_model_kernel_options(const pldr_model *m) { return m->kernel_options; }
 uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
 
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter)
@@ -514,17 +515,24 @@ static void choose_work_groups(pldr_model *m)
         const struct {
             const char *key;
             int *val;
-        } keys[] = {{"row", &m->row_wg}, {"att", &m->att_wg}, {"ml", &m->ml_wg}, {"gemv", &m->gemv_wg},
-                    {"rows", &m->gemv_rows}, {"mlrows", &m->ml_rows}, {"pf", &m->gemv_pf},
-                    {"wrows", &m->gemv_wrows}, {"mlrg", &m->ml_rg}, {"mlks", &m->ml_ks}, {"mls", &m->ml_s}, {"mlkc", &m->ml_kc},
-                    {"attpre", &m->att_preload}, {"gpu", &m->wg_forms}};
+            int is_switch; /* 0 or 1, rather than a power of two */
+        } keys[] = {{"row", &m->row_wg, 0},     {"att", &m->att_wg, 0},         {"ml", &m->ml_wg, 0},
+                    {"gemv", &m->gemv_wg, 0},   {"rows", &m->gemv_rows, 0},     {"mlrows", &m->ml_rows, 0},
+                    {"pf", &m->gemv_pf, 0},     {"wrows", &m->gemv_wrows, 0},   {"mlrg", &m->ml_rg, 0},
+                    {"mlks", &m->ml_ks, 0},     {"mls", &m->ml_s, 0},           {"mlkc", &m->ml_kc, 0},
+                    {"attpre", &m->att_preload, 1}, {"gpu", &m->wg_forms, 1}};
         /* comma-separated key=value items; a key is matched whole ("row" is not "rows") */
         for (const char *p = env; *p;) {
             const size_t len = strcspn(p, ",");
             for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
                 const size_t kl = strlen(keys[i].key);
-                if (len > kl + 1 && strncmp(p, keys[i].key, kl) == 0 && p[kl] == '=' && atoi(p + kl + 1) > 0)
-                    *keys[i].val = pow2_at_most(lim, atoi(p + kl + 1));
+                if (len <= kl + 1 || strncmp(p, keys[i].key, kl) != 0 || p[kl] != '=')
+                    continue;
+                const int v = atoi(p + kl + 1);
+                if (keys[i].is_switch)
+                    *keys[i].val = v != 0;
+                else if (v > 0)
+                    *keys[i].val = pow2_at_most(lim, v);
             }
             p += len + (p[len] == ',');
         }
@@ -695,8 +703,8 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
         goto fail;
 
-    char options[1024];
-    snprintf(options, sizeof options,
+    char *options = m->kernel_options;
+    snprintf(options, sizeof m->kernel_options,
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "

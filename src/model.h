@@ -57,6 +57,7 @@ struct pldr_model {
     int own_gemm; /* prefill products through kernels/gemm.cl instead of CLBlast */
     int att_preload; /* decode attention loads G_LM's column and the key row into registers first */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */
+    char kernel_options[1024]; /* the kernels' build options (pldr_model_kernel_options) */
 };
 
 /* Releases *b if set and clears it. */

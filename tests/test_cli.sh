@@ -23,7 +23,7 @@ expect() {
     fi
 }
 
-echo "1..29"
+echo "1..31"
 
 expect 0 "devices lists the PoCL CPU device" "Portable Computing Language" -- "$PLDR" devices
 expect 0 "--help prints the commands and exit codes" "exit codes" -- "$PLDR" --help
@@ -78,4 +78,17 @@ if [ "$got" = "$want" ]; then ok "greedy generation, work-group prefill kernels 
 # an unknown PLDR_GEMM value is named in a warning and the default is used
 got=$(PLDR_GEMM=fast "$PLDR" generate -p "To open a file in Python, use" -n 40 -q 2>"$TMP/err")
 if [ "$got" = "$want" ] && grep -q "ignoring PLDR_GEMM=fast" "$TMP/err"; then ok "unknown PLDR_GEMM warned about"; else cat "$TMP/err"; not_ok "unknown PLDR_GEMM warned about"; fi
+# PLDR_WG's shapes and switches reach the kernels' build options (bench's
+# JSON lists them); a later item wins, and a switch can be turned off
+opts() { PLDR_WG=$1 "$PLDR" bench -m "$MODEL" -p 4 -n 0 -r 1 -o json 2>"$TMP/err" | grep '"kernel_options"'; }
+got=$(opts "att=16,gemv=32,rows=4,attpre=1")
+case "$got" in
+*"-DATT_WG=16 "*"-DGEMV_WG=32 -DGEMV_ROWS=4 "*"-DATT_PRELOAD=1\""*) ok "PLDR_WG shapes in the kernel options" ;;
+*) echo "# got: $got"; not_ok "PLDR_WG shapes in the kernel options" ;;
+esac
+got=$(opts "attpre=1,attpre=0")
+case "$got" in
+*"-DATT_PRELOAD=0\""*) ok "PLDR_WG switch turned off" ;;
+*) echo "# got: $got"; not_ok "PLDR_WG switch turned off" ;;
+esac
 exit 0

@@ -177,6 +177,7 @@ typedef struct device_run {
     uint64_t weight_bytes[2], context_bytes;
     uint64_t zero_copy_bytes[2]; /* of weight_bytes: read in place from the checkpoint's mapping */
     double load_s[2];            /* seconds pldr_model_load took, per dtype (0: not run) */
+    char kernel_options[2][1024]; /* per dtype, pldr_model_kernel_options ("": not run) */
     result *res;
     int n_res;
 } device_run;
@@ -257,6 +258,11 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
                dr->dev.unified_memory ? "true" : "false", dr->dev.mem_base_align,
                (unsigned long long)(dr->zero_copy_bytes[0] + dr->zero_copy_bytes[1]));
         printf("     \"load_seconds\": {\"f32\": %.3f, \"f16\": %.3f},\n", dr->load_s[0], dr->load_s[1]);
+        printf("     \"kernel_options\": {\"f32\": ");
+        json_str(stdout, dr->kernel_options[0]);
+        printf(", \"f16\": ");
+        json_str(stdout, dr->kernel_options[1]);
+        printf("},\n");
         printf("     \"results\": [\n");
         for (int i = 0; i < dr->n_res; i++) {
             const result *r = &dr->res[i];
@@ -389,6 +395,8 @@ int cmd_bench(int argc, char **argv)
             if ((rc = cli_load_model(model_dir, spec, (pldr_dtype)dtypes[di], &model)) != EXIT_OK)
                 break;
             dr->load_s[dtypes[di]] = now() - t_load;
+            snprintf(dr->kernel_options[dtypes[di]], sizeof dr->kernel_options[0], "%s",
+                     pldr_model_kernel_options(model));
             long rss_file, rss = rss_kib(&rss_file);
             if (rss > rss_after_load_kib) {
                 rss_after_load_kib = rss;
