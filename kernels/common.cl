@@ -9,10 +9,12 @@
 #define WT half
 #define LOAD_W(p, i) vload_half((i), (p))
 #define LOAD_W4(p, i) vload_half4(0, (p) + (i))
+#define LOAD_W16(p, i) vload_half16(0, (p) + (i))
 #else
 #define WT float
 #define LOAD_W(p, i) ((p)[i])
 #define LOAD_W4(p, i) vload4(0, (p) + (i))
+#define LOAD_W16(p, i) vload16(0, (p) + (i))
 #endif
 
 /* Bits set in the context's flag words when a kernel meets a non-finite value. */

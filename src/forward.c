@@ -50,7 +50,7 @@ struct pldr_context {
     cl_mem a0, a_p;              /* [H, dk, dk] */
     cl_mem logits;               /* [LOGIT_CHUNK, V] */
     cl_mem flags;                /* non-finite flags, see flag_* */
-    cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast */
+    cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast (not with own_gemm) */
     /* The decode-step vectors, the flags, the token ids, the RoPE table and
      * the logits are regions of one buffer, act, so that decode kernels take
      * it once with byte offsets (kernels/gemv.cl); the regions that other code
@@ -264,7 +264,7 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
                         size_t w_pitch, cl_mem out, size_t out_off)
 {
     pldr_model *m = c->m;
-    if (m->weight_half) {
+    if (m->weight_half && !m->own_gemm) { /* kernels/gemm.cl reads half weights itself */
         TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
                    A_LONG((cl_long)(N * w_pitch))));
         w = c->w_scratch;
@@ -994,7 +994,7 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->g, T * F * 4, "activations"));
     TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
-    if (m->weight_half)
+    if (m->weight_half && !m->own_gemm)
         TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
     return PLDR_OK;
 }
