@@ -45,6 +45,21 @@ def main():
                     e = pt.rel_err(pt.load_npy(out), want)
                     return e <= tol, "rel_err %.3g (tol %g)" % (e, tol)
                 tap.check("%s, --cache %s, --dtype %s" % (name, mode, dtype), check)
+        # the prefill products with half weights: read as half by the
+        # engine's GEMM (kernels/gemm.cl, the CPU default), or converted to a
+        # float32 scratch for CLBlast (the GPU default)
+        want = ref.logits_for_mode(ckpt, ids, len(ids), "none")
+        for gemm in ("own", "clblast"):
+            out = os.path.join(base, "out.npy")
+
+            def check_gemm(gemm=gemm, want=want):
+                rc, _, err = pt.run_pldr(["logits", "-m", path, "--ids", ",".join(map(str, ids)), "--dtype", "f16",
+                                          "-o", out], env={"PLDR_GEMM": gemm})
+                if rc != 0:
+                    return False, "exit %d" % rc, pt.tail(err)
+                e = pt.rel_err(pt.load_npy(out), want)
+                return e <= TOL_F16, "rel_err %.3g (tol %g)" % (e, TOL_F16)
+            tap.check("%s, one forward over all ids, --dtype f16, PLDR_GEMM=%s" % (name, gemm), check_gemm)
 
     def greedy_f16():
         rc, out, err = pt.run_pldr(["generate", "--dtype", "f16", "-q", "-n", "40", "-p", "To open a file in Python, use"])
