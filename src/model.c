@@ -521,19 +521,31 @@ static void choose_work_groups(pldr_model *m)
                     {"pf", &m->gemv_pf, 0},     {"wrows", &m->gemv_wrows, 0},   {"mlrg", &m->ml_rg, 0},
                     {"mlks", &m->ml_ks, 0},     {"mls", &m->ml_s, 0},           {"mlkc", &m->ml_kc, 0},
                     {"attpre", &m->att_preload, 1}, {"gpu", &m->wg_forms, 1}};
-        /* comma-separated key=value items; a key is matched whole ("row" is not "rows") */
+        /* comma-separated key=value items; a key is matched whole ("row" is
+         * not "rows"); an item that is not understood is named in a warning */
         for (const char *p = env; *p;) {
             const size_t len = strcspn(p, ",");
-            for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-                const size_t kl = strlen(keys[i].key);
-                if (len <= kl + 1 || strncmp(p, keys[i].key, kl) != 0 || p[kl] != '=')
+            const char *eq = memchr(p, '=', len);
+            const char *why = eq ? "unknown key" : "not key=value";
+            for (size_t i = 0; eq && i < sizeof keys / sizeof keys[0]; i++) {
+                if ((size_t)(eq - p) != strlen(keys[i].key) || strncmp(p, keys[i].key, (size_t)(eq - p)) != 0)
                     continue;
-                const int v = atoi(p + kl + 1);
-                if (keys[i].is_switch)
-                    *keys[i].val = v != 0;
-                else if (v > 0)
-                    *keys[i].val = pow2_at_most(lim, v);
+                char *end;
+                const long v = strtol(eq + 1, &end, 10);
+                if (end == eq + 1 || end != p + len)
+                    why = "the value is not an integer";
+                else if (keys[i].is_switch && v != 0 && v != 1)
+                    why = "the value must be 0 or 1";
+                else if (!keys[i].is_switch && (v < 1 || v > 65536))
+                    why = "the value must be in [1, 65536]";
+                else {
+                    why = NULL;
+                    *keys[i].val = keys[i].is_switch ? (int)v : pow2_at_most(lim, (int)v);
+                }
+                break;
             }
+            if (why && len > 0)
+                fprintf(stderr, "pldr: warning: ignoring PLDR_WG item '%.*s' (%s)\n", (int)len, p, why);
             p += len + (p[len] == ',');
         }
     }

@@ -23,7 +23,7 @@ expect() {
     fi
 }
 
-echo "1..31"
+echo "1..32"
 
 expect 0 "devices lists the PoCL CPU device" "Portable Computing Language" -- "$PLDR" devices
 expect 0 "--help prints the commands and exit codes" "exit codes" -- "$PLDR" --help
@@ -91,4 +91,14 @@ case "$got" in
 *"-DATT_PRELOAD=0\""*) ok "PLDR_WG switch turned off" ;;
 *) echo "# got: $got"; not_ok "PLDR_WG switch turned off" ;;
 esac
+# items it does not understand are named in warnings, and the rest still applies
+got=$(opts "rows=4,fast=1,gemv=x,attpre=2")
+if grep -q "ignoring PLDR_WG item 'fast=1' (unknown key)" "$TMP/err" &&
+    grep -q "ignoring PLDR_WG item 'gemv=x' (the value is not an integer)" "$TMP/err" &&
+    grep -q "ignoring PLDR_WG item 'attpre=2' (the value must be 0 or 1)" "$TMP/err"; then
+    case "$got" in
+    *"-DGEMV_ROWS=4 "*) ok "bad PLDR_WG items warned about" ;;
+    *) echo "# got: $got"; not_ok "bad PLDR_WG items warned about" ;;
+    esac
+else not_ok "bad PLDR_WG items warned about"; fi
 exit 0
