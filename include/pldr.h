@@ -163,7 +163,8 @@ uint64_t pldr_model_device_bytes(const pldr_model *model);
  * reads in place from the checkpoint's file mapping (see zero_copy). */
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *model);
 /* The options the kernels were built with: the model's dimensions and the
- * work-group shapes chosen for the device (or set by PLDR_WG), as -D defines. */
+ * work-group shapes chosen for the device (or set by PLDR_WG), as -D defines.
+ * The string belongs to the model and lives until pldr_model_free. */
 const char *pldr_model_kernel_options(const pldr_model *model);
 
 /* Measures the device's memory bandwidth with a copy kernel (bytes read +
