@@ -170,6 +170,9 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* by pldr_dtype */
+static const char *const dtype_names[2] = {"f32", "f16"};
+
 typedef struct device_run {
     pldr_device_info dev;
     double bandwidth;
@@ -203,7 +206,6 @@ static void print_md(const char *model_name, uint64_t n_params, const device_run
            "weights read in place); peak host RSS: %.1f MiB\n",
            rss_after_load_kib / 1024.0, (rss_after_load_kib - rss_file_after_load_kib) / 1024.0,
            rss_file_after_load_kib / 1024.0, peak_rss_kib() / 1024.0);
-    static const char *const dtype_names[2] = {"f32", "f16"};
     for (int d = 0; d < n_runs; d++)
         for (int t = 0; t < 2; t++)
             if (runs[d].load_s[t] > 0.0)
@@ -295,7 +297,6 @@ int cmd_bench(int argc, char **argv)
         {0, 0, 0, 0},
     };
     static const char *const cache_names[] = {"none", "kv", "kvg"};
-    static const char *const dtype_names[] = {"f32", "f16"};
     long pp[MAX_LIST] = {512}, tg[MAX_LIST] = {128}, reps = 5, seed = 1;
     int n_pp = 1, n_tg = 1, caches[MAX_LIST] = {PLDR_CACHE_KVG}, n_caches = 1, dtypes[MAX_LIST] = {0}, n_dtypes = 1;
     const char *model_dir = NULL, *device = NULL, *format = "md", *gcache = NULL;
