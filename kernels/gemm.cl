@@ -8,13 +8,16 @@
  * rows of W of a tile stay in the first-level cache while the work-item walks
  * the GM_BM tiles of A, whose GM_BM * GM_TM rows stay in the second level.
  * Rows past M or N are clamped on load and not written. */
-/* a work-group's block is GM_TM * GM_BM = 64 rows of A by GM_TN * GM_BN = 16
- * rows of W (src/forward.c sizes the launch by it); on 2-core PoCL, tiles of
- * 2x8, 4x2 and 8x2 ran within 10% of 4x4 */
+/* a work-group's block is GM_ROWS rows of A by GM_COLS rows of W, given by
+ * the host (src/model.h, which sizes the launch by it); on 2-core PoCL, tiles
+ * of 2x8, 4x2 and 8x2 ran within 10% of 4x4 */
 #define GM_TM 4
 #define GM_TN 4
-#define GM_BM 16
-#define GM_BN 4
+#define GM_BM (GM_ROWS / GM_TM)
+#define GM_BN (GM_COLS / GM_TN)
+#if GM_ROWS % GM_TM != 0 || GM_COLS % GM_TN != 0
+#error "GM_ROWS and GM_COLS must be multiples of the register tile"
+#endif
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_cpu(__global const float *a, const long a_off, const int lda, __global const WT *w, const int ldw,

@@ -270,7 +270,8 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
         w = c->w_scratch;
     }
     if (m->own_gemm) {
-        const size_t bm = (M + 63) / 64, bn = (N + 15) / 16; /* kernels/gemm.cl: 64 x 16 outputs per work-group */
+        const size_t bm = (M + PLDR_GEMM_CPU_ROWS - 1) / PLDR_GEMM_CPU_ROWS,
+                     bn = (N + PLDR_GEMM_CPU_COLS - 1) / PLDR_GEMM_CPU_COLS;
         return LAUNCH_AS(c, gemm_cpu, "gemm_cpu", bm * bn, 1, A_MEM(a), A_LONG((cl_long)a_off), A_INT((int)K),
                          A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG((cl_long)out_off), A_INT((int)N),
                          A_INT((int)M), A_INT((int)N), A_INT((int)K));
@@ -383,8 +384,8 @@ static pldr_status plga(pldr_context *c, int l, int T, int from_cached_a)
                        A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
                        A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
         } else {
-            /* kernels/plga.cl: 4 rows per work-item */
-            TRY(LAUNCH_AS(c, learner_cpu, "learner", ((size_t)rows + 3) / 4, 1, A_MEM(c->a0), A_MEM(c->g_a[l]),
+            TRY(LAUNCH_AS(c, learner_cpu, "learner",
+                          ((size_t)rows + PLDR_LEARNER_CPU_ROWS - 1) / PLDR_LEARNER_CPU_ROWS, 1, A_MEM(c->a0), A_MEM(c->g_a[l]),
                           A_INT(rows), A_MEM(ly->a_ln_w), A_MEM(ly->a_ln_b), A_MEM(ly->ml_w12), A_MEM(ly->ml_b12),
                           A_MEM(ly->ml_w3), A_MEM(ly->ml_b3), A_MEM(ly->ml_ln_w), A_MEM(ly->ml_ln_b)));
         }

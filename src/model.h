@@ -60,6 +60,13 @@ struct pldr_model {
     char kernel_options[1024]; /* the kernels' build options (pldr_model_kernel_options) */
 };
 
+/* Work per work-group of the one-work-item CPU kernels, passed to them as
+ * -D defines: rows of A per metric_learner_cpu work-item (LC_ROWS), and the
+ * output block of a gemm_cpu work-group (GM_ROWS x GM_COLS). */
+#define PLDR_LEARNER_CPU_ROWS 4
+#define PLDR_GEMM_CPU_ROWS 64
+#define PLDR_GEMM_CPU_COLS 16
+
 /* Releases *b if set and clears it. */
 void pldr_release_mem(cl_mem *b);
 
