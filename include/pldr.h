@@ -138,6 +138,11 @@ typedef struct pldr_model_params {
                       float32 weights stored as F32 are used in place from the
                       file mapping where their layout and alignment allow
                       (CL_MEM_USE_HOST_PTR); 0, or $PLDR_ZERO_COPY=0: copied */
+    const char *work_groups; /* NULL (default): the kernels' work-group shapes are the
+                                device's defaults, then those `pldr tune` stored for
+                                this device and model, then $PLDR_WG's items; else
+                                the defaults and these items only (PLDR_WG's syntax,
+                                e.g. "gemv=256,rows=8"; "" for the defaults alone) */
 } pldr_model_params;
 
 pldr_model_params pldr_model_default_params(void);
@@ -163,9 +168,13 @@ uint64_t pldr_model_device_bytes(const pldr_model *model);
  * reads in place from the checkpoint's file mapping (see zero_copy). */
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *model);
 /* The options the kernels were built with: the model's dimensions and the
- * work-group shapes chosen for the device (or set by PLDR_WG), as -D defines.
+ * work-group shapes chosen for the device (its defaults, `pldr tune`'s choice,
+ * PLDR_WG or pldr_model_params.work_groups), as -D defines.
  * The string belongs to the model and lives until pldr_model_free. */
 const char *pldr_model_kernel_options(const pldr_model *model);
+/* 1 when the work-group shapes `pldr tune` stored for this device, model and
+ * weight dtype were applied at load (see pldr_model_params.work_groups). */
+int pldr_model_decode_tuned(const pldr_model *model);
 
 /* Measures the device's memory bandwidth with a copy kernel (bytes read +
  * written per second), on buffers of up to 256 MiB. */

@@ -33,6 +33,7 @@ const pldr_config *pldr_model_config(const pldr_model *m) { return &m->cfg; }
 const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.info; }
 uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
 uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
+int pldr_model_decode_tuned(const pldr_model *m) { return m->wg_tuned; }
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
 const char *pldr_model_kernel_options(const pldr_model *m) { return m->kernel_options; }
 uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
@@ -477,7 +478,49 @@ static uint64_t learner_local_bytes(const pldr_model *m)
     return 4 * (rows * (2 * dk + (fa + 3) / 4 * 4 + 2 * (dk < 8 ? dk : 8)) + (p1 > p2 ? p1 : p2));
 }
 
-static void choose_work_groups(pldr_model *m)
+/* Work-group shape items "key=value,..." (PLDR_WG's syntax, e.g.
+ * "row=256,att=64,ml=64,gemv=256,rows=8,wrows=2") over m's current shapes: a
+ * key is matched whole ("row" is not "rows"); an item that is not understood
+ * is named in a warning that says where it came from. */
+static void apply_wg_items(pldr_model *m, const char *items, const char *source, size_t lim)
+{
+    const struct {
+        const char *key;
+        int *val;
+        int is_switch; /* 0 or 1, rather than a power of two */
+    } keys[] = {{"row", &m->row_wg, 0},     {"att", &m->att_wg, 0},         {"ml", &m->ml_wg, 0},
+                {"gemv", &m->gemv_wg, 0},   {"rows", &m->gemv_rows, 0},     {"mlrows", &m->ml_rows, 0},
+                {"pf", &m->gemv_pf, 0},     {"wrows", &m->gemv_wrows, 0},   {"mlrg", &m->ml_rg, 0},
+                {"mlks", &m->ml_ks, 0},     {"mls", &m->ml_s, 0},           {"mlkc", &m->ml_kc, 0},
+                {"attpre", &m->att_preload, 1}, {"gpu", &m->wg_forms, 1}};
+    for (const char *p = items; *p;) {
+        const size_t len = strcspn(p, ",");
+        const char *eq = memchr(p, '=', len);
+        const char *why = eq ? "unknown key" : "not key=value";
+        for (size_t i = 0; eq && i < sizeof keys / sizeof keys[0]; i++) {
+            if ((size_t)(eq - p) != strlen(keys[i].key) || strncmp(p, keys[i].key, (size_t)(eq - p)) != 0)
+                continue;
+            char *end;
+            const long v = strtol(eq + 1, &end, 10);
+            if (end == eq + 1 || end != p + len)
+                why = "the value is not an integer";
+            else if (keys[i].is_switch && v != 0 && v != 1)
+                why = "the value must be 0 or 1";
+            else if (!keys[i].is_switch && (v < 1 || v > 65536))
+                why = "the value must be in [1, 65536]";
+            else {
+                why = NULL;
+                *keys[i].val = keys[i].is_switch ? (int)v : pow2_at_most(lim, (int)v);
+            }
+            break;
+        }
+        if (why && len > 0)
+            fprintf(stderr, "pldr: warning: ignoring %s item '%.*s' (%s)\n", source, (int)len, p, why);
+        p += len + (p[len] == ',');
+    }
+}
+
+static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
 {
     const pldr_device_info *d = &m->ocl.info;
     int cpu = strcmp(d->type, "CPU") == 0;
@@ -509,45 +552,21 @@ static void choose_work_groups(pldr_model *m)
     m->ml_rg = 1;
     m->ml_ks = m->ml_s = 0; /* from ml_wg below, unless PLDR_WG sets them */
     m->ml_kc = 16;
-    /* PLDR_WG="row=256,att=64,ml=64,gemv=256,rows=8,wrows=2" overrides, for tuning */
-    const char *env = getenv("PLDR_WG");
-    if (env) {
-        const struct {
-            const char *key;
-            int *val;
-            int is_switch; /* 0 or 1, rather than a power of two */
-        } keys[] = {{"row", &m->row_wg, 0},     {"att", &m->att_wg, 0},         {"ml", &m->ml_wg, 0},
-                    {"gemv", &m->gemv_wg, 0},   {"rows", &m->gemv_rows, 0},     {"mlrows", &m->ml_rows, 0},
-                    {"pf", &m->gemv_pf, 0},     {"wrows", &m->gemv_wrows, 0},   {"mlrg", &m->ml_rg, 0},
-                    {"mlks", &m->ml_ks, 0},     {"mls", &m->ml_s, 0},           {"mlkc", &m->ml_kc, 0},
-                    {"attpre", &m->att_preload, 1}, {"gpu", &m->wg_forms, 1}};
-        /* comma-separated key=value items; a key is matched whole ("row" is
-         * not "rows"); an item that is not understood is named in a warning */
-        for (const char *p = env; *p;) {
-            const size_t len = strcspn(p, ",");
-            const char *eq = memchr(p, '=', len);
-            const char *why = eq ? "unknown key" : "not key=value";
-            for (size_t i = 0; eq && i < sizeof keys / sizeof keys[0]; i++) {
-                if ((size_t)(eq - p) != strlen(keys[i].key) || strncmp(p, keys[i].key, (size_t)(eq - p)) != 0)
-                    continue;
-                char *end;
-                const long v = strtol(eq + 1, &end, 10);
-                if (end == eq + 1 || end != p + len)
-                    why = "the value is not an integer";
-                else if (keys[i].is_switch && v != 0 && v != 1)
-                    why = "the value must be 0 or 1";
-                else if (!keys[i].is_switch && (v < 1 || v > 65536))
-                    why = "the value must be in [1, 65536]";
-                else {
-                    why = NULL;
-                    *keys[i].val = keys[i].is_switch ? (int)v : pow2_at_most(lim, (int)v);
-                }
-                break;
-            }
-            if (why && len > 0)
-                fprintf(stderr, "pldr: warning: ignoring PLDR_WG item '%.*s' (%s)\n", (int)len, p, why);
-            p += len + (p[len] == ',');
+    /* then the shapes `pldr tune` chose for this device and model (src/tune.c),
+     * then PLDR_WG; or only the caller's items */
+    if (params->work_groups) {
+        apply_wg_items(m, params->work_groups, "work_groups", lim);
+    } else {
+        char tuned[PLDR_WG_ITEMS_MAX];
+        if (pldr_decode_tuning_lookup(&m->ocl.info, params->cache_dir, &m->cfg,
+                                      m->weight_half ? PLDR_DTYPE_F16 : PLDR_DTYPE_F32, tuned, sizeof tuned) &&
+            *tuned) {
+            apply_wg_items(m, tuned, "the decode tuning file", lim);
+            m->wg_tuned = 1;
         }
+        const char *env = getenv("PLDR_WG");
+        if (env)
+            apply_wg_items(m, env, "PLDR_WG", lim);
     }
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
@@ -694,7 +713,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     m->weight_half = params->weight_dtype == PLDR_DTYPE_F16;
     m->d_pitch = (m->cfg.d_model + 3) & ~3;
     m->f_pitch = (m->cfg.d_ff + 3) & ~3;
-    choose_work_groups(m);
+    choose_work_groups(m, params);
 
     const pldr_config *c = &m->cfg;
     uint64_t total_bytes = 0;

@@ -56,6 +56,7 @@ struct pldr_model {
     int wg_forms; /* the prefill's work-group kernels (else the one-work-item CPU forms) */
     int own_gemm; /* prefill products through kernels/gemm.cl instead of CLBlast */
     int att_preload; /* decode attention loads G_LM's column and the key row into registers first */
+    int wg_tuned;    /* shapes from the device's decode tuning file (pldr tune) were applied */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */
     char kernel_options[1024]; /* the kernels' build options (pldr_model_kernel_options) */
 };

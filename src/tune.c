@@ -27,18 +27,16 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "ocl.h"
 #include "tune.h"
 #include "util.h"
@@ -395,7 +393,7 @@ static pldr_status parse_tuning(const char *path, const unsigned char *text, siz
     return PLDR_OK;
 }
 
-static int tuning_disabled(void)
+int pldr_tuning_disabled(void)
 {
     const char *e = getenv("PLDR_TUNING");
     return e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "no") == 0);
@@ -469,7 +467,7 @@ pldr_status pldr_tuning_load(struct pldr_ocl *ocl, const char *cache_dir, int *n
         *n_sets = 0;
     if (!ocl)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_tuning_load: NULL device");
-    if (tuning_disabled())
+    if (pldr_tuning_disabled())
         return PLDR_OK;
     tuning t;
     int found;
@@ -1188,120 +1186,24 @@ static pldr_status search(tuner *tu)
 
 /* ------------------------------------------------------------ isolation */
 
-/* What a child process reports. */
+/* What a child process reports (src/child.c). */
 typedef struct reply {
-    int status; /* pldr_status of the child's work */
-    char message[512];
+    pldr_child_head head;
     pldr_device_info info;
     limits lim;
     double t[16];
     int failed, found;
 } reply;
 
-typedef pldr_status (*child_fn)(void *ctx, reply *rep);
-
-static void write_all(int fd, const void *data, size_t len)
+static pldr_status run_child(pldr_child_fn fn, void *ctx, double timeout_s, reply *rep, char *died, size_t died_size)
 {
-    const char *p = data;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        p += w;
-        len -= (size_t)w;
-    }
+    return pldr_child_run(fn, ctx, rep, sizeof *rep, timeout_s, died, died_size);
 }
 
-/* Runs fn in a child process and waits for its reply at most timeout_s
- * seconds. On a CPU device CLBlast's kernels run in the process's own
- * memory, so a faulty parameter set can corrupt or crash it; on any device
- * it can hang. *died is set (non-empty) when the child gave no reply. */
-static pldr_status run_child(child_fn fn, void *ctx, double timeout_s, reply *rep, char *died, size_t died_size)
+/* run_child with up to 600 s for a quick job whose failure is an error. */
+static pldr_status run_child_ok(pldr_child_fn fn, void *ctx, const char *what, reply *rep)
 {
-    memset(rep, 0, sizeof *rep);
-    died[0] = '\0';
-    int fds[2];
-    if (pipe(fds) != 0)
-        return pldr_fail(PLDR_ERR_IO, "cannot create a pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(fds[0]);
-        close(fds[1]);
-        return pldr_fail(PLDR_ERR_HOST_MEMORY, "cannot start a measuring process: %s", strerror(e));
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        reply r;
-        memset(&r, 0, sizeof r);
-        pldr_status st = fn(ctx, &r);
-        r.status = (int)st;
-        if (st != PLDR_OK)
-            snprintf(r.message, sizeof r.message, "%s", pldr_last_error());
-        write_all(fds[1], &r, sizeof r);
-        close(fds[1]);
-        fflush(NULL);
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t got = 0;
-    int timed_out = 0;
-    const double deadline = pldr_now() + timeout_s;
-    while (got < sizeof *rep) {
-        double left = deadline - pldr_now();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {fds[0], POLLIN, 0};
-        int pr = poll(&pfd, 1, left > 10 ? 10000 : (int)(left * 1000) + 1);
-        if (pr < 0 && errno != EINTR)
-            break;
-        if (pr <= 0)
-            continue;
-        ssize_t r = read(fds[0], (char *)rep + got, sizeof *rep - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fds[0]);
-    if (timed_out)
-        kill(pid, SIGKILL);
-    int wst = 0;
-    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
-        ;
-    if (got == sizeof *rep) {
-        rep->message[sizeof rep->message - 1] = '\0';
-        return PLDR_OK;
-    }
-    if (timed_out)
-        snprintf(died, died_size, "no result after %.0f s", timeout_s);
-    else if (WIFSIGNALED(wst))
-        snprintf(died, died_size, "the measuring process crashed (signal %d)", WTERMSIG(wst));
-    else
-        snprintf(died, died_size, "the measuring process ended without a report");
-    memset(rep, 0, sizeof *rep);
-    return PLDR_OK;
-}
-
-/* run_child with up to 600 s for a quick job whose failure is an error: a
- * child that died or reported a failure fails here, naming `what`. */
-static pldr_status run_child_ok(child_fn fn, void *ctx, const char *what, reply *rep)
-{
-    char died[128];
-    pldr_status st = run_child(fn, ctx, 600.0, rep, died, sizeof died);
-    if (st != PLDR_OK)
-        return st;
-    if (died[0])
-        return pldr_fail(PLDR_ERR_OPENCL, "%s: %s", what, died);
-    if (rep->status != PLDR_OK)
-        return pldr_fail((pldr_status)rep->status, "%s", rep->message);
-    return PLDR_OK;
+    return pldr_child_run_ok(fn, ctx, rep, sizeof *rep, 600.0, what);
 }
 
 /* In a child: opens the device and creates the matrices. */
@@ -1323,8 +1225,9 @@ typedef struct job {
     const solution *sol;
 } job;
 
-static pldr_status child_measure(void *ctx, reply *rep)
+static pldr_status child_measure(void *ctx, void *out)
 {
+    reply *rep = out;
     job *jb = ctx;
     pldr_status st = child_open(jb->tu, rep);
     if (st == PLDR_OK)
@@ -1348,14 +1251,14 @@ static pldr_status measure_isolated(tuner *tu, trial *tr)
     if (st != PLDR_OK)
         return st;
     tr->cost_s = pldr_now() - t0;
-    if (died[0] || rep.status != PLDR_OK) {
+    if (died[0] || rep.head.status != PLDR_OK) {
         tr->failed = 1;
         for (int j = 0; j < tu->n_shapes; j++)
             tr->t[j] = INFINITY;
         if (tr->kind == K_BASE)
             return died[0] ? pldr_fail(PLDR_ERR_OPENCL, "measuring CLBlast's defaults: %s", died)
-                           : pldr_fail((pldr_status)rep.status, "%s", rep.message);
-        logf_(tu, "  dropped: %s", died[0] ? died : rep.message);
+                           : pldr_fail((pldr_status)rep.head.status, "%s", rep.head.message);
+        logf_(tu, "  dropped: %s", died[0] ? died : rep.head.message);
         return PLDR_OK;
     }
     for (int j = 0; j < tu->n_shapes; j++)
@@ -1372,8 +1275,9 @@ static pldr_status measure_isolated(tuner *tu, trial *tr)
  * with them (checking the results). This also compiles the combination once,
  * so that the driver's on-disk cache (PoCL's kcache, NVIDIA's ComputeCache)
  * spares the next model load the compilation. */
-static pldr_status child_confirm(void *ctx, reply *rep)
+static pldr_status child_confirm(void *ctx, void *out)
 {
+    reply *rep = out;
     job *jb = ctx;
     tuner *tu = jb->tu;
     const solution *sol = jb->sol;
@@ -1389,7 +1293,7 @@ static pldr_status child_confirm(void *ctx, reply *rep)
         s = override_threshold(&tu->ocl, sol->thr);
     if (s != CLBlastSuccess) {
         rep->failed = 1;
-        snprintf(rep->message, sizeof rep->message, "CLBlastOverrideParameters failed (status %d)", (int)s);
+        snprintf(rep->head.message, sizeof rep->head.message, "CLBlastOverrideParameters failed (status %d)", (int)s);
         return PLDR_OK;
     }
     st = measure(tu, jb->tr);
@@ -1397,7 +1301,7 @@ static pldr_status child_confirm(void *ctx, reply *rep)
         rep->t[j] = jb->tr->t[j];
     rep->failed = jb->tr->failed;
     if (rep->failed)
-        snprintf(rep->message, sizeof rep->message, "wrong results or a failing GEMM");
+        snprintf(rep->head.message, sizeof rep->head.message, "wrong results or a failing GEMM");
     return st;
 }
 
@@ -1412,9 +1316,9 @@ static pldr_status confirm(tuner *tu, const solution *sol, trial *fin, int *ok)
     pldr_status st = run_child(child_confirm, &jb, 300.0 + 4.0 * tu->trials[0].cost_s, &rep, died, sizeof died);
     if (st != PLDR_OK)
         return st;
-    if (died[0] || rep.status != PLDR_OK || rep.failed) {
+    if (died[0] || rep.head.status != PLDR_OK || rep.failed) {
         logf_(tu, "the chosen combination fails (%s): CLBlast's defaults stay",
-              died[0] ? died : rep.message[0] ? rep.message : "error");
+              died[0] ? died : rep.head.message[0] ? rep.head.message : "error");
         *ok = 0;
         return PLDR_OK;
     }
@@ -1796,8 +1700,9 @@ static int same_model(const char *path, const pldr_config *c)
 
 /* In a child: whether the device has a readable, valid tuning file made for
  * the model's shapes. */
-static pldr_status child_check(void *ctx, reply *rep)
+static pldr_status child_check(void *ctx, void *out)
 {
+    reply *rep = out;
     check_job *cj = ctx;
     pldr_ocl ocl;
     pldr_status st = pldr_ocl_open(cj->p->device, &ocl);
@@ -1815,8 +1720,9 @@ static pldr_status child_check(void *ctx, reply *rep)
 }
 
 /* In a child: the number of devices (into rep->found). */
-static pldr_status child_count(void *ctx, reply *rep)
+static pldr_status child_count(void *ctx, void *out)
 {
+    reply *rep = out;
     (void)ctx;
     pldr_device_info *list = NULL;
     int n = 0;
@@ -1839,7 +1745,7 @@ pldr_status pldr_tune_if_missing(const char *model_dir, const char *device, cons
         p.device = device;
     if (!model_dir)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
-    if (tuning_disabled())
+    if (pldr_tuning_disabled())
         return PLDR_OK;
     if (!p.device || strcmp(p.device, "all") != 0)
         return tune_if_missing_one(model_dir, &p, tuned);

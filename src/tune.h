@@ -100,10 +100,87 @@ pldr_status pldr_tuning_load(struct pldr_ocl *ocl, const char *cache_dir, int *n
  * warning on stderr and ignored. Always returns PLDR_OK. */
 pldr_status pldr_tuning_apply(struct pldr_ocl *ocl, const char *cache_dir);
 
+/* PLDR_TUNING=0 (or off, no) in the environment: no tuning file is applied. */
+int pldr_tuning_disabled(void);
+
 /* `pldr tune --check`: opens the device, reads, checks and applies its
  * tuning file. *path and *summary (a description of what the file holds)
  * are malloc'ed; both are set on success, *path also on failure when known.
  * Ignores PLDR_TUNING. */
 pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **path, char **summary);
+
+/* ---- The engine's decode work-group shapes (src/tune_decode.c) ----
+ * The kernels' work-group shapes that decoding depends on (PLDR_WG's keys
+ * gemv, rows, wrows and att) are tried around the device's defaults, one key
+ * at a time, each candidate timed on greedy decode steps of the model itself
+ * in a process of its own; a candidate is kept when it is at least
+ * PLDR_DECODE_MARGIN faster than the best so far and decodes the same tokens
+ * as the defaults. The choice goes to CACHE_DIR/decode-<16 hex digits>.json
+ * (per device, per weight dtype, for the model's dimensions), which
+ * pldr_model_load applies before $PLDR_WG. */
+#define PLDR_WG_ITEMS_MAX 128
+#define PLDR_DECODE_MARGIN 0.03
+
+typedef struct pldr_tune_decode_params {
+    const char *device;    /* device spec, see pldr_select_device */
+    const char *cache_dir; /* NULL: pldr_default_cache_dir() */
+    pldr_dtype dtype;      /* weight storage tuned for (default f32) */
+    int prompt;            /* tokens of the prompt before the timed steps (default 64,
+                              fewer when the context is shorter) */
+    int steps;             /* greedy decode steps timed per run (default 32) */
+    int reps;              /* timed runs per candidate after a warm-up, the fastest
+                              counts (default 3) */
+    pldr_tune_log_fn log;  /* progress (NULL: quiet) */
+    void *log_user;
+} pldr_tune_decode_params;
+
+typedef struct pldr_tune_decode_candidate {
+    char items[PLDR_WG_ITEMS_MAX]; /* e.g. "gemv=256,rows=8,wrows=2,att=64" */
+    double tok_s;                  /* 0 when dropped */
+    char note[160];                /* why it was dropped, or "" */
+} pldr_tune_decode_candidate;
+
+typedef struct pldr_tune_decode_result {
+    char *path;                         /* the file written */
+    char defaults[PLDR_WG_ITEMS_MAX];   /* the device's defaults, as items */
+    char chosen[PLDR_WG_ITEMS_MAX];     /* the shapes stored ("" when the defaults stay) */
+    double tok_s_defaults, tok_s_chosen;
+    int n_candidates;                   /* the defaults first */
+    pldr_tune_decode_candidate *candidates;
+    double elapsed_s;
+} pldr_tune_decode_result;
+
+pldr_tune_decode_params pldr_tune_decode_default_params(void);
+/* Tunes for the checkpoint in model_dir (its weights are loaded) and writes
+ * the file; other dtypes' entries of a file for the same device and model
+ * dimensions are kept. Forks; as pldr_tune_run, call it before this process
+ * uses OpenCL. result may be NULL; else free it with
+ * pldr_tune_decode_result_free. */
+pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_params *params,
+                             pldr_tune_decode_result *result);
+void pldr_tune_decode_result_free(pldr_tune_decode_result *result);
+
+/* `--tune` of generate/bench: tunes (pldr_tune_decode) when the device has no
+ * entry for the model's dimensions and params->dtype; params->device "all":
+ * every device. Forks: call it before this process uses OpenCL. *tuned (may
+ * be NULL) is set to 1 when it tuned. PLDR_TUNING=0: does nothing. */
+pldr_status pldr_tune_decode_if_missing(const char *model_dir, const pldr_tune_decode_params *params, int *tuned);
+
+/* CACHE_DIR/decode-<hash of the device name, driver and platform>.json. */
+char *pldr_decode_tuning_path(const pldr_device_info *info, const char *cache_dir);
+
+/* The items the device's decode tuning file holds for a model of cfg's
+ * dimensions and weight dtype into items (empty when it keeps the defaults).
+ * Returns 1 when found; 0 when there is no file, no entry for these
+ * dimensions and dtype, PLDR_TUNING=0, or cache_dir is "". A damaged file is
+ * reported as a warning on stderr and ignored (0). */
+int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_dir, const pldr_config *cfg,
+                              pldr_dtype dtype, char *items, size_t size);
+
+/* `pldr tune --check` for the decode file: *path and *summary malloc'ed (path
+ * may be NULL without a cache directory). Fails with PLDR_ERR_FORMAT on a
+ * damaged file; a missing file is described in the summary. */
+pldr_status pldr_decode_tuning_describe(const pldr_device_info *info, const char *cache_dir, char **path,
+                                        char **summary);
 
 #endif

@@ -2,7 +2,9 @@
 # pldr tune: a short search on a tiny model writes a well-formed tuning file;
 # later loads apply it (and a hand-written non-default one) with the same
 # logits; a damaged, invalid or foreign file is ignored with a warning and
-# the logits stay the same. TAP output for Automake's tap driver.
+# the logits stay the same. The same for the decode stage's file of
+# work-group shapes, whose items PLDR_WG overrides. TAP output for
+# Automake's tap driver.
 PLDR=${PLDR_BIN:-./pldr}
 SRC=${PLDR_SRCDIR:-.}
 TMP=${PLDR_TESTTMP:-/tmp}/tune
@@ -19,7 +21,7 @@ for p in "${PYTHON3:-}" /usr/bin/python3 python3; do
 done
 if [ -z "$PY" ]; then echo "1..0 # SKIP no python3 with numpy"; exit 0; fi
 
-echo "1..21"
+echo "1..40"
 
 # Keep PoCL's compiler cache where it was (CLBlast compiles each parameter
 # set: about 20 s under PoCL when the cache does not have it), and put pldr's
@@ -32,15 +34,16 @@ IDS=5,17,42,7,300,12,99,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22
 "$PY" "$SRC/tests/mkmodel.py" --preset tiny --seed 3 -o "$MODEL" >/dev/null 2>"$TMP/err"
 check $? "tiny model created"
 
-# same_logits A.npy B.npy: equal within 1e-5 relative to the largest logit
+# same_logits A.npy B.npy [TOL]: equal within TOL (default 1e-5) relative to
+# the largest logit
 same_logits() {
-    "$PY" - "$1" "$2" <<'EOF'
+    "$PY" - "$1" "$2" "${3:-1e-5}" <<'EOF'
 import sys
 import numpy as np
 a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
 scale = float(np.abs(a).max())
 err = float(np.abs(a - b).max())
-ok = a.shape == b.shape and np.isfinite(b).all() and err <= 1e-5 * scale
+ok = a.shape == b.shape and np.isfinite(b).all() and err <= float(sys.argv[3]) * scale
 print("# max |difference| %.3g, largest logit %.3g" % (err, scale))
 sys.exit(0 if ok else 1)
 EOF
@@ -57,7 +60,7 @@ check $? "bad --shapes is a usage error"
 check $? "negative --budget is a usage error"
 
 # A short search: the defaults on both paths and two parameter sets.
-"$PLDR" tune -m "$MODEL" --budget 60 --max-candidates 2 >"$TMP/out" 2>"$TMP/err"
+"$PLDR" tune -m "$MODEL" --stage gemm --budget 60 --max-candidates 2 >"$TMP/out" 2>"$TMP/err"
 check $? "tune runs"
 FILE=$("$PLDR" tune --path 2>"$TMP/err")
 case "$FILE" in "$TMP/cache/pldr/tune-"*.json) [ -f "$FILE" ] ;; *) false ;; esac
@@ -90,7 +93,7 @@ check $? "tune prints GFLOP/s per shape"
 "$PLDR" tune --check >"$TMP/out" 2>"$TMP/err"
 [ $? -eq 0 ] && grep -q "tuned for" "$TMP/out"
 check $? "tune --check reads and applies the file"
-"$PLDR" tune -m "$MODEL" --if-missing --max-candidates 0 >"$TMP/out" 2>"$TMP/err"
+"$PLDR" tune -m "$MODEL" --stage gemm --if-missing --max-candidates 0 >"$TMP/out" 2>"$TMP/err"
 [ $? -eq 0 ] && grep -q "already tuned" "$TMP/out"
 check $? "tune --if-missing keeps a file made for the same shapes"
 "$PLDR" logits -m "$MODEL" --ids $IDS -o "$TMP/tuned.npy" 2>"$TMP/err"
@@ -151,11 +154,131 @@ ignored_with_warning "incomplete parameter set ignored with a warning" "XgemmDir
 
 # First use (--tune of generate and bench): a damaged file, or one made for
 # other shapes, is replaced.
-"$PLDR" tune -m "$MODEL" --if-missing --budget 0 >"$TMP/out" 2>"$TMP/err"
+"$PLDR" tune -m "$MODEL" --stage gemm --if-missing --budget 0 >"$TMP/out" 2>"$TMP/err"
 [ $? -eq 0 ] && grep -q "^tuned" "$TMP/out" && "$PLDR" tune --check >/dev/null 2>&1
 check $? "tune --if-missing replaces a damaged file"
 "$PY" "$SRC/tests/mkmodel.py" --preset tiny --hidden 192 --heads 3 --seed 3 -o "$TMP/model2" >/dev/null 2>"$TMP/err" &&
-    "$PLDR" tune -m "$TMP/model2" --if-missing --budget 0 >"$TMP/out" 2>"$TMP/err" && grep -q "^tuned" "$TMP/out" &&
+    "$PLDR" tune -m "$TMP/model2" --stage gemm --if-missing --budget 0 >"$TMP/out" 2>"$TMP/err" && grep -q "^tuned" "$TMP/out" &&
     grep -q '"d_model": 192' "$FILE"
 check $? "tune --if-missing tunes again for a model of other shapes"
+
+# ---- the decode stage: the engine's own work-group shapes ----
+"$PLDR" tune --stage foo >/dev/null 2>"$TMP/err"
+[ $? -eq 2 ] && grep -q "gemm, decode or all" "$TMP/err"
+check $? "bad --stage is a usage error"
+"$PLDR" tune --path --stage all >/dev/null 2>"$TMP/err"
+[ $? -eq 2 ]
+check $? "--path with --stage all is a usage error (two files)"
+mkdir -p "$TMP/noweights" && cp "$MODEL/config.json" "$TMP/noweights/"
+"$PLDR" tune -m "$TMP/noweights" --stage decode >/dev/null 2>"$TMP/err"
+[ $? -eq 3 ] && grep -q "no model.safetensors" "$TMP/err"
+check $? "the decode stage needs the weights (exit 3 without them)"
+
+"$PLDR" tune -m "$MODEL" --stage decode --steps 4 --runs 1 >"$TMP/out" 2>"$TMP/err"
+[ $? -eq 0 ] && grep -q "| decode work groups | tok/s |" "$TMP/out"
+check $? "tune --stage decode runs and prints its candidates"
+DFILE=$("$PLDR" tune --path --stage decode 2>"$TMP/err")
+case "$DFILE" in "$TMP/cache/pldr/decode-"*.json) [ -f "$DFILE" ] ;; *) false ;; esac
+check $? "decode tuning file written in the cache directory"
+"$PY" - "$DFILE" >"$TMP/err" 2>&1 <<'PYEOF'
+import json, re, sys
+t = json.load(open(sys.argv[1]))
+assert t["format"] == "pldr-decode-tuning" and t["version"] == 1, "format"
+assert t["device"]["name"] and t["device"]["driver_version"] and t["device"]["platform_version"], "device"
+want = {"n_layers": 2, "d_model": 128, "n_heads": 2, "head_dim": 64, "d_ff": 192, "vocab_size": 512}
+assert t["model"] == want, t["model"]
+assert set(t["dtypes"]) == {"f32"}, t["dtypes"].keys()
+e = t["dtypes"]["f32"]
+items = re.compile(r"^((gemv|rows|wrows|att)=[1-9][0-9]*)(,(gemv|rows|wrows|att)=[1-9][0-9]*)*$")
+assert e["work_groups"] == "" or items.match(e["work_groups"]), e["work_groups"]
+assert items.match(e["defaults"]), e["defaults"]
+c = e["candidates"]
+assert len(c) >= 3 and c[0]["work_groups"] == e["defaults"] and c[0]["tok_s"] > 0, c[:1]
+assert len({x["work_groups"] for x in c}) == len(c), "a candidate measured twice"
+for x in c:
+    assert items.match(x["work_groups"]) and (x["tok_s"] > 0 or x["note"].startswith("dropped")), x
+assert e["tok_s_defaults"] == c[0]["tok_s"], "defaults' figure"
+if e["work_groups"]:
+    assert e["tok_s"] >= 1.03 * e["tok_s_defaults"], "a choice must be 3% faster"
+else:
+    assert e["tok_s"] == e["tok_s_defaults"], "kept defaults"
+PYEOF
+check $? "decode tuning file well-formed: defaults first, every candidate timed or dropped with a reason"
+"$PLDR" logits -m "$MODEL" --ids $IDS -o "$TMP/dtuned.npy" 2>"$TMP/err"
+[ $? -eq 0 ] && ! grep -q warning "$TMP/err" && same_logits "$TMP/ref.npy" "$TMP/dtuned.npy" 1e-4 >>"$TMP/err"
+check $? "a load with the decode tuning file gives the same logits (1e-4)"
+"$PLDR" tune -m "$MODEL" --stage decode --if-missing >"$TMP/out" 2>"$TMP/err"
+[ $? -eq 0 ] && grep -q "already tuned" "$TMP/out"
+check $? "tune --stage decode --if-missing keeps a file made for the model"
+
+# dedit ITEMS [WHAT]: the file's f32 entry set to ITEMS; WHAT other-model
+# changes the model's dimensions, bad-json truncates the file
+cp "$DFILE" "$TMP/decode.json"
+dedit() {
+    "$PY" - "$TMP/decode.json" "$DFILE" "$1" "${2:-}" <<'PYEOF'
+import json, sys
+src, path, items, what = sys.argv[1:5]
+t = json.load(open(src))
+t["dtypes"]["f32"]["work_groups"] = items
+if what == "other-model":
+    t["model"]["d_model"] = 4096
+text = json.dumps(t, indent=1)
+open(path, "w").write(text[:60] if what == "bad-json" else text)
+PYEOF
+}
+# kopts: the f32 kernel options of a short bench, then "tuned" or "untuned"
+kopts() {
+    "$PLDR" bench -m "$MODEL" -p 16 -n 4 --tg-prompt 16 -r 1 -o json 2>"$TMP/err" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)["devices"][0]
+print(d["kernel_options"]["f32"], "tuned" if d["decode_tuned"]["f32"] else "untuned")'
+}
+dedit "gemv=16,rows=16,att=32"
+got=$(kopts)
+case "$got" in
+*"-DATT_WG=32 "*"-DGEMV_WG=16 -DGEMV_ROWS=16 "*" tuned") ok "the stored shapes are applied at load" ;;
+*) echo "# got: $got"; not_ok "the stored shapes are applied at load" ;;
+esac
+"$PLDR" logits -m "$MODEL" --ids $IDS -o "$TMP/dexplicit.npy" 2>"$TMP/err"
+[ $? -eq 0 ] && ! grep -q warning "$TMP/err" && same_logits "$TMP/ref.npy" "$TMP/dexplicit.npy" 1e-4 >>"$TMP/err"
+check $? "stored non-default shapes give the same logits (1e-4)"
+got=$(PLDR_WG=att=64 kopts)
+case "$got" in
+*"-DATT_WG=64 "*"-DGEMV_WG=16 -DGEMV_ROWS=16 "*" tuned") ok "PLDR_WG's items override the stored ones" ;;
+*) echo "# got: $got"; not_ok "PLDR_WG's items override the stored ones" ;;
+esac
+got=$(PLDR_TUNING=0 kopts)
+case "$got" in
+*"-DATT_WG=32 "* | *"-DGEMV_WG=16 "* | *" tuned" | "") echo "# got: $got"; not_ok "PLDR_TUNING=0 skips the decode file" ;;
+*) ok "PLDR_TUNING=0 skips the decode file" ;;
+esac
+"$PLDR" tune --check >"$TMP/out" 2>"$TMP/err"
+grep -q "d_model 128" "$TMP/out" && grep -q "f32: gemv=16,rows=16,att=32" "$TMP/out"
+check $? "tune --check describes the decode file"
+dedit "gemv=16,rows=16,att=32" other-model
+got=$(kopts)
+case "$got" in
+*"-DATT_WG=32 "* | *" tuned" | "") false ;;
+*) ! grep -q warning "$TMP/err" ;;
+esac
+check $? "a file for other model dimensions is not applied (no warning)"
+for bad in "gemv=0" "fast=1" "gemv=16,rows"; do
+    dedit "$bad"
+    got=$(kopts)
+    case "$got" in
+    *" tuned" | "") false ;;
+    *) grep -q "warning: ignoring the decode tuning file" "$TMP/err" ;;
+    esac
+    check $? "invalid stored items '$bad' ignored with a warning"
+done
+dedit "" bad-json
+got=$(kopts)
+case "$got" in
+*" tuned" | "") false ;;
+*) grep -q "ignoring the decode tuning file.*not valid JSON" "$TMP/err" ;;
+esac
+check $? "damaged decode file ignored with a warning"
+"$PLDR" tune -m "$MODEL" --stage decode --if-missing --steps 2 --runs 1 >"$TMP/out" 2>"$TMP/err"
+[ $? -eq 0 ] && grep -q "^tuned" "$TMP/out" && "$PLDR" tune --check >/dev/null 2>&1
+check $? "tune --stage decode --if-missing replaces a damaged file"
 exit 0

@@ -56,7 +56,7 @@ int cmd_bench(int argc, char **argv);
 /* --tune of generate and bench: tunes CLBlast for the model on the device
  * (or every device, "all") unless a valid tuning file exists. Call it before
  * anything else uses OpenCL. Returns an exit code. */
-int cli_tune_if_missing(const char *model_dir, const char *device);
+int cli_tune_if_missing(const char *model_dir, const char *device, const pldr_dtype *dtypes, int n_dtypes);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

@@ -38,7 +38,8 @@ static const char help[] =
     "      --seed S      seed of the random token ids (default 1)\n"
     "      --tg-prompt N prompt length before the tgN tests (default 64)\n"
     "      --g-cache FILE use this G-cache (A, A_LM, G_LM) instead of the metric learner\n"
-    "      --tune        tune CLBlast for the model on each device first, unless already done\n";
+    "      --tune        tune CLBlast and the decode work-group shapes for the model on each\n"
+    "                    device and dtype first, unless already done (see pldr tune)\n";
 
 typedef struct result {
     char test[32];
@@ -181,6 +182,7 @@ typedef struct device_run {
     uint64_t zero_copy_bytes[2]; /* of weight_bytes: read in place from the checkpoint's mapping */
     double load_s[2];            /* seconds pldr_model_load took, per dtype (0: not run) */
     char kernel_options[2][1024]; /* per dtype, pldr_model_kernel_options ("": not run) */
+    int decode_tuned[2];          /* per dtype, pldr_model_decode_tuned */
     result *res;
     int n_res;
 } device_run;
@@ -210,9 +212,10 @@ static void print_md(const char *model_name, uint64_t n_params, const device_run
         for (int t = 0; t < 2; t++)
             if (runs[d].load_s[t] > 0.0)
                 printf("device %d, %s weights: %.1f MiB (%.1f MiB of them zero-copy, read in place from the "
-                       "checkpoint's mapping), context %.1f MiB, model load %.2f s\n",
+                       "checkpoint's mapping), context %.1f MiB, model load %.2f s%s\n",
                        runs[d].dev.index, dtype_names[t], runs[d].weight_bytes[t] / 1048576.0,
-                       runs[d].zero_copy_bytes[t] / 1048576.0, runs[d].context_bytes / 1048576.0, runs[d].load_s[t]);
+                       runs[d].zero_copy_bytes[t] / 1048576.0, runs[d].context_bytes / 1048576.0, runs[d].load_s[t],
+                       runs[d].decode_tuned[t] ? ", decode work-group shapes from pldr tune" : "");
 }
 
 static void print_csv(const char *model_name, uint64_t n_params, const device_run *runs, int n_runs)
@@ -265,6 +268,8 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
         printf(", \"f16\": ");
         json_str(stdout, dr->kernel_options[1]);
         printf("},\n");
+        printf("     \"decode_tuned\": {\"f32\": %s, \"f16\": %s},\n", dr->decode_tuned[0] ? "true" : "false",
+               dr->decode_tuned[1] ? "true" : "false");
         printf("     \"results\": [\n");
         for (int i = 0; i < dr->n_res; i++) {
             const result *r = &dr->res[i];
@@ -359,7 +364,10 @@ int cmd_bench(int argc, char **argv)
                                                                                      : model_dir;
 
     if (tune) {
-        int rc_tune = cli_tune_if_missing(model_dir, device);
+        pldr_dtype td[MAX_LIST];
+        for (int i = 0; i < n_dtypes; i++)
+            td[i] = (pldr_dtype)dtypes[i];
+        int rc_tune = cli_tune_if_missing(model_dir, device, td, n_dtypes);
         if (rc_tune != EXIT_OK)
             return rc_tune;
     }
@@ -398,6 +406,7 @@ int cmd_bench(int argc, char **argv)
             dr->load_s[dtypes[di]] = now() - t_load;
             snprintf(dr->kernel_options[dtypes[di]], sizeof dr->kernel_options[0], "%s",
                      pldr_model_kernel_options(model));
+            dr->decode_tuned[dtypes[di]] = pldr_model_decode_tuned(model);
             long rss_file, rss = rss_kib(&rss_file);
             if (rss > rss_after_load_kib) {
                 rss_after_load_kib = rss;

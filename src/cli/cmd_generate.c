@@ -51,7 +51,8 @@ static const char help[] =
     "                    uninterrupted run; sampling starts from a fresh --seed\n"
     "      --device SPEC OpenCL device: index, platform:device or name substring\n"
     "      --dtype T     weight storage on the device: f32 (default, or the session's) or f16\n"
-    "      --tune        tune CLBlast for this model on the device first, unless already done\n"
+    "      --tune        tune CLBlast and the decode work-group shapes for this model on the\n"
+    "                    device first, unless already done (see pldr tune)\n"
     "  -q, --quiet       no summary on stderr\n";
 
 typedef struct gen_opts {
@@ -277,7 +278,7 @@ static int setup_model(gen *g)
     pldr_status st;
     int rc;
     g->t0 = now();
-    if (o->tune && (rc = cli_tune_if_missing(o->model_dir, o->device)) != EXIT_OK)
+    if (o->tune && (rc = cli_tune_if_missing(o->model_dir, o->device, &o->dtype, 1)) != EXIT_OK)
         return rc;
     if ((rc = cli_load_model(o->model_dir, o->device, o->dtype, &g->model)) != EXIT_OK)
         return rc;

@@ -1,0 +1,703 @@
+/* Per-device tuning of the engine's decode work-group shapes (see tune.h):
+ * a coordinate search around the device's defaults, each candidate timed on
+ * greedy decode steps of the model in a child process (src/child.c), the
+ * choice stored as PLDR_WG items in the cache directory. */
+#include "config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "child.h"
+#include "model.h"
+#include "tune.h"
+#include "util.h"
+
+#define DECODE_FORMAT "pldr-decode-tuning"
+#define DECODE_VERSION 1
+#define DECODE_MAX_BYTES (1u << 20)
+#define MAX_CANDIDATES 32
+
+/* The keys a decode tuning file may set (PLDR_WG's names, src/model.c). */
+static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att"};
+
+static const char *dtype_name(pldr_dtype d) { return d == PLDR_DTYPE_F16 ? "f16" : "f32"; }
+
+/* ------------------------------------------------------------ the file */
+
+char *pldr_decode_tuning_path(const pldr_device_info *info, const char *cache_dir)
+{
+    if (!info || (cache_dir && !*cache_dir))
+        return NULL;
+    const char *parts[] = {info->name, info->driver_version, info->platform_version};
+    uint64_t h = PLDR_FNV_INIT;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        h = pldr_fnv1a(h, parts[i], strlen(parts[i]) + 1);
+    char *dir = cache_dir ? pldr_strdup(cache_dir) : pldr_default_cache_dir();
+    if (!dir)
+        return NULL;
+    char name[48];
+    snprintf(name, sizeof name, "decode-%016llx.json", (unsigned long long)h);
+    char *path = pldr_path_join(dir, name);
+    free(dir);
+    return path;
+}
+
+/* Whether items is a list of key=value over tuned_keys with values in
+ * [1, 65536] ("" is valid: the defaults). */
+static int valid_items(const char *items)
+{
+    for (const char *p = items; *p;) {
+        const size_t len = strcspn(p, ",");
+        const char *eq = memchr(p, '=', len);
+        if (!eq)
+            return 0;
+        int known = 0;
+        for (size_t i = 0; i < sizeof tuned_keys / sizeof tuned_keys[0]; i++)
+            known |= (size_t)(eq - p) == strlen(tuned_keys[i]) && strncmp(p, tuned_keys[i], (size_t)(eq - p)) == 0;
+        char *end;
+        const long v = strtol(eq + 1, &end, 10);
+        if (!known || end == eq + 1 || end != p + len || v < 1 || v > 65536)
+            return 0;
+        p += len + (p[len] == ',');
+    }
+    return 1;
+}
+
+static int same_string(json_t *obj, const char *key, const char *want)
+{
+    json_t *v = json_object_get(obj, key);
+    return json_is_string(v) && strcmp(json_string_value(v), want) == 0;
+}
+
+static json_t *model_dims(const pldr_config *c)
+{
+    return json_pack("{s:i, s:i, s:i, s:i, s:i, s:i}", "n_layers", c->n_layers, "d_model", c->d_model, "n_heads",
+                     c->n_heads, "head_dim", c->head_dim, "d_ff", c->d_ff, "vocab_size", c->vocab_size);
+}
+
+/* Reads and checks the file at path: *root is NULL when there is none. */
+static pldr_status read_file(const char *path, const pldr_device_info *info, json_t **root)
+{
+    *root = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0 && errno == ENOENT)
+        return PLDR_OK;
+    unsigned char *text = NULL;
+    size_t len = 0;
+    pldr_status st = pldr_read_file(path, DECODE_MAX_BYTES, &text, &len);
+    if (st != PLDR_OK)
+        return st;
+    json_error_t jerr;
+    json_t *r = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(text);
+    if (!r)
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
+    json_t *dev = json_object_get(r, "device"), *ver = json_object_get(r, "version");
+    const char *why = NULL;
+    if (!json_is_object(r) || !same_string(r, "format", DECODE_FORMAT))
+        why = "not a pldr decode tuning file";
+    else if (!json_is_integer(ver) || json_integer_value(ver) != DECODE_VERSION)
+        why = "unsupported version";
+    else if (!json_is_object(dev) || !same_string(dev, "name", info->name) ||
+             !same_string(dev, "driver_version", info->driver_version) ||
+             !same_string(dev, "platform_version", info->platform_version))
+        why = "made for another device or driver";
+    else if (!json_is_object(json_object_get(r, "model")) || !json_is_object(json_object_get(r, "dtypes")))
+        why = "no model or dtypes object";
+    if (why) {
+        json_decref(r);
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: %s", path, why);
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(json_object_get(r, "dtypes"), key, val) {
+        json_t *wg = json_object_get(val, "work_groups");
+        if ((strcmp(key, "f32") != 0 && strcmp(key, "f16") != 0) || !json_is_object(val) || !json_is_string(wg) ||
+            !valid_items(json_string_value(wg)) || strlen(json_string_value(wg)) >= PLDR_WG_ITEMS_MAX) {
+            json_decref(r);
+            return pldr_fail(PLDR_ERR_FORMAT, "%s: dtype entry '%s' is not {\"work_groups\": \"KEY=N,...\"} "
+                                              "over gemv, rows, wrows and att", path, key);
+        }
+    }
+    *root = r;
+    return PLDR_OK;
+}
+
+int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_dir, const pldr_config *cfg,
+                              pldr_dtype dtype, char *items, size_t size)
+{
+    if (size)
+        items[0] = '\0';
+    if (pldr_tuning_disabled() || (cache_dir && !*cache_dir))
+        return 0;
+    char *path = pldr_decode_tuning_path(info, cache_dir);
+    if (!path)
+        return 0;
+    json_t *root = NULL;
+    pldr_status st = read_file(path, info, &root);
+    free(path);
+    if (st != PLDR_OK) {
+        fprintf(stderr, "pldr: warning: ignoring the decode tuning file: %s (run 'pldr tune --stage decode' to "
+                        "rewrite it)\n", pldr_last_error());
+        pldr_clear_error();
+        return 0;
+    }
+    int found = 0;
+    json_t *dims = model_dims(cfg);
+    if (root && dims && json_equal(json_object_get(root, "model"), dims)) {
+        json_t *e = json_object_get(json_object_get(root, "dtypes"), dtype_name(dtype));
+        const char *wg = e ? json_string_value(json_object_get(e, "work_groups")) : NULL;
+        if (wg && strlen(wg) < size) {
+            memcpy(items, wg, strlen(wg) + 1);
+            found = 1;
+        }
+    }
+    json_decref(dims);
+    json_decref(root);
+    return found;
+}
+
+pldr_status pldr_decode_tuning_describe(const pldr_device_info *info, const char *cache_dir, char **path,
+                                        char **summary)
+{
+    *summary = NULL;
+    *path = pldr_decode_tuning_path(info, cache_dir);
+    if (!*path) {
+        *summary = pldr_strdup("no cache directory: no decode tuning file");
+        return *summary ? PLDR_OK : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    }
+    json_t *root = NULL;
+    pldr_status st = read_file(*path, info, &root);
+    if (st != PLDR_OK)
+        return st;
+    char buf[2048];
+    size_t n = 0;
+    if (!root) {
+        snprintf(buf, sizeof buf, "no decode tuning file: the device's default work-group shapes apply");
+    } else {
+        json_t *m = json_object_get(root, "model");
+        n += (size_t)snprintf(buf, sizeof buf, "decode work-group shapes for models of d_model %d, %d layers, "
+                                               "%d heads of %d, d_ff %d, vocab %d:",
+                              (int)json_integer_value(json_object_get(m, "d_model")),
+                              (int)json_integer_value(json_object_get(m, "n_layers")),
+                              (int)json_integer_value(json_object_get(m, "n_heads")),
+                              (int)json_integer_value(json_object_get(m, "head_dim")),
+                              (int)json_integer_value(json_object_get(m, "d_ff")),
+                              (int)json_integer_value(json_object_get(m, "vocab_size")));
+        const char *key;
+        json_t *val;
+        json_object_foreach(json_object_get(root, "dtypes"), key, val) {
+            const char *wg = json_string_value(json_object_get(val, "work_groups"));
+            const double before = json_number_value(json_object_get(val, "tok_s_defaults"));
+            const double after = json_number_value(json_object_get(val, "tok_s"));
+            if (n < sizeof buf)
+                n += (size_t)snprintf(buf + n, sizeof buf - n, "\n  %s: %s (%.1f tok/s against %.1f with the "
+                                                                "defaults)",
+                                      key, *wg ? wg : "the defaults", after, before);
+        }
+        json_decref(root);
+    }
+    *summary = pldr_strdup(buf);
+    return *summary ? PLDR_OK : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+}
+
+/* ------------------------------------------------------------ measuring */
+
+typedef struct shape {
+    int gemv, rows, wrows, att;
+} shape;
+
+/* What a measuring child reports. */
+typedef struct decode_reply {
+    pldr_child_head head;
+    pldr_device_info info;
+    pldr_config cfg;
+    shape eff;      /* the shapes the model was built with */
+    int multi_lane; /* rows have several lanes (GPU form) */
+    int prompt;     /* prompt tokens used */
+    double tok_s;   /* fastest run */
+    uint64_t tokens; /* hash of the decoded tokens */
+} decode_reply;
+
+typedef struct decode_job {
+    const char *model_dir;
+    const pldr_tune_decode_params *p;
+    const char *items;
+} decode_job;
+
+static void shape_items(const shape *s, int multi_lane, char *buf, size_t size)
+{
+    if (multi_lane)
+        snprintf(buf, size, "gemv=%d,rows=%d,wrows=%d,att=%d", s->gemv, s->rows, s->wrows, s->att);
+    else
+        snprintf(buf, size, "gemv=%d,rows=%d,att=%d", s->gemv, s->rows, s->att);
+}
+
+static pldr_status child_decode(void *ctx, void *out)
+{
+    const decode_job *jb = ctx;
+    decode_reply *rep = out;
+    const pldr_tune_decode_params *p = jb->p;
+    pldr_model_params mp = pldr_model_default_params();
+    mp.device = p->device;
+    mp.weight_dtype = p->dtype;
+    mp.cache_dir = p->cache_dir;
+    mp.work_groups = jb->items;
+    pldr_model *m = NULL;
+    pldr_status st = pldr_model_load(jb->model_dir, &mp, &m);
+    if (st != PLDR_OK)
+        return st;
+    rep->info = m->ocl.info;
+    rep->cfg = m->cfg;
+    rep->eff = (shape){m->gemv_wg, m->gemv_rows, m->gemv_wrows, m->att_wg};
+    rep->multi_lane = m->gemv_rows < m->gemv_wg;
+    const int n_ctx = m->cfg.max_position;
+    if (n_ctx < p->steps + 2) {
+        pldr_model_free(m);
+        return pldr_fail(PLDR_ERR_UNSUPPORTED, "the model's context (%d) is too short for %d decode steps", n_ctx,
+                         p->steps);
+    }
+    const int prompt = p->prompt < n_ctx - p->steps - 1 ? p->prompt : n_ctx - p->steps - 1;
+    rep->prompt = prompt;
+    pldr_context_params cp = pldr_context_default_params();
+    cp.n_ctx = prompt + p->steps + 1;
+    pldr_context *c = NULL;
+    int32_t *ids = malloc((size_t)prompt * sizeof *ids);
+    if (!ids)
+        st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    if (st == PLDR_OK)
+        st = pldr_context_new(m, &cp, &c);
+    uint64_t x = 0x9E3779B97F4A7C15ULL;
+    for (int i = 0; ids && i < prompt; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        ids[i] = (int32_t)((x >> 33) % (uint64_t)m->cfg.vocab_size);
+    }
+    /* run 0 is a warm-up: some drivers (PoCL) finish building a kernel on
+     * its first launch */
+    for (int r = 0; st == PLDR_OK && r <= p->reps; r++) {
+        pldr_context_reset(c);
+        int32_t next = 0;
+        if ((st = pldr_eval_greedy(c, ids, prompt, &next)) != PLDR_OK)
+            break;
+        uint64_t h = PLDR_FNV_INIT;
+        const double t0 = pldr_now();
+        for (int s = 0; s < p->steps && st == PLDR_OK; s++) {
+            st = pldr_eval_greedy(c, &next, 1, &next);
+            h = pldr_fnv1a(h, &next, sizeof next);
+        }
+        const double dt = pldr_now() - t0;
+        if (st != PLDR_OK)
+            break;
+        if (r > 0 && h != rep->tokens)
+            st = pldr_fail(PLDR_ERR_OPENCL, "two runs of the same steps decoded different tokens");
+        rep->tokens = h;
+        if (r > 0 && dt > 0 && p->steps / dt > rep->tok_s)
+            rep->tok_s = p->steps / dt;
+    }
+    free(ids);
+    pldr_context_free(c);
+    pldr_model_free(m);
+    return st;
+}
+
+typedef struct search {
+    const char *model_dir;
+    const pldr_tune_decode_params *p;
+    pldr_tune_decode_candidate cand[MAX_CANDIDATES];
+    shape shapes[MAX_CANDIDATES];
+    int n;
+    decode_reply base;
+} search;
+
+static void logf_(const search *se, const char *fmt, ...) PLDR_PRINTF(2, 3);
+static void logf_(const search *se, const char *fmt, ...)
+{
+    if (!se->p->log)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    se->p->log(line, se->p->log_user);
+}
+
+/* Measures the shape s (NULL: the defaults) unless an equal one was; returns
+ * its index in se->cand, or -1 when it duplicates one or the list is full. */
+static int try_shape(search *se, const shape *s, pldr_status *st)
+{
+    *st = PLDR_OK;
+    if (se->n == MAX_CANDIDATES)
+        return -1;
+    char items[PLDR_WG_ITEMS_MAX] = "";
+    if (s) {
+        shape_items(s, se->base.multi_lane, items, sizeof items);
+        for (int i = 0; i < se->n; i++)
+            if (strcmp(se->cand[i].items, items) == 0)
+                return -1;
+    }
+    decode_job jb = {se->model_dir, se->p, items};
+    decode_reply rep;
+    char died[128];
+    logf_(se, "[%d] %s", se->n + 1, s ? items : "the device's defaults");
+    if ((*st = pldr_child_run(child_decode, &jb, &rep, sizeof rep, 600.0, died, sizeof died)) != PLDR_OK)
+        return -1;
+    pldr_tune_decode_candidate *c = &se->cand[se->n];
+    memset(c, 0, sizeof *c);
+    if (!s) { /* the defaults must work */
+        if (died[0] || rep.head.status != PLDR_OK) {
+            *st = died[0] ? pldr_fail(PLDR_ERR_OPENCL, "measuring the defaults: %s", died)
+                          : pldr_fail((pldr_status)rep.head.status, "%s", rep.head.message);
+            return -1;
+        }
+        se->base = rep;
+        shape_items(&rep.eff, rep.multi_lane, c->items, sizeof c->items);
+    } else {
+        /* the model clamps shapes to the device: an equal effective shape
+         * is the same candidate */
+        char eff[PLDR_WG_ITEMS_MAX];
+        shape_items(&rep.eff, rep.multi_lane, eff, sizeof eff);
+        for (int i = 0; !died[0] && rep.head.status == PLDR_OK && i < se->n; i++)
+            if (strcmp(se->cand[i].items, eff) == 0) {
+                logf_(se, "    the device makes it %s, measured already", eff);
+                return -1;
+            }
+        snprintf(c->items, sizeof c->items, "%s", items);
+        if (died[0])
+            snprintf(c->note, sizeof c->note, "dropped: %s", died);
+        else if (rep.head.status != PLDR_OK)
+            snprintf(c->note, sizeof c->note, "dropped: %.140s", rep.head.message);
+        else if (rep.tokens != se->base.tokens)
+            snprintf(c->note, sizeof c->note, "dropped: decoded other tokens than the defaults");
+        else
+            c->tok_s = rep.tok_s;
+    }
+    if (!s)
+        c->tok_s = rep.tok_s;
+    se->shapes[se->n] = s ? *s : rep.eff;
+    if (c->note[0])
+        logf_(se, "    %s", c->note);
+    else
+        logf_(se, "    %.1f tok/s", c->tok_s);
+    return se->n++;
+}
+
+/* The values tried for each key around the current best: a key at a time,
+ * the others fixed. */
+static int alternatives(const search *se, const shape *b, int key, shape *out)
+{
+    const int lim = (int)(se->base.info.max_work_group_size ? se->base.info.max_work_group_size : 64);
+    int n = 0;
+    shape s = *b;
+    if (se->base.multi_lane) {
+        switch (key) {
+        case 0: /* rows: GEMV rows per work-group (lanes = gemv / rows) */
+            for (int f = 0; f < 2; f++) {
+                s = *b;
+                s.rows = f ? b->rows * 2 : b->rows / 2;
+                if (s.rows >= 2 && s.rows < s.gemv)
+                    out[n++] = s;
+            }
+            break;
+        case 1: /* wrows: rows per work-group of the output projections */
+            for (int v = 1; v <= 8; v *= 2) {
+                s = *b;
+                s.wrows = v;
+                if (v != b->wrows && v < s.gemv)
+                    out[n++] = s;
+            }
+            break;
+        case 2: /* gemv: work-group size, rows kept */
+            for (int f = 0; f < 2; f++) {
+                s = *b;
+                s.gemv = f ? b->gemv * 2 : b->gemv / 2;
+                if (s.gemv >= 32 && s.gemv <= lim && s.rows < s.gemv && s.wrows < s.gemv)
+                    out[n++] = s;
+            }
+            break;
+        default: /* att: keys per attention work-group */
+            for (int f = 0; f < 2; f++) {
+                s = *b;
+                s.att = f ? b->att * 2 : b->att / 2;
+                if (s.att >= 16 && s.att <= lim)
+                    out[n++] = s;
+            }
+        }
+    } else {
+        switch (key) {
+        case 0: /* gemv = rows: rows per work-group, one work-item each */
+            for (int v = b->gemv / 4; v <= b->gemv * 2; v *= 2) {
+                s = *b;
+                s.gemv = s.rows = v;
+                if (v >= 8 && v <= lim && v != b->gemv)
+                    out[n++] = s;
+            }
+            break;
+        case 1:
+            for (int f = 0; f < 2; f++) {
+                s = *b;
+                s.att = f ? b->att * 2 : b->att / 2;
+                if (s.att >= 16 && s.att <= lim)
+                    out[n++] = s;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    return n;
+}
+
+static pldr_status write_result(const search *se, const pldr_tune_decode_result *res)
+{
+    json_t *root = NULL;
+    pldr_status st = read_file(res->path, &se->base.info, &root);
+    json_t *dims = model_dims(&se->base.cfg);
+    if (st != PLDR_OK || !root || !json_equal(json_object_get(root, "model"), dims)) {
+        /* a damaged file, none, or one for other dimensions: start afresh */
+        pldr_clear_error();
+        json_decref(root);
+        root = json_pack("{s:s, s:i, s:{s:s, s:s, s:s}, s:O, s:{}}", "format", DECODE_FORMAT, "version",
+                         DECODE_VERSION, "device", "name", se->base.info.name, "driver_version",
+                         se->base.info.driver_version, "platform_version", se->base.info.platform_version, "model",
+                         dims, "dtypes");
+    }
+    json_decref(dims);
+    if (!root)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    json_t *cands = json_array();
+    for (int i = 0; cands && i < se->n; i++)
+        json_array_append_new(cands, json_pack("{s:s, s:f, s:s}", "work_groups", se->cand[i].items, "tok_s",
+                                               se->cand[i].tok_s, "note", se->cand[i].note));
+    char test[96];
+    snprintf(test, sizeof test, "%d greedy steps after a %d-token prompt, KV+G cache, fastest of %d",
+             se->p->steps, se->base.prompt, se->p->reps);
+    json_t *entry = json_pack("{s:s, s:s, s:s, s:f, s:f, s:o}", "work_groups", res->chosen, "defaults",
+                              res->defaults, "test", test, "tok_s_defaults", res->tok_s_defaults, "tok_s",
+                              res->tok_s_chosen, "candidates", cands);
+    if (!entry || json_object_set_new(json_object_get(root, "dtypes"), dtype_name(se->p->dtype), entry) != 0) {
+        json_decref(root);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    }
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (!text)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    char *dir = se->p->cache_dir ? pldr_strdup(se->p->cache_dir) : pldr_default_cache_dir();
+    st = dir ? pldr_mkdir_p(dir) : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    free(dir);
+    if (st == PLDR_OK) {
+        const size_t len = strlen(text);
+        text[len] = '\n'; /* json_dumps leaves room for the terminator, which becomes the newline */
+        st = pldr_write_file_atomic(res->path, text, len + 1);
+    }
+    free(text);
+    return st;
+}
+
+pldr_tune_decode_params pldr_tune_decode_default_params(void)
+{
+    pldr_tune_decode_params p;
+    memset(&p, 0, sizeof p);
+    p.dtype = PLDR_DTYPE_F32;
+    p.prompt = 64;
+    p.steps = 32;
+    p.reps = 3;
+    return p;
+}
+
+void pldr_tune_decode_result_free(pldr_tune_decode_result *r)
+{
+    if (!r)
+        return;
+    free(r->path);
+    free(r->candidates);
+    memset(r, 0, sizeof *r);
+}
+
+pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_params *params,
+                             pldr_tune_decode_result *result)
+{
+    pldr_clear_error();
+    if (result)
+        memset(result, 0, sizeof *result);
+    pldr_tune_decode_params defaults = pldr_tune_decode_default_params();
+    const pldr_tune_decode_params *p = params ? params : &defaults;
+    if (!model_dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
+    if (p->prompt < 1 || p->steps < 1 || p->reps < 1)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "decode tuning needs a prompt, steps and runs (>= 1 each)");
+    if (p->cache_dir && !*p->cache_dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "tuning needs a cache directory");
+    search *se = calloc(1, sizeof *se);
+    if (!se)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    se->model_dir = model_dir;
+    se->p = p;
+    pldr_tune_decode_result res;
+    memset(&res, 0, sizeof res);
+    const double t0 = pldr_now();
+    logf_(se, "tuning the decode work-group shapes for %s (%s weights): each candidate decodes %d steps %d times "
+              "in a process of its own",
+          model_dir, dtype_name(p->dtype), p->steps, p->reps);
+    pldr_status st;
+    int best = try_shape(se, NULL, &st);
+    if (st == PLDR_OK) {
+        res.path = pldr_decode_tuning_path(&se->base.info, p->cache_dir);
+        if (!res.path)
+            st = pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
+    }
+    const int n_keys = se->base.multi_lane ? 4 : 2;
+    for (int key = 0; st == PLDR_OK && key < n_keys; key++) {
+        shape alt[8];
+        const int n_alt = alternatives(se, &se->shapes[best], key, alt);
+        int key_best = best;
+        for (int a = 0; a < n_alt && st == PLDR_OK; a++) {
+            const int i = try_shape(se, &alt[a], &st);
+            if (i >= 0 && se->cand[i].tok_s > se->cand[key_best].tok_s * (1.0 + PLDR_DECODE_MARGIN))
+                key_best = i;
+        }
+        best = key_best;
+    }
+    if (st == PLDR_OK && best > 0) {
+        /* the winner and the defaults once more, one after the other: each
+         * keeps its faster measurement, and the winner must still lead by
+         * the margin (a shared or throttling machine makes single runs noisy) */
+        logf_(se, "confirming: the defaults and %s again", se->cand[best].items);
+        double again[2] = {0.0, 0.0};
+        const int which[2] = {0, best};
+        for (int k = 0; k < 2 && st == PLDR_OK; k++) {
+            decode_job jb = {model_dir, p, which[k] ? se->cand[best].items : ""};
+            decode_reply rep;
+            char died[128];
+            if ((st = pldr_child_run(child_decode, &jb, &rep, sizeof rep, 600.0, died, sizeof died)) == PLDR_OK &&
+                !died[0] && rep.head.status == PLDR_OK && rep.tokens == se->base.tokens)
+                again[k] = rep.tok_s;
+            logf_(se, "    %s: %.1f tok/s", k ? se->cand[best].items : "defaults", again[k]);
+        }
+        for (int k = 0; k < 2; k++)
+            if (again[k] > se->cand[which[k]].tok_s)
+                se->cand[which[k]].tok_s = again[k];
+        if (!(again[1] > 0.0 && se->cand[best].tok_s > se->cand[0].tok_s * (1.0 + PLDR_DECODE_MARGIN)))
+            best = 0;
+    }
+    if (st == PLDR_OK) {
+        snprintf(res.defaults, sizeof res.defaults, "%s", se->cand[0].items);
+        if (best > 0)
+            snprintf(res.chosen, sizeof res.chosen, "%s", se->cand[best].items);
+        res.tok_s_defaults = se->cand[0].tok_s;
+        res.tok_s_chosen = se->cand[best].tok_s;
+        res.n_candidates = se->n;
+        res.candidates = malloc((size_t)se->n * sizeof *res.candidates);
+        if (!res.candidates)
+            st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+        else
+            memcpy(res.candidates, se->cand, (size_t)se->n * sizeof *res.candidates);
+        res.elapsed_s = pldr_now() - t0;
+    }
+    if (st == PLDR_OK) {
+        if (best > 0)
+            logf_(se, "chosen: %s, %.1f tok/s against %.1f with the defaults (%s)", res.chosen, res.tok_s_chosen,
+                  res.tok_s_defaults, res.defaults);
+        else
+            logf_(se, "the defaults stay (%s, %.1f tok/s): no candidate was %.0f%% faster", res.defaults,
+                  res.tok_s_defaults, PLDR_DECODE_MARGIN * 100);
+        st = write_result(se, &res);
+    }
+    free(se);
+    if (st != PLDR_OK || !result)
+        pldr_tune_decode_result_free(&res);
+    else
+        *result = res;
+    return st;
+}
+
+/* ------------------------------------------------------------ first use */
+
+typedef struct check_reply {
+    pldr_child_head head;
+    pldr_device_info info;
+    int found, count;
+} check_reply;
+
+typedef struct check_job {
+    const char *model_dir;
+    const pldr_tune_decode_params *p;
+} check_job;
+
+/* In a child (this process must not use OpenCL before the tuner forks):
+ * whether the device has an entry for the model and dtype. */
+static pldr_status child_check(void *ctx, void *out)
+{
+    const check_job *jb = ctx;
+    check_reply *rep = out;
+    pldr_status st = pldr_select_device(jb->p->device, &rep->info);
+    if (st != PLDR_OK)
+        return st;
+    char *cfg_path = pldr_path_join(jb->model_dir, "config.json");
+    pldr_config cfg;
+    st = cfg_path ? pldr_config_load(cfg_path, &cfg) : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    free(cfg_path);
+    if (st != PLDR_OK)
+        return st;
+    char items[PLDR_WG_ITEMS_MAX];
+    rep->found = pldr_decode_tuning_lookup(&rep->info, jb->p->cache_dir, &cfg, jb->p->dtype, items, sizeof items);
+    return PLDR_OK;
+}
+
+static pldr_status child_count(void *ctx, void *out)
+{
+    (void)ctx;
+    check_reply *rep = out;
+    pldr_device_info *all = NULL;
+    pldr_status st = pldr_list_devices(&all, &rep->count);
+    free(all);
+    return st;
+}
+
+static pldr_status if_missing_one(const char *model_dir, const pldr_tune_decode_params *p, int *tuned)
+{
+    check_job jb = {model_dir, p};
+    check_reply rep;
+    pldr_status st = pldr_child_run_ok(child_check, &jb, &rep, sizeof rep, 600.0, "checking the decode tuning file");
+    if (st != PLDR_OK || rep.found)
+        return st;
+    if (p->log) {
+        char line[256];
+        snprintf(line, sizeof line, "no decode tuning for %s (%s weights): tuning now", rep.info.name,
+                 dtype_name(p->dtype));
+        p->log(line, p->log_user);
+    }
+    st = pldr_tune_decode(model_dir, p, NULL);
+    if (st == PLDR_OK && tuned)
+        *tuned = 1;
+    return st;
+}
+
+pldr_status pldr_tune_decode_if_missing(const char *model_dir, const pldr_tune_decode_params *params, int *tuned)
+{
+    pldr_clear_error();
+    if (tuned)
+        *tuned = 0;
+    pldr_tune_decode_params p = params ? *params : pldr_tune_decode_default_params();
+    if (!model_dir)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no model directory given");
+    if (pldr_tuning_disabled())
+        return PLDR_OK;
+    if (!p.device || strcmp(p.device, "all") != 0)
+        return if_missing_one(model_dir, &p, tuned);
+    check_reply rep;
+    pldr_status st = pldr_child_run_ok(child_count, NULL, &rep, sizeof rep, 600.0, "listing the devices");
+    for (int i = 0; st == PLDR_OK && i < rep.count; i++) {
+        char spec[16];
+        snprintf(spec, sizeof spec, "%d", i);
+        p.device = spec;
+        st = if_missing_one(model_dir, &p, tuned);
+    }
+    return st;
+}
