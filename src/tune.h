@@ -113,9 +113,11 @@ pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **
  * The kernels' work-group shapes that decoding depends on (PLDR_WG's keys
  * gemv, rows, wrows and att) are tried around the device's defaults, one key
  * at a time, each candidate timed on greedy decode steps of the model itself
- * in a process of its own; a candidate is kept when it is at least
- * PLDR_DECODE_MARGIN faster than the best so far and decodes the same tokens
- * as the defaults. The choice goes to CACHE_DIR/decode-<16 hex digits>.json
+ * in a process of its own (at least reps runs after a warm-up run, and at
+ * least half a second of timed steps); a candidate is kept when it is at
+ * least PLDR_DECODE_MARGIN faster than the best so far and decodes the same
+ * tokens as the defaults, and the winner only when it still beats the
+ * defaults by that margin measured again, one after the other. The choice goes to CACHE_DIR/decode-<16 hex digits>.json
  * (per device, per weight dtype, for the model's dimensions), which
  * pldr_model_load applies before $PLDR_WG. */
 #define PLDR_WG_ITEMS_MAX 128
