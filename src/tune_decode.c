@@ -551,6 +551,9 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
     logf_(se, "tuning the decode work-group shapes for %s (%s weights): each candidate decodes %d steps %d times "
               "in a process of its own",
           model_dir, dtype_name(p->dtype), p->steps, p->reps);
+    if (getenv("PLDR_WG"))
+        logf_(se, "PLDR_WG is not applied while tuning (each candidate sets its own shapes); later loads apply "
+                  "its items over the stored ones");
     pldr_status st;
     int best = try_shape(se, NULL, &st);
     if (st == PLDR_OK) {
