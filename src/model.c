@@ -552,7 +552,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     m->ml_rg = 1;
     m->ml_ks = m->ml_s = 0; /* from ml_wg below, unless PLDR_WG sets them */
     m->ml_kc = 16;
-    /* then the shapes `pldr tune` chose for this device and model (src/tune.c),
+    /* then the shapes `pldr tune` chose for this device and model (src/tune_decode.c),
      * then PLDR_WG; or only the caller's items */
     if (params->work_groups) {
         apply_wg_items(m, params->work_groups, "work_groups", lim);
