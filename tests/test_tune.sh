@@ -21,7 +21,7 @@ for p in "${PYTHON3:-}" /usr/bin/python3 python3; do
 done
 if [ -z "$PY" ]; then echo "1..0 # SKIP no python3 with numpy"; exit 0; fi
 
-echo "1..40"
+echo "1..41"
 
 # Keep PoCL's compiler cache where it was (CLBlast compiles each parameter
 # set: about 20 s under PoCL when the cache does not have it), and put pldr's
@@ -173,6 +173,9 @@ mkdir -p "$TMP/noweights" && cp "$MODEL/config.json" "$TMP/noweights/"
 "$PLDR" tune -m "$TMP/noweights" --stage decode >/dev/null 2>"$TMP/err"
 [ $? -eq 3 ] && grep -q "no model.safetensors" "$TMP/err"
 check $? "the decode stage needs the weights (exit 3 without them)"
+"$PLDR" tune -m "$TMP/no-such-dir" >/dev/null 2>"$TMP/err"
+[ $? -eq 3 ] && grep -q "cannot open the model directory" "$TMP/err"
+check $? "a missing model directory is an input error (exit 3)"
 
 "$PLDR" tune -m "$MODEL" --stage decode --steps 4 --runs 1 >"$TMP/out" 2>"$TMP/err"
 [ $? -eq 0 ] && grep -q "| decode work groups | tok/s |" "$TMP/out"

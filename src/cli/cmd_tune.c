@@ -4,6 +4,7 @@
  * model is loaded on that device. */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +259,12 @@ int cmd_tune(int argc, char **argv)
     if (!quiet)
         p.log = dp.log = log_line;
     int decode = stage & STAGE_DECODE;
+    struct stat dir_st;
+    if (stat(model_dir, &dir_st) != 0 || !S_ISDIR(dir_st.st_mode)) {
+        fprintf(stderr, "pldr: cannot open the model directory %s: %s\n", model_dir,
+                stat(model_dir, &dir_st) != 0 ? strerror(errno) : "not a directory");
+        return EXIT_INPUT;
+    }
     if (decode && !has_weights(model_dir)) {
         if (stage == STAGE_DECODE) {
             fprintf(stderr, "pldr: %s has no model.safetensors (or index): the decode stage loads the weights\n",
