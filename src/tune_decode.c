@@ -121,9 +121,11 @@ static pldr_status read_file(const char *path, const pldr_device_info *info, jso
         json_t *wg = json_object_get(val, "work_groups");
         if ((strcmp(key, "f32") != 0 && strcmp(key, "f16") != 0) || !json_is_object(val) || !json_is_string(wg) ||
             !valid_items(json_string_value(wg)) || strlen(json_string_value(wg)) >= PLDR_WG_ITEMS_MAX) {
+            /* the message first: key belongs to r */
+            st = pldr_fail(PLDR_ERR_FORMAT, "%s: dtype entry '%.16s' is not {\"work_groups\": \"KEY=N,...\"} "
+                                            "over gemv, rows, wrows and att", path, key);
             json_decref(r);
-            return pldr_fail(PLDR_ERR_FORMAT, "%s: dtype entry '%s' is not {\"work_groups\": \"KEY=N,...\"} "
-                                              "over gemv, rows, wrows and att", path, key);
+            return st;
         }
     }
     *root = r;
