@@ -439,7 +439,7 @@ static int alternatives(const search *se, const shape *b, int key, shape *out)
     } else {
         switch (key) {
         case 0: /* gemv = rows: rows per work-group, one work-item each */
-            for (int v = b->gemv / 4; v <= b->gemv * 2; v *= 2) {
+            for (int v = b->gemv >= 4 ? b->gemv / 4 : 1; v <= b->gemv * 2; v *= 2) {
                 s = *b;
                 s.gemv = s.rows = v;
                 if (v >= 8 && v <= lim && v != b->gemv)
