@@ -111,7 +111,8 @@ pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **
 
 /* ---- The engine's decode work-group shapes (src/tune_decode.c) ----
  * The kernels' work-group shapes that decoding depends on (PLDR_WG's keys
- * gemv, rows, wrows and att) are tried around the device's defaults, one key
+ * gemv, rows, wrows, att; pf on the one-lane form; and the attpre switch) are
+ * tried around the device's defaults, one key
  * at a time, each candidate timed on greedy decode steps of the model itself
  * in a process of its own (at least reps runs after a warm-up run, and at
  * least half a second of timed steps); a candidate is kept when it is at

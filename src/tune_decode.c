@@ -24,8 +24,9 @@
 #define MIN_TIMED_S 0.5 /* seconds of timed decode steps per candidate, at least */
 #define MAX_RUNS 50
 
-/* The keys a decode tuning file may set (PLDR_WG's names, src/model.c). */
-static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att"};
+/* The keys a decode tuning file may set (PLDR_WG's names, src/model.c);
+ * attpre is a switch (0 or 1). */
+static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att", "pf", "attpre"};
 
 static const char *dtype_name(pldr_dtype d) { return d == PLDR_DTYPE_F16 ? "f16" : "f32"; }
 
@@ -50,7 +51,7 @@ char *pldr_decode_tuning_path(const pldr_device_info *info, const char *cache_di
 }
 
 /* Whether items is a list of key=value over tuned_keys with values in
- * [1, 65536] ("" is valid: the defaults). */
+ * [1, 65536], or 0 and 1 for attpre ("" is valid: the defaults). */
 static int valid_items(const char *items)
 {
     for (const char *p = items; *p;) {
@@ -61,9 +62,10 @@ static int valid_items(const char *items)
         int known = 0;
         for (size_t i = 0; i < sizeof tuned_keys / sizeof tuned_keys[0]; i++)
             known |= (size_t)(eq - p) == strlen(tuned_keys[i]) && strncmp(p, tuned_keys[i], (size_t)(eq - p)) == 0;
+        const int is_switch = eq - p == 6 && strncmp(p, "attpre", 6) == 0;
         char *end;
         const long v = strtol(eq + 1, &end, 10);
-        if (!known || end == eq + 1 || end != p + len || v < 1 || v > 65536)
+        if (!known || end == eq + 1 || end != p + len || v < (is_switch ? 0 : 1) || v > (is_switch ? 1 : 65536))
             return 0;
         p += len + (p[len] == ',');
     }
@@ -123,7 +125,7 @@ static pldr_status read_file(const char *path, const pldr_device_info *info, jso
             !valid_items(json_string_value(wg)) || strlen(json_string_value(wg)) >= PLDR_WG_ITEMS_MAX) {
             /* the message first: key belongs to r */
             st = pldr_fail(PLDR_ERR_FORMAT, "%s: dtype entry '%.16s' is not {\"work_groups\": \"KEY=N,...\"} "
-                                            "over gemv, rows, wrows and att", path, key);
+                                            "over gemv, rows, wrows, att, pf and attpre", path, key);
             json_decref(r);
             return st;
         }
@@ -213,7 +215,7 @@ pldr_status pldr_decode_tuning_describe(const pldr_device_info *info, const char
 /* ------------------------------------------------------------ measuring */
 
 typedef struct shape {
-    int gemv, rows, wrows, att;
+    int gemv, rows, wrows, att, pf, attpre;
 } shape;
 
 /* What a measuring child reports. */
@@ -237,9 +239,10 @@ typedef struct decode_job {
 static void shape_items(const shape *s, int multi_lane, char *buf, size_t size)
 {
     if (multi_lane)
-        snprintf(buf, size, "gemv=%d,rows=%d,wrows=%d,att=%d", s->gemv, s->rows, s->wrows, s->att);
+        snprintf(buf, size, "gemv=%d,rows=%d,wrows=%d,att=%d,attpre=%d", s->gemv, s->rows, s->wrows, s->att,
+                 s->attpre);
     else
-        snprintf(buf, size, "gemv=%d,rows=%d,att=%d", s->gemv, s->rows, s->att);
+        snprintf(buf, size, "gemv=%d,rows=%d,att=%d,pf=%d,attpre=%d", s->gemv, s->rows, s->att, s->pf, s->attpre);
 }
 
 static pldr_status child_decode(void *ctx, void *out)
@@ -258,7 +261,7 @@ static pldr_status child_decode(void *ctx, void *out)
         return st;
     rep->info = m->ocl.info;
     rep->cfg = m->cfg;
-    rep->eff = (shape){m->gemv_wg, m->gemv_rows, m->gemv_wrows, m->att_wg};
+    rep->eff = (shape){m->gemv_wg, m->gemv_rows, m->gemv_wrows, m->att_wg, m->gemv_pf, m->att_preload};
     rep->multi_lane = m->gemv_rows < m->gemv_wg;
     const int n_ctx = m->cfg.max_position;
     if (n_ctx < p->steps + 2) {
@@ -428,13 +431,17 @@ static int alternatives(const search *se, const shape *b, int key, shape *out)
                     out[n++] = s;
             }
             break;
-        default: /* att: keys per attention work-group */
+        case 3: /* att: keys per attention work-group */
             for (int f = 0; f < 2; f++) {
                 s = *b;
                 s.att = f ? b->att * 2 : b->att / 2;
                 if (s.att >= 16 && s.att <= lim)
                     out[n++] = s;
             }
+            break;
+        default: /* attpre: the attention's loads before q is known, or not */
+            s.attpre = !b->attpre;
+            out[n++] = s;
         }
     } else {
         switch (key) {
@@ -454,8 +461,17 @@ static int alternatives(const search *se, const shape *b, int key, shape *out)
                     out[n++] = s;
             }
             break;
-        default:
+        case 2: /* pf: weight vectors a row loads before x is ready */
+            for (int v = 1; v <= 4; v *= 2) {
+                s = *b;
+                s.pf = v;
+                if (v != b->pf)
+                    out[n++] = s;
+            }
             break;
+        default:
+            s.attpre = !b->attpre;
+            out[n++] = s;
         }
     }
     return n;
@@ -573,7 +589,7 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
         if (!res.path)
             st = pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
     }
-    const int n_keys = se->base.multi_lane ? 4 : 2;
+    const int n_keys = se->base.multi_lane ? 5 : 4;
     for (int key = 0; st == PLDR_OK && key < n_keys; key++) {
         shape alt[8];
         const int n_alt = alternatives(se, &se->shapes[best], key, alt);

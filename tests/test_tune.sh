@@ -192,7 +192,8 @@ want = {"n_layers": 2, "d_model": 128, "n_heads": 2, "head_dim": 64, "d_ff": 192
 assert t["model"] == want, t["model"]
 assert set(t["dtypes"]) == {"f32"}, t["dtypes"].keys()
 e = t["dtypes"]["f32"]
-items = re.compile(r"^((gemv|rows|wrows|att)=[1-9][0-9]*)(,(gemv|rows|wrows|att)=[1-9][0-9]*)*$")
+item = r"((gemv|rows|wrows|att|pf)=[1-9][0-9]*|attpre=[01])"
+items = re.compile(r"^%s(,%s)*$" % (item, item))
 assert e["work_groups"] == "" or items.match(e["work_groups"]), e["work_groups"]
 assert items.match(e["defaults"]), e["defaults"]
 c = e["candidates"]

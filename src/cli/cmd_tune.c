@@ -34,7 +34,7 @@ static const char help[] =
     "in a process of its own; progress goes to stderr.\n"
     "\n"
     "The decode stage tunes the engine's own kernels: the work-group shapes of the decode\n"
-    "products and attention (PLDR_WG's gemv, rows, wrows and att), one at a time around the\n"
+    "products and attention (PLDR_WG's gemv, rows, wrows, att, pf and attpre), one at a time around the\n"
     "device's defaults, each candidate loading the model's weights and timing greedy decode\n"
     "steps in a process of its own; a candidate must decode the same tokens as the defaults\n"
     "and be 3% faster than the best so far. The choice goes to\n"
