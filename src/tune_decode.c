@@ -398,81 +398,66 @@ static int try_shape(search *se, const shape *s, pldr_status *st)
     return se->n++;
 }
 
-/* The values tried for each key around the current best: a key at a time,
- * the others fixed. */
-static int alternatives(const search *se, const shape *b, int key, shape *out)
+/* The keys searched, in order: on the multi-lane (GPU) form rows, wrows,
+ * gemv, att and attpre; on the one-lane form gemv (= rows), att, pf and
+ * attpre. */
+typedef enum key { K_ROWS, K_WROWS, K_GEMV, K_GEMV_ROWS, K_ATT, K_PF, K_ATTPRE } key;
+static const key multi_lane_keys[] = {K_ROWS, K_WROWS, K_GEMV, K_ATT, K_ATTPRE};
+static const key one_lane_keys[] = {K_GEMV_ROWS, K_ATT, K_PF, K_ATTPRE};
+
+/* The values tried for key k around the current best b, the others fixed. */
+static int alternatives(const search *se, const shape *b, key k, shape *out)
 {
     const int lim = (int)(se->base.info.max_work_group_size ? se->base.info.max_work_group_size : 64);
     int n = 0;
     shape s = *b;
-    if (se->base.multi_lane) {
-        switch (key) {
-        case 0: /* rows: GEMV rows per work-group (lanes = gemv / rows) */
-            for (int f = 0; f < 2; f++) {
-                s = *b;
-                s.rows = f ? b->rows * 2 : b->rows / 2;
-                if (s.rows >= 2 && s.rows < s.gemv)
-                    out[n++] = s;
-            }
-            break;
-        case 1: /* wrows: rows per work-group of the output projections */
-            for (int v = 1; v <= 8; v *= 2) {
-                s = *b;
-                s.wrows = v;
-                if (v != b->wrows && v < s.gemv)
-                    out[n++] = s;
-            }
-            break;
-        case 2: /* gemv: work-group size, rows kept */
-            for (int f = 0; f < 2; f++) {
-                s = *b;
-                s.gemv = f ? b->gemv * 2 : b->gemv / 2;
-                if (s.gemv >= 32 && s.gemv <= lim && s.rows < s.gemv && s.wrows < s.gemv)
-                    out[n++] = s;
-            }
-            break;
-        case 3: /* att: keys per attention work-group */
-            for (int f = 0; f < 2; f++) {
-                s = *b;
-                s.att = f ? b->att * 2 : b->att / 2;
-                if (s.att >= 16 && s.att <= lim)
-                    out[n++] = s;
-            }
-            break;
-        default: /* attpre: the attention's loads before q is known, or not */
-            s.attpre = !b->attpre;
-            out[n++] = s;
+    switch (k) {
+    case K_ROWS: /* GEMV rows per work-group (lanes = gemv / rows) */
+        for (int f = 0; f < 2; f++) {
+            s.rows = f ? b->rows * 2 : b->rows / 2;
+            if (s.rows >= 2 && s.rows < s.gemv)
+                out[n++] = s;
         }
-    } else {
-        switch (key) {
-        case 0: /* gemv = rows: rows per work-group, one work-item each */
-            for (int v = b->gemv >= 4 ? b->gemv / 4 : 1; v <= b->gemv * 2; v *= 2) {
-                s = *b;
-                s.gemv = s.rows = v;
-                if (v >= 8 && v <= lim && v != b->gemv)
-                    out[n++] = s;
-            }
-            break;
-        case 1:
-            for (int f = 0; f < 2; f++) {
-                s = *b;
-                s.att = f ? b->att * 2 : b->att / 2;
-                if (s.att >= 16 && s.att <= lim)
-                    out[n++] = s;
-            }
-            break;
-        case 2: /* pf: weight vectors a row loads before x is ready */
-            for (int v = 1; v <= 4; v *= 2) {
-                s = *b;
-                s.pf = v;
-                if (v != b->pf)
-                    out[n++] = s;
-            }
-            break;
-        default:
-            s.attpre = !b->attpre;
-            out[n++] = s;
+        break;
+    case K_WROWS: /* rows per work-group of the output projections */
+        for (int v = 1; v <= 8; v *= 2) {
+            s.wrows = v;
+            if (v != b->wrows && v < s.gemv)
+                out[n++] = s;
         }
+        break;
+    case K_GEMV: /* work-group size, rows kept */
+        for (int f = 0; f < 2; f++) {
+            s.gemv = f ? b->gemv * 2 : b->gemv / 2;
+            if (s.gemv >= 32 && s.gemv <= lim && s.rows < s.gemv && s.wrows < s.gemv)
+                out[n++] = s;
+        }
+        break;
+    case K_GEMV_ROWS: /* rows per work-group, one work-item each */
+        for (int v = b->gemv >= 4 ? b->gemv / 4 : 1; v <= b->gemv * 2; v *= 2) {
+            s.gemv = s.rows = v;
+            if (v >= 8 && v <= lim && v != b->gemv)
+                out[n++] = s;
+        }
+        break;
+    case K_ATT: /* keys per attention work-group */
+        for (int f = 0; f < 2; f++) {
+            s.att = f ? b->att * 2 : b->att / 2;
+            if (s.att >= 16 && s.att <= lim)
+                out[n++] = s;
+        }
+        break;
+    case K_PF: /* weight vectors a row loads before x is ready */
+        for (int v = 1; v <= 4; v *= 2) {
+            s.pf = v;
+            if (v != b->pf)
+                out[n++] = s;
+        }
+        break;
+    case K_ATTPRE: /* the attention's loads before q is known, or not */
+        s.attpre = !b->attpre;
+        out[n++] = s;
+        break;
     }
     return n;
 }
@@ -589,10 +574,12 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
         if (!res.path)
             st = pldr_fail(PLDR_ERR_IO, "no cache directory for the tuning file (set XDG_CACHE_HOME or HOME)");
     }
-    const int n_keys = se->base.multi_lane ? 5 : 4;
-    for (int key = 0; st == PLDR_OK && key < n_keys; key++) {
+    const key *keys = se->base.multi_lane ? multi_lane_keys : one_lane_keys;
+    const int n_keys = se->base.multi_lane ? (int)(sizeof multi_lane_keys / sizeof multi_lane_keys[0])
+                                           : (int)(sizeof one_lane_keys / sizeof one_lane_keys[0]);
+    for (int ki = 0; st == PLDR_OK && ki < n_keys; ki++) {
         shape alt[8];
-        const int n_alt = alternatives(se, &se->shapes[best], key, alt);
+        const int n_alt = alternatives(se, &se->shapes[best], keys[ki], alt);
         int key_best = best;
         for (int a = 0; a < n_alt && st == PLDR_OK; a++) {
             const int i = try_shape(se, &alt[a], &st);
