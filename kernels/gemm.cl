@@ -9,7 +9,7 @@
  * the GM_BM tiles of A, whose GM_BM * GM_TM rows stay in the second level.
  * Rows past M or N are clamped on load and not written. */
 /* a work-group's block is GM_ROWS rows of A by GM_COLS rows of W, given by
- * the host (src/model.h, which sizes the launch by it); on 2-core PoCL, tiles
+ * the host (src/model/model.h, which sizes the launch by it); on 2-core PoCL, tiles
  * of 2x8, 4x2 and 8x2 ran within 10% of 4x4 */
 #define GM_TM 4
 #define GM_TN 4

@@ -304,8 +304,8 @@ __kernel void plga_energy(__global const float *a_p, __global const float *plga,
  * outputs) with the rows' values broadcast, so each weight vector read
  * serves LC_ROWS rows. A vector may run past the last column of a row into
  * the next one or into the 16 floats of padding after each weight buffer
- * (src/model.c); those lanes are dropped. */
-/* LC_ROWS comes from the host (src/model.h, PLDR_LEARNER_CPU_ROWS) */
+ * (src/model/model.c); those lanes are dropped. */
+/* LC_ROWS comes from the host (src/model/model.h, PLDR_LEARNER_CPU_ROWS) */
 #define LC_FP ((FA + 15) / 16 * 16)
 #define LC_DP ((DK + 15) / 16 * 16)
 

@@ -1,5 +1,5 @@
 /* Greedy decoding enqueues the step after the one it returns (see
- * pldr_eval_greedy in src/forward.c). These tests run the same sequences of
+ * pldr_eval_greedy in src/engine/forward.c). These tests run the same sequences of
  * calls on a context with that look-ahead and on one without it
  * (PLDR_PIPELINE=0) and require identical tokens, logits, positions and
  * states, in particular when the look-ahead step is thrown away: a token other

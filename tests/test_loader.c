@@ -23,12 +23,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "config_parse.h"
+#include "formats/checkpoint.h"
+#include "formats/config_parse.h"
 #include "pldr.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "tap.h"
-#include "util.h"
+#include "common/util.h"
 
 static char tmpdir[4096];
 

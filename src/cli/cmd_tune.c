@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "tune.h"
+#include "tune/tune.h"
 
 static const char help[] =
     "usage: pldr tune [-m DIR] [--device SPEC] [--stage gemm|decode|all] [--budget SECONDS]\n"

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "config_parse.h"
+#include "formats/checkpoint.h"
+#include "formats/config_parse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

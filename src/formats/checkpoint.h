@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "pldr.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 
 /* Longer than any name the config's caps allow. */
 #define PLDR_TENSOR_NAME_MAX 128

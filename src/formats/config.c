@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config_parse.h"
+#include "formats/config_parse.h"
 #include "pldr.h"
-#include "util.h"
+#include "common/util.h"
 
 /* config.json is a few hundred bytes; this only bounds a wrong file. */
 #define CONFIG_MAX_BYTES (16u << 20)

@@ -6,14 +6,14 @@
  * without ever materialising the list. */
 #include "config.h"
 
-#include "checkpoint.h"
+#include "formats/checkpoint.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "common/util.h"
 
 /* ------------------------------------------------------------------ */
 /* Enumeration                                                         */

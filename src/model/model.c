@@ -14,11 +14,11 @@
 
 #include <zlib.h>
 
-#include "checkpoint.h"
-#include "model.h"
-#include "safetensors.h"
-#include "tune.h"
-#include "util.h"
+#include "formats/checkpoint.h"
+#include "model/model.h"
+#include "formats/safetensors.h"
+#include "tune/tune.h"
+#include "common/util.h"
 
 pldr_model_params pldr_model_default_params(void)
 {
@@ -552,7 +552,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     m->ml_rg = 1;
     m->ml_ks = m->ml_s = 0; /* from ml_wg below, unless PLDR_WG sets them */
     m->ml_kc = 16;
-    /* then the shapes `pldr tune` chose for this device and model (src/tune_decode.c),
+    /* then the shapes `pldr tune` chose for this device and model (src/tune/tune_decode.c),
      * then PLDR_WG; or only the caller's items */
     if (params->work_groups) {
         apply_wg_items(m, params->work_groups, "work_groups", lim);
@@ -709,7 +709,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
         st = pldr_ocl_open(params->device, &m->ocl);
     if (st != PLDR_OK)
         goto fail;
-    pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters (src/tune.c) */
+    pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters (src/tune/tune.c) */
     m->weight_half = params->weight_dtype == PLDR_DTYPE_F16;
     m->d_pitch = (m->cfg.d_model + 3) & ~3;
     m->f_pitch = (m->cfg.d_ff + 3) & ~3;

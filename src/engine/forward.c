@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "util.h"
+#include "model/model.h"
+#include "common/util.h"
 
 #define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
 

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ocl.h"
-#include "util.h"
+#include "runtime/ocl.h"
+#include "common/util.h"
 
 const char *pldr_cl_error_name(cl_int err)
 {

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "util.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /* Per-device tuning of the engine's decode work-group shapes (see tune.h):
  * a coordinate search around the device's defaults, each candidate timed on
- * greedy decode steps of the model in a child process (src/child.c), the
+ * greedy decode steps of the model in a child process (src/tune/child.c), the
  * choice stored as PLDR_WG items in the cache directory. */
 #include "config.h"
 
@@ -12,10 +12,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "child.h"
-#include "model.h"
-#include "tune.h"
-#include "util.h"
+#include "tune/child.h"
+#include "model/model.h"
+#include "tune/tune.h"
+#include "common/util.h"
 
 #define DECODE_FORMAT "pldr-decode-tuning"
 #define DECODE_VERSION 1
@@ -24,7 +24,7 @@
 #define MIN_TIMED_S 0.5 /* seconds of timed decode steps per candidate, at least */
 #define MAX_RUNS 50
 
-/* The keys a decode tuning file may set (PLDR_WG's names, src/model.c);
+/* The keys a decode tuning file may set (PLDR_WG's names, src/model/model.c);
  * attpre is a switch (0 or 1). */
 static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att", "pf", "attpre"};
 

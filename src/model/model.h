@@ -2,7 +2,7 @@
 #ifndef PLDR_MODEL_H
 #define PLDR_MODEL_H
 
-#include "ocl.h"
+#include "runtime/ocl.h"
 #include "pldr.h"
 
 /* Device weights of one decoder layer. The large matrices (wqkv, wo, w12,

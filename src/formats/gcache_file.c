@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "safetensors.h"
-#include "util.h"
+#include "model/model.h"
+#include "formats/safetensors.h"
+#include "common/util.h"
 
 static const char *const TENSOR_NAMES[3] = {"A", "A_LM", "G_LM"};
 

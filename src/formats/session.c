@@ -37,8 +37,8 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
-#include "model.h"
-#include "util.h"
+#include "model/model.h"
+#include "common/util.h"
 
 #define SESSION_MAGIC "PLDRSESS"
 #define SESSION_VERSION 1u

@@ -11,8 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "child.h"
-#include "util.h"
+#include "tune/child.h"
+#include "common/util.h"
 
 static void write_all(int fd, const void *data, size_t len)
 {

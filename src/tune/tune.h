@@ -1,5 +1,5 @@
 /* Per-device tuning of CLBlast's GEMM kernels for the shapes a model's
- * prefill runs (src/forward.c: row-major C[T, out] = X[T, in] . W[out, in]^T),
+ * prefill runs (src/engine/forward.c: row-major C[T, out] = X[T, in] . W[out, in]^T),
  * stored as JSON in the cache directory and applied when a device is opened.
  *
  * The search measures, for the model's GEMM shapes, CLBlast's defaults and
@@ -109,7 +109,7 @@ int pldr_tuning_disabled(void);
  * Ignores PLDR_TUNING. */
 pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **path, char **summary);
 
-/* ---- The engine's decode work-group shapes (src/tune_decode.c) ----
+/* ---- The engine's decode work-group shapes (src/tune/tune_decode.c) ----
  * The kernels' work-group shapes that decoding depends on (PLDR_WG's keys
  * gemv, rows, wrows, att; pf on the one-lane form; and the attpre switch) are
  * tried around the device's defaults, one key

@@ -9,9 +9,9 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "kernels_embedded.h"
-#include "ocl.h"
-#include "util.h"
+#include "runtime/kernels_embedded.h"
+#include "runtime/ocl.h"
+#include "common/util.h"
 
 #define CACHE_MAGIC "PLDRBIN1"
 #define CACHE_HEADER 28 /* magic 8, key 8, crc32 4, payload length 8 */

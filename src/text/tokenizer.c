@@ -19,7 +19,7 @@
  */
 #include "config.h"
 
-#include "util.h"
+#include "common/util.h"
 
 #include <float.h>
 #include <stdarg.h>

@@ -34,10 +34,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "child.h"
-#include "ocl.h"
-#include "tune.h"
-#include "util.h"
+#include "tune/child.h"
+#include "runtime/ocl.h"
+#include "tune/tune.h"
+#include "common/util.h"
 
 #define TUNE_FORMAT "pldr-clblast-tuning"
 #define TUNE_VERSION 1
@@ -566,7 +566,7 @@ static void add_shape(pldr_tune_shape *s, int *n, size_t m, size_t nn, size_t k,
     (*n)++;
 }
 
-/* The GEMMs of src/forward.c: per layer Q/K/V [3d, d], the attention output
+/* The GEMMs of src/engine/forward.c: per layer Q/K/V [3d, d], the attention output
  * [d, d], the FFN input [2F, d] and output [d, F] over the T prompt rows;
  * the final layer [V, d] over chunks of 64 rows for all-rows logits. Prompts
  * of 16, 64 and 512 tokens (at most max_position), one forward each: the
@@ -1184,7 +1184,7 @@ static pldr_status search(tuner *tu)
 
 /* ------------------------------------------------------------ isolation */
 
-/* What a child process reports (src/child.c). */
+/* What a child process reports (src/tune/child.c). */
 typedef struct reply {
     pldr_child_head head;
     pldr_device_info info;
