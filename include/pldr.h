@@ -86,6 +86,29 @@ typedef enum pldr_g_type {
     PLDR_G_EXTERNAL
 } pldr_g_type;
 
+/* The model class (config.json "architectures"): one decoder, and what runs
+ * after its last layer. */
+typedef enum pldr_arch {
+    PLDR_ARCH_CAUSAL_LM = 0,           /* PldrllmForCausalLM: final_layer, next-token logits */
+    PLDR_ARCH_MODEL,                   /* PldrllmModel: the last hidden state, no head */
+    PLDR_ARCH_TOKEN_CLASSIFICATION,    /* score [num_labels, d] with bias, every position */
+    PLDR_ARCH_SEQUENCE_CLASSIFICATION, /* score [num_labels, d], no bias, the last non-pad token */
+    PLDR_ARCH_QUESTION_ANSWERING       /* qa_outputs [2, d] with bias: start and end logits */
+} pldr_arch;
+
+/* The Hugging Face class name of an architecture ("PldrllmForCausalLM"). */
+const char *pldr_arch_name(pldr_arch arch);
+
+/* rope_scaling's type (Hugging Face rope types; rotate-half RoPE only). */
+typedef enum pldr_rope_type {
+    PLDR_ROPE_DEFAULT = 0, /* no rope_scaling, or type "default" */
+    PLDR_ROPE_LINEAR,
+    PLDR_ROPE_DYNAMIC,
+    PLDR_ROPE_YARN,
+    PLDR_ROPE_LLAMA3,
+    PLDR_ROPE_LONGROPE
+} pldr_rope_type;
+
 typedef struct pldr_config {
     int n_layers;      /* num_hidden_layers, L */
     int d_model;       /* hidden_size, d */
@@ -103,6 +126,18 @@ typedef struct pldr_config {
     pldr_g_type g_type;
     int attention_bias, glu_bias, final_bias;
     int bos_token_id, eos_token_id, pad_token_id;
+    pldr_arch arch; /* architectures[0]; absent: PLDR_ARCH_CAUSAL_LM */
+    /* outputs of the head per row: the labels of a classifier (id2label, or
+     * label2id; 2 when neither is given), 2 for question answering (start,
+     * end), vocab_size for a causal LM, d_model for PldrllmModel */
+    int n_outputs;
+    int num_labels; /* classifiers: labels; otherwise 0 */
+    /* rope_scaling, computed as transformers' modeling_rope_utils does */
+    pldr_rope_type rope_type;
+    double rope_factor;             /* "factor" (1 when unused) */
+    double rope_attention_factor;   /* multiplies cos and sin (yarn, longrope); else 1 */
+    int rope_original_max_position; /* original_max_position_embeddings (0: not given) */
+    char dtype[16]; /* "dtype" (or the older "torch_dtype"): "float32", ...; "" when absent */
 } pldr_config;
 
 /* Parses and range-checks a config.json. */
@@ -206,8 +241,9 @@ uint64_t pldr_context_device_bytes(const pldr_context *ctx);
  *    (the "prefill"); with KV/KVG caches, A and G_LM come from these tokens.
  *  - later calls: KV/KVG modes process only the new tokens through the
  *    caches; mode NONE recomputes a full forward over the whole sequence.
- * logits: NULL, or room for n_rows x vocab_size floats where n_rows is n if
- * all_rows is non-zero, else 1 (the last token's logits). */
+ * logits: NULL, or room for n_rows x n_outputs floats (vocab_size for a
+ * causal LM; see "Model classes") where n_rows is n if all_rows is non-zero,
+ * else 1 (the last token's logits). */
 pldr_status pldr_eval(pldr_context *ctx, const int32_t *ids, int n, float *logits, int all_rows);
 
 /* The G-cache: per layer [A, A_LM, G_LM], each [H, dk, dk], as one float32
@@ -244,6 +280,30 @@ pldr_cache_mode pldr_context_cache_mode(const pldr_context *ctx);
 /* As pldr_eval, but returns only the argmax of the last row, computed on the
  * device (greedy decoding without reading the logits back). */
 pldr_status pldr_eval_greedy(pldr_context *ctx, const int32_t *ids, int n, int32_t *next_id);
+
+/* ------------------------------------------------------------------ */
+/* Model classes and their heads                                       */
+/* pldr_model_config(model)->arch names the class. Its head runs on the
+ * device after the decoder as pldr_eval's output layer, so a row of
+ * pldr_eval's output holds n_outputs values: next-token logits (causal LM),
+ * the last hidden state (PldrllmModel), label logits (token and sequence
+ * classification; a sequence's result is the row of pldr_sequence_row), or
+ * the start and end logits of question answering. */
+
+/* The model a context runs. */
+const pldr_model *pldr_context_model(const pldr_context *ctx);
+/* A classifier's label name by id (config.json id2label), or NULL. */
+const char *pldr_model_label(const pldr_model *model, int id);
+/* Sequence classification's row of ids: the last token that is not
+ * pad_token_id (0 when every token is), as transformers takes it. */
+int pldr_sequence_row(const pldr_model *model, const int32_t *ids, int n);
+/* Resets the context and runs one forward over ids through the head. out:
+ * [*n_rows, n_outputs] floats with *n_rows = 1 for sequence classification
+ * (the row of pldr_sequence_row) and n otherwise; room for n rows is enough. */
+pldr_status pldr_eval_head(pldr_context *ctx, const int32_t *ids, int n, float *out, int *n_rows);
+/* As pldr_eval with every row, but writes the decoder's last hidden state of
+ * each new token ([n, d_model], before any head), for every class. */
+pldr_status pldr_eval_hidden(pldr_context *ctx, const int32_t *ids, int n, float *hidden);
 
 /* ------------------------------------------------------------------ */
 /* Sampling                                                            */

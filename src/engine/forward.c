@@ -531,7 +531,7 @@ static pldr_status final_from_decode(pldr_context *c, int argmax)
     const pldr_config *cf = &m->cfg;
     /* the last layer's output norm comes with wf_sc */
     gemv_op fin = {.w = m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
-                   .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
+                   .n_out = cf->n_outputs, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
                    .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
 }
@@ -546,7 +546,7 @@ static pldr_status final_row(pldr_context *c, int row)
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
     gemv_op fin = {.w = m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
-                   .n_out = cf->vocab_size, .x = c->off.xn, .residual = -1, .y = c->off.logits};
+                   .n_out = cf->n_outputs, .x = c->off.xn, .residual = -1, .y = c->off.logits};
     return gemv(c, &fin);
 }
 
@@ -600,7 +600,7 @@ static pldr_status clear_flags(pldr_context *c)
 
 static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 {
-    const size_t bytes = rows * (size_t)c->m->cfg.vocab_size * sizeof(float);
+    const size_t bytes = rows * (size_t)c->m->cfg.n_outputs * sizeof(float);
     /* one row (a decode step) goes through the page-locked stage */
     cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
                                      0, NULL, NULL);
@@ -615,7 +615,7 @@ static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 static pldr_status logits_rows(pldr_context *c, int first, int n, float *dst)
 {
     pldr_model *m = c->m;
-    const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab_size;
+    const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.n_outputs;
     for (int r = 0; r < n; r += LOGIT_CHUNK) {
         size_t rows = (size_t)(n - r < LOGIT_CHUNK ? n - r : LOGIT_CHUNK);
         TRY(gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, m->wf, (size_t)m->d_pitch, c->logits, 0));
@@ -694,11 +694,45 @@ pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits,
     }
     TRY(check_flags(c));
     if (c->p.check_finite) {
-        size_t count = (size_t)(all_rows && rows_at >= 0 ? n : 1) * (size_t)c->m->cfg.vocab_size;
+        size_t count = (size_t)(all_rows && rows_at >= 0 ? n : 1) * (size_t)c->m->cfg.n_outputs;
         for (size_t i = 0; i < count; i++)
             if (!isfinite(logits[i]))
                 return pldr_fail(PLDR_ERR_NONFINITE, "non-finite logits");
     }
+    return PLDR_OK;
+}
+
+const pldr_model *pldr_context_model(const pldr_context *c)
+{
+    return c ? c->m : NULL;
+}
+
+pldr_status pldr_eval_hidden(pldr_context *c, const int32_t *ids, int n, float *hidden)
+{
+    pldr_clear_error();
+    if (!c || !hidden)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_eval_hidden: NULL argument");
+    ahead_cancel(c);
+    int rows_at;
+    TRY(run(c, ids, n, n, &rows_at));
+    const size_t d = (size_t)c->m->cfg.d_model;
+    cl_int err;
+    if (rows_at < 0) {
+        /* a decode step: the last layer's output norm lands in xn on the way to the head */
+        TRY(final_from_decode(c, 0));
+        err = clEnqueueReadBuffer(c->m->ocl.queue, c->xn, CL_TRUE, 0, d * 4, hidden, 0, NULL, NULL);
+    } else {
+        err = clEnqueueReadBuffer(c->m->ocl.queue, c->x, CL_TRUE, (size_t)rows_at * d * 4, (size_t)n * d * 4, hidden, 0,
+                                  NULL, NULL);
+    }
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&c->m->ocl, err, "reading the hidden states");
+    TRY(fetch_flags(c, c->n_flags, CL_TRUE));
+    TRY(check_flags(c));
+    if (c->p.check_finite)
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            if (!isfinite(hidden[i]))
+                return pldr_fail(PLDR_ERR_NONFINITE, "non-finite hidden states");
     return PLDR_OK;
 }
 
@@ -761,7 +795,7 @@ pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t
         } else {
             TRY(final_row(c, rows_at + n - 1));
             TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
-                       A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+                       A_INT(c->m->cfg.n_outputs), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
         }
         TRY(read_slot(c));
     }
@@ -833,7 +867,7 @@ static pldr_status map_stage(pldr_context *c)
 {
     const pldr_ocl *o = &c->m->ocl;
     const size_t words = (size_t)c->n_flags + 1, ints = (3 * words + 3) & ~(size_t)3;
-    const size_t bytes = ints * sizeof(int) + (size_t)c->m->cfg.vocab_size * sizeof(float);
+    const size_t bytes = ints * sizeof(int) + (size_t)c->m->cfg.n_outputs * sizeof(float);
     cl_int err;
     c->stage = clCreateBuffer(o->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, bytes, NULL, &err);
     if (!c->stage)
@@ -862,7 +896,7 @@ static pldr_status make_act(pldr_context *c, size_t T)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
-    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, V = (size_t)cf->vocab_size;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, V = (size_t)cf->n_outputs;
     cl_uint align_bits = 0;
     clGetDeviceInfo(m->ocl.device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
     size_t align = align_bits / 8 > 256 ? align_bits / 8 : 256;
@@ -916,15 +950,25 @@ static pldr_status upload_rope(pldr_context *c)
     const int half = cf->head_dim / 2;
     size_t n = (size_t)c->n_ctx * (size_t)half * 2;
     float *tab = malloc(n * sizeof *tab);
-    if (!tab)
-        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the RoPE table");
+    double *inv = malloc((size_t)half * sizeof *inv);
+    pldr_status st = tab && inv ? PLDR_OK : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the RoPE table");
+    /* rope_scaling's frequencies; its attention factor scales cos and sin as
+     * transformers does, so q and k carry it into the scores and into A */
+    if (st == PLDR_OK)
+        st = pldr_rope_inv_freq(cf, &c->m->cfg_extra, c->n_ctx, inv);
+    if (st != PLDR_OK) {
+        free(tab);
+        free(inv);
+        return st;
+    }
+    const double att = cf->rope_attention_factor;
     for (int p = 0; p < c->n_ctx; p++)
         for (int i = 0; i < half; i++) {
-            double inv = pow(cf->rope_theta, -2.0 * i / cf->head_dim);
-            double ang = p * inv;
-            tab[((size_t)p * half + i) * 2] = (float)cos(ang);
-            tab[((size_t)p * half + i) * 2 + 1] = (float)sin(ang);
+            double ang = p * inv[i];
+            tab[((size_t)p * half + i) * 2] = (float)(att == 1.0 ? cos(ang) : att * cos(ang));
+            tab[((size_t)p * half + i) * 2 + 1] = (float)(att == 1.0 ? sin(ang) : att * sin(ang));
         }
+    free(inv);
     cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
     free(tab);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading the RoPE table");
@@ -954,7 +998,7 @@ static pldr_status context_alloc(pldr_context *c)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const size_t L = (size_t)cf->n_layers, d = (size_t)cf->d_model, F = (size_t)cf->d_ff;
-    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->vocab_size;
+    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->n_outputs;
     const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
 
     /* what the context will need, checked before anything is allocated */
