@@ -7,7 +7,7 @@
 
 #include "pldr.h"
 
-/* Exit codes (documented in README and `pldr --help`). */
+/* Exit codes (documented in docs/faults.md and `pldr --help`). */
 enum {
     EXIT_OK = 0,
     EXIT_RUNTIME = 1, /* failure while running (OpenCL error, non-finite values) */

@@ -40,7 +40,7 @@ static const char usage[] =
     "  PLDR_KERNEL_DIR  read the .cl kernels from this directory instead of the embedded copy\n"
     "  XDG_CACHE_HOME   compiled kernels are cached in $XDG_CACHE_HOME/pldr (default ~/.cache/pldr)\n"
     "  PLDR_TUNING=0    do not apply the device's tuning files (see 'pldr tune')\n"
-    "  PLDR_WG          work-group shape items over the device's (e.g. gemv=256,rows=8; README)\n"
+    "  PLDR_WG          work-group shape items over the device's (e.g. gemv=256,rows=8; docs/engine.md)\n"
     "\n"
     "exit codes:\n"
     "  0 success, 1 runtime failure (OpenCL error, non-finite values), 2 bad command line,\n"
