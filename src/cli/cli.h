@@ -65,6 +65,7 @@ int cmd_gcache(int argc, char **argv);
 int cmd_deductive(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 /* Installs a G-cache file (--g-cache) in a context; reports failures and
  * returns an exit code (defined in cmd_gcache.c). */
 int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path);

@@ -30,6 +30,7 @@ static const char usage[] =
     "  perplexity   perplexity of a text file (strided windows)\n"
     "  tune         tune CLBlast's GEMM for a model's prefill and the decode kernels' work-group\n"
     "               shapes on a device (cached per device)\n"
+    "  serve        an OpenAI-compatible HTTP server (completions, streaming, every device)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
@@ -298,7 +299,7 @@ int main(int argc, char **argv)
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
         {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
-        {"tune", cmd_tune},
+        {"tune", cmd_tune},     {"serve", cmd_serve},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0)
