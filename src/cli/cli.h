@@ -7,7 +7,7 @@
 
 #include "pldr.h"
 
-/* Exit codes (documented in README and `pldr --help`). */
+/* Exit codes (documented in docs/faults.md and `pldr --help`). */
 enum {
     EXIT_OK = 0,
     EXIT_RUNTIME = 1, /* failure while running (OpenCL error, non-finite values) */
@@ -88,6 +88,7 @@ int cmd_gcache(int argc, char **argv);
 int cmd_deductive(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 /* Installs a G-cache file (--g-cache) in a context; reports failures and
  * returns an exit code (defined in cmd_gcache.c). */
 int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path);

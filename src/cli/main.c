@@ -31,6 +31,7 @@ static const char usage[] =
     "  perplexity   perplexity of a text file (strided windows)\n"
     "  tune         tune CLBlast's GEMM for a model's prefill and the decode kernels' work-group\n"
     "               shapes on a device (cached per device)\n"
+    "  serve        an OpenAI-compatible HTTP server (completions, streaming, every device)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
@@ -40,7 +41,7 @@ static const char usage[] =
     "  PLDR_KERNEL_DIR  read the .cl kernels from this directory instead of the embedded copy\n"
     "  XDG_CACHE_HOME   compiled kernels are cached in $XDG_CACHE_HOME/pldr (default ~/.cache/pldr)\n"
     "  PLDR_TUNING=0    do not apply the device's tuning files (see 'pldr tune')\n"
-    "  PLDR_WG          work-group shape items over the device's (e.g. gemv=256,rows=8; README)\n"
+    "  PLDR_WG          work-group shape items over the device's (e.g. gemv=256,rows=8; docs/engine.md)\n"
     "\n"
     "exit codes:\n"
     "  0 success, 1 runtime failure (OpenCL error, non-finite values), 2 bad command line,\n"
@@ -399,7 +400,7 @@ static int run_command(int argc, char **argv)
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
         {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
-        {"tune", cmd_tune},
+        {"tune", cmd_tune},     {"serve", cmd_serve},
     };
     const int n_cmds = (int)(sizeof cmds / sizeof cmds[0]);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
