@@ -31,9 +31,11 @@ static const char help[] =
     "      --cache MODE    none, kv or kvg (default kvg)\n"
     "      --g-cache FILE  use A, A_LM, G_LM from this G-cache file (safetensors, see\n"
     "                      'pldr gcache export') instead of the metric learner, in every row\n"
-    "      --device SPEC   OpenCL device: index, platform:device or name substring\n"
+    "      --device SPEC   OpenCL device: index, platform:device, type (cpu, gpu,\n"
+    "                      accelerator) or name substring\n"
     "      --dtype T       weight storage on the device: f32 (default) or f16\n"
-    "  -o, --output FILE   the .npy file to write\n";
+    "  -o, --output FILE   the .npy file to write ('-': standard output); written\n"
+    "                      atomically, an existing file is replaced only on success\n";
 
 int cmd_logits(int argc, char **argv)
 {
@@ -95,11 +97,16 @@ int cmd_logits(int argc, char **argv)
     }
     if (!model_dir)
         model_dir = cli_default_model_dir();
+    int rc = cli_check_output(out);
+    if (rc != EXIT_OK) {
+        free(ids);
+        return rc;
+    }
 
     pldr_model *model = NULL;
     pldr_context *ctx = NULL;
     float *logits = NULL;
-    int rc = cli_load_model(model_dir, device, dtype, &model);
+    rc = cli_load_model(model_dir, device, dtype, &model);
     if (rc != EXIT_OK)
         goto done;
     /* the head's outputs per row: vocab_size for a causal LM (see "Model classes" in pldr.h) */
@@ -126,10 +133,7 @@ int cmd_logits(int argc, char **argv)
         memmove(logits, logits + (size_t)pldr_sequence_row(model, ids, n) * (size_t)V, (size_t)V * sizeof *logits);
         rows = 1;
     }
-    if (npy_write_f32(out, logits, rows, (size_t)V) != 0) {
-        fprintf(stderr, "pldr: %s: cannot write\n", out);
-        rc = EXIT_INPUT;
-    }
+    rc = npy_write_f32(out, logits, rows, (size_t)V);
 done:
     free(logits);
     free(ids);
