@@ -1237,3 +1237,5 @@ pldr_status pldr_context_set_state(pldr_context *c, const pldr_state *s)
     c->g_valid = s->g_valid || g_fixed(c);
     return PLDR_OK;
 }
+
+const pldr_model *pldr_context_model(const pldr_context *ctx) { return ctx ? ctx->m : NULL; }
