@@ -35,7 +35,8 @@ typedef enum pldr_status {
     PLDR_ERR_DEVICE_MEMORY,    /* device allocation failed or would not fit */
     PLDR_ERR_CONTEXT_FULL,     /* the sequence would exceed the context */
     PLDR_ERR_NONFINITE,        /* non-finite activations or logits */
-    PLDR_ERR_MISMATCH          /* e.g. a session or G-cache from another model */
+    PLDR_ERR_MISMATCH,         /* e.g. a session or G-cache from another model */
+    PLDR_ERR_OUTPUT            /* an output file could not be written (the old one is kept) */
 } pldr_status;
 
 /* Short fixed description of a status code. */
@@ -73,7 +74,8 @@ pldr_status pldr_list_devices(pldr_device_info **devices, int *count);
 
 /* Resolves a device spec: NULL or "" (then $PLDR_DEVICE, then the first
  * GPU, else the first device), an index ("1"), "platform:device" ("0:1"),
- * or a case-insensitive name substring ("nvidia", "pocl"). */
+ * a device type ("cpu", "gpu", "accelerator": the first of that type), or a
+ * case-insensitive name substring ("nvidia", "pocl"). */
 pldr_status pldr_select_device(const char *spec, pldr_device_info *out);
 
 /* ------------------------------------------------------------------ */
@@ -85,6 +87,29 @@ typedef enum pldr_g_type {
     PLDR_G_RANDOM,
     PLDR_G_EXTERNAL
 } pldr_g_type;
+
+/* The model class (config.json "architectures"): one decoder, and what runs
+ * after its last layer. */
+typedef enum pldr_arch {
+    PLDR_ARCH_CAUSAL_LM = 0,           /* PldrllmForCausalLM: final_layer, next-token logits */
+    PLDR_ARCH_MODEL,                   /* PldrllmModel: the last hidden state, no head */
+    PLDR_ARCH_TOKEN_CLASSIFICATION,    /* score [num_labels, d] with bias, every position */
+    PLDR_ARCH_SEQUENCE_CLASSIFICATION, /* score [num_labels, d], no bias, the last non-pad token */
+    PLDR_ARCH_QUESTION_ANSWERING       /* qa_outputs [2, d] with bias: start and end logits */
+} pldr_arch;
+
+/* The Hugging Face class name of an architecture ("PldrllmForCausalLM"). */
+const char *pldr_arch_name(pldr_arch arch);
+
+/* rope_scaling's type (Hugging Face rope types; rotate-half RoPE only). */
+typedef enum pldr_rope_type {
+    PLDR_ROPE_DEFAULT = 0, /* no rope_scaling, or type "default" */
+    PLDR_ROPE_LINEAR,
+    PLDR_ROPE_DYNAMIC,
+    PLDR_ROPE_YARN,
+    PLDR_ROPE_LLAMA3,
+    PLDR_ROPE_LONGROPE
+} pldr_rope_type;
 
 typedef struct pldr_config {
     int n_layers;      /* num_hidden_layers, L */
@@ -103,6 +128,18 @@ typedef struct pldr_config {
     pldr_g_type g_type;
     int attention_bias, glu_bias, final_bias;
     int bos_token_id, eos_token_id, pad_token_id;
+    pldr_arch arch; /* architectures[0]; absent: PLDR_ARCH_CAUSAL_LM */
+    /* outputs of the head per row: the labels of a classifier (id2label, or
+     * label2id; 2 when neither is given), 2 for question answering (start,
+     * end), vocab_size for a causal LM, d_model for PldrllmModel */
+    int n_outputs;
+    int num_labels; /* classifiers: labels; otherwise 0 */
+    /* rope_scaling, computed as transformers' modeling_rope_utils does */
+    pldr_rope_type rope_type;
+    double rope_factor;             /* "factor" (1 when unused) */
+    double rope_attention_factor;   /* multiplies cos and sin (yarn, longrope); else 1 */
+    int rope_original_max_position; /* original_max_position_embeddings (0: not given) */
+    char dtype[16]; /* "dtype" (or the older "torch_dtype"): "float32", ...; "" when absent */
 } pldr_config;
 
 /* Parses and range-checks a config.json. */
@@ -206,8 +243,9 @@ uint64_t pldr_context_device_bytes(const pldr_context *ctx);
  *    (the "prefill"); with KV/KVG caches, A and G_LM come from these tokens.
  *  - later calls: KV/KVG modes process only the new tokens through the
  *    caches; mode NONE recomputes a full forward over the whole sequence.
- * logits: NULL, or room for n_rows x vocab_size floats where n_rows is n if
- * all_rows is non-zero, else 1 (the last token's logits). */
+ * logits: NULL, or room for n_rows x n_outputs floats (vocab_size for a
+ * causal LM; see "Model classes") where n_rows is n if all_rows is non-zero,
+ * else 1 (the last token's logits). */
 pldr_status pldr_eval(pldr_context *ctx, const int32_t *ids, int n, float *logits, int all_rows);
 
 /* The G-cache: per layer [A, A_LM, G_LM], each [H, dk, dk], as one float32
@@ -244,6 +282,30 @@ pldr_cache_mode pldr_context_cache_mode(const pldr_context *ctx);
 /* As pldr_eval, but returns only the argmax of the last row, computed on the
  * device (greedy decoding without reading the logits back). */
 pldr_status pldr_eval_greedy(pldr_context *ctx, const int32_t *ids, int n, int32_t *next_id);
+
+/* ------------------------------------------------------------------ */
+/* Model classes and their heads                                       */
+/* pldr_model_config(model)->arch names the class. Its head runs on the
+ * device after the decoder as pldr_eval's output layer, so a row of
+ * pldr_eval's output holds n_outputs values: next-token logits (causal LM),
+ * the last hidden state (PldrllmModel), label logits (token and sequence
+ * classification; a sequence's result is the row of pldr_sequence_row), or
+ * the start and end logits of question answering. */
+
+/* The model a context runs. */
+const pldr_model *pldr_context_model(const pldr_context *ctx);
+/* A classifier's label name by id (config.json id2label), or NULL. */
+const char *pldr_model_label(const pldr_model *model, int id);
+/* Sequence classification's row of ids: the last token that is not
+ * pad_token_id (0 when every token is), as transformers takes it. */
+int pldr_sequence_row(const pldr_model *model, const int32_t *ids, int n);
+/* Resets the context and runs one forward over ids through the head. out:
+ * [*n_rows, n_outputs] floats with *n_rows = 1 for sequence classification
+ * (the row of pldr_sequence_row) and n otherwise; room for n rows is enough. */
+pldr_status pldr_eval_head(pldr_context *ctx, const int32_t *ids, int n, float *out, int *n_rows);
+/* As pldr_eval with every row, but writes the decoder's last hidden state of
+ * each new token ([n, d_model], before any head), for every class. */
+pldr_status pldr_eval_hidden(pldr_context *ctx, const int32_t *ids, int n, float *hidden);
 
 /* ------------------------------------------------------------------ */
 /* Sampling                                                            */
@@ -433,8 +495,6 @@ pldr_status pldr_generate(pldr_context *ctx, const pldr_tokenizer *tok, const ch
 pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, const int32_t *ids, int n,
                               const float *next_logits, const pldr_generate_params *p, pldr_token_fn cb, void *user,
                               pldr_generate_result *res);
-/* The model a context was made with. */
-const pldr_model *pldr_context_model(const pldr_context *ctx);
 
 /* ------------------------------------------------------------------ */
 /* Sessions                                                            */
@@ -501,6 +561,22 @@ void pldr_gcache_free(pldr_gcache *gcache);
  * PLDR_ERR_MISMATCH naming the expected shape) and installs it with
  * pldr_context_set_external_g. */
 pldr_status pldr_context_load_gcache(pldr_context *ctx, const pldr_model *model, const char *path);
+
+/* ------------------------------------------------------------------ */
+/* Output files                                                        */
+/* Every file the library writes (sessions, G-cache files, tuning files,
+ * kernel-cache entries) goes through pldr_write_file. */
+
+/* Whether path can be written: an existing target must be a regular file
+ * (a symbolic link, FIFO, device or directory is refused and left alone)
+ * and its directory must exist and be writable. PLDR_ERR_OUTPUT if not.
+ * Call it before long work whose result goes to path. */
+pldr_status pldr_check_output_path(const char *path);
+/* Writes the concatenated parts to path atomically: a temporary file
+ * .NAME.pldr-tmp.PID.N in the same directory, fsync, rename. On any failure
+ * (full disk, no permission, killed) the old file is left as it was; the
+ * message names path and the cause. */
+pldr_status pldr_write_parts_atomic(const char *path, const void *const *data, const size_t *len, int n_parts);
 
 #ifdef __cplusplus
 }
