@@ -98,7 +98,7 @@ static char *read_key_file(const char *path)
 {
     char *text;
     size_t len;
-    if (cli_read_text(path, &text, &len) != EXIT_OK)
+    if (cli_read_text(path, 1 << 20, &text, &len) != EXIT_OK)
         return NULL;
     char *nl = strpbrk(text, "\r\n");
     if (nl)
