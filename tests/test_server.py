@@ -232,7 +232,7 @@ def check_errors(tap, sv):
 
     def chat_points():
         code, _, data = sv.post("/v1/chat/completions", {"messages": []})
-        return code == 400 and "/v1/completions" in json.loads(data)["error"]["message"], data.decode()[:200]
+        return code == 400 and "/v1/completions" in json.loads(data)["error"]["message"], data.decode().strip()[:200]
     tap.check("/v1/chat/completions points to /v1/completions", chat_points)
 
 
@@ -287,7 +287,7 @@ def check_hostile(tap, sv):
 
     def still_healthy():
         code, _, data = sv.get("/health")
-        return code == 200 and json.loads(data)["status"] == "ok", data.decode()
+        return code == 200 and json.loads(data)["status"] == "ok", data.decode().strip()
     tap.check("/health still answers after every error and hostile client", still_healthy)
 
 
@@ -430,6 +430,30 @@ def check_loading(tap):
         sv.stop()
 
 
+def check_replicas(tap, want):
+    """Two replicas (here both on the one device): requests go to the one
+    with the most free slots, so concurrent requests use both."""
+    sv = st.Server(["-m", MODEL, "--device", "0,0", "--parallel", "1", "--ctx", CTX], name="replicas")
+    try:
+        out = [None] * 6
+
+        def client(i):
+            out[i] = sv.complete({"prompt": PROMPTS[i % 2], "max_tokens": 24, "temperature": 0})
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        right = sum(c == 200 and b["choices"][0]["text"] == want[PROMPTS[i % 2]] for i, (c, b) in enumerate(out))
+        m = sv.metrics()
+        seqs = [v for k, v in sorted(m.items()) if k.startswith("pldr_device_sequences_total{")]
+        models = json.loads(sv.get("/v1/models")[2])["data"][0]["meta"]["replicas"]
+        tap.ok(right == 6 and len(seqs) == 2 and min(seqs) > 0 and models == 2,
+               "--device 0,0: two replicas, 6 concurrent requests all right, both used (%s)" % seqs)
+    finally:
+        sv.stop()
+
+
 def check_shutdown(tap):
     sv = st.Server(["-m", MODEL, "--parallel", "2", "--timeout", "20"], name="shutdown")
     result = {}
@@ -486,6 +510,7 @@ def main():
     check_queue_full(tap)
     check_auth(tap)
     check_loading(tap)
+    check_replicas(tap, want)
     check_shutdown(tap)
     return tap.done()
 

@@ -341,11 +341,6 @@ int engine_new(const server_options *o, engine **out)
         int rc = replica_load(e, r, o->n_devices > 0 ? o->devices[i] : NULL);
         if (rc)
             return rc;
-        for (int k = 0; k < i; k++)
-            if (pldr_model_device(e->reps[k].model)->index == pldr_model_device(r->model)->index) {
-                fprintf(stderr, "pldr serve: --device: %s is named twice\n", r->device);
-                return 2;
-            }
     }
     return 0;
 }

@@ -338,6 +338,29 @@ static enum MHD_Result handle_models(struct MHD_Connection *c, request *rq)
     return send_json(c, rq, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m), NULL, NULL);
 }
 
+/* A token's piece with SentencePiece's word-boundary mark as a space. */
+static json_t *piece_json(const pldr_tokenizer *tok, int32_t id)
+{
+    const char *p = pldr_token_piece(tok, id);
+    if (!p)
+        return json_null();
+    size_t n = strlen(p), k = 0;
+    char *b = malloc(n + 1);
+    if (!b)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        if (strncmp(p + i, "\xE2\x96\x81", 3) == 0) {
+            b[k++] = ' ';
+            i += 3;
+        } else {
+            b[k++] = p[i++];
+        }
+    }
+    json_t *v = jstring(b, k);
+    free(b);
+    return v;
+}
+
 static enum MHD_Result handle_tokenize(struct MHD_Connection *c, request *rq)
 {
     api_error e;
@@ -362,13 +385,7 @@ static enum MHD_Result handle_tokenize(struct MHD_Connection *c, request *rq)
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         if (json_is_true(wp)) {
-            char *piece;
-            size_t len;
-            json_t *pv = NULL;
-            if (pldr_detokenize(tok, &ids[i], 1, &piece, &len) == PLDR_OK) {
-                pv = jstring(piece, len);
-                free(piece);
-            }
+            json_t *pv = piece_json(tok, ids[i]);
             json_array_append_new(arr, json_pack("{s:i,s:o*}", "id", ids[i], "piece", pv));
         } else {
             json_array_append_new(arr, json_integer(ids[i]));
