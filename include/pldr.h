@@ -209,6 +209,11 @@ uint64_t pldr_model_zero_copy_bytes(const pldr_model *model);
  * PLDR_WG or pldr_model_params.work_groups), as -D defines.
  * The string belongs to the model and lives until pldr_model_free. */
 const char *pldr_model_kernel_options(const pldr_model *model);
+/* What the load changed to fit each kernel's own limits on the device
+ * (CL_KERNEL_WORK_GROUP_SIZE, local memory), one line per change, e.g. a
+ * work-group shape lowered and the kernels rebuilt; "" when nothing was.
+ * The string belongs to the model and lives until pldr_model_free. */
+const char *pldr_model_kernel_notes(const pldr_model *model);
 /* 1 when the work-group shapes `pldr tune` stored for this device, model and
  * weight dtype were applied at load (see pldr_model_params.work_groups). */
 int pldr_model_decode_tuned(const pldr_model *model);

@@ -46,6 +46,7 @@ inline float4 pv_reduce(float4 a, __local float4 *red)
 #define ATT_PV4 0
 #endif
 
+#if WG_FORMS
 /* One query row qg (already multiplied by G_LM and the scale, in local memory)
  * of head h over keys 0 .. n_keys-1: an online softmax over tiles of ATT_WG
  * keys, so the context length is not limited by local memory. Work-item lid
@@ -109,6 +110,7 @@ inline void attend_row(__local const float *qg, __global const float *k_cache,
     }
 #endif
 }
+#endif
 
 /* Prefill: qg[t][h*DK+j] = scale * sum_i q[t][h*DK+i] * G[h][i][j].
  * Global size T*DMODEL. */
@@ -125,6 +127,7 @@ __kernel void apply_g(__global const float *q, __global const float *g, const fl
     qg[gid] = s * scale;
 }
 
+#if WG_FORMS
 /* Prefill: one work-group per (token, head); token t sits at position pos0+t
  * and attends to keys 0 .. pos0+t. The work-group's index comes from the
  * global id, so that a global work offset skips tokens. */
@@ -142,29 +145,32 @@ void attention_prefill(__global const float *qg, __global const float *k_cache,
     barrier(CLK_LOCAL_MEM_FENCE);
     attend_row(qs, k_cache, v_cache, h, pos0 + t + 1, out + row, p, scratch, red);
 }
+#endif
 
 /* Decode of one token at position pos: RoPE of q and k, the cache write of k
  * and v, q @ G_LM and the attention, in one launch. The keys are split over
  * work-groups so that a short sequence still fills the device: work-group
- * (h, s) attends to keys [s*ATT_WG, min((s+1)*ATT_WG, pos+1)) of head h and
- * writes its partial softmax (max, sum, acc[DK]) to part[h][s]; the last of
- * a head's work-groups to finish (counted with an atomic in count[h]) combines
- * them into att[h*DK .. h*DK+DK), the attention output. The work-group whose
- * keys include pos writes k and v there. qkv is the projection output with
- * its bias. */
+ * (h, s) attends to keys [s*ATT_WG, min((s+1)*ATT_WG, pos+1)) of head h.
+ * With one work-group per head (n_split == 1) it writes the attention output
+ * att[h*DK .. h*DK+DK) itself; with several, each writes its partial softmax
+ * (max, sum, acc[DK]) to part[h][s] and attention_combine, the next launch,
+ * combines them. The partial results cross work-groups through that kernel
+ * boundary: OpenCL 1.2 orders one work-group's global stores before another's
+ * loads only between commands of an in-order queue, not through a fence and
+ * an atomic counter inside one launch. The work-group whose keys include pos
+ * writes k and v there. qkv is the projection output with its bias. */
 __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
 void attention_decode(__global char *act, const int qkv_off, const int rope_off, __global float *k_cache,
                       __global float *v_cache, __global const float *g, const int pos, const float scale,
-                      const int n_split, const int part_off, const int count_off, const int att_off)
+                      const int n_split, const int part_off, const int att_off)
 {
-    /* q, k, v, the partial results, the counters and the output are in the
+    /* q, k, v, the partial results and the output are in the
      * decode-step buffer (see kernels/gemv.cl) */
     __global const float *qkv = (__global const float *)(act + qkv_off);
     __global const float2 *rope = (__global const float2 *)(act + rope_off);
     __global float *part = (__global float *)(act + part_off);
     __local float q[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
     __local float4 red[ATT_WG];
-    __local int last;
     const int h = get_group_id(0) / n_split, sp = get_group_id(0) % n_split, lid = get_local_id(0);
     const int off = h * DK;
     const int t0 = sp * ATT_WG, n = min(ATT_WG, pos + 1 - t0);
@@ -243,11 +249,15 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     const float e = lid < n ? exp(s - mx) : 0.0f;
     p[lid] = e;
     const float sum = wg_sum(e, scratch);
-    __global float *out = part + ((long)h * n_split + sp) * (DK + 2);
+    /* one split: the output itself (what attention_combine would compute,
+     * exp(0) = 1); several: this split's (max, sum, acc) */
+    const int alone = n_split == 1;
+    __global float *out = alone ? (__global float *)(act + att_off) + off
+                                : part + ((long)h * n_split + sp) * (DK + 2) + 2;
 #if ATT_PV4
     const float4 pv = pv_reduce(pv_tile(p, v_cache, t0, pos, h), red);
     if (lid < DK / 4)
-        vstore4(pv, 0, out + 2 + 4 * lid);
+        vstore4(alone ? pv / sum : pv, lid, out);
 #else
     for (int j = lid; j < DK; j += ATT_WG) {
         __global const float *vc = v_cache + off + j;
@@ -257,26 +267,25 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
 #pragma unroll 16
         for (int kk = 0; kk < ATT_WG; kk++)
             a += p[kk] * vc[(long)min(t0 + kk, pos) * DMODEL];
-        out[2 + j] = a;
+        out[j] = alone ? a / sum : a;
     }
 #endif
-    if (lid == 0) {
-        out[0] = mx;
-        out[1] = sum;
+    if (lid == 0 && !alone) {
+        out[-2] = mx;
+        out[-1] = sum;
     }
-    /* the combination: x[j] = sum_s e^(m_s-M) acc_s[j] / sum_s e^(m_s-M) l_s, M = max_s m_s */
-    mem_fence(CLK_GLOBAL_MEM_FENCE);
-    barrier(CLK_GLOBAL_MEM_FENCE);
-    __global int *count = (__global int *)(act + count_off);
-    if (lid == 0)
-        last = atomic_inc(count + h) == n_split - 1;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (!last)
-        return;
-    mem_fence(CLK_GLOBAL_MEM_FENCE);
-    volatile __global const float *ph = part + (long)h * n_split * (DK + 2);
-    __global float *att = (__global float *)(act + att_off) + off;
-    for (int j = lid; j < DK; j += ATT_WG) {
+}
+
+/* The split attention's combination, one work-group of ATT_WG per head h
+ * over the n_split partial results of attention_decode:
+ *   att[j] = sum_s e^(m_s-M) acc_s[j] / sum_s e^(m_s-M) l_s,  M = max_s m_s. */
+__kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
+void attention_combine(__global char *act, const int n_split, const int part_off, const int att_off)
+{
+    const int h = get_group_id(0);
+    __global const float *ph = (__global const float *)(act + part_off) + (long)h * n_split * (DK + 2);
+    __global float *att = (__global float *)(act + att_off) + h * DK;
+    for (int j = get_local_id(0); j < DK; j += ATT_WG) {
         float m = -INFINITY;
         for (int s2 = 0; s2 < n_split; s2++)
             m = fmax(m, ph[s2 * (DK + 2)]);
@@ -288,10 +297,9 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
         }
         att[j] = num / den;
     }
-    if (lid == 0)
-        count[h] = 0;
 }
 
+#if !WG_FORMS
 /* Prefill attention on CPU devices: a work-group is one work-item taking one
  * (token, head) over all its keys, 16 keys at a time (an online softmax), the
  * dot products and the P.V sums as 16-wide vectors where DK allows, with no
@@ -367,3 +375,4 @@ void attention_prefill_cpu(__global const float *qg, __global const float *k_cac
     for (int i = 0; i < DK; i++)
         out[row + i] = acc[i] / run_sum;
 }
+#endif

@@ -19,9 +19,10 @@
 #error "GM_ROWS and GM_COLS must be multiples of the register tile"
 #endif
 
+#if OWN_GEMM
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void gemm_cpu(__global const float *a, const long a_off, const int lda, __global const WT *w, const int ldw,
-              __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
+void gemm_cpu(__global const float *a, const int a_off, const int lda, __global const WT *w, const int ldw,
+              __global float *c, const int c_off, const int ldc, const int M, const int N, const int K)
 {
     /* work-groups in M-major order: neighbours share their rows of W */
     const int blocks_m = (M + GM_TM * GM_BM - 1) / (GM_TM * GM_BM);
@@ -81,3 +82,4 @@ void gemm_cpu(__global const float *a, const long a_off, const int lda, __global
         }
     }
 }
+#endif

@@ -14,8 +14,8 @@
  * and by what happens to the output:
  *   y[r] = W[r] . x + b[r] (+ residual[r])
  *   glu:  y[r] = silu(W[r] . x + b[r]) * (W[r+n_out] . x + b[r+n_out])
- * gemv_ln can also finish greedy decoding: the argmax of y over all rows (see
- * argmax_merge). xs is local memory of k_pitch floats.
+ * gemv_ln can also start greedy decoding: the best row of each work-group
+ * (argmax_part), reduced by argmax_parts. xs is local memory of k_pitch floats.
  *
  * The vectors of a decode step (x, its normalised copy, y, the flags, the
  * argmax partials, the token ids) live in one buffer, act, at
@@ -200,15 +200,21 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
     __global const WT *wr2 = (w) + (long)(live ? row + (n_out) : 0) * (k_pitch);                   \
     float4 wa[GEMV_PF], wb[GEMV_PF]
 
-/* Greedy decoding fused into the final GEMV: every work-group writes the best
- * (value, index) of its rows to part, and the last work-group to finish
- * (counted with an atomic) reduces them and writes the index to
- * flags[out_index]; the lowest index wins among equal values. v is the value
- * of this work-item's row in its lane 0 (gemv_finish, ln_fold_rows); lane 0s
- * put their rows in red[0 .. GEMV_ROWS), and work-item 0 scans those. */
-inline void argmax_merge(const float v, const int n_out, __global float *part, __global int *flags,
-                         const int out_index, const int counter_index, const int flag_index,
-                         __local float *red, __local int *red_i, __local int *last)
+/* Greedy decoding, first half: every work-group of the final GEMV writes the
+ * best (value, index) of its rows to part[2g], part[2g+1] (the lowest index
+ * among equal values); argmax_parts, the next launch, reduces those. v is the
+ * value of this work-item's row in its lane 0 (gemv_finish, ln_fold_rows);
+ * lane 0s put their rows in red[0 .. GEMV_ROWS), and work-item 0 scans those.
+ *
+ * The partial results cross work-groups through a kernel boundary, not
+ * through an atomic counter and a "last work-group" inside this launch:
+ * OpenCL 1.2 orders plain global stores of one work-group before loads of
+ * another only across commands of an in-order queue (a fence orders one
+ * work-item's own accesses, and some vendors implement it at work-group
+ * scope), and the flags' counter would need resetting by a store that races
+ * with the increments. */
+inline void argmax_part(const float v, const int n_out, __global float *part, __global int *flags,
+                        const int flag_index, __local float *red)
 {
     const int lid = get_local_id(0);
     const int grp = lid / LANES;
@@ -230,18 +236,26 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
         const int best = get_group_id(0) * GEMV_ROWS + bi;
         part[2 * get_group_id(0)] = bv;
         part[2 * get_group_id(0) + 1] = as_float(best < n_out ? best : n_out);
-        mem_fence(CLK_GLOBAL_MEM_FENCE);
-        *last = atomic_inc(flags + counter_index) == (int)get_num_groups(0) - 1;
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (!*last)
-        return;
-    mem_fence(CLK_GLOBAL_MEM_FENCE);
+}
+
+/* Greedy decoding, second half: the best of the n_parts (value, index) pairs
+ * argmax_part left in the decode-step buffer at part_off, the lowest index
+ * among equal values, written to flags[out_index] (0 when no value compares,
+ * as with NaN everywhere). One work-group of GEMV_WG. */
+__kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
+void argmax_parts(__global char *act, const int part_off, const int n_parts, const int n_out, const int flags_off,
+                  const int out_index)
+{
+    __local float red[GEMV_WG];
+    __local int red_i[GEMV_WG];
+    __global const float *part = AT(const float, part_off);
+    const int lid = get_local_id(0);
     float bv = -INFINITY;
     int bi = n_out;
-    for (int g = lid; g < (int)get_num_groups(0); g += GEMV_WG) {
-        const float pv = ((volatile __global float *)part)[2 * g];
-        const int pi = as_int(((volatile __global float *)part)[2 * g + 1]);
+    for (int g = lid; g < n_parts; g += GEMV_WG) {
+        const float pv = part[2 * g];
+        const int pi = as_int(part[2 * g + 1]);
         if (pv > bv || (pv == bv && pi < bi)) {
             bv = pv;
             bi = pi;
@@ -250,10 +264,8 @@ inline void argmax_merge(const float v, const int n_out, __global float *part, _
     red[lid] = bv;
     red_i[lid] = bi;
     wg_argmax(red, red_i);
-    if (lid == 0) {
-        flags[out_index] = red_i[0] < n_out ? red_i[0] : 0;
-        flags[counter_index] = 0;
-    }
+    if (lid == 0)
+        AT(int, flags_off)[out_index] = red_i[0] < n_out ? red_i[0] : 0;
 }
 
 /* ---- LayerNorm folded into the product (LANES > 1) ----
@@ -478,11 +490,10 @@ __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
 void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, const int k_pitch, const int n_out,
              __global char *act, const int x_off, const int xn_off, const int glu, const int y_off,
              __local float *xs, const int flags_off, const int flag_index, const int argmax, const int part_off,
-             const int out_index, const int counter_index, const int logits_flag)
+             const int logits_flag)
 {
     SC_PARTS(sc, glu ? 2 * n_out : n_out);
     __local float red[GEMV_WG];
-    __local int red_i[GEMV_WG], last;
     __global const float *x = AT(const float, x_off);
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);
@@ -502,8 +513,7 @@ void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, co
     const float v = gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, 0, glu, y, red, red2);
 #endif
     if (argmax)
-        argmax_merge(v, n_out, AT(float, part_off), flags, out_index, counter_index, logits_flag, red, red_i,
-                     &last);
+        argmax_part(v, n_out, AT(float, part_off), flags, logits_flag, red);
 }
 
 /* The first projection of a decode step with the token embedding fused in:

@@ -22,8 +22,8 @@ void bias_residual_layernorm(__global const float *y, __global const float *bias
 }
 
 /* Converts half weights to float for the CLBlast GEMMs of the prefill. */
-__kernel void half_to_float(__global const WT *src, __global float *dst, const long n)
+__kernel void half_to_float(__global const WT *src, __global float *dst, const uint n)
 {
-    for (long i = get_global_id(0); i < n; i += get_global_size(0))
+    for (uint i = get_global_id(0); i < n; i += get_global_size(0))
         dst[i] = LOAD_W(src, i);
 }

@@ -8,6 +8,7 @@
  *   G_LM = a @ A_P + ba                                   (@: per-head matmul)
  */
 
+#if WG_FORMS
 /* A0[h][i][j] = sum_t q[t][h*DK+i] * q[t][h*DK+j]. Global size HEADS*DK*DK. */
 __kernel void metric_tensor(__global const float *q, const int T, __global float *a0)
 {
@@ -20,7 +21,9 @@ __kernel void metric_tensor(__global const float *q, const int T, __global float
     }
     a0[gid] = s;
 }
+#endif
 
+#if !WG_FORMS
 /* The same on CPU devices: a work-item per row i of a head's A, the row
  * summed over t as 16-wide vectors where DK allows. Global size HEADS*DK. */
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
@@ -49,6 +52,7 @@ void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
     for (int j = 0; j < DK; j++)
         a0[(long)gid * DK + j] = s[j];
 }
+#endif
 
 /* Work-item shapes of the metric learner, chosen by the host:
  * ML_RG    groups of rows in the gluw1/gluw2 phase, 1 <= ML_RG <= ML_ROWS;
@@ -74,6 +78,7 @@ void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
 #define ML_P2 (ML_S > 1 ? ML_S * ML_ROWS * DK : 1)
 #define ML_SCRATCH ML_MAX(ML_P1, ML_P2)
 
+#if WG_FORMS
 /* LayerNorm of ML_ROWS rows of DK values in local memory: ML_LNP work-items
  * per row take partial sums, then every work-item applying it combines them
  * (three barriers, two passes for the variance). */
@@ -176,8 +181,11 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
         const int r = e / DK, i = e % DK;
         a[r][i] = row0 + r < n_rows ? a0[(long)(row0 + r) * DK + i] : 0.0f;
     }
+#if ML_FAP > FA
+    /* the padding of the hidden units, read by the gluw3 phase's float4 loads */
     for (int e = lid; e < ML_ROWS * (ML_FAP - FA); e += ML_WG)
         hid[e / (ML_FAP - FA)][FA + e % (ML_FAP - FA)] = 0.0f;
+#endif
     barrier(CLK_LOCAL_MEM_FENCE);
     ln_rows(a, ln0_w, ln0_b, ps, pq);
     for (int r = 0; r < NUM_RES; r++) {
@@ -262,10 +270,12 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
             a_out[(long)(row0 + r) * DK + i] = a[r][i];
     }
 }
+#endif
 
 /* A_LM and A_P from A. plga holds Wlst, blst, pwlst, alst, balst, each
  * [HEADS, DK, DK]. Global size HEADS*DK*DK. */
 #define PLGA_SIZE (HEADS * DK * DK)
+#if WG_FORMS
 __kernel void plga_potential(__global const float *a, __global const float *plga,
                              __global float *a_lm, __global float *a_p)
 {
@@ -296,7 +306,9 @@ __kernel void plga_energy(__global const float *a_p, __global const float *plga,
     g[gid] = s;
     flag_if_nonfinite(s, flags, flag_index);
 }
+#endif
 
+#if !WG_FORMS
 /* The metric learner on CPU devices: a work-group is one work-item taking
  * LC_ROWS rows of A through the whole learner with no barrier, its rows and
  * hidden units in private memory, the products as 16-wide vectors along the
@@ -467,3 +479,4 @@ void plga_energy_cpu(__global const float *a_p, __global const float *plga, __gl
     if (!finite)
         atomic_or(flags + flag_index, FLAG_NONFINITE);
 }
+#endif

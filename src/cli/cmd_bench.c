@@ -181,6 +181,7 @@ typedef struct device_run {
     uint64_t zero_copy_bytes[2]; /* of weight_bytes: read in place from the checkpoint's mapping */
     double load_s[2];            /* seconds pldr_model_load took, per dtype (0: not run) */
     char kernel_options[2][1024]; /* per dtype, pldr_model_kernel_options ("": not run) */
+    char kernel_notes[2][1024];   /* per dtype, pldr_model_kernel_notes ("": nothing changed) */
     int decode_tuned[2];          /* per dtype, pldr_model_decode_tuned */
     result *res;
     int n_res;
@@ -266,6 +267,11 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
         json_str(stdout, dr->kernel_options[0]);
         printf(", \"f16\": ");
         json_str(stdout, dr->kernel_options[1]);
+        printf("},\n");
+        printf("     \"kernel_notes\": {\"f32\": ");
+        json_str(stdout, dr->kernel_notes[0]);
+        printf(", \"f16\": ");
+        json_str(stdout, dr->kernel_notes[1]);
         printf("},\n");
         printf("     \"decode_tuned\": {\"f32\": %s, \"f16\": %s},\n", dr->decode_tuned[0] ? "true" : "false",
                dr->decode_tuned[1] ? "true" : "false");
@@ -405,6 +411,7 @@ int cmd_bench(int argc, char **argv)
             dr->load_s[dtypes[di]] = now() - t_load;
             snprintf(dr->kernel_options[dtypes[di]], sizeof dr->kernel_options[0], "%s",
                      pldr_model_kernel_options(model));
+            snprintf(dr->kernel_notes[dtypes[di]], sizeof dr->kernel_notes[0], "%s", pldr_model_kernel_notes(model));
             dr->decode_tuned[dtypes[di]] = pldr_model_decode_tuned(model);
             long rss_file, rss = rss_kib(&rss_file);
             if (rss > rss_after_load_kib) {

@@ -35,32 +35,37 @@ void pldr_context_reset(pldr_context *c)
 
 static pldr_status make_kernels(pldr_context *c)
 {
+    const pldr_model *m = c->m;
+    /* the program holds only the forms the device runs (src/model/model.c, build_program) */
+    const int wg = m->wg_forms, cpu = !m->wg_forms;
     struct {
         cl_kernel *k;
         const char *name;
+        int used;
     } list[] = {
-        {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
-        {&c->k.half2f, "half_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
-        {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
-        {&c->k.learner_cpu, "metric_learner_cpu"}, {&c->k.metric_cpu, "metric_tensor_cpu"},
-        {&c->k.att_prefill_cpu, "attention_prefill_cpu"}, {&c->k.potential_cpu, "plga_potential_cpu"},
-        {&c->k.energy_cpu, "plga_energy_cpu"},
-        {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
-        {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
-        {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
-        {&c->k.gemv, "gemv"},                {&c->k.gemv_ln, "gemv_ln"},
-        {&c->k.gemv_wide, "gemv_wide"},
-        {&c->k.gemv_embed, "gemv_embed"},
-        {&c->k.bias_rows, "add_bias_rows"},
-        {&c->k.argmax, "argmax"},
+        {&c->k.embed, "embed_tokens", 1},          {&c->k.brln, "bias_residual_layernorm", 1},
+        {&c->k.half2f, "half_to_float", 1},        {&c->k.gemm_cpu, "gemm_cpu", m->own_gemm},
+        {&c->k.qkv_rope, "qkv_rope", 1},           {&c->k.metric, "metric_tensor", wg},
+        {&c->k.learner, "metric_learner", wg},     {&c->k.learner_cpu, "metric_learner_cpu", cpu},
+        {&c->k.metric_cpu, "metric_tensor_cpu", cpu}, {&c->k.att_prefill_cpu, "attention_prefill_cpu", cpu},
+        {&c->k.potential_cpu, "plga_potential_cpu", cpu}, {&c->k.energy_cpu, "plga_energy_cpu", cpu},
+        {&c->k.potential, "plga_potential", wg},   {&c->k.energy, "plga_energy", wg},
+        {&c->k.apply_g, "apply_g", 1},             {&c->k.att_prefill, "attention_prefill", wg},
+        {&c->k.att_decode, "attention_decode", 1}, {&c->k.att_combine, "attention_combine", 1},
+        {&c->k.glu, "glu_gate", 1},                {&c->k.gemv, "gemv", 1},
+        {&c->k.gemv_ln, "gemv_ln", 1},             {&c->k.gemv_wide, "gemv_wide", 1},
+        {&c->k.gemv_embed, "gemv_embed", 1},       {&c->k.bias_rows, "add_bias_rows", 1},
+        {&c->k.argmax, "argmax", 1},               {&c->k.argmax_parts, "argmax_parts", 1},
     };
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
+        if (!list[i].used)
+            continue;
         cl_int err;
-        *list[i].k = clCreateKernel(c->m->program, list[i].name, &err);
+        *list[i].k = clCreateKernel(m->program, list[i].name, &err);
         if (!*list[i].k) {
             char msg[128];
             snprintf(msg, sizeof msg, "creating kernel %s", list[i].name);
-            return pldr_cl_fail(&c->m->ocl, err, msg);
+            return pldr_cl_fail(&m->ocl, err, msg);
         }
     }
     return PLDR_OK;
@@ -117,11 +122,10 @@ static pldr_status make_act(pldr_context *c, size_t T)
         {&c->off.qkv, 3 * d * 4, NULL},
         {&c->off.g, F * 4, NULL},
         {&c->off.att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4, NULL},
-        {&c->off.att_count, (size_t)cf->n_heads * 4, NULL},
         {&c->off.att, d * 4, NULL},
         {&c->off.argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, NULL},
-        /* the flags, then the greedy token id and the argmax work-group counter */
-        {&c->off.flags, ((size_t)c->n_flags + 2) * 4, &c->flags},
+        /* the flags, then the greedy token id */
+        {&c->off.flags, ((size_t)c->n_flags + 1) * 4, &c->flags},
         {&c->off.ids, T * 4, &c->ids},
         {&c->off.rope, T * (size_t)cf->head_dim * 4, &c->rope},
         {&c->off.logits, LOGIT_CHUNK * V * 4, &c->logits},

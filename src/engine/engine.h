@@ -17,8 +17,8 @@
 typedef struct kernels {
     cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
     cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
-    cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
-        argmax;
+    cl_kernel apply_g, att_prefill, att_decode, att_combine, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
+        argmax, argmax_parts;
 } kernels;
 
 struct pldr_context {
@@ -50,7 +50,6 @@ struct pldr_context {
     struct act_offsets {
         int s1, s2, xn, x1n, qkv, g; /* one token's vectors: d, d, d, d, 3d, F */
         int att_part;                /* split decode attention: [H, n_ctx/ATT_WG, dk + 2] */
-        int att_count;               /* its work-groups finished, per head: [H] ints */
         int att;                     /* its output: d */
         int argmax_part;             /* greedy decode: (value, index) per final GEMV work-group */
         int flags, ids, rope, logits;
@@ -121,7 +120,9 @@ typedef struct arg {
 #define A_MEM(b) ((arg){sizeof(cl_mem), &(b)})
 #define A_INT(v) ((arg){sizeof(cl_int), &(cl_int){(v)}})
 #define A_FLT(v) ((arg){sizeof(cl_float), &(cl_float){(v)}})
-#define A_LONG(v) ((arg){sizeof(cl_long), &(cl_long){(v)}})
+/* sizes go to kernels as 32-bit integers (64-bit ones are optional in some
+ * device profiles) */
+#define A_UINT(v) ((arg){sizeof(cl_uint), &(cl_uint){(v)}})
 #define A_LOCAL(n) ((arg){(n), NULL})
 
 pldr_status engine_launch(pldr_context *c, cl_kernel k, const char *name, size_t offset, size_t global,

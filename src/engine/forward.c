@@ -114,7 +114,11 @@ pldr_status engine_decode_token(pldr_context *c, int32_t id, int pos, int chaine
         TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg, (size_t)m->att_wg,
                    A_MEM(c->act), A_INT(o->qkv), A_INT(o->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
                    A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part),
-                   A_INT(o->att_count), A_INT(o->att)));
+                   A_INT(o->att)));
+        /* several key blocks: combined by the next launch (kernels/attention.cl) */
+        if (n_split > 1)
+            TRY(LAUNCH(c, att_combine, (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->act),
+                       A_INT(n_split), A_INT(o->att_part), A_INT(o->att)));
         gemv_op proj = {.w = ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
                         .x = o->att, .residual = o->xn, .y = o->s1, .wide = 1};
         TRY(engine_gemv(c, &proj));
@@ -138,7 +142,13 @@ pldr_status engine_final_from_decode(pldr_context *c, int argmax)
     gemv_op fin = {.w = m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
                    .n_out = cf->n_outputs, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
                    .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
-    return engine_gemv(c, &fin);
+    TRY(engine_gemv(c, &fin));
+    if (!argmax)
+        return PLDR_OK;
+    /* the work-groups' candidates, reduced by the next launch (kernels/gemv.cl) */
+    const int n_parts = (cf->n_outputs + m->gemv_rows - 1) / m->gemv_rows;
+    return LAUNCH(c, argmax_parts, (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(c->act), A_INT(c->off.argmax_part),
+                  A_INT(n_parts), A_INT(cf->n_outputs), A_INT(c->off.flags), A_INT(c->n_flags));
 }
 
 /* Logits of hidden row `row` of c->x (already normalised) into c->logits row 0. */

@@ -19,14 +19,14 @@ pldr_status engine_gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
     pldr_model *m = c->m;
     if (m->weight_half && !m->own_gemm) { /* kernels/gemm.cl reads half weights itself */
         TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
-                   A_LONG((cl_long)(N * w_pitch))));
+                   A_UINT((cl_uint)(N * w_pitch))));
         w = c->w_scratch;
     }
     if (m->own_gemm) {
         const size_t bm = (M + PLDR_GEMM_CPU_ROWS - 1) / PLDR_GEMM_CPU_ROWS,
                      bn = (N + PLDR_GEMM_CPU_COLS - 1) / PLDR_GEMM_CPU_COLS;
-        return LAUNCH_AS(c, gemm_cpu, "gemm_cpu", bm * bn, 1, A_MEM(a), A_LONG((cl_long)a_off), A_INT((int)K),
-                         A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG((cl_long)out_off), A_INT((int)N),
+        return LAUNCH_AS(c, gemm_cpu, "gemm_cpu", bm * bn, 1, A_MEM(a), A_INT((int)a_off), A_INT((int)K),
+                         A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_INT((int)out_off), A_INT((int)N),
                          A_INT((int)M), A_INT((int)N), A_INT((int)K));
     }
     cl_command_queue q = m->ocl.queue;
@@ -62,8 +62,7 @@ pldr_status engine_gemv(pldr_context *c, const gemv_op *op)
                          A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
                          A_INT(op->x), A_INT(op->x_norm), A_INT(op->glu), A_INT(op->y),
                          A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags), A_INT(op->flag_index),
-                         A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(c->n_flags), A_INT(c->n_flags + 1),
-                         A_INT(flag_logits(c)));
+                         A_INT(op->argmax), A_INT(c->off.argmax_part), A_INT(flag_logits(c)));
     const int has_res = op->residual >= 0, res = has_res ? op->residual : op->x; /* any valid offset */
     if (multi_lane(m) && op->wide) {
         const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;

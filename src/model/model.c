@@ -37,6 +37,7 @@ uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; 
 int pldr_model_decode_tuned(const pldr_model *m) { return m->wg_tuned; }
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
 const char *pldr_model_kernel_options(const pldr_model *m) { return m->kernel_options; }
+const char *pldr_model_kernel_notes(const pldr_model *m) { return m->kernel_notes; }
 uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
 
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter)
@@ -482,7 +483,11 @@ static pldr_status fold_one(pldr_model *m, cl_kernel k, cl_mem w, cl_mem bias, s
     err |= clSetKernelArg(k, 4, sizeof ln_w, &ln_w);
     err |= clSetKernelArg(k, 5, sizeof ln_b, &ln_b);
     err |= clSetKernelArg(k, 6, sizeof *sc, sc);
-    const size_t local = 64, global = (rows + local - 1) / local * local;
+    size_t local = 64, kwg = 0;
+    if (clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) == CL_SUCCESS &&
+        kwg > 0 && kwg < local)
+        local = kwg;
+    const size_t global = (rows + local - 1) / local * local;
     if (err == CL_SUCCESS)
         err = clEnqueueNDRangeKernel(m->ocl.queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "folding a layer norm into its product");
@@ -586,11 +591,25 @@ static void apply_wg_items(pldr_model *m, const char *items, const char *source,
     }
 }
 
+/* The largest work-group of one dimension the device takes:
+ * CL_DEVICE_MAX_WORK_GROUP_SIZE bounded by CL_DEVICE_MAX_WORK_ITEM_SIZES[0]. */
+static size_t device_wg_limit(const pldr_ocl *ocl)
+{
+    size_t lim = ocl->info.max_work_group_size ? ocl->info.max_work_group_size : 64;
+    size_t items[3] = {0, 0, 0};
+    if (clGetDeviceInfo(ocl->device, CL_DEVICE_MAX_WORK_ITEM_SIZES, sizeof items, items, NULL) == CL_SUCCESS &&
+        items[0] > 0 && items[0] < lim)
+        lim = items[0];
+    return lim;
+}
+
+static void settle_shapes(pldr_model *m);
+
 static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
 {
     const pldr_device_info *d = &m->ocl.info;
     int cpu = strcmp(d->type, "CPU") == 0;
-    size_t lim = d->max_work_group_size ? d->max_work_group_size : 64;
+    const size_t lim = device_wg_limit(&m->ocl);
     m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
     m->att_wg = pow2_at_most(lim, 64);
     /* measured: on PoCL the registers held across barriers cost more than the
@@ -634,6 +653,14 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
         if (env)
             apply_wg_items(m, env, "PLDR_WG", lim);
     }
+    settle_shapes(m);
+}
+
+/* The shapes that follow from the others (after choose_work_groups, and
+ * again after fit_kernels lowers one). */
+static void settle_shapes(pldr_model *m)
+{
+    const pldr_device_info *d = &m->ocl.info;
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
     /* the products without a LayerNorm (attention output, FFN output) on
@@ -661,6 +688,137 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     while (m->ml_rows > 1 && learner_local_bytes(m) + 4096 > d->local_mem_bytes)
         m->ml_rows /= 2;
     m->ml_rg = m->ml_rg < 1 ? 1 : m->ml_rg > m->ml_rows ? m->ml_rows : m->ml_rg;
+}
+
+/* Builds the kernels with the model's dimensions and m's shapes as -D
+ * defines. Only the forms this device runs are compiled (WG_FORMS: the
+ * work-group forms of the prefill's metric tensor, metric learner, attention
+ * and PLGA, else their one-work-item CPU forms; OWN_GEMM: gemm_cpu), so that
+ * a kernel one compiler rejects cannot fail a device that never runs it. */
+static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
+{
+    const pldr_config *c = &m->cfg;
+    char *options = m->kernel_options;
+    snprintf(options, sizeof m->kernel_options,
+             "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
+             "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
+             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
+             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d",
+             getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
+             c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
+             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
+             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm);
+    return pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
+                          params->progress_user, &m->program);
+}
+
+/* Appends a line to m->kernel_notes (pldr_model_kernel_notes). */
+static PLDR_PRINTF(2, 3) void kernel_note(pldr_model *m, const char *fmt, ...)
+{
+    const size_t used = strlen(m->kernel_notes);
+    if (used + 2 >= sizeof m->kernel_notes)
+        return;
+    if (used)
+        m->kernel_notes[used] = '\n';
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->kernel_notes + used + (used ? 1 : 0), sizeof m->kernel_notes - used - 1, fmt, ap);
+    va_end(ap);
+}
+
+/* Checks every kernel launched with a fixed work-group size against its own
+ * limits once built: CL_KERNEL_WORK_GROUP_SIZE (which may be below the
+ * device's maximum, e.g. for a kernel that needs many registers) and
+ * CL_KERNEL_LOCAL_MEM_SIZE plus the local memory the engine passes as
+ * arguments, against CL_DEVICE_LOCAL_MEM_SIZE. A shape that does not fit is
+ * lowered (halved; to the kernel's limit for the work-group size) and the
+ * program rebuilt, since the shapes are baked in as reqd_work_group_size;
+ * each change is noted (pldr_model_kernel_notes). */
+static pldr_status fit_kernels(pldr_model *m, const pldr_model_params *params)
+{
+    const size_t dev_local = (size_t)m->ocl.info.local_mem_bytes;
+    const size_t d_pitch = (size_t)m->d_pitch, pitch = (size_t)(m->d_pitch > m->f_pitch ? m->d_pitch : m->f_pitch);
+    for (int round = 0;; round++) {
+        const int lanes = m->gemv_rows < m->gemv_wg;
+        /* name, its work-group size (a shape), the shape that lowers its local memory, local memory passed as
+         * arguments (kernels/gemv.cl: x in gemv, and in gemv_ln and gemv_embed on the one-lane form) */
+        struct {
+            const char *name;
+            int *wg, *mem;
+            size_t arg_local;
+            int used;
+        } ks[] = {
+            {"embed_tokens", &m->row_wg, &m->row_wg, 0, 1},
+            {"bias_residual_layernorm", &m->row_wg, &m->row_wg, 0, 1},
+            {"argmax", &m->row_wg, &m->row_wg, 0, 1},
+            {"attention_decode", &m->att_wg, &m->att_wg, 0, 1},
+            {"attention_combine", &m->att_wg, &m->att_wg, 0, 1},
+            {"attention_prefill", &m->att_wg, &m->att_wg, 0, m->wg_forms},
+            {"metric_learner", &m->ml_wg, m->ml_rows > 1 ? &m->ml_rows : &m->ml_wg, 0, m->wg_forms},
+            {"gemv", &m->gemv_wg, &m->gemv_wg, pitch * 4, 1},
+            {"gemv_ln", &m->gemv_wg, &m->gemv_wg, lanes ? 4 : d_pitch * 4, 1},
+            {"gemv_embed", &m->gemv_wg, &m->gemv_wg, lanes ? 4 : d_pitch * 4, 1},
+            {"gemv_wide", &m->gemv_wg, &m->gemv_wg, 0, 1},
+            {"argmax_parts", &m->gemv_wg, &m->gemv_wg, 0, 1},
+        };
+        int changed = 0;
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0] && !changed; i++) {
+            if (!ks[i].used)
+                continue;
+            cl_int err;
+            cl_kernel k = clCreateKernel(m->program, ks[i].name, &err);
+            if (!k) {
+                char msg[128];
+                snprintf(msg, sizeof msg, "creating kernel %s", ks[i].name);
+                return pldr_cl_fail(&m->ocl, err, msg);
+            }
+            size_t kwg = 0;
+            cl_ulong klocal = 0;
+            err = clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL);
+            if (err == CL_SUCCESS)
+                err = clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof klocal, &klocal,
+                                               NULL);
+            clReleaseKernel(k);
+            if (err != CL_SUCCESS)
+                return pldr_cl_fail(&m->ocl, err, "querying a kernel's work-group limits");
+            const uint64_t need = (uint64_t)klocal + ks[i].arg_local;
+            if (kwg > 0 && (size_t)*ks[i].wg > kwg) {
+                const int was = *ks[i].wg;
+                *ks[i].wg = pow2_at_most(kwg, was);
+                kernel_note(m, "%s: work-group of %d, more than its CL_KERNEL_WORK_GROUP_SIZE %zu; rebuilt with %d",
+                            ks[i].name, was, kwg, *ks[i].wg);
+                changed = 1;
+            } else if (need > dev_local) {
+                if (*ks[i].mem <= 1)
+                    return pldr_fail(PLDR_ERR_KERNEL_BUILD,
+                                     "kernel %s needs %llu bytes of local memory even at its smallest work-group "
+                                     "shape, more than the %zu bytes %s has",
+                                     ks[i].name, (unsigned long long)need, dev_local, m->ocl.info.name);
+                const int was = *ks[i].mem;
+                *ks[i].mem = was / 2;
+                kernel_note(m, "%s: %llu bytes of local memory, more than the device's %zu; rebuilt with %s %d "
+                               "instead of %d",
+                            ks[i].name, (unsigned long long)need, dev_local,
+                            ks[i].mem == &m->ml_rows ? "metric-learner rows" : "a work-group of", *ks[i].mem, was);
+                changed = 1;
+            }
+        }
+        if (!changed)
+            return PLDR_OK;
+        if (round == 16)
+            return pldr_fail(PLDR_ERR_KERNEL_BUILD, "no work-group shapes fit the kernels' limits on %s: %s",
+                             m->ocl.info.name, m->kernel_notes);
+        settle_shapes(m);
+        clReleaseProgram(m->program);
+        m->program = NULL;
+        TRY(build_program(m, params));
+    }
+}
+
+static pldr_status build_kernels(pldr_model *m, const pldr_model_params *params)
+{
+    TRY(build_program(m, params));
+    return fit_kernels(m, params);
 }
 
 static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
@@ -809,19 +967,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
         goto fail;
 
-    char *options = m->kernel_options;
-    snprintf(options, sizeof m->kernel_options,
-             "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
-             "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
-             "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
-             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d",
-             getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
-             c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
-             m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
-             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS);
-    st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
-                        params->progress_user, &m->program);
-    if (st != PLDR_OK)
+    if ((st = build_kernels(m, params)) != PLDR_OK)
         goto fail;
 
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -928,7 +1074,7 @@ pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
         if (!k)
             st = pldr_cl_fail(&m->ocl, err, "creating the copy kernel");
     }
-    cl_long n = (cl_long)(bytes / 16);
+    cl_uint n = (cl_uint)(bytes / 16);
     float zero = 0.0f;
     if (st == PLDR_OK) {
         err = clEnqueueFillBuffer(m->ocl.queue, a, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
@@ -938,7 +1084,10 @@ pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
         if (err != CL_SUCCESS)
             st = pldr_cl_fail(&m->ocl, err, "preparing the bandwidth probe");
     }
-    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256;
+    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256, kwg = 0;
+    if (k && clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) == CL_SUCCESS &&
+        kwg > 0 && kwg < local)
+        local = kwg;
     if (local > m->ocl.info.max_work_group_size)
         local = m->ocl.info.max_work_group_size;
     global = (global / local) * local;

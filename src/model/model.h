@@ -62,6 +62,7 @@ struct pldr_model {
     int wg_tuned;    /* shapes from the device's decode tuning file (pldr tune) were applied */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */
     char kernel_options[1024]; /* the kernels' build options (pldr_model_kernel_options) */
+    char kernel_notes[1024];   /* shapes lowered to fit a kernel's limits (pldr_model_kernel_notes) */
 };
 
 /* Work per work-group of the one-work-item CPU kernels, passed to them as
