@@ -8,11 +8,13 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <clblast_c.h>
 #include <zlib.h>
 
 #include "formats/checkpoint.h"
@@ -20,6 +22,9 @@
 #include "formats/safetensors.h"
 #include "tune/tune.h"
 #include "common/util.h"
+
+/* Models holding an OpenCL context (see pldr_model_free). */
+static atomic_int live_contexts;
 
 pldr_model_params pldr_model_default_params(void)
 {
@@ -939,6 +944,8 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
         st = pldr_checkpoint_check(&m->cfg, &ar, dir);
     if (st == PLDR_OK)
         st = pldr_ocl_open(params->device, &m->ocl);
+    if (st == PLDR_OK)
+        atomic_fetch_add(&live_contexts, 1);
     if (st != PLDR_OK)
         goto fail;
     pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters (src/tune/tune.c) */
@@ -1041,6 +1048,17 @@ void pldr_model_free(pldr_model *m)
     pldr_config_extra_free(&m->cfg_extra);
     if (m->program)
         clReleaseProgram(m->program);
+    /* CLBlast keeps the programs it built in a process-wide cache and, unless
+     * told, releases them from a static destructor at exit, after this
+     * context is gone. OpenCL allows that (a program holds its context), but
+     * oclgrind 21.10 then aborts at exit in about a quarter of runs: glibc's
+     * "corrupted double-linked list" inside oclgrind::Program::~Program,
+     * called from clblast::Cache::~Cache in __cxa_finalize (gdb backtrace;
+     * the engine's own releases are each done once, and ASan finds no double
+     * free). Clearing CLBlast's cache while the last context is alive avoids
+     * it. */
+    if (m->ocl.context && atomic_fetch_sub(&live_contexts, 1) == 1)
+        CLBlastClearCache();
     pldr_ocl_close(&m->ocl);
     /* after the buffers that read them, once the queue has finished */
     for (int i = 0; i < m->n_maps; i++)
