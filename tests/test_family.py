@@ -277,9 +277,11 @@ def commands(t):
         rc1, _, se1 = pt.run_pldr(["generate", "-m", seq, "-p", "the", "-n", "2"])
         rc2, _, se2 = pt.run_pldr(["classify", "-m", causal, "-p", "the"])
         rc3, _, se3 = pt.run_pldr(["qa", "-m", tok, "--question", "a", "--context", "b"])
+        rc4, _, se4 = pt.run_pldr(["serve", "-m", qa, "--port", "0"], timeout=60)
         return (rc1 == 3 and "PldrllmForSequenceClassification" in se1 and "pldr classify" in se1 and
                 rc2 == 3 and "PldrllmForCausalLM" in se2 and "pldr generate" in se2 and
-                rc3 == 3 and "pldr classify" in se3), "exit %d %d %d" % (rc1, rc2, rc3), se1 + se2 + se3
+                rc3 == 3 and "pldr classify" in se3 and rc4 == 3 and "pldr qa" in se4), \
+            "exit %d %d %d %d" % (rc1, rc2, rc3, rc4), se1 + se2 + se3 + se4
     t.check("a command for another class says what the checkpoint is and which command runs it", guard)
 
     def bos():

@@ -29,8 +29,8 @@ static void close_run(head_run *r)
     pldr_tokenizer_free(r->tok);
 }
 
-/* Loads everything; archs: a mask of 1 << pldr_arch the command serves
- * (0: every class). */
+/* Loads the model, the tokenizer with tokenizer_config.json (its warnings to
+ * stderr) and a context. */
 static int open_run(head_run *r, const char *cmd, const char *dir, const char *device, pldr_dtype dtype)
 {
     memset(r, 0, sizeof *r);
@@ -57,6 +57,9 @@ static int open_run(head_run *r, const char *cmd, const char *dir, const char *d
         }
     }
     pldr_context_params cp = pldr_context_default_params();
+    /* longrope's short factors hold up to the original context only */
+    if (r->cfg->rope_type == PLDR_ROPE_LONGROPE && r->cfg->rope_original_max_position > 0)
+        cp.n_ctx = r->cfg->rope_original_max_position;
     if (st == PLDR_OK)
         st = pldr_context_new(r->model, &cp, &r->ctx);
     return st == PLDR_OK ? EXIT_OK : cli_report(st);
