@@ -464,14 +464,11 @@ static seq_finish finish_of(pldr_finish_reason f)
     }
 }
 
-/* One step of a slot: the prefill or one decode step, and the pick of the
- * next token. Returns 1 when the sequence ended (finish set), 0 to go on. */
-static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **error)
+/* What a slot feeds at this round: the prompt, or the last picked token.
+ * Returns 1 when the sequence ends instead (finish set). */
+static int slot_prepare(replica *r, slot *sl, const int32_t **feed, int *n_feed, seq_finish *finish)
 {
-    engine *e = r->e;
     pldr_token_event ev;
-    pldr_finish_reason fin = PLDR_FINISH_NONE;
-    *error = NULL;
     if (job_cancelled(sl->j)) {
         *finish = SEQ_CANCELLED;
         return 1;
@@ -480,33 +477,34 @@ static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **erro
         *finish = SEQ_LENGTH;
         return 1;
     }
-    const int32_t *feed;
-    int n_feed;
     if (!sl->prefilled) {
         pldr_context_reset(sl->ctx);
-        feed = sl->prompt;
-        n_feed = sl->n_prompt;
-    } else {
-        if (pldr_context_n_past(sl->ctx) + 1 > pldr_context_n_ctx(sl->ctx)) {
-            if (pldr_gen_finish(sl->gen, PLDR_FINISH_CONTEXT, &ev) == PLDR_OK)
-                slot_emit(r, sl, &ev);
-            *finish = SEQ_LENGTH;
-            return 1;
-        }
-        feed = &sl->last;
-        n_feed = 1;
+        *feed = sl->prompt;
+        *n_feed = sl->n_prompt;
+        return 0;
     }
-    pldr_status st;
-    if (sl->needs_logits) {
-        st = pldr_eval(sl->ctx, feed, n_feed, r->logits, 0);
-        if (st == PLDR_OK)
-            st = pldr_gen_next(sl->gen, r->logits, &ev, &fin);
-    } else {
-        int32_t id;
-        st = pldr_eval_greedy(sl->ctx, feed, n_feed, &id);
-        if (st == PLDR_OK)
-            st = pldr_gen_accept(sl->gen, id, &ev, &fin);
+    if (pldr_context_n_past(sl->ctx) + 1 > pldr_context_n_ctx(sl->ctx)) {
+        if (pldr_gen_finish(sl->gen, PLDR_FINISH_CONTEXT, &ev) == PLDR_OK)
+            slot_emit(r, sl, &ev);
+        *finish = SEQ_LENGTH;
+        return 1;
     }
+    *feed = &sl->last;
+    *n_feed = 1;
+    return 0;
+}
+
+/* Picks the next token from the logits of what was fed (or the device's
+ * argmax when the sampling needs no logits) and hands out its text.
+ * Returns 1 when the sequence ended (finish set). */
+static int slot_pick(replica *r, slot *sl, int n_fed, const float *logits, int32_t greedy_id, seq_finish *finish,
+                     const char **error)
+{
+    engine *e = r->e;
+    pldr_token_event ev;
+    pldr_finish_reason fin = PLDR_FINISH_NONE;
+    pldr_status st = sl->needs_logits ? pldr_gen_next(sl->gen, logits, &ev, &fin)
+                                      : pldr_gen_accept(sl->gen, greedy_id, &ev, &fin);
     if (st != PLDR_OK) {
         *error = pldr_last_error();
         *finish = SEQ_CANCELLED;
@@ -514,7 +512,7 @@ static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **erro
     }
     pthread_mutex_lock(&e->mu);
     if (!sl->prefilled)
-        r->prompt_tokens += (uint64_t)n_feed;
+        r->prompt_tokens += (uint64_t)n_fed;
     r->generated_tokens++;
     pthread_mutex_unlock(&e->mu);
     sl->prefilled = 1;
@@ -530,6 +528,48 @@ static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **erro
         return 1;
     }
     return 0;
+}
+
+/* Ends a slot's sequence and frees the slot. */
+static void slot_end(replica *r, slot *sl, seq_finish why, const char *error)
+{
+    job *j = sl->j;
+    seq_end(j, sl->s, why, error);
+    slot_clear(sl);
+    job_release(j);
+    pthread_mutex_lock(&r->e->mu);
+    r->n_active--;
+    pthread_mutex_unlock(&r->e->mu);
+}
+
+/* One round: every busy slot is fed (its prompt, or its last token) and
+ * picks its next token. */
+static void replica_round(replica *r, int stopping)
+{
+    for (int i = 0; i < r->n_slots; i++) {
+        slot *sl = &r->slots[i];
+        if (!sl->j)
+            continue;
+        if (stopping)
+            job_cancel(sl->j);
+        seq_finish why;
+        const char *err = NULL;
+        const int32_t *feed;
+        int n_feed;
+        if (slot_prepare(r, sl, &feed, &n_feed, &why)) {
+            slot_end(r, sl, why, NULL);
+            continue;
+        }
+        int32_t id = -1;
+        pldr_status st = sl->needs_logits ? pldr_eval(sl->ctx, feed, n_feed, r->logits, 0)
+                                          : pldr_eval_greedy(sl->ctx, feed, n_feed, &id);
+        if (st != PLDR_OK) {
+            slot_end(r, sl, SEQ_CANCELLED, pldr_last_error());
+            continue;
+        }
+        if (slot_pick(r, sl, n_feed, r->logits, id, &why, &err))
+            slot_end(r, sl, why, err);
+    }
 }
 
 static void *worker(void *arg)
@@ -577,24 +617,7 @@ static void *worker(void *arg)
         }
         const int stopping = e->stop;
         pthread_mutex_unlock(&e->mu);
-        for (int i = 0; i < r->n_slots; i++) {
-            slot *sl = &r->slots[i];
-            if (!sl->j)
-                continue;
-            if (stopping)
-                job_cancel(sl->j);
-            seq_finish why;
-            const char *err;
-            if (!slot_step(r, sl, &why, &err))
-                continue;
-            job *j = sl->j;
-            seq_end(j, sl->s, why, err);
-            slot_clear(sl);
-            job_release(j);
-            pthread_mutex_lock(&e->mu);
-            r->n_active--;
-            pthread_mutex_unlock(&e->mu);
-        }
+        replica_round(r, stopping);
         pthread_mutex_lock(&e->mu);
     }
     pthread_mutex_unlock(&e->mu);
