@@ -183,10 +183,24 @@ pldr_status pldr_model_measure_bandwidth(pldr_model *model, double *bytes_per_se
  * embedding, of which it reads one row). */
 uint64_t pldr_model_decode_bytes(const pldr_model *model);
 
+/* Whether the sequences of a context share one G-cache (see pldr_eval_batch). */
+typedef enum pldr_shared_g {
+    PLDR_SHARED_G_NONE = 0, /* each sequence's A and G_LM come from its own prompt */
+    PLDR_SHARED_G_EXTERNAL, /* pldr_context_set_external_g sets G_LM for every sequence */
+    PLDR_SHARED_G_FIRST     /* the G-cache of the first prompt prefilled serves every
+                               later prompt, whose prefill skips the metric learner
+                               (the Hugging Face port's cache_first_G) */
+} pldr_shared_g;
+
+#define PLDR_MAX_SEQ 1024
+
 typedef struct pldr_context_params {
-    int n_ctx;                  /* 0: max_position_embeddings */
+    int n_ctx;                  /* 0: max_position_embeddings; per sequence */
     pldr_cache_mode cache_mode; /* default PLDR_CACHE_KVG */
     int check_finite;           /* 1 (default): report non-finite values */
+    int n_seq;                  /* sequences the context holds, 1 (default) .. PLDR_MAX_SEQ;
+                                   the calls without a sequence argument act on sequence 0 */
+    pldr_shared_g shared_g;     /* default PLDR_SHARED_G_NONE */
 } pldr_context_params;
 
 pldr_context_params pldr_context_default_params(void);
@@ -244,6 +258,45 @@ pldr_cache_mode pldr_context_cache_mode(const pldr_context *ctx);
 /* As pldr_eval, but returns only the argmax of the last row, computed on the
  * device (greedy decoding without reading the logits back). */
 pldr_status pldr_eval_greedy(pldr_context *ctx, const int32_t *ids, int n, int32_t *next_id);
+
+/* ------------------------------------------------------------------ */
+/* Batches: several sequences of one context at once                  */
+/* Each sequence has its own positions, K/V caches and G-cache: its A and
+ * G_LM come from its own prompt only (prompts are never padded together), so
+ * its logits do not depend on the other sequences of a batch beyond float
+ * rounding (the batched products sum in another order: within 1e-5 relative
+ * in float32). */
+
+typedef struct pldr_batch_entry {
+    int seq;              /* 0 .. n_seq-1, at most once per call */
+    const int32_t *ids;   /* tokens appended to the sequence */
+    int n;
+} pldr_batch_entry;
+
+/* Appends each entry's tokens to its sequence: an empty sequence is
+ * prefilled with them (its own forward), a sequence given one token is
+ * decoded, and the decoded sequences go through the layers together (each
+ * weight read once for all of them) in cache modes KV and KVG; in mode NONE,
+ * and for entries of several tokens after a prefill, one after another.
+ * logits: NULL or [n_entries, vocab_size], the last token's logits of each
+ * entry; greedy_ids: NULL or [n_entries], the argmax of each (computed on the
+ * device when logits is NULL). A failure leaves the sequences' token counts
+ * as they were only for the entries not yet evaluated: reset the sequences
+ * of a failed batch. */
+pldr_status pldr_eval_batch(pldr_context *ctx, const pldr_batch_entry *entries, int n_entries, float *logits,
+                            int32_t *greedy_ids);
+int pldr_context_n_seq(const pldr_context *ctx);
+/* Forgets sequence seq's tokens (its slot is then as new). */
+void pldr_seq_reset(pldr_context *ctx, int seq);
+/* Tokens processed by sequence seq (-1: no such sequence). */
+int pldr_seq_n_past(const pldr_context *ctx, int seq);
+/* The per-sequence forms of pldr_context_get_state, _set_state,
+ * _set_external_g and _clear_external_g. */
+pldr_status pldr_seq_get_state(pldr_context *ctx, int seq, pldr_state *state);
+pldr_status pldr_seq_set_state(pldr_context *ctx, int seq, const pldr_state *state);
+pldr_status pldr_seq_set_external_g(pldr_context *ctx, int seq, const float *a, const float *a_lm,
+                                    const float *g_lm);
+void pldr_seq_clear_external_g(pldr_context *ctx, int seq);
 
 /* ------------------------------------------------------------------ */
 /* Sampling                                                            */

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Batched evaluation of several sequences (pldr_eval_batch), on random
+checkpoints (mkmodel.py, seeded): tests/batch_check runs every sequence of a
+batch alone in a context of its own and compares each step's logits (max
+abs difference over max abs value; the batched products sum in another
+order than the one-token path, hence a tolerance, not equality): B = 2, 3
+and 8 with prompts of different lengths, sequences starting and finishing
+at different steps through reused slots, shared external and first-prompt
+G-caches, per-sequence state round trips; and the memory check that refuses
+too many sequences. Later checks: `pldr batch` on the bundled model."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pldrtest as pt  # noqa: E402
+import mkmodel  # noqa: E402
+
+CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "batch_check")
+
+# name, dims, mkmodel options, weight dtype on the device, tolerance
+# (one checkpoint's kernels build once per weight dtype: the f16 case has
+# the same dims; max_position_embeddings is large for the memory check, the
+# contexts use 48 tokens)
+DIMS = dict(L=2, d=64, H=2, dk=32, F=96, R=2, D=2, Fa=32, V=300, Tmax=65536)
+CONFIGS = [
+    ("f32-learned", dict(dtype="F32", g_type="learned"), "f32", 1e-5),
+    ("f16-learned", dict(dtype="F16", g_type="learned", reference_rope=False), "f16", 1e-5),
+]
+
+
+def run_check(args):
+    p = subprocess.run([CHECK] + args, capture_output=True, text=True, timeout=pt.TIMEOUT)
+    return p.returncode, p.stdout, p.stderr
+
+
+def main():
+    tap = pt.Tap()
+    work = os.path.join(pt.TESTTMP, "batch")
+    os.makedirs(work, exist_ok=True)
+    for i, (name, opts, dtype, tol) in enumerate(CONFIGS):
+        d = os.path.join(work, name)
+        shutil.rmtree(d, ignore_errors=True)
+        mkmodel.make_checkpoint(d, DIMS, seed=3000 + i, **opts)
+        rc, out, err = run_check([d, dtype, "%g" % tol])
+        lines = [ln for ln in out.splitlines() if ln.startswith("ok ") or ln.startswith("not ok ")]
+        for ln in lines:
+            good = ln.startswith("ok ")
+            tap.ok(good, "%s (%s weights): %s" % (name, dtype, ln.split(" - ", 1)[1]), err)
+        if rc != 0 and all(ln.startswith("ok ") for ln in lines):
+            tap.ok(False, "%s: batch_check exit %d" % (name, rc), err)
+    # a long context: many sequences of it cannot fit the device
+    d = os.path.join(work, CONFIGS[0][0])
+    rc, out, err = run_check([d, "f32", "1e-5", "--refuse"])
+    for ln in out.splitlines():
+        if ln.startswith("ok ") or ln.startswith("not ok "):
+            tap.ok(ln.startswith("ok "), "memory check: " + ln.split(" - ", 1)[1], err)
+    return tap.done()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
