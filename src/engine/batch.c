@@ -21,7 +21,7 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
-    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, H = (size_t)cf->n_heads, V = (size_t)cf->vocab_size;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, H = (size_t)cf->n_heads, V = (size_t)cf->n_outputs;
     const size_t b = (size_t)B, dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch, rw = (size_t)m->row_wg;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
     int *info = c->batch_host, *ids = c->batch_host + 3 * c->n_seq;
@@ -120,7 +120,7 @@ pldr_status pldr_eval_batch(pldr_context *c, const pldr_batch_entry *e, int n_en
                             int32_t *greedy_ids)
 {
     pldr_clear_error();
-    const int V = c->m->cfg.vocab_size;
+    const int V = c->m->cfg.n_outputs, n_vocab = c->m->cfg.vocab_size;
     if (n_entries < 0 || (n_entries > 0 && !e))
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "no batch entries");
     char *seen = calloc((size_t)c->n_seq, 1);
@@ -145,9 +145,9 @@ pldr_status pldr_eval_batch(pldr_context *c, const pldr_batch_entry *e, int n_en
             seen[s] = 1;
             const int past = pldr_seq_n_past(c, s);
             for (int k = 0; k < e[i].n && st == PLDR_OK; k++)
-                if (e[i].ids[k] < 0 || e[i].ids[k] >= V)
+                if (e[i].ids[k] < 0 || e[i].ids[k] >= n_vocab)
                     st = pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "batch entry %d: token id %d is outside the vocabulary "
-                                   "[0, %d)", i, (int)e[i].ids[k], V);
+                                   "[0, %d)", i, (int)e[i].ids[k], n_vocab);
             if (st == PLDR_OK && e[i].n > c->n_ctx - past)
                 st = pldr_fail(PLDR_ERR_CONTEXT_FULL,
                                "batch entry %d: sequence %d would be %d tokens, more than its context of %d tokens",
