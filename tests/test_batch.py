@@ -7,7 +7,11 @@ order than the one-token path, hence a tolerance, not equality): B = 2, 3
 and 8 with prompts of different lengths, sequences starting and finishing
 at different steps through reused slots, shared external and first-prompt
 G-caches, per-sequence state round trips; and the memory check that refuses
-too many sequences. Later checks: `pldr batch` on the bundled model."""
+too many sequences. Then `pldr batch` on the bundled model: its greedy texts
+and tokens equal those of `pldr generate` run on each prompt alone, with
+more prompts than sequences (slots reused), from text and JSON lines."""
+
+import json
 
 import os
 import shutil
@@ -57,7 +61,41 @@ def main():
     for ln in out.splitlines():
         if ln.startswith("ok ") or ln.startswith("not ok "):
             tap.ok(ln.startswith("ok "), "memory check: " + ln.split(" - ", 1)[1], err)
+    check_cli(tap, work)
     return tap.done()
+
+
+PROMPTS = ["def add(a, b):", "import os", "class Foo:", '    """Return the', "for i in range(10):",
+           "if x is None:", "    return"]
+
+
+def check_cli(tap, work):
+    model = os.environ.get("PLDR_MODEL")
+    path = os.path.join(work, "prompts.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(PROMPTS) + "\n")
+    want = []
+    for p in PROMPTS:
+        rc, out, err = pt.run_pldr(["generate", "-m", model, "-p", p, "-n", "12", "-o", "json"])
+        want.append(json.loads(out) if rc == 0 else None)
+    rc, out, err = pt.run_pldr(["batch", "-m", model, "-f", path, "-n", "12", "--parallel", "3", "-o", "jsonl"])
+    got = [json.loads(ln) for ln in out.splitlines()] if rc == 0 else []
+    same = len(got) == len(PROMPTS) and all(
+        w is not None and g["index"] == i and g["prompt"] == PROMPTS[i] and g["text"] == w["text"] and
+        g["tokens"] == w["tokens"] and g["finish_reason"] == w["finish_reason"] for i, (g, w) in enumerate(zip(got, want)))
+    tap.ok(same, "pldr batch --parallel 3, %d prompts: greedy texts, tokens and finish reasons equal pldr "
+           "generate's on each prompt alone, in input order" % len(PROMPTS), "exit %d\n%s\n%s\n%s" % (rc, err, out, want))
+    tap.ok(rc == 0 and "7 sequences" in err and "tokens/s" in err, "pldr batch: the summary on stderr", err)
+    jpath = os.path.join(work, "prompts.jsonl")
+    with open(jpath, "w") as f:
+        for p in PROMPTS[:3]:
+            f.write(json.dumps({"prompt": p, "id": "x"}) + "\n")
+    rc, out, err = pt.run_pldr(["batch", "-m", model, "-f", jpath, "-n", "12", "--parallel", "2"])
+    text = "".join(PROMPTS[i] + want[i]["text"] + "\n\n" for i in range(3)) if all(want[:3]) else None
+    tap.ok(rc == 0 and out == text, "pldr batch: JSON-lines input, text output (prompt and continuation per block)",
+           "exit %d\n%s\n%r\n%r" % (rc, err, out, text))
+    rc, out, err = pt.run_pldr(["batch", "-m", model, "-f", path, "--cache", "none"])
+    tap.ok(rc == 2 and "--cache must be kv or kvg" in err, "pldr batch --cache none refused (exit 2)", err)
 
 
 if __name__ == "__main__":
