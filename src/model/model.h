@@ -2,6 +2,7 @@
 #ifndef PLDR_MODEL_H
 #define PLDR_MODEL_H
 
+#include "formats/config_parse.h"
 #include "runtime/ocl.h"
 #include "pldr.h"
 
@@ -28,12 +29,14 @@ typedef struct pldr_layer {
 
 struct pldr_model {
     pldr_config cfg;
+    pldr_config_extra cfg_extra; /* labels, longrope factors and other rope_scaling parameters */
     pldr_ocl ocl;
     cl_program program;
     int weight_half;
     cl_mem emb;            /* [V, d], weight dtype */
     cl_mem ln0_w, ln0_b;   /* decoder.layernorm1 */
-    cl_mem wf, bf;         /* final_layer [V, d] (weight dtype), [V] */
+    cl_mem wf, bf;         /* the output layer [n_outputs, d] (weight dtype), [n_outputs]: final_layer,
+                              the class's head, or the identity for PldrllmModel */
     cl_mem wf_sc;          /* [3, V] and the last LayerNorm, as pldr_layer.qkv_sc */
     pldr_layer *layers;
     uint64_t n_params;
