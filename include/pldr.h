@@ -357,6 +357,28 @@ pldr_status pldr_detokenize(const pldr_tokenizer *tok, const int32_t *ids, size_
 /* The piece string of an id, or NULL when out of range. */
 const char *pldr_token_piece(const pldr_tokenizer *tok, int32_t id);
 
+/* tokenizer_config.json beside a checkpoint (transformers' tokenizer
+ * settings). The engine's assumptions: no BOS or EOS around a prompt, no
+ * padding, and special tokens that are the pieces of config.json's ids. */
+typedef struct pldr_tokenizer_config {
+    int present;                    /* the file exists (otherwise all zero) */
+    int add_bos_token, add_eos_token; /* honoured by pldr_tokenize_prompt */
+    char padding_side[16];          /* "right", "left" or "" */
+    char bos_token[64], eos_token[64], pad_token[64], unk_token[64];
+    char warnings[1024]; /* where the file disagrees with the engine's
+                            assumptions or the model, one line each; "" if none */
+} pldr_tokenizer_config;
+
+/* Reads DIR/tokenizer_config.json when present (absent is PLDR_OK with
+ * present = 0). tok and config may be NULL (no special-token checks). */
+pldr_status pldr_tokenizer_config_load(const char *dir, const pldr_tokenizer *tok, const pldr_config *config,
+                                       pldr_tokenizer_config *out);
+/* pldr_tokenize, then config->bos_token_id before the ids and eos_token_id
+ * after them where tc says add_bos_token / add_eos_token (tc may be NULL). */
+pldr_status pldr_tokenize_prompt(const pldr_tokenizer *tok, const pldr_tokenizer_config *tc,
+                                 const pldr_config *config, const char *text, size_t len, int32_t **ids,
+                                 size_t *n_ids);
+
 /* ------------------------------------------------------------------ */
 /* Generation                                                          */
 /* Text generation with the sampling and stopping semantics of llama.cpp and

@@ -14,9 +14,11 @@ tensor.  `pldr classify`, `pldr qa` and `pldr embed` print what the reference's
 argmax / hidden states say.
 """
 
+import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +171,139 @@ def main():
                          add=("final_layer.weight", np.zeros((DIMS["V"], DIMS["d"]), np.float32)))
     refused(t, "a tensor the class does not use is an error naming it", extra, "final_layer.weight",
             "PldrllmForSequenceClassification")
+
+    commands(t)
     return t.done()
+
+
+# ---- the commands, on checkpoints with the bundled tokenizer (V = 4096)
+TOK = os.path.join(pt.SRCDIR, "models", "pldr-tiny-pydocs", "tokenizer.model")
+CDIMS = dict(DIMS, V=4096)
+
+
+def make_tok(name, arch, **kw):
+    out = os.path.join(WORK, name)
+    mkmodel.make_checkpoint(out, CDIMS, seed=23, reference_rope=False, arch=arch, n_labels=5, **kw)
+    shutil.copy(TOK, os.path.join(out, "tokenizer.model"))
+    return out
+
+
+def tokenize(model, text):
+    rc, so, se = pt.run_pldr(["tokenize", "-m", model, "-p", text])
+    if rc != 0:
+        raise RuntimeError(se)
+    return [int(x) for x in so.split()]
+
+
+def softmax(x):
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def run_json(args):
+    rc, so, se = pt.run_pldr(args)
+    if rc != 0:
+        raise RuntimeError("exit %d: %s" % (rc, se))
+    return [json.loads(line) for line in so.splitlines() if line.strip()], se
+
+
+def commands(t):
+    lines = ["the file is open", "close it and read the documentation again"]
+    seq = make_tok("cmd-sequence", "sequence")
+    tok = make_tok("cmd-token", "token")
+    qa = make_tok("cmd-qa", "qa")
+    causal = make_tok("cmd-causal", "causal")
+
+    def classify_sequence():
+        out, _ = run_json(["classify", "-m", seq, "-p", "\n".join(lines), "--json", "--top", "3"])
+        m = ref.Model(seq)
+        bad = []
+        for line, o in zip(lines, out):
+            ids = tokenize(seq, line)
+            p = softmax(m.forward(ids)[0][m.sequence_row(ids)])
+            want = m.labels[int(np.argmax(p))]
+            if o["label"] != want or abs(o["score"] - p.max()) > 1e-4 or len(o["labels"]) != 3:
+                bad.append((line, o["label"], want, o["score"], float(p.max())))
+        return len(out) == len(lines) and not bad, "%d lines" % len(out), repr(bad)
+    t.check("pldr classify (sequence): each line's label and probability are the reference's argmax",
+            classify_sequence)
+
+    def classify_tokens():
+        out, _ = run_json(["classify", "-m", tok, "-p", lines[1], "--json"])
+        o = out[0]
+        ids = [x["id"] for x in o["tokens"]]
+        m = ref.Model(tok)
+        logits = m.forward(ids)[0]
+        want = [m.labels[int(np.argmax(r))] for r in logits]
+        got = [x["label"] for x in o["tokens"]]
+        probs = np.array([softmax(r).max() for r in logits])
+        err = np.max(np.abs(probs - [x["score"] for x in o["tokens"]]))
+        words = " ".join(w["word"] for w in o["words"])
+        return (ids == tokenize(tok, lines[1]) and got == want and err < 1e-4 and words == lines[1],
+                "%d tokens, %d words" % (len(ids), len(o["words"])), "%s\n%s\n%s" % (got, want, words))
+    t.check("pldr classify (token): each token's label is the reference's argmax; words rebuilt", classify_tokens)
+
+    def answer():
+        question, context = "what is open", "the file is open for reading and writing"
+        out, _ = run_json(["qa", "-m", qa, "--question", question, "--context", context, "--json",
+                           "--max-answer", "4"])
+        o = out[0]
+        q, c = tokenize(qa, question), tokenize(qa, context)
+        m = ref.Model(qa)
+        rows = m.forward(q + c)[0][len(q):]
+        ps, pe = softmax(rows[:, 0]), softmax(rows[:, 1])
+        best = max((ps[i] * pe[j], i, j) for i in range(len(c)) for j in range(i, min(len(c), i + 4)))
+        return ((o["start_token"], o["end_token"]) == best[1:] and abs(o["score"] - best[0]) < 1e-4,
+                "span %d..%d %r" % (o["start_token"], o["end_token"], o["answer"]), repr(best))
+    t.check("pldr qa: the best span within --max-answer is the reference's", answer)
+
+    def embed():
+        m = ref.Model(causal)
+        m.arch = "PldrllmModel"   # the hidden state before final_layer
+        ok, notes = True, []
+        for pool in ("last", "mean"):
+            want = []
+            for line in lines:
+                h = m.forward(tokenize(causal, line))[0]
+                want.append(h[-1] if pool == "last" else h.mean(axis=0))
+            got = embed_npy(causal, lines, pool)
+            err = pt.rel_err(got, np.array(want))
+            ok = ok and got.shape == (len(lines), CDIMS["d"]) and err <= TOL
+            notes.append("%s %.2g" % (pool, err))
+        return ok, ", ".join(notes)
+    t.check("pldr embed of a causal LM: last and mean pooled hidden states match the reference", embed)
+
+    def guard():
+        rc1, _, se1 = pt.run_pldr(["generate", "-m", seq, "-p", "the", "-n", "2"])
+        rc2, _, se2 = pt.run_pldr(["classify", "-m", causal, "-p", "the"])
+        rc3, _, se3 = pt.run_pldr(["qa", "-m", tok, "--question", "a", "--context", "b"])
+        rc4, _, se4 = pt.run_pldr(["serve", "-m", qa, "--port", "0"], timeout=60)
+        return (rc1 == 3 and "PldrllmForSequenceClassification" in se1 and "pldr classify" in se1 and
+                rc2 == 3 and "PldrllmForCausalLM" in se2 and "pldr generate" in se2 and
+                rc3 == 3 and "pldr classify" in se3 and rc4 == 3 and "pldr qa" in se4), \
+            "exit %d %d %d %d" % (rc1, rc2, rc3, rc4), se1 + se2 + se3 + se4
+    t.check("a command for another class says what the checkpoint is and which command runs it", guard)
+
+    def bos():
+        with open(os.path.join(tok, "tokenizer_config.json"), "w") as f:
+            json.dump({"add_bos_token": True, "add_eos_token": False, "padding_side": "right",
+                       "bos_token": "[START]", "eos_token": "[END]", "pad_token": "[PAD]"}, f)
+        try:
+            out, se = run_json(["classify", "-m", tok, "-p", lines[0], "--json"])
+        finally:
+            os.remove(os.path.join(tok, "tokenizer_config.json"))
+        ids = [x["id"] for x in out[0]["tokens"]]
+        return ids[0] == 2 and ids[1:] == tokenize(tok, lines[0]) and "warning" in se and "add_bos_token" in se, \
+            "first id %d" % ids[0], se
+    t.check("tokenizer_config.json add_bos_token true is honoured, with a warning", bos)
+
+
+def embed_npy(model, lines, pool):
+    p = subprocess.run([pt.PLDR_BIN, "embed", "-m", model, "-p", "\n".join(lines), "--pool", pool, "-o", "npy"],
+                       capture_output=True, timeout=pt.TIMEOUT)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr.decode(errors="replace"))
+    return np.load(io.BytesIO(p.stdout), allow_pickle=False)
 
 
 if __name__ == "__main__":
