@@ -277,23 +277,31 @@ def commands(t):
         rc1, _, se1 = pt.run_pldr(["generate", "-m", seq, "-p", "the", "-n", "2"])
         rc2, _, se2 = pt.run_pldr(["classify", "-m", causal, "-p", "the"])
         rc3, _, se3 = pt.run_pldr(["qa", "-m", tok, "--question", "a", "--context", "b"])
+        rc4, _, se4 = pt.run_pldr(["serve", "-m", qa, "--port", "0"], timeout=60)
         return (rc1 == 3 and "PldrllmForSequenceClassification" in se1 and "pldr classify" in se1 and
                 rc2 == 3 and "PldrllmForCausalLM" in se2 and "pldr generate" in se2 and
-                rc3 == 3 and "pldr classify" in se3), "exit %d %d %d" % (rc1, rc2, rc3), se1 + se2 + se3
+                rc3 == 3 and "pldr classify" in se3 and rc4 == 3 and "pldr qa" in se4), \
+            "exit %d %d %d %d" % (rc1, rc2, rc3, rc4), se1 + se2 + se3 + se4
     t.check("a command for another class says what the checkpoint is and which command runs it", guard)
 
     def bos():
-        with open(os.path.join(tok, "tokenizer_config.json"), "w") as f:
-            json.dump({"add_bos_token": True, "add_eos_token": False, "padding_side": "right",
-                       "bos_token": "[START]", "eos_token": "[END]", "pad_token": "[PAD]"}, f)
+        settings = {"add_bos_token": True, "add_eos_token": False, "padding_side": "right",
+                    "bos_token": "[START]", "eos_token": "[END]", "pad_token": "[PAD]"}
+        for d in (tok, causal):
+            with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+                json.dump(settings, f)
         try:
             out, se = run_json(["classify", "-m", tok, "-p", lines[0], "--json"])
+            gen, se2 = run_json(["generate", "-m", causal, "-p", lines[0], "-n", "1", "-o", "json"])
         finally:
-            os.remove(os.path.join(tok, "tokenizer_config.json"))
+            for d in (tok, causal):
+                os.remove(os.path.join(d, "tokenizer_config.json"))
         ids = [x["id"] for x in out[0]["tokens"]]
-        return ids[0] == 2 and ids[1:] == tokenize(tok, lines[0]) and "warning" in se and "add_bos_token" in se, \
-            "first id %d" % ids[0], se
-    t.check("tokenizer_config.json add_bos_token true is honoured, with a warning", bos)
+        n = len(tokenize(tok, lines[0]))
+        return (ids[0] == 2 and ids[1:] == tokenize(tok, lines[0]) and "warning" in se and "add_bos_token" in se
+                and gen[0]["n_prompt"] == n + 1), "first id %d, generate's prompt %d tokens for %d" % (
+                    ids[0], gen[0]["n_prompt"], n), se + se2
+    t.check("tokenizer_config.json add_bos_token true is honoured (classify, generate), with a warning", bos)
 
 
 def embed_npy(model, lines, pool):

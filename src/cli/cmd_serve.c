@@ -226,7 +226,11 @@ int cmd_serve(int argc, char **argv)
     if (!o.model_dir)
         o.model_dir = cli_default_model_dir();
     char **specs = NULL;
-    int n_specs = 0, rc = EXIT_OK;
+    int n_specs = 0, rc = cli_check_class("serve", o.model_dir, 1u << PLDR_ARCH_CAUSAL_LM);
+    if (rc != EXIT_OK) {
+        free(key);
+        return rc;
+    }
     if (device && (rc = device_specs(device, &specs, &n_specs)) != EXIT_OK) {
         free(key);
         return rc;

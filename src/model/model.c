@@ -40,6 +40,8 @@ const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.
 uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
 uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
 int pldr_model_decode_tuned(const pldr_model *m) { return m->wg_tuned; }
+double pldr_model_build_seconds(const pldr_model *m) { return m ? m->build_s : 0.0; }
+int pldr_model_kernels_compiled(const pldr_model *m) { return m ? m->compiled : 0; }
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
 const char *pldr_model_kernel_options(const pldr_model *m) { return m->kernel_options; }
 const char *pldr_model_kernel_notes(const pldr_model *m) { return m->kernel_notes; }
@@ -713,8 +715,11 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
              PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm);
-    return pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
-                          params->progress_user, &m->program);
+    int compiled = 0;
+    const pldr_status st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
+                                          params->progress_user, &m->program, &compiled);
+    m->compiled |= compiled;
+    return st;
 }
 
 /* Appends a line to m->kernel_notes (pldr_model_kernel_notes). */
@@ -974,7 +979,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
         goto fail;
 
-    if ((st = build_kernels(m, params)) != PLDR_OK)
+    const double t_build = pldr_now();
+    st = build_kernels(m, params);
+    m->build_s = pldr_now() - t_build;
+    if (st != PLDR_OK)
         goto fail;
 
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -1074,6 +1082,98 @@ uint64_t pldr_model_decode_bytes(const pldr_model *m)
     return m->device_bytes - emb + (uint64_t)m->cfg.d_model * esz;
 }
 
+/* Best rate of one probe (bytes moved per run / seconds), repeated for at
+ * least PROBE_SECONDS and PROBE_REPS runs after one warm-up run: on a busy
+ * CPU single runs vary several-fold, and the best is the device's. */
+#define PROBE_SECONDS 0.25
+#define PROBE_REPS 5
+
+typedef struct probe {
+    cl_kernel k;     /* NULL: the driver's copy of a into b */
+    cl_mem a, b;
+    size_t bytes;    /* of each buffer */
+    double moved;    /* bytes moved per run */
+    size_t global, local;
+} probe;
+
+static pldr_status probe_best(pldr_model *m, const probe *p, double *best)
+{
+    const double start = pldr_now();
+    for (int rep = 0; rep <= PROBE_REPS || pldr_now() - start < PROBE_SECONDS; rep++) {
+        const double t0 = pldr_now();
+        cl_int err = p->k ? clEnqueueNDRangeKernel(m->ocl.queue, p->k, 1, NULL, &p->global, &p->local, 0, NULL, NULL)
+                          : clEnqueueCopyBuffer(m->ocl.queue, p->a, p->b, 0, 0, p->bytes, 0, NULL, NULL);
+        if (err == CL_SUCCESS)
+            err = clFinish(m->ocl.queue);
+        const double dt = pldr_now() - t0;
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
+        if (rep > 0 && dt > 0 && p->moved / dt > *best) /* the first run warms up */
+            *best = p->moved / dt;
+        if (rep > 1000)
+            break;
+    }
+    return PLDR_OK;
+}
+
+/* The probes on buffers of `bytes`: a copy kernel, the driver's copy (which
+ * some CPU drivers do better than a kernel) and a read-only kernel. */
+static pldr_status probe_size(pldr_model *m, size_t bytes, double *best)
+{
+    cl_mem a = NULL, b = NULL;
+    cl_kernel copy = NULL, read = NULL;
+    pldr_status st = pldr_buffer(m, bytes, "the bandwidth probe", &a, NULL);
+    if (st == PLDR_OK)
+        st = pldr_buffer(m, bytes, "the bandwidth probe", &b, NULL);
+    cl_int err = CL_SUCCESS;
+    if (st == PLDR_OK && !(copy = clCreateKernel(m->program, "copy_float4", &err)))
+        st = pldr_cl_fail(&m->ocl, err, "creating the copy kernel");
+    if (st == PLDR_OK && !(read = clCreateKernel(m->program, "read_float4", &err)))
+        st = pldr_cl_fail(&m->ocl, err, "creating the read kernel");
+    cl_uint n = (cl_uint)(bytes / 16);
+    float zero = 0.0f;
+    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256, kwg = 0;
+    /* each kernel's own limit as well as the device's */
+    for (int i = 0; i < 2; i++) {
+        cl_kernel k = i ? read : copy;
+        if (k && clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) ==
+                     CL_SUCCESS && kwg > 0 && kwg < local)
+            local = kwg;
+    }
+    if (local > m->ocl.info.max_work_group_size)
+        local = m->ocl.info.max_work_group_size;
+    global = (global / local) * local;
+    if ((size_t)n < global) /* the read kernel writes one float per work-item into b */
+        global = ((size_t)n / local) * local;
+    if (st == PLDR_OK && global == 0)
+        st = pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "the bandwidth probe's buffers are too small");
+    if (st == PLDR_OK) {
+        err = clEnqueueFillBuffer(m->ocl.queue, a, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
+        err |= clSetKernelArg(copy, 0, sizeof a, &a);
+        err |= clSetKernelArg(copy, 1, sizeof b, &b);
+        err |= clSetKernelArg(copy, 2, sizeof n, &n);
+        err |= clSetKernelArg(read, 0, sizeof a, &a);
+        err |= clSetKernelArg(read, 1, sizeof b, &b);
+        err |= clSetKernelArg(read, 2, sizeof n, &n);
+        if (err != CL_SUCCESS)
+            st = pldr_cl_fail(&m->ocl, err, "preparing the bandwidth probe");
+    }
+    const probe probes[3] = {{copy, a, b, bytes, 2.0 * (double)bytes, global, local},
+                             {NULL, a, b, bytes, 2.0 * (double)bytes, global, local},
+                             {read, a, b, bytes, (double)bytes, global, local}};
+    for (int i = 0; i < 3 && st == PLDR_OK; i++)
+        st = probe_best(m, &probes[i], best);
+    if (copy)
+        clReleaseKernel(copy);
+    if (read)
+        clReleaseKernel(read);
+    if (a)
+        clReleaseMemObject(a);
+    if (b)
+        clReleaseMemObject(b);
+    return st;
+}
+
 pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
 {
     pldr_clear_error();
@@ -1081,64 +1181,14 @@ pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
     size_t bytes = 256u << 20;
     while (bytes > m->ocl.info.max_alloc_bytes || 2 * (uint64_t)bytes > m->ocl.info.global_mem_bytes / 4)
         bytes /= 2;
-    cl_mem a = NULL, b = NULL;
-    cl_kernel k = NULL;
-    pldr_status st = pldr_buffer(m, bytes, "the bandwidth probe", &a, NULL);
-    if (st == PLDR_OK)
-        st = pldr_buffer(m, bytes, "the bandwidth probe", &b, NULL);
-    cl_int err = CL_SUCCESS;
-    if (st == PLDR_OK) {
-        k = clCreateKernel(m->program, "copy_float4", &err);
-        if (!k)
-            st = pldr_cl_fail(&m->ocl, err, "creating the copy kernel");
-    }
-    cl_uint n = (cl_uint)(bytes / 16);
-    float zero = 0.0f;
-    if (st == PLDR_OK) {
-        err = clEnqueueFillBuffer(m->ocl.queue, a, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
-        err |= clSetKernelArg(k, 0, sizeof a, &a);
-        err |= clSetKernelArg(k, 1, sizeof b, &b);
-        err |= clSetKernelArg(k, 2, sizeof n, &n);
-        if (err != CL_SUCCESS)
-            st = pldr_cl_fail(&m->ocl, err, "preparing the bandwidth probe");
-    }
-    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256, kwg = 0;
-    if (k && clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) == CL_SUCCESS &&
-        kwg > 0 && kwg < local)
-        local = kwg;
-    if (local > m->ocl.info.max_work_group_size)
-        local = m->ocl.info.max_work_group_size;
-    global = (global / local) * local;
     double best = 0.0;
-    for (int rep = 0; rep < 6 && st == PLDR_OK; rep++) {
-        double t0 = pldr_now();
-        err = clEnqueueNDRangeKernel(m->ocl.queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
-        if (err == CL_SUCCESS)
-            err = clFinish(m->ocl.queue);
-        double dt = pldr_now() - t0;
-        if (err != CL_SUCCESS)
-            st = pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
-        else if (rep > 0 && 2.0 * (double)bytes / dt > best) /* the first run warms up */
-            best = 2.0 * (double)bytes / dt;
-    }
-    /* the driver's own copy, which some CPU drivers do better than a kernel */
-    for (int rep = 0; rep < 4 && st == PLDR_OK; rep++) {
-        double t0 = pldr_now();
-        err = clEnqueueCopyBuffer(m->ocl.queue, a, b, 0, 0, bytes, 0, NULL, NULL);
-        if (err == CL_SUCCESS)
-            err = clFinish(m->ocl.queue);
-        double dt = pldr_now() - t0;
-        if (err != CL_SUCCESS)
-            st = pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
-        else if (rep > 0 && 2.0 * (double)bytes / dt > best)
-            best = 2.0 * (double)bytes / dt;
-    }
-    if (k)
-        clReleaseKernel(k);
-    if (a)
-        clReleaseMemObject(a);
-    if (b)
-        clReleaseMemObject(b);
+    pldr_status st = probe_size(m, bytes, &best);
+    /* and at the size one decode step reads: where caches hold the weights,
+     * a decode step reads faster than the device's memory does */
+    uint64_t step = pldr_model_decode_bytes(m);
+    step = (step + 4095) / 4096 * 4096;
+    if (st == PLDR_OK && step < bytes && step >= 65536)
+        st = probe_size(m, (size_t)step, &best);
     *bps = best;
     return st;
 }
