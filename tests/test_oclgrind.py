@@ -143,8 +143,6 @@ def main():
         tap.skip("kernels under oclgrind", "the sanitizer build (the plain run covers it)")
         return tap.done()
     os.makedirs(BASE, exist_ok=True)
-    # a kernel cache of this test's own (the simulator is a device of its own)
-    os.environ["XDG_CACHE_HOME"] = os.path.join(BASE, "cache")
 
     race_case(tap, "local_copy.sim", "-DBARRIER=0", True, "a copy through local memory without its barrier: race reported")
     race_case(tap, "local_copy.sim", "-DBARRIER=1", False, "the same copy with its barrier: no report")
