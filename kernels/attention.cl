@@ -46,8 +46,8 @@ inline float4 pv_reduce(float4 a, __local float4 *red)
 #define ATT_PV4 0
 #endif
 
-#if WG_FORMS
-/* One query row qg (already multiplied by G_LM and the scale, in local memory)
+/* (attention_prefill, and kernels/batch.cl in every form)
+ * One query row qg (already multiplied by G_LM and the scale, in local memory)
  * of head h over keys 0 .. n_keys-1: an online softmax over tiles of ATT_WG
  * keys, so the context length is not limited by local memory. Work-item lid
  * scores key t0+lid of each tile; P.V as described at pv_tile. red holds
@@ -110,7 +110,6 @@ inline void attend_row(__local const float *qg, __global const float *k_cache,
     }
 #endif
 }
-#endif
 
 /* Prefill: qg[t][h*DK+j] = scale * sum_i q[t][h*DK+i] * G[h][i][j].
  * Global size T*DMODEL. */
