@@ -40,6 +40,39 @@ typedef enum pldr_status {
     PLDR_ERR_BUSY              /* a queue is full: try again later */
 } pldr_status;
 
+/* ------------------------------------------------------------------ */
+/* Logging and threads                                                 */
+/* The library never writes to stdout or stderr. Warnings (an ignored
+ * PLDR_WG item, a damaged tuning file, an unwritable kernel cache) and the
+ * diagnostics that environment variables ask for (PLDR_PROFILE,
+ * PLDR_HOSTTIME, PLDR_BUILD_LOG) go to one process-wide callback; without
+ * one (the default) they are dropped. The callback may be called from any
+ * thread that calls into the library, and must not call into it.
+ *
+ * Threads: a model may be shared by several contexts; a context is used by
+ * one thread at a time (its calls, and those of a pldr_gen or a session on
+ * it, are not synchronised); different contexts, of one model or of several,
+ * may run in different threads at the same time: each context has its own
+ * OpenCL command queue and kernels, and the model is read-only after load.
+ * Loading and freeing models, pldr_list_devices and pldr_log_set may be
+ * called from any thread. pldr_last_error is per thread.
+ *
+ * Environment variables are read where parameters get their defaults
+ * (pldr_model_default_params, pldr_context_default_params, pldr_select_device
+ * and the model load), never while generating: PLDR_DEVICE, PLDR_KERNEL_DIR,
+ * XDG_CACHE_HOME / HOME, PLDR_TUNING, PLDR_WG, PLDR_GEMM, PLDR_ZERO_COPY,
+ * PLDR_BUILD_LOG (model load); PLDR_PROFILE, PLDR_HOSTTIME, PLDR_PIPELINE
+ * (context creation). docs/engine.md describes each. */
+
+typedef enum pldr_log_level {
+    PLDR_LOG_WARN = 1, /* something was ignored: one line, no trailing newline */
+    PLDR_LOG_INFO = 2  /* diagnostics asked for: text to show as is (may hold newlines) */
+} pldr_log_level;
+
+typedef void (*pldr_log_fn)(pldr_log_level level, const char *message, void *user);
+/* Sets the callback (NULL: drop the messages). */
+void pldr_log_set(pldr_log_fn fn, void *user);
+
 /* Short fixed description of a status code. */
 const char *pldr_status_string(pldr_status status);
 /* Detailed message of the last failure on this thread ("" if none). */

@@ -448,8 +448,19 @@ static int run_command(int argc, char **argv)
     return EXIT_USAGE;
 }
 
+/* The library's warnings and diagnostics, on stderr. */
+static void log_to_stderr(pldr_log_level level, const char *msg, void *user)
+{
+    (void)user;
+    if (level == PLDR_LOG_WARN)
+        fprintf(stderr, "pldr: warning: %s\n", msg);
+    else
+        fputs(msg, stderr);
+}
+
 int main(int argc, char **argv)
 {
+    pldr_log_set(log_to_stderr, NULL);
     int rc = run_command(argc, argv);
     /* results on standard output count only once they were written */
     int out = cli_stdout_check();

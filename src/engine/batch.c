@@ -32,7 +32,7 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
         info[3 * r + 2] = (int)((size_t)s * c->kv_rows);
         ids[r] = e[rows[r]].ids[0];
     }
-    cl_command_queue q = m->ocl.queue;
+    cl_command_queue q = c->queue;
     cl_int err = clEnqueueWriteBuffer(q, c->seqinfo, CL_TRUE, 0, b * 3 * sizeof(int), info, 0, NULL, NULL);
     if (err == CL_SUCCESS)
         err = clEnqueueWriteBuffer(q, c->ids, CL_TRUE, 0, b * sizeof(int), ids, 0, NULL, NULL);

@@ -193,7 +193,7 @@ static pldr_status make_act(pldr_context *c, size_t T)
             return pldr_cl_fail(&m->ocl, err, "creating a region of the decode-step buffer");
     }
     const cl_uchar zero = 0;
-    cl_int err = clEnqueueFillBuffer(m->ocl.queue, c->act, &zero, 1, 0, total, 0, NULL, NULL);
+    cl_int err = clEnqueueFillBuffer(c->queue, c->act, &zero, 1, 0, total, 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing the decode-step buffer");
 }
 
@@ -222,7 +222,7 @@ static pldr_status upload_rope(pldr_context *c)
             tab[((size_t)p * half + i) * 2 + 1] = (float)(att == 1.0 ? sin(ang) : att * sin(ang));
         }
     free(inv);
-    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
+    cl_int err = clEnqueueWriteBuffer(c->queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
     free(tab);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading the RoPE table");
 }
@@ -239,7 +239,7 @@ pldr_status engine_fill_predefined_g(pldr_context *c, int first, int last)
         const pldr_seq *sq = &c->seq[q];
         cl_mem dst[3] = {sq->g_a[l], sq->g_alm[l], sq->g_g[l]};
         for (int i = 0; i < 3; i++) {
-            cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
+            cl_int err = clEnqueueCopyBuffer(c->queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
                                              hdd, 0, NULL, NULL);
             if (err != CL_SUCCESS)
                 return pldr_cl_fail(&c->m->ocl, err, "copying the predefined G_LM");
@@ -396,6 +396,12 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     c->n_seq = params->n_seq;
     cl_command_queue_properties qp = 0;
     clGetCommandQueueInfo(m->ocl.queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+    cl_int qerr;
+    c->queue = clCreateCommandQueue(m->ocl.context, m->ocl.device, qp, &qerr);
+    if (!c->queue) {
+        free(c);
+        return pldr_cl_fail(&m->ocl, qerr, "creating the context's command queue");
+    }
     if (qp & CL_QUEUE_PROFILING_ENABLE) {
         c->cap_events = 4096;
         c->events = calloc((size_t)c->cap_events, sizeof *c->events);
@@ -413,7 +419,7 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     if (st == PLDR_OK)
         st = engine_fill_predefined_g(c, 0, c->n_seq);
     if (st == PLDR_OK) {
-        cl_int err = clFinish(m->ocl.queue);
+        cl_int err = clFinish(c->queue);
         if (err != CL_SUCCESS)
             st = pldr_cl_fail(&m->ocl, err, "preparing the context");
     }
@@ -432,13 +438,13 @@ void pldr_context_free(pldr_context *c)
     if (!c)
         return;
     engine_ahead_cancel(c);
-    clFinish(c->m->ocl.queue);
+    clFinish(c->queue);
     if (c->host_timing) {
-        fprintf(stderr, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing, "
+        pldr_log(PLDR_LOG_INFO, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing, "
                 "%.3f ms waiting for greedy tokens\n", c->host_launches, c->host_arg_ms, c->host_enq_ms,
                 c->host_wait_ms);
         for (int i = 0; i < c->n_prof; i++)
-            fprintf(stderr, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
+            pldr_log(PLDR_LOG_INFO, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
                     1000.0 * c->prof[i].ms / (double)c->prof[i].count, c->prof[i].count);
     }
     if (c->profile) {
@@ -478,10 +484,11 @@ void pldr_context_free(pldr_context *c)
         if (ks[i])
             clReleaseKernel(ks[i]);
     if (c->stage_ptr) {
-        clEnqueueUnmapMemObject(c->m->ocl.queue, c->stage, c->stage_ptr, 0, NULL, NULL);
-        clFinish(c->m->ocl.queue);
+        clEnqueueUnmapMemObject(c->queue, c->stage, c->stage_ptr, 0, NULL, NULL);
+        clFinish(c->queue);
     }
     pldr_release_mem(&c->stage);
+    clReleaseCommandQueue(c->queue);
     free(c);
 }
 

@@ -35,6 +35,7 @@ typedef struct pldr_seq {
 
 struct pldr_context {
     pldr_model *m;
+    cl_command_queue queue; /* the context's own: contexts of one model may run in different threads */
     pldr_context_params p;
     int n_ctx;
     int n_past;

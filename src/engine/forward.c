@@ -24,7 +24,7 @@
 
 static pldr_status write_ids(pldr_context *c, const int32_t *ids, int n)
 {
-    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->ids, CL_TRUE, 0, (size_t)n * sizeof(cl_int), ids, 0,
+    cl_int err = clEnqueueWriteBuffer(c->queue, c->ids, CL_TRUE, 0, (size_t)n * sizeof(cl_int), ids, 0,
                                       NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading token ids");
 }
@@ -88,7 +88,7 @@ pldr_status engine_decode_token(pldr_context *c, int32_t id, int pos, int chaine
     int id_off = chained ? o->flags + c->n_flags * (int)sizeof(cl_int) : o->ids;
     if (!chained) {
         c->id_host = id; /* stays valid until the step ends: the write need not block */
-        cl_int err = clEnqueueWriteBuffer(m->ocl.queue, c->ids, CL_FALSE, 0, sizeof(cl_int), &c->id_host, 0, NULL,
+        cl_int err = clEnqueueWriteBuffer(c->queue, c->ids, CL_FALSE, 0, sizeof(cl_int), &c->id_host, 0, NULL,
                                           NULL);
         if (err != CL_SUCCESS)
             return pldr_cl_fail(&m->ocl, err, "uploading the token id");
@@ -147,7 +147,7 @@ pldr_status engine_final_row(pldr_context *c, int row)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const size_t d = (size_t)cf->d_model;
-    cl_int err = clEnqueueCopyBuffer(m->ocl.queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
+    cl_int err = clEnqueueCopyBuffer(c->queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
     gemv_op fin = {.w = m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
@@ -159,7 +159,7 @@ pldr_status engine_final_row(pldr_context *c, int row)
  * or not: a later blocking read in the same in-order queue completes it. */
 pldr_status engine_fetch_flags(pldr_context *c, int words, cl_bool blocking)
 {
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, blocking, 0, (size_t)words * sizeof(int),
+    cl_int err = clEnqueueReadBuffer(c->queue, c->flags, blocking, 0, (size_t)words * sizeof(int),
                                      c->flags_host, 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "reading the non-finite flags");
 }
@@ -198,7 +198,7 @@ pldr_status engine_clear_flags(pldr_context *c)
         return PLDR_OK;
     c->flags_dirty = 0;
     const cl_int zero = 0;
-    cl_int err = clEnqueueFillBuffer(c->m->ocl.queue, c->flags, &zero, sizeof zero, 0,
+    cl_int err = clEnqueueFillBuffer(c->queue, c->flags, &zero, sizeof zero, 0,
                                      (size_t)c->n_flags * sizeof(int), 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "clearing the flags");
 }
@@ -207,7 +207,7 @@ static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 {
     const size_t bytes = rows * (size_t)c->m->cfg.n_outputs * sizeof(float);
     /* one row (a decode step) goes through the page-locked stage */
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
+    cl_int err = clEnqueueReadBuffer(c->queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
                                      0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&c->m->ocl, err, "reading the logits");
@@ -329,9 +329,9 @@ pldr_status pldr_eval_hidden(pldr_context *c, const int32_t *ids, int n, float *
     if (rows_at < 0) {
         /* a decode step: the last layer's output norm lands in xn on the way to the head */
         TRY(engine_final_from_decode(c, 0));
-        err = clEnqueueReadBuffer(c->m->ocl.queue, c->xn, CL_TRUE, 0, d * 4, hidden, 0, NULL, NULL);
+        err = clEnqueueReadBuffer(c->queue, c->xn, CL_TRUE, 0, d * 4, hidden, 0, NULL, NULL);
     } else {
-        err = clEnqueueReadBuffer(c->m->ocl.queue, c->x, CL_TRUE, (size_t)rows_at * d * 4, (size_t)n * d * 4, hidden, 0,
+        err = clEnqueueReadBuffer(c->queue, c->x, CL_TRUE, (size_t)rows_at * d * 4, (size_t)n * d * 4, hidden, 0,
                                   NULL, NULL);
     }
     if (err != CL_SUCCESS)

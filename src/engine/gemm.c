@@ -29,7 +29,7 @@ pldr_status engine_gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
                          A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG((cl_long)out_off), A_INT((int)N),
                          A_INT((int)M), A_INT((int)N), A_INT((int)K));
     }
-    cl_command_queue q = m->ocl.queue;
+    cl_command_queue q = c->queue;
     double t0 = 0.0;
     if (c->profile) {
         clFinish(q);

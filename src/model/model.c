@@ -583,7 +583,7 @@ static void apply_wg_items(pldr_model *m, const char *items, const char *source,
             break;
         }
         if (why && len > 0)
-            fprintf(stderr, "pldr: warning: ignoring %s item '%.*s' (%s)\n", source, (int)len, p, why);
+            pldr_log(PLDR_LOG_WARN, "ignoring %s item '%.*s' (%s)", source, (int)len, p, why);
         p += len + (p[len] == ',');
     }
 }
@@ -602,7 +602,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     const char *ge = getenv("PLDR_GEMM");
     m->own_gemm = ge && strcmp(ge, "own") == 0 ? 1 : ge && strcmp(ge, "clblast") == 0 ? 0 : cpu;
     if (ge && *ge && strcmp(ge, "own") != 0 && strcmp(ge, "clblast") != 0)
-        fprintf(stderr, "pldr: warning: ignoring PLDR_GEMM=%s (use clblast or own)\n", ge);
+        pldr_log(PLDR_LOG_WARN, "ignoring PLDR_GEMM=%s (use clblast or own)", ge);
     /* on CPUs the metric tensor, the metric learner and the prefill attention
      * run as one work-item per piece of work, without barriers (the *_cpu
      * kernels); PLDR_WG's gpu=1 forces the work-group forms */

@@ -484,7 +484,7 @@ pldr_status pldr_tuning_apply(struct pldr_ocl *ocl, const char *cache_dir)
 {
     pldr_status st = pldr_tuning_load(ocl, cache_dir, NULL);
     if (st != PLDR_OK) {
-        fprintf(stderr, "pldr: warning: ignoring the GEMM tuning file: %s (run 'pldr tune' to rewrite it)\n",
+        pldr_log(PLDR_LOG_WARN, "ignoring the GEMM tuning file: %s (run 'pldr tune' to rewrite it)",
                 pldr_last_error());
         pldr_clear_error();
     }

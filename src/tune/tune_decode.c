@@ -148,8 +148,8 @@ int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_di
     pldr_status st = read_file(path, info, &root);
     free(path);
     if (st != PLDR_OK) {
-        fprintf(stderr, "pldr: warning: ignoring the decode tuning file: %s (run 'pldr tune --stage decode' to "
-                        "rewrite it)\n", pldr_last_error());
+        pldr_log(PLDR_LOG_WARN, "ignoring the decode tuning file: %s (run 'pldr tune --stage decode' to "
+                        "rewrite it)", pldr_last_error());
         pldr_clear_error();
         return 0;
     }
