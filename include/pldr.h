@@ -213,8 +213,10 @@ const char *pldr_model_kernel_options(const pldr_model *model);
  * weight dtype were applied at load (see pldr_model_params.work_groups). */
 int pldr_model_decode_tuned(const pldr_model *model);
 
-/* Measures the device's memory bandwidth with a copy kernel (bytes read +
- * written per second), on buffers of up to 256 MiB. */
+/* Measures the device's memory bandwidth (bytes read + written per second):
+ * the best of a copy kernel, the driver's copy and a read-only kernel, each
+ * repeated for at least a quarter of a second, on buffers of up to 256 MiB
+ * and of the size one decode step reads (caches may hold that). */
 pldr_status pldr_model_measure_bandwidth(pldr_model *model, double *bytes_per_second);
 /* Bytes one decode step reads from the weights (every matrix except the
  * embedding, of which it reads one row). */
@@ -282,6 +284,11 @@ pldr_cache_mode pldr_context_cache_mode(const pldr_context *ctx);
 /* As pldr_eval, but returns only the argmax of the last row, computed on the
  * device (greedy decoding without reading the logits back). */
 pldr_status pldr_eval_greedy(pldr_context *ctx, const int32_t *ids, int n, int32_t *next_id);
+/* Waits until the device has finished all work enqueued for ctx and drops
+ * the greedy step pldr_eval_greedy enqueues ahead, so that the next call
+ * computes its step from scratch (for timing: a timer started after this
+ * counts every step it times, and none that ran before it). */
+pldr_status pldr_context_finish(pldr_context *ctx);
 
 /* ------------------------------------------------------------------ */
 /* Model classes and their heads                                       */

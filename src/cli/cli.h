@@ -97,6 +97,10 @@ int cmd_embed(int argc, char **argv);
  * otherwise says what the checkpoint is and which command runs it, and
  * returns EXIT_INPUT. */
 int cli_check_class(const char *cmd, const char *dir, unsigned archs);
+/* pldr_tokenize, with DIR/tokenizer_config.json's add_bos_token and
+ * add_eos_token honoured and its warnings printed (cmd_heads.c). */
+pldr_status cli_tokenize_prompt(const char *model_dir, const pldr_tokenizer *tok, const char *text, size_t len,
+                                int32_t **ids, size_t *n_ids);
 /* The subcommand being run ("generate"), set by main(). */
 extern const char *cli_command;
 /* Installs a G-cache file (--g-cache) in a context; reports failures and

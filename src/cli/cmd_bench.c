@@ -25,7 +25,9 @@ static const char help[] =
     "tokens after a 64-token prompt, see --tg-prompt) in tokens per second, as mean +- sd\n"
     "over the repetitions, after one warm-up run. Each decode result is also given as a\n"
     "share of the roofline: the bytes a decode step must read divided by the device's\n"
-    "memory bandwidth, measured once per device with a copy kernel.\n"
+    "memory bandwidth, measured once per device as the best of a copy kernel, the driver's\n"
+    "copy and a read kernel, repeated, on 256 MiB and on the size a decode step reads. The\n"
+    "decode timer starts on an idle device and stops when the N-th token is back.\n"
     "\n"
     "  -m, --model DIR   model directory (default: $PLDR_MODEL or the bundled model)\n"
     "  -p, --n-prompt L  prompt lengths, comma-separated (default 512; 0 skips)\n"
@@ -123,7 +125,9 @@ static double run_tg(pldr_context *ctx, const int32_t *ids, int N, pldr_status *
 {
     pldr_context_reset(ctx);
     int32_t next;
-    if ((*st = pldr_eval_greedy(ctx, ids, tg_prompt, &next)) != PLDR_OK)
+    /* the timer starts on an idle device without a step computed ahead (the
+     * prefill's would count as free) and stops when the N-th token is back */
+    if ((*st = pldr_eval_greedy(ctx, ids, tg_prompt, &next)) != PLDR_OK || (*st = pldr_context_finish(ctx)) != PLDR_OK)
         return -1.0;
     double t0 = now();
     for (int i = 0; i < N; i++)
@@ -189,7 +193,7 @@ typedef struct device_run {
 static void print_md(const char *model_name, uint64_t n_params, const device_run *runs, int n_runs)
 {
     for (int d = 0; d < n_runs; d++)
-        printf("device %d: %s (%s, %s), driver %s, %u compute units, copy bandwidth %.1f GB/s\n", runs[d].dev.index,
+        printf("device %d: %s (%s, %s), driver %s, %u compute units, probed bandwidth %.1f GB/s\n", runs[d].dev.index,
                runs[d].dev.name, runs[d].dev.platform, runs[d].dev.type, runs[d].dev.driver_version,
                runs[d].dev.compute_units, runs[d].bandwidth / 1e9);
     printf("\n| model | params | device | dtype | cache | test | t/s | roofline |\n");

@@ -53,6 +53,13 @@ static pldr_status ahead_enqueue(pldr_context *c)
     return PLDR_OK;
 }
 
+pldr_status pldr_context_finish(pldr_context *c)
+{
+    engine_ahead_cancel(c);
+    cl_int err = clFinish(c->m->ocl.queue);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "waiting for the device");
+}
+
 pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
 {
     pldr_clear_error();
