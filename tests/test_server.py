@@ -507,7 +507,7 @@ def check_loading(tap):
         code, _, data = sv.get("/health", timeout=10)
         code2, _, _ = sv.post("/v1/completions", {"prompt": "x"}, timeout=10)
         with open(fifo, "w") as f:
-            f.write('{"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}')
+            f.write('{"add_bos_token": true, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}')
         sv.wait_ready()
         code3, _, data3 = sv.get("/health")
         code4, _, data4 = sv.post("/v1/chat/completions", {"messages": []})
@@ -517,6 +517,15 @@ def check_loading(tap):
                "%d %s / %d / %d %s" % (code, data, code2, code3, data3))
         tap.ok(code4 == 400 and "{% for m in messages %}" in msg and "/v1/completions" in msg,
                "a chat template in tokenizer_config.json is named in the refusal", msg)
+        code5, body5 = sv.complete({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0})
+        os.unlink(fifo)
+        with open(fifo, "w") as f:
+            f.write('{"add_bos_token": true}')
+        want = st.generate_text(PROMPTS[0], 24, model=d)
+        n_plain = len(json.loads(sv.post("/tokenize", {"content": PROMPTS[0]})[2])["tokens"])
+        tap.ok(code5 == 200 and body5["choices"][0]["text"] == want and body5["usage"]["prompt_tokens"] == n_plain + 1,
+               "add_bos_token in tokenizer_config.json: BOS before the prompt, as pldr generate does",
+               "%s\nwant %r" % (body5, want))
     finally:
         sv.stop()
 
