@@ -165,6 +165,8 @@ struct engine {
     int stop;
     char model_name[256];
     char *chat_template;
+    pldr_tokenizer_config tc;
+    pldr_config cfg;
     uint64_t n_params;
 };
 
@@ -177,6 +179,8 @@ uint64_t engine_n_params(const engine *e) { return e->n_params; }
 void engine_limits(const engine *e, api_limits *lim)
 {
     lim->tok = e->tok;
+    lim->tc = &e->tc;
+    lim->cfg = &e->cfg;
     lim->n_ctx = e->n_ctx;
     lim->n_vocab = e->n_vocab;
     int slots = e->n_reps * e->o->parallel;
@@ -207,44 +211,66 @@ int engine_in_flight(engine *e)
     return n;
 }
 
-/* The chat template of tokenizer_config.json, if the checkpoint has one:
- * a string, or a list of {name, template} (then the names). */
-static char *read_chat_template(const char *dir)
+/* tokenizer_config.json, read once: its add_bos_token and add_eos_token (for
+ * pldr_tokenize_prompt, as pldr generate tokenizes) and its chat template,
+ * if any: a string, or a list of {name, template} (then the names).
+ * Returns 0, or -1 when the file exists but is not a JSON object with
+ * boolean flags. */
+static int read_tokenizer_config(const char *dir, pldr_tokenizer_config *tc, char **chat_template)
 {
+    memset(tc, 0, sizeof *tc);
+    *chat_template = NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    if (access(path, R_OK) != 0)
-        return NULL;
-    json_t *root = json_load_file(path, 0, NULL);
-    if (!root)
-        return NULL;
+    if (access(path, F_OK) != 0)
+        return 0;
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!json_is_object(root)) {
+        fprintf(stderr, "pldr serve: %s: not a JSON object%s%s\n", path, root ? "" : ": ", root ? "" : err.text);
+        json_decref(root);
+        return -1;
+    }
+    const char *flags[] = {"add_bos_token", "add_eos_token"};
+    int *out[] = {&tc->add_bos_token, &tc->add_eos_token};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(root, flags[i]);
+        if (v && !json_is_null(v) && !json_is_boolean(v)) {
+            fprintf(stderr, "pldr serve: %s: key \"%s\" must be true or false\n", path, flags[i]);
+            json_decref(root);
+            return -1;
+        }
+        *out[i] = json_is_true(v);
+    }
+    tc->present = 1;
     json_t *t = json_object_get(root, "chat_template");
-    char *out = NULL;
+    char *tmpl = NULL;
     if (json_is_string(t)) {
-        out = strdup(json_string_value(t));
+        tmpl = strdup(json_string_value(t));
     } else if (json_is_array(t)) {
         size_t cap = 256, len = 0;
-        out = calloc(1, cap);
+        tmpl = calloc(1, cap);
         size_t i;
         json_t *v;
         json_array_foreach(t, i, v)
         {
             const char *name = json_string_value(json_object_get(v, "name"));
-            if (!name || !out)
+            if (!name || !tmpl)
                 continue;
             size_t n = strlen(name);
             if (len + n + 3 > cap) {
                 cap = 2 * (len + n + 3);
-                char *b = realloc(out, cap);
+                char *b = realloc(tmpl, cap);
                 if (!b)
                     break;
-                out = b;
+                tmpl = b;
             }
-            len += (size_t)sprintf(out + len, "%s%s", len ? ", " : "", name);
+            len += (size_t)sprintf(tmpl + len, "%s%s", len ? ", " : "", name);
         }
     }
+    *chat_template = tmpl;
     json_decref(root);
-    return out;
+    return 0;
 }
 
 static void progress(const char *what, uint64_t done, uint64_t total, void *user)
@@ -305,6 +331,7 @@ static int replica_load(engine *e, replica *r, const char *device)
     e->n_vocab = cfg->vocab_size;
     e->eos = cfg->eos_token_id;
     e->n_params = pldr_model_n_params(r->model);
+    e->cfg = *cfg;
     pthread_cond_init(&r->cv, NULL);
     return 0;
 }
@@ -323,7 +350,10 @@ int engine_new(const server_options *o, engine **out)
     size_t n = strlen(e->model_name);
     while (n > 1 && e->model_name[n - 1] == '/')
         e->model_name[--n] = '\0';
-    e->chat_template = read_chat_template(o->model_dir);
+    if (read_tokenizer_config(o->model_dir, &e->tc, &e->chat_template) != 0) {
+        *out = e;
+        return 3;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.model", o->model_dir);
     pldr_status st = pldr_tokenizer_load(path, &e->tok);
