@@ -14,7 +14,7 @@
 
 static const char help[] =
     "usage: pldr logits [-m DIR] --ids ID,ID,... [--prefill N] [--cache none|kv|kvg]\n"
-    "                   [--g-cache FILE] [--device SPEC] [--dtype f32|f16] -o FILE.npy\n"
+    "                   [--g-cache FILE] [--device SPEC] [--dtype T] -o FILE.npy\n"
     "\n"
     "Writes float32 logits of shape [len(ids), vocab] as a NumPy .npy file.\n"
     "Rows 0..N-1 come from one forward over ids[0:N] (N defaults to len(ids)). Each\n"
@@ -28,7 +28,7 @@ static const char help[] =
     "      --g-cache FILE  use A, A_LM, G_LM from this G-cache file (safetensors, see\n"
     "                      'pldr gcache export') instead of the metric learner, in every row\n"
     "      --device SPEC   OpenCL device: index, platform:device or name substring\n"
-    "      --dtype T       weight storage on the device: f32 (default) or f16\n"
+    "      --dtype T       weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n"
     "  -o, --output FILE   the .npy file to write\n";
 
 int cmd_logits(int argc, char **argv)
@@ -66,7 +66,7 @@ int cmd_logits(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &dtype))
-                return cli_usage_error("logits", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("logits", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("logits", "option '%s' needs a value", argv[optind - 1]);

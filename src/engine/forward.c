@@ -25,7 +25,7 @@
 #define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
 
 typedef struct kernels {
-    cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
+    cl_kernel embed, brln, w2f, qkv_rope, metric, learner, potential, energy;
     cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
     cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
@@ -50,7 +50,7 @@ struct pldr_context {
     cl_mem a0, a_p;              /* [H, dk, dk] */
     cl_mem logits;               /* [LOGIT_CHUNK, V] */
     cl_mem flags;                /* non-finite flags, see flag_* */
-    cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast (not with own_gemm) */
+    cl_mem w_scratch;            /* float32 copy of a matrix not stored as float32, for CLBlast (not with own_gemm) */
     /* The decode-step vectors, the flags, the token ids, the RoPE table and
      * the logits are regions of one buffer, act, so that decode kernels take
      * it once with byte offsets (kernels/gemv.cl); the regions that other code
@@ -160,6 +160,8 @@ typedef struct arg {
 #define A_FLT(v) ((arg){sizeof(cl_float), &(cl_float){(v)}})
 #define A_LONG(v) ((arg){sizeof(cl_long), &(cl_long){(v)}})
 #define A_LOCAL(n) ((arg){(n), NULL})
+/* the scales argument of a kernel reading weight matrix *w (pldr_scales) */
+#define A_SCALES(w) ((arg){sizeof(cl_mem), &(cl_mem){pldr_scales(w)}})
 
 static void prof_add(pldr_context *c, const char *name, double ms);
 
@@ -260,21 +262,22 @@ static void prof_print(pldr_context *c)
 
 /* C[M, N] = A[M, K] . W[N, K]^T (row-major): through CLBlast, or on CPU
  * devices through the engine's own kernel (kernels/gemm.cl). */
-static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
-                        size_t w_pitch, cl_mem out, size_t out_off)
+static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off,
+                        const pldr_weight *wt, size_t w_pitch, cl_mem out, size_t out_off)
 {
     pldr_model *m = c->m;
-    if (m->weight_half && !m->own_gemm) { /* kernels/gemm.cl reads half weights itself */
-        TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
-                   A_LONG((cl_long)(N * w_pitch))));
-        w = c->w_scratch;
-    }
-    if (m->own_gemm) {
+    cl_mem w = wt->data;
+    if (m->own_gemm) { /* kernels/gemm.cl widens every weight dtype as it loads */
         const size_t bm = (M + PLDR_GEMM_CPU_ROWS - 1) / PLDR_GEMM_CPU_ROWS,
                      bn = (N + PLDR_GEMM_CPU_COLS - 1) / PLDR_GEMM_CPU_COLS;
         return LAUNCH_AS(c, gemm_cpu, "gemm_cpu", bm * bn, 1, A_MEM(a), A_LONG((cl_long)a_off), A_INT((int)K),
-                         A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG((cl_long)out_off), A_INT((int)N),
+                         A_MEM(w), A_SCALES(wt), A_INT((int)w_pitch), A_MEM(out), A_LONG((cl_long)out_off), A_INT((int)N),
                          A_INT((int)M), A_INT((int)N), A_INT((int)K));
+    }
+    if (wt->type != PLDR_DTYPE_F32) { /* CLBlast reads float32: widened into the scratch first */
+        TRY(LAUNCH(c, w2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_SCALES(wt),
+                   A_MEM(c->w_scratch), A_LONG((cl_long)(N * w_pitch))));
+        w = c->w_scratch;
     }
     cl_command_queue q = m->ocl.queue;
     double t0 = 0.0;
@@ -299,7 +302,7 @@ static pldr_status gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a,
 
 /* y = W . xin + b with the options of the gemv kernel (see kernels/gemv.cl). */
 typedef struct gemv_op {
-    cl_mem w;
+    const pldr_weight *w;
     cl_mem bias; /* not with ln_in: sc holds the bias then */
     int k_dim, n_out;
     int x; /* vectors: byte offsets in c->act */
@@ -342,7 +345,8 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
     size_t groups = ((size_t)op->n_out + rows - 1) / rows;
     const int pitch = pitch_of(m, op->k_dim);
     if (op->ln_in) /* never with a residual */
-        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w->data),
+                         A_SCALES(op->w),
                          A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
                          A_INT(op->x), A_INT(op->x_norm), A_INT(op->glu), A_INT(op->y),
                          A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags), A_INT(op->flag_index),
@@ -351,11 +355,13 @@ static pldr_status gemv(pldr_context *c, const gemv_op *op)
     const int has_res = op->residual >= 0, res = has_res ? op->residual : op->x; /* any valid offset */
     if (multi_lane(m) && op->wide) {
         const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;
-        return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+        return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w->data),
+                         A_SCALES(op->w),
                          A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
                          A_INT(op->x), A_INT(res), A_INT(has_res), A_INT(op->y));
     }
-    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w->data),
+                     A_SCALES(op->w),
                      A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act), A_INT(op->x),
                      A_INT(res), A_INT(has_res), A_INT(op->glu), A_INT(op->y),
                      A_LOCAL((size_t)pitch * sizeof(float)));
@@ -437,15 +443,15 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
     const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, H = (size_t)cf->n_heads;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
     TRY(write_ids(c, ids, T));
-    TRY(LAUNCH(c, embed, (size_t)T * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb),
-               A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags),
+    TRY(LAUNCH(c, embed, (size_t)T * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb.data),
+               A_SCALES(&m->emb), A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags),
                A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
         const pldr_layer *ly = &m->layers[l];
         const size_t dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch;
         const size_t t = (size_t)T, r0 = l == cf->n_layers - 1 && keep > 0 && keep < T ? (size_t)(T - keep) : 0;
         const size_t n = t - r0, rw = (size_t)m->row_wg;
-        TRY(gemm(c, t, 3 * d, d, c->x, 0, ly->wqkv, dp, c->qkv, 0));
+        TRY(gemm(c, t, 3 * d, d, c->x, 0, &ly->wqkv, dp, c->qkv, 0));
         TRY(LAUNCH(c, qkv_rope, t * H * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv), A_MEM(ly->bqkv), A_MEM(c->rope),
                    A_MEM(c->q), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0)));
         TRY(layer_g(c, l, T, full));
@@ -458,12 +464,12 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
         else
             TRY(LAUNCH_FROM(c, att_prefill_cpu, "att_prefill", r0 * H, n * H, 1, A_MEM(c->qg), A_MEM(c->k_cache[l]),
                             A_MEM(c->v_cache[l]), A_INT(pos0), A_MEM(c->att)));
-        TRY(gemm(c, n, d, d, c->att, r0 * d, ly->wo, dp, c->o, r0 * d));
+        TRY(gemm(c, n, d, d, c->att, r0 * d, &ly->wo, dp, c->o, r0 * d));
         TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
                         A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
-        TRY(gemm(c, n, 2 * F, d, c->x1, r0 * d, ly->w12, dp, c->h, r0 * 2 * F));
+        TRY(gemm(c, n, 2 * F, d, c->x1, r0 * d, &ly->w12, dp, c->h, r0 * 2 * F));
         TRY(LAUNCH_FROM(c, glu, "glu", r0 * F, n * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
-        TRY(gemm(c, n, d, F, c->g, r0 * F, ly->w3, fp, c->o, r0 * d));
+        TRY(gemm(c, n, d, F, c->g, r0 * F, &ly->w3, fp, c->o, r0 * d));
         TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->b3), A_MEM(c->x1),
                         A_MEM(ly->ln2_w), A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags), A_INT(flag_ffn(l))));
     }
@@ -493,13 +499,14 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
         if (l == 0) {
             /* the embedding and its LayerNorm are done by the first projection */
             const size_t groups = ((size_t)(3 * d) + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
-            TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
-                       A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(c->act),
+            TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv.data),
+                       A_SCALES(&ly->wqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d),
+                       A_MEM(m->emb.data), A_SCALES(&m->emb), A_MEM(c->act),
                        A_INT(id_off), A_FLT((float)sqrt((double)d)), A_INT(o->xn), A_INT(o->qkv),
                        A_LOCAL(ln_x_local(m, m->d_pitch)), A_INT(o->flags), A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
-            gemv_op qkv = {.w = ly->wqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d,
+            gemv_op qkv = {.w = &ly->wqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d,
                            .n_out = 3 * d, .x = o->s2, .ln_in = 1, .x_norm = o->xn, .residual = -1, .y = o->qkv,
                            .flag_index = flag_ffn(l - 1)};
             TRY(gemv(c, &qkv));
@@ -510,14 +517,14 @@ static pldr_status decode_token(pldr_context *c, int32_t id, int pos, int chaine
                    A_MEM(c->act), A_INT(o->qkv), A_INT(o->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
                    A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part),
                    A_INT(o->att_count), A_INT(o->att)));
-        gemv_op proj = {.w = ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
+        gemv_op proj = {.w = &ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
                         .x = o->att, .residual = o->xn, .y = o->s1, .wide = 1};
         TRY(gemv(c, &proj));
-        gemv_op up = {.w = ly->w12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
+        gemv_op up = {.w = &ly->w12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
                       .n_out = F, .x = o->s1, .ln_in = 1, .x_norm = o->x1n,
                       .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
         TRY(gemv(c, &up));
-        gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
+        gemv_op down = {.w = &ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
                         .residual = o->x1n, .y = o->s2, .wide = 1};
         TRY(gemv(c, &down));
     }
@@ -530,7 +537,7 @@ static pldr_status final_from_decode(pldr_context *c, int argmax)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     /* the last layer's output norm comes with wf_sc */
-    gemv_op fin = {.w = m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
+    gemv_op fin = {.w = &m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
                    .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
                    .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return gemv(c, &fin);
@@ -545,7 +552,7 @@ static pldr_status final_row(pldr_context *c, int row)
     cl_int err = clEnqueueCopyBuffer(m->ocl.queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
-    gemv_op fin = {.w = m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
+    gemv_op fin = {.w = &m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
                    .n_out = cf->vocab_size, .x = c->off.xn, .residual = -1, .y = c->off.logits};
     return gemv(c, &fin);
 }
@@ -618,7 +625,7 @@ static pldr_status logits_rows(pldr_context *c, int first, int n, float *dst)
     const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab_size;
     for (int r = 0; r < n; r += LOGIT_CHUNK) {
         size_t rows = (size_t)(n - r < LOGIT_CHUNK ? n - r : LOGIT_CHUNK);
-        TRY(gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, m->wf, (size_t)m->d_pitch, c->logits, 0));
+        TRY(gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, &m->wf, (size_t)m->d_pitch, c->logits, 0));
         TRY(LAUNCH(c, bias_rows, rows * V, 0, A_MEM(c->logits), A_MEM(m->bf), A_INT((int)V), A_MEM(c->flags),
                    A_INT(flag_logits(c))));
         TRY(read_logits(c, dst + (size_t)r * V, rows));
@@ -802,7 +809,7 @@ static pldr_status make_kernels(pldr_context *c)
         const char *name;
     } list[] = {
         {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
-        {&c->k.half2f, "half_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
+        {&c->k.w2f, "weight_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
         {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
         {&c->k.learner_cpu, "metric_learner_cpu"}, {&c->k.metric_cpu, "metric_tensor_cpu"},
         {&c->k.att_prefill_cpu, "attention_prefill_cpu"}, {&c->k.potential_cpu, "plga_potential_cpu"},
@@ -960,14 +967,14 @@ static pldr_status context_alloc(pldr_context *c)
     /* what the context will need, checked before anything is allocated */
     uint64_t need = 2 * L * T * d * 4 + 3 * L * hdd * 4 + T * (size_t)cf->head_dim * 4 +
                     T * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 + LOGIT_CHUNK * V * 4 +
-                    (m->weight_half ? m->max_matrix_elems * 4 : 0);
+                    (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm ? m->max_matrix_elems * 4 : 0);
     uint64_t have = m->ocl.info.global_mem_bytes;
     if (need + m->device_bytes > have)
         return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
                          "a context of %d tokens needs %.1f MiB of device memory beside the %.1f MiB of weights, "
                          "but %s has %.1f MiB (try a smaller --ctx%s)",
                          c->n_ctx, need / 1048576.0, m->device_bytes / 1048576.0, m->ocl.info.name,
-                         have / 1048576.0, m->weight_half ? "" : ", or --dtype f16");
+                         have / 1048576.0, m->wtype == PLDR_DTYPE_F32 ? ", or --dtype f16 or q8_0" : "");
 
     c->k_cache = calloc(L, sizeof(cl_mem));
     c->v_cache = calloc(L, sizeof(cl_mem));
@@ -995,8 +1002,8 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->g, T * F * 4, "activations"));
     TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
-    if (m->weight_half && !m->own_gemm)
-        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
+    if (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm)
+        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the float32 weight scratch"));
     return PLDR_OK;
 }
 
