@@ -35,7 +35,8 @@ typedef enum pldr_status {
     PLDR_ERR_DEVICE_MEMORY,    /* device allocation failed or would not fit */
     PLDR_ERR_CONTEXT_FULL,     /* the sequence would exceed the context */
     PLDR_ERR_NONFINITE,        /* non-finite activations or logits */
-    PLDR_ERR_MISMATCH          /* e.g. a session or G-cache from another model */
+    PLDR_ERR_MISMATCH,         /* e.g. a session or G-cache from another model */
+    PLDR_ERR_OUTPUT            /* an output file could not be written (the old one is kept) */
 } pldr_status;
 
 /* Short fixed description of a status code. */
@@ -73,7 +74,8 @@ pldr_status pldr_list_devices(pldr_device_info **devices, int *count);
 
 /* Resolves a device spec: NULL or "" (then $PLDR_DEVICE, then the first
  * GPU, else the first device), an index ("1"), "platform:device" ("0:1"),
- * or a case-insensitive name substring ("nvidia", "pocl"). */
+ * a device type ("cpu", "gpu", "accelerator": the first of that type), or a
+ * case-insensitive name substring ("nvidia", "pocl"). */
 pldr_status pldr_select_device(const char *spec, pldr_device_info *out);
 
 /* ------------------------------------------------------------------ */
@@ -376,6 +378,22 @@ void pldr_gcache_free(pldr_gcache *gcache);
  * PLDR_ERR_MISMATCH naming the expected shape) and installs it with
  * pldr_context_set_external_g. */
 pldr_status pldr_context_load_gcache(pldr_context *ctx, const pldr_model *model, const char *path);
+
+/* ------------------------------------------------------------------ */
+/* Output files                                                        */
+/* Every file the library writes (sessions, G-cache files, tuning files,
+ * kernel-cache entries) goes through pldr_write_file. */
+
+/* Whether path can be written: an existing target must be a regular file
+ * (a symbolic link, FIFO, device or directory is refused and left alone)
+ * and its directory must exist and be writable. PLDR_ERR_OUTPUT if not.
+ * Call it before long work whose result goes to path. */
+pldr_status pldr_check_output_path(const char *path);
+/* Writes the concatenated parts to path atomically: a temporary file
+ * .NAME.pldr-tmp.PID.N in the same directory, fsync, rename. On any failure
+ * (full disk, no permission, killed) the old file is left as it was; the
+ * message names path and the cause. */
+pldr_status pldr_write_parts_atomic(const char *path, const void *const *data, const size_t *len, int n_parts);
 
 #ifdef __cplusplus
 }

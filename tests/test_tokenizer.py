@@ -332,7 +332,7 @@ for label, model in MODELS:
     tests_for()
 
 
-@tap.test("the 1.3 MB corpus encodes (its time is printed; speed is a benchmark, see README)")
+@tap.test("the 1.3 MB corpus encodes (its time is printed; speed is a benchmark, see docs/engine.md)")
 def test_speed():
     need_pldr()
     path = corpus_file()

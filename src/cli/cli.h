@@ -7,14 +7,15 @@
 
 #include "pldr.h"
 
-/* Exit codes (documented in README and `pldr --help`). */
+/* Exit codes (documented in docs/faults.md and `pldr --help`). */
 enum {
     EXIT_OK = 0,
     EXIT_RUNTIME = 1, /* failure while running (OpenCL error, non-finite values) */
     EXIT_USAGE = 2,   /* bad command line: unknown option, missing or out-of-range value */
     EXIT_INPUT = 3,   /* unreadable, damaged or unsupported input file */
     EXIT_DEVICE = 4,  /* no such device, kernel build failure, out of device memory */
-    EXIT_CONTEXT = 5  /* the sequence does not fit in the context */
+    EXIT_CONTEXT = 5, /* the sequence does not fit in the context */
+    EXIT_OUTPUT = 6   /* an output could not be written (file or standard output) */
 };
 
 /* Maps a status to an exit code. */
@@ -29,13 +30,31 @@ int cli_parse_int(const char *s, long lo, long hi, long *out);
 int cli_parse_double(const char *s, double lo, double hi, double *out);
 /* Parses "5,17,42" into a malloc'ed array. Returns 0 on success. */
 int cli_parse_ids(const char *s, int32_t **ids, int *n);
+/* Splits a comma-separated list into a malloc'ed array of at most max
+ * items (free *items[0], then *items). An empty list or an empty item
+ * (",8", "8,,9", "8,") is refused: returns -1. */
+int cli_split_list(const char *s, int max, char ***items, int *n);
 
 /* The model directory to use: the argument if given, else $PLDR_MODEL, else
  * the bundled default model (installed or in the source tree). */
 const char *cli_default_model_dir(void);
 
-/* Reads a whole text file or stdin ("-"); malloc'ed, NUL-terminated. */
-int cli_read_text(const char *path, char **text, size_t *len);
+/* Reads a whole text file or stdin ("-") of at most max_bytes; malloc'ed,
+ * NUL-terminated. Reading stops once the limit is passed (an input error);
+ * a FIFO, device or directory given as FILE is refused without blocking.
+ * Returns an exit code. */
+int cli_read_text(const char *path, size_t max_bytes, char **text, size_t *len);
+/* The most bytes a prompt (-f FILE or stdin) may hold for a context of
+ * n_ctx tokens: 64 per token, at least 1 MiB. n_ctx <= 0: the model's
+ * max_position_embeddings (from DIR/config.json). */
+size_t cli_prompt_limit(const char *model_dir, long n_ctx);
+/* Limit of a text that is not a prompt (perplexity, tokenize): 256 MiB. */
+#define CLI_TEXT_LIMIT ((size_t)256 << 20)
+
+/* Standard output: 0 while writes to it succeed; otherwise reports the
+ * failure once (quietly for a reader that went away) and returns
+ * EXIT_OUTPUT. Long loops call it to stop early; main() calls it at exit. */
+int cli_stdout_check(void);
 
 /* Progress printer for pldr_model_params.progress (stderr, only on a terminal). */
 void cli_progress(const char *what, uint64_t done, uint64_t total, void *user);
@@ -47,8 +66,12 @@ int cli_parse_dtype(const char *s, pldr_dtype *dtype);
 /* Loads a model with progress on stderr; reports failures and returns an exit code. */
 int cli_load_model(const char *dir, const char *device, pldr_dtype dtype, pldr_model **model);
 
-/* Writes a float32 array [rows, cols] as a NumPy .npy file. Returns 0 on success. */
+/* Writes a float32 array [rows, cols] as a NumPy .npy file (atomically;
+ * "-": standard output). Reports a failure; returns an exit code. */
 int npy_write_f32(const char *path, const float *data, size_t rows, size_t cols);
+/* Checks before long work that an output path ("-": standard output) can
+ * be written (pldr_check_output_path); reports and returns an exit code. */
+int cli_check_output(const char *path);
 
 /* Subcommands: argv[0] is the subcommand name. Each returns an exit code. */
 int cmd_devices(int argc, char **argv);
@@ -65,13 +88,14 @@ int cmd_gcache(int argc, char **argv);
 int cmd_deductive(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 /* Installs a G-cache file (--g-cache) in a context; reports failures and
  * returns an exit code (defined in cmd_gcache.c). */
 int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path);
 /* Tokenizes -p TEXT or -f FILE with DIR/tokenizer.model into a malloc'ed
  * array; an empty result is a usage error of cmd. Returns an exit code. */
-int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, const char *file, int32_t **ids,
-                   size_t *n_ids);
+int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, const char *file, long n_ctx,
+                   int32_t **ids, size_t *n_ids);
 /* JSON output: a number (%.17g; non-finite as null) and an escaped string
  * (defined in cmd_deductive.c). */
 void cli_json_number(FILE *f, double v);

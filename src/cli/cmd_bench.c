@@ -53,40 +53,39 @@ typedef struct result {
 
 static int parse_list(const char *s, long lo, long hi, long *out, int *n)
 {
+    char **items;
+    int k;
     *n = 0;
-    char *dup = strdup(s), *save = NULL;
-    if (!dup)
+    if (cli_split_list(s, MAX_LIST, &items, &k))
         return -1;
-    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (*n == MAX_LIST || cli_parse_int(tok, lo, hi, &out[*n])) {
-            free(dup);
-            return -1;
-        }
-        (*n)++;
-    }
-    free(dup);
-    return *n > 0 ? 0 : -1;
+    int bad = 0;
+    for (int i = 0; i < k && !bad; i++)
+        bad = cli_parse_int(items[i], lo, hi, &out[i]) != 0;
+    free(items[0]);
+    free(items);
+    *n = bad ? 0 : k;
+    return bad ? -1 : 0;
 }
 
 static int parse_names(const char *s, const char *const *allowed, int n_allowed, int *out, int *n)
 {
+    char **items;
+    int k;
     *n = 0;
-    char *dup = strdup(s), *save = NULL;
-    if (!dup)
+    if (cli_split_list(s, MAX_LIST, &items, &k))
         return -1;
-    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int found = -1;
-        for (int i = 0; i < n_allowed; i++)
-            if (strcmp(tok, allowed[i]) == 0)
-                found = i;
-        if (found < 0 || *n == MAX_LIST) {
-            free(dup);
-            return -1;
-        }
-        out[(*n)++] = found;
+    int bad = 0;
+    for (int i = 0; i < k && !bad; i++) {
+        out[i] = -1;
+        for (int j = 0; j < n_allowed; j++)
+            if (strcmp(items[i], allowed[j]) == 0)
+                out[i] = j;
+        bad = out[i] < 0;
     }
-    free(dup);
-    return *n > 0 ? 0 : -1;
+    free(items[0]);
+    free(items);
+    *n = bad ? 0 : k;
+    return bad ? -1 : 0;
 }
 
 static double now(void)

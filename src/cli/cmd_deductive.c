@@ -39,7 +39,8 @@ static const char help[] =
     "  -n, --n-tokens N  greedy tokens to generate before recomputing (default 32)\n"
     "      --g-cache FILE  report on this G-cache file instead (safetensors)\n"
     "      --json        print the report as JSON (non-finite numbers as null)\n"
-    "      --device SPEC OpenCL device: index, platform:device or name substring\n"
+    "      --device SPEC OpenCL device: index, platform:device, type (cpu, gpu,\n"
+    "                    accelerator) or name substring\n"
     "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 static const char *const TENSOR_NAMES[3] = {"A", "A_LM", "G_LM"};
@@ -433,7 +434,7 @@ static int report_model(const ded_opts *o)
     memset(&re, 0, sizeof re);
     report r;
     memset(&r, 0, sizeof r);
-    int rc = cli_prompt_ids("deductive", o->model_dir, o->prompt, o->file, &prompt_ids, &n_prompt);
+    int rc = cli_prompt_ids("deductive", o->model_dir, o->prompt, o->file, 0, &prompt_ids, &n_prompt);
     if (rc == EXIT_OK)
         rc = cli_load_model(o->model_dir, o->device, o->dtype, &model);
     if (rc == EXIT_OK && n_prompt > (size_t)pldr_model_config(model)->max_position) {

@@ -32,15 +32,19 @@ int cmd_devices(int argc, char **argv)
     int def_index = -1;
     if (pldr_select_device(NULL, &def) == PLDR_OK)
         def_index = def.index;
-    printf("%-5s %-5s %-28s %-36s %-5s %4s %10s %10s %-16s %4s %4s %7s\n", "index", "p:d", "platform", "name",
-           "type", "CUs", "memory", "max alloc", "OpenCL C", "fp16", "fp64", "unified");
+    int cw = 8; /* the whole OpenCL C version, however long */
+    for (int i = 0; i < n; i++)
+        if ((int)strlen(devs[i].opencl_c_version) > cw)
+            cw = (int)strlen(devs[i].opencl_c_version);
+    printf("%-5s %-5s %-28s %-36s %-5s %4s %10s %10s %-*s %4s %4s %7s\n", "index", "p:d", "platform", "name",
+           "type", "CUs", "memory", "max alloc", cw, "OpenCL C", "fp16", "fp64", "unified");
     for (int i = 0; i < n; i++) {
         const pldr_device_info *d = &devs[i];
         char pd[16];
         snprintf(pd, sizeof pd, "%d:%d", d->platform_index, d->device_index);
-        printf("%-5d %-5s %-28.28s %-36.36s %-5s %4u %8.1fGi %8.1fGi %-16.16s %4s %4s %7s%s\n", d->index, pd,
+        printf("%-5d %-5s %-28.28s %-36.36s %-5s %4u %8.1fGi %8.1fGi %-*s %4s %4s %7s%s\n", d->index, pd,
                d->platform, d->name, d->type, d->compute_units, d->global_mem_bytes / 1073741824.0,
-               d->max_alloc_bytes / 1073741824.0, d->opencl_c_version, d->fp16 ? "yes" : "no",
+               d->max_alloc_bytes / 1073741824.0, cw, d->opencl_c_version, d->fp16 ? "yes" : "no",
                d->fp64 ? "yes" : "no", d->unified_memory ? "yes" : "no", d->index == def_index ? "  (default)" : "");
     }
     free(devs);

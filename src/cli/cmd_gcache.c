@@ -25,8 +25,10 @@ static const char help[] =
     "  -p, --prompt TEXT the prompt\n"
     "  -f, --file FILE   read the prompt from FILE ('-' for stdin)\n"
     "      --ids LIST    the prompt as comma-separated token ids\n"
-    "  -o, --output FILE the safetensors file to write\n"
-    "      --device SPEC OpenCL device: index, platform:device or name substring\n"
+    "  -o, --output FILE the safetensors file to write (atomically: an existing file is\n"
+    "                    replaced only on success)\n"
+    "      --device SPEC OpenCL device: index, platform:device, type (cpu, gpu,\n"
+    "                    accelerator) or name substring\n"
     "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path)
@@ -35,15 +37,16 @@ int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *pat
     return st == PLDR_OK ? EXIT_OK : cli_report(st);
 }
 
-int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, const char *file, int32_t **ids,
-                   size_t *n_ids)
+int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, const char *file, long n_ctx,
+                   int32_t **ids, size_t *n_ids)
 {
     *ids = NULL;
     *n_ids = 0;
     char *buf = NULL;
     size_t len = prompt ? strlen(prompt) : 0;
     int rc = EXIT_OK;
-    if (file && (rc = cli_read_text(file, &buf, &len)) != EXIT_OK)
+    const size_t limit = n_ctx < 0 ? CLI_TEXT_LIMIT : cli_prompt_limit(model_dir, n_ctx);
+    if (file && (rc = cli_read_text(file, limit, &buf, &len)) != EXIT_OK)
         return rc;
     char *path = NULL;
     pldr_tokenizer *tok = NULL;
@@ -59,7 +62,8 @@ int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, c
     if (st != PLDR_OK)
         rc = cli_report(st);
     else if (*n_ids == 0)
-        rc = cli_usage_error(cmd, "the %s is empty after tokenization", file ? file : "prompt");
+        rc = file ? cli_usage_error(cmd, "%s is empty after tokenization", strcmp(file, "-") == 0 ? "standard input" : file)
+                  : cli_usage_error(cmd, "the prompt is empty after tokenization");
     if (rc != EXIT_OK) {
         free(*ids);
         *ids = NULL;
@@ -153,13 +157,15 @@ int cmd_gcache(int argc, char **argv)
         model_dir = cli_default_model_dir();
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc = EXIT_OK;
+    int rc = cli_check_output(out);
+    if (rc != EXIT_OK)
+        return rc;
     if (ids_arg) {
         int ni;
         if (cli_parse_ids(ids_arg, &ids, &ni))
             return cli_usage_error("gcache", "--ids must be comma-separated non-negative integers");
         n = (size_t)ni;
-    } else if ((rc = cli_prompt_ids("gcache", model_dir, prompt, file, &ids, &n)) != EXIT_OK) {
+    } else if ((rc = cli_prompt_ids("gcache", model_dir, prompt, file, 0, &ids, &n)) != EXIT_OK) {
         return rc;
     }
     rc = export_gcache(model_dir, device, dtype, ids, n, out);

@@ -109,7 +109,7 @@ static int parse_options(int argc, char **argv, gen_opts *o)
             break;
         case O_TEMP:
             if (cli_parse_double(optarg, 0.0, 1e6, &o->temp))
-                return cli_usage_error("generate", "--temp must be a number >= 0, not '%s'", optarg);
+                return cli_usage_error("generate", "--temp must be a number from 0 to 1e6, not '%s'", optarg);
             break;
         case O_TOPK:
             if (cli_parse_int(optarg, 0, 1L << 24, &o->top_k))
@@ -153,6 +153,8 @@ static int parse_options(int argc, char **argv, gen_opts *o)
                                            "own G-cache");
     if (!o->model_dir)
         o->model_dir = cli_default_model_dir();
+    if (o->save_session && cli_check_output(o->save_session) != EXIT_OK)
+        return EXIT_OUTPUT;
     return -1;
 }
 
@@ -258,7 +260,7 @@ static int setup_text(gen *g)
     if ((st = pldr_tokenizer_load(tok_path, &g->tok)) != PLDR_OK)
         return cli_report(st);
     if (o->file) {
-        int rc = cli_read_text(o->file, &g->prompt_buf, &g->prompt_len);
+        int rc = cli_read_text(o->file, cli_prompt_limit(o->model_dir, o->ctx_n), &g->prompt_buf, &g->prompt_len);
         if (rc != EXIT_OK)
             return rc;
     } else if (o->prompt) {

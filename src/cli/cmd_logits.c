@@ -27,9 +27,11 @@ static const char help[] =
     "      --cache MODE    none, kv or kvg (default kvg)\n"
     "      --g-cache FILE  use A, A_LM, G_LM from this G-cache file (safetensors, see\n"
     "                      'pldr gcache export') instead of the metric learner, in every row\n"
-    "      --device SPEC   OpenCL device: index, platform:device or name substring\n"
+    "      --device SPEC   OpenCL device: index, platform:device, type (cpu, gpu,\n"
+    "                      accelerator) or name substring\n"
     "      --dtype T       weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n"
-    "  -o, --output FILE   the .npy file to write\n";
+    "  -o, --output FILE   the .npy file to write ('-': standard output); written\n"
+    "                      atomically, an existing file is replaced only on success\n";
 
 int cmd_logits(int argc, char **argv)
 {
@@ -91,11 +93,16 @@ int cmd_logits(int argc, char **argv)
     }
     if (!model_dir)
         model_dir = cli_default_model_dir();
+    int rc = cli_check_output(out);
+    if (rc != EXIT_OK) {
+        free(ids);
+        return rc;
+    }
 
     pldr_model *model = NULL;
     pldr_context *ctx = NULL;
     float *logits = NULL;
-    int rc = cli_load_model(model_dir, device, dtype, &model);
+    rc = cli_load_model(model_dir, device, dtype, &model);
     if (rc != EXIT_OK)
         goto done;
     const int V = pldr_model_config(model)->vocab_size;
@@ -115,10 +122,7 @@ int cmd_logits(int argc, char **argv)
         rc = cli_report(st);
         goto done;
     }
-    if (npy_write_f32(out, logits, (size_t)n, (size_t)V) != 0) {
-        fprintf(stderr, "pldr: %s: cannot write\n", out);
-        rc = EXIT_INPUT;
-    }
+    rc = npy_write_f32(out, logits, (size_t)n, (size_t)V);
 done:
     free(logits);
     free(ids);

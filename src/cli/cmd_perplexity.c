@@ -61,7 +61,8 @@ static const char help[] =
     "      --all-rows    with --cache none: one forward per window, all rows (see above)\n"
     "      --g-cache FILE  use A, A_LM, G_LM from this G-cache file in every window\n"
     "      --json        print the result as JSON\n"
-    "      --device SPEC OpenCL device: index, platform:device or name substring\n"
+    "      --device SPEC OpenCL device: index, platform:device, type (cpu, gpu,\n"
+    "                    accelerator) or name substring\n"
     "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n"
     "Progress goes to stderr when it is a terminal.\n";
 
@@ -335,7 +336,7 @@ int cmd_perplexity(int argc, char **argv)
         return rc;
     int32_t *ids = NULL;
     size_t n = 0;
-    if ((rc = cli_prompt_ids("perplexity", o.model_dir, NULL, o.file, &ids, &n)) != EXIT_OK)
+    if ((rc = cli_prompt_ids("perplexity", o.model_dir, NULL, o.file, -1, &ids, &n)) != EXIT_OK)
         return rc;
     if (n < 2)
         rc = cli_usage_error("perplexity", "%s has %zu token(s): at least 2 are needed", o.file, n);

@@ -134,7 +134,7 @@ static int read_input(const tok_args *a, input_text *in)
         in->len = strlen(a->text);
         return EXIT_OK;
     }
-    int rc = cli_read_text(a->input, &in->owned, &in->len);
+    int rc = cli_read_text(a->input, CLI_TEXT_LIMIT, &in->owned, &in->len);
     in->data = in->owned;
     return rc;
 }
@@ -152,14 +152,7 @@ static int next_line(const char **p, const char *end, const char **line, size_t 
     return 1;
 }
 
-static int finish_output(void)
-{
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        perror("pldr: writing the output");
-        return EXIT_RUNTIME;
-    }
-    return EXIT_OK;
-}
+static int finish_output(void) { return cli_stdout_check(); }
 
 int cmd_tokenize(int argc, char **argv)
 {

@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,21 +31,23 @@ static const char usage[] =
     "  perplexity   perplexity of a text file (strided windows)\n"
     "  tune         tune CLBlast's GEMM for a model's prefill and the decode kernels' work-group\n"
     "               shapes on a device (cached per device)\n"
+    "  serve        an OpenAI-compatible HTTP server (completions, streaming, every device)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
     "environment:\n"
-    "  PLDR_DEVICE      default device spec (index, platform:device, or name substring)\n"
+    "  PLDR_DEVICE      default device spec (index, platform:device, cpu|gpu|accelerator, or name substring)\n"
     "  PLDR_MODEL       default model directory\n"
     "  PLDR_KERNEL_DIR  read the .cl kernels from this directory instead of the embedded copy\n"
     "  XDG_CACHE_HOME   compiled kernels are cached in $XDG_CACHE_HOME/pldr (default ~/.cache/pldr)\n"
     "  PLDR_TUNING=0    do not apply the device's tuning files (see 'pldr tune')\n"
-    "  PLDR_WG          work-group shape items over the device's (e.g. gemv=256,rows=8; README)\n"
+    "  PLDR_WG          work-group shape items over the device's (e.g. gemv=256,rows=8; docs/engine.md)\n"
     "\n"
     "exit codes:\n"
     "  0 success, 1 runtime failure (OpenCL error, non-finite values), 2 bad command line,\n"
     "  3 unreadable, damaged or unsupported input file, 4 device problem (no such device,\n"
-    "  kernel build failure, out of device memory), 5 sequence longer than the context\n";
+    "  kernel build failure, out of device memory), 5 sequence longer than the context,\n"
+    "  6 an output could not be written (file or standard output; the old file is kept)\n";
 
 int cli_exit_code(pldr_status st)
 {
@@ -59,6 +62,7 @@ int cli_exit_code(pldr_status st)
     case PLDR_ERR_KERNEL_BUILD:
     case PLDR_ERR_DEVICE_MEMORY: return EXIT_DEVICE;
     case PLDR_ERR_CONTEXT_FULL: return EXIT_CONTEXT;
+    case PLDR_ERR_OUTPUT: return EXIT_OUTPUT;
     default: return EXIT_RUNTIME;
     }
 }
@@ -191,43 +195,149 @@ const char *cli_default_model_dir(void)
     return path;
 }
 
-int cli_read_text(const char *path, char **text, size_t *len)
+int cli_split_list(const char *s, int max, char ***items, int *n)
 {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "pldr: %s: cannot open: %s\n", path, strerror(errno));
-        return EXIT_INPUT;
+    *items = NULL;
+    *n = 0;
+    if (!s || !*s)
+        return -1;
+    int cnt = 1;
+    for (const char *p = s; *p; p++)
+        cnt += *p == ',';
+    if (cnt > max)
+        return -1;
+    char *dup = strdup(s);
+    char **a = malloc((size_t)cnt * sizeof *a);
+    if (!dup || !a) {
+        free(dup);
+        free(a);
+        return -1;
     }
+    int k = 0;
+    for (char *p = dup;;) {
+        char *comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        if (!*p) { /* ",8", "8,,9", "8," */
+            free(dup);
+            free(a);
+            return -1;
+        }
+        a[k++] = p;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    *items = a;
+    *n = k;
+    return 0;
+}
+
+size_t cli_prompt_limit(const char *model_dir, long n_ctx)
+{
+    if (n_ctx <= 0 && model_dir) {
+        char path[4096];
+        pldr_config cfg;
+        snprintf(path, sizeof path, "%s/config.json", model_dir);
+        if (pldr_config_load(path, &cfg) == PLDR_OK)
+            n_ctx = cfg.max_position;
+    }
+    size_t lim = n_ctx > 0 ? (size_t)n_ctx * 64 : 0;
+    return lim < ((size_t)1 << 20) ? (size_t)1 << 20 : lim;
+}
+
+int cli_read_text(const char *path, size_t max_bytes, char **text, size_t *len)
+{
+    *text = NULL;
+    *len = 0;
+    int fd = STDIN_FILENO;
+    const int is_stdin = strcmp(path, "-") == 0;
+    if (!is_stdin) {
+        /* O_NONBLOCK: a FIFO or device must not hang the open */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0) {
+            fprintf(stderr, "pldr: %s: cannot open: %s\n", path, strerror(errno));
+            return EXIT_INPUT;
+        }
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            fprintf(stderr, "pldr: %s: is %s, not a regular file\n", path,
+                    S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                                                      : S_ISSOCK(st.st_mode)   ? "a socket"
+                                                                               : "a device");
+            close(fd);
+            return EXIT_INPUT;
+        }
+        if ((uint64_t)st.st_size > max_bytes) {
+            fprintf(stderr, "pldr: %s: %lld bytes, more than the %zu bytes allowed\n", path, (long long)st.st_size,
+                    max_bytes);
+            close(fd);
+            return EXIT_INPUT;
+        }
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    }
+    const char *name = is_stdin ? "standard input" : path;
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
+    int err = 0;
     while (buf) {
         if (n + 1 >= cap) {
-            char *b = realloc(buf, cap * 2);
+            size_t ncap = cap * 2 > max_bytes + 2 ? max_bytes + 2 : cap * 2;
+            char *b = realloc(buf, ncap);
             if (!b) {
                 free(buf);
                 buf = NULL;
                 break;
             }
             buf = b;
-            cap *= 2;
+            cap = ncap;
         }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            err = errno;
+            break;
+        }
         if (r == 0)
             break;
+        n += (size_t)r;
+        if (n > max_bytes)
+            break;
     }
-    int err = ferror(f);
-    if (f != stdin)
-        fclose(f);
+    if (!is_stdin)
+        close(fd);
     if (!buf || err) {
         free(buf);
-        fprintf(stderr, "pldr: %s: read failed\n", path);
+        fprintf(stderr, "pldr: %s: read failed: %s\n", name, err ? strerror(err) : "out of memory");
+        return EXIT_INPUT;
+    }
+    if (n > max_bytes) {
+        free(buf);
+        fprintf(stderr, "pldr: %s: more than the %zu bytes allowed\n", name, max_bytes);
         return EXIT_INPUT;
     }
     buf[n] = '\0';
     *text = buf;
     *len = n;
     return EXIT_OK;
+}
+
+static int stdout_failed, stdout_reader_gone;
+
+int cli_stdout_check(void)
+{
+    if (stdout_failed)
+        return EXIT_OUTPUT;
+    errno = 0;
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return EXIT_OK;
+    stdout_failed = 1;
+    /* a reader that went away (| head) ends the run quietly */
+    stdout_reader_gone = errno == EPIPE;
+    if (!stdout_reader_gone)
+        fprintf(stderr, "pldr: standard output: write failed%s%s\n", errno ? ": " : "", errno ? strerror(errno) : "");
+    return EXIT_OUTPUT;
 }
 
 void cli_progress(const char *what, uint64_t done, uint64_t total, void *user)
@@ -270,21 +380,13 @@ int cli_load_model(const char *dir, const char *device, pldr_dtype dtype, pldr_m
     return st == PLDR_OK ? EXIT_OK : cli_report(st);
 }
 
-int main(int argc, char **argv)
+static int run_command(int argc, char **argv)
 {
     if (argc < 2) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
-        fputs(usage, stdout);
-        return EXIT_OK;
-    }
-    if (strcmp(cmd, "--version") == 0) {
-        printf("pldr %s\n", PLDR_VERSION_STRING);
-        return EXIT_OK;
-    }
     static const struct {
         const char *name;
         int (*fn)(int, char **);
@@ -292,11 +394,41 @@ int main(int argc, char **argv)
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
         {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
-        {"tune", cmd_tune},
+        {"tune", cmd_tune},     {"serve", cmd_serve},
     };
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+    const int n_cmds = (int)(sizeof cmds / sizeof cmds[0]);
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        if (strcmp(cmd, "help") == 0 && argc > 2) { /* pldr help CMD */
+            for (int i = 0; i < n_cmds; i++)
+                if (strcmp(argv[2], cmds[i].name) == 0) {
+                    char *av[] = {argv[2], (char *)"--help", NULL};
+                    return cmds[i].fn(2, av);
+                }
+            fprintf(stderr, "pldr: unknown command '%s'\n\n%s", argv[2], usage);
+            return EXIT_USAGE;
+        }
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("pldr %s\n", PLDR_VERSION_STRING);
+        return EXIT_OK;
+    }
+    for (int i = 0; i < n_cmds; i++)
         if (strcmp(cmd, cmds[i].name) == 0)
             return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "pldr: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    int rc = run_command(argc, argv);
+    /* results on standard output count only once they were written */
+    int out = cli_stdout_check();
+    if (out != EXIT_OK && stdout_reader_gone && rc == EXIT_OUTPUT)
+        rc = EXIT_OK; /* stopped early because nobody reads any more */
+    else if (out != EXIT_OK && rc == EXIT_OK && !stdout_reader_gone)
+        rc = out;
+    return rc;
 }

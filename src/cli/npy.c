@@ -17,14 +17,25 @@ int npy_write_f32(const char *path, const float *data, size_t rows, size_t cols)
     memset(header + n, ' ', pad);
     header[n + (int)pad] = '\n';
     unsigned short hlen = (unsigned short)(n + (int)pad + 1);
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
                              (unsigned char)(hlen >> 8)};
-    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(header, 1, hlen, f) == hlen &&
-             fwrite(data, sizeof(float), rows * cols, f) == rows * cols;
     /* .npy stores little-endian here ('<f4'): this matches every host we build for */
-    ok = (fclose(f) == 0) && ok;
-    return ok ? 0 : -1;
+    if (strcmp(path, "-") == 0) {
+        fwrite(pre, 1, 10, stdout);
+        fwrite(header, 1, hlen, stdout);
+        fwrite(data, sizeof(float), rows * cols, stdout);
+        return cli_stdout_check();
+    }
+    const void *parts[3] = {pre, header, data};
+    const size_t lens[3] = {10, hlen, rows * cols * sizeof(float)};
+    pldr_status st = pldr_write_parts_atomic(path, parts, lens, 3);
+    return st == PLDR_OK ? EXIT_OK : cli_report(st);
+}
+
+int cli_check_output(const char *path)
+{
+    if (strcmp(path, "-") == 0)
+        return EXIT_OK;
+    pldr_status st = pldr_check_output_path(path);
+    return st == PLDR_OK ? EXIT_OK : cli_report(st);
 }

@@ -2,7 +2,9 @@
 
 #include "common/util.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +32,7 @@ const char *pldr_status_string(pldr_status status)
     case PLDR_ERR_CONTEXT_FULL: return "context is full";
     case PLDR_ERR_NONFINITE: return "non-finite values";
     case PLDR_ERR_MISMATCH: return "mismatch";
+    case PLDR_ERR_OUTPUT: return "cannot write output";
     }
     return "unknown status";
 }
@@ -98,24 +101,79 @@ int pldr_add_size(size_t a, size_t b, size_t *out)
     return 1;
 }
 
+/* What a file that is not a regular file is, for messages. */
+static const char *file_kind(mode_t m)
+{
+    if (S_ISDIR(m))
+        return "a directory";
+    if (S_ISLNK(m))
+        return "a symbolic link";
+    if (S_ISFIFO(m))
+        return "a FIFO";
+    if (S_ISSOCK(m))
+        return "a socket";
+    if (S_ISCHR(m))
+        return "a character device";
+    if (S_ISBLK(m))
+        return "a block device";
+    return "not a regular file";
+}
+
+pldr_status pldr_open_regular(const char *path, int *fd_out, uint64_t *size)
+{
+    *fd_out = -1;
+    /* O_NONBLOCK: opening a FIFO or a device must not wait for a writer */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return pldr_fail(PLDR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        pldr_status s = pldr_fail(PLDR_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return s;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return pldr_fail(PLDR_ERR_IO, "%s: is %s, not a regular file", path, file_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fd_out = fd;
+    if (size)
+        *size = (uint64_t)st.st_size;
+    return PLDR_OK;
+}
+
+pldr_status pldr_fopen_regular(const char *path, FILE **f, uint64_t *size)
+{
+    *f = NULL;
+    int fd;
+    pldr_status st = pldr_open_regular(path, &fd, size);
+    if (st != PLDR_OK)
+        return st;
+    if (!(*f = fdopen(fd, "rb"))) {
+        st = pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: cannot open: %s", path, strerror(errno));
+        close(fd);
+    }
+    return st;
+}
+
 pldr_status pldr_read_file(const char *path, size_t max_bytes, unsigned char **data, size_t *len)
 {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return pldr_fail(PLDR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int fd;
+    uint64_t size;
+    pldr_status st = pldr_open_regular(path, &fd, &size);
+    if (st != PLDR_OK)
+        return st;
+    if (size > max_bytes) {
         close(fd);
-        return pldr_fail(PLDR_ERR_IO, "%s: not a regular file", path);
+        return pldr_fail(PLDR_ERR_FORMAT, "%s: file is %llu bytes, more than the %zu allowed", path,
+                         (unsigned long long)size, max_bytes);
     }
-    if ((uint64_t)st.st_size > max_bytes) {
-        close(fd);
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: file is %lld bytes, more than the %zu allowed", path,
-                         (long long)st.st_size, max_bytes);
-    }
-    size_t n = (size_t)st.st_size;
+    size_t n = (size_t)size;
     unsigned char *buf = malloc(n + 1);
     if (!buf) {
         close(fd);
@@ -140,42 +198,145 @@ pldr_status pldr_read_file(const char *path, size_t max_bytes, unsigned char **d
     return PLDR_OK;
 }
 
-pldr_status pldr_write_file_atomic(const char *path, const void *data, size_t len)
+/* Splits path into its directory ("." when none) and the file name. */
+static char *dir_of(const char *path, const char **base)
 {
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    if (!tmp)
+    const char *slash = strrchr(path, '/');
+    *base = slash ? slash + 1 : path;
+    if (!slash)
+        return pldr_strdup(".");
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, path, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+pldr_status pldr_check_output_path(const char *path)
+{
+    if (!path || !*path)
+        return pldr_fail(PLDR_ERR_OUTPUT, "an empty output path");
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISREG(st.st_mode))
+            return pldr_fail(PLDR_ERR_OUTPUT, "%s: is %s; refusing to replace it (give the path of a regular file)",
+                             path, file_kind(st.st_mode));
+    } else if (errno != ENOENT) {
+        return pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: %s", path, strerror(errno));
+    }
+    const char *base;
+    char *dir = dir_of(path, &base);
+    if (!dir)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    pldr_status s = PLDR_OK;
+    if (!*base)
+        s = pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: the path names a directory", path);
+    else if (stat(dir, &st) != 0)
+        s = pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: directory %s: %s", path, dir, strerror(errno));
+    else if (!S_ISDIR(st.st_mode))
+        s = pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: %s is not a directory", path, dir);
+    else if (access(dir, W_OK | X_OK) != 0)
+        s = pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: directory %s: %s", path, dir, strerror(errno));
+    free(dir);
+    return s;
+}
+
+pldr_status pldr_write_parts_atomic(const char *path, const void *const *data, const size_t *len, int n_parts)
+{
+    static _Atomic unsigned serial;
+    pldr_status st = pldr_check_output_path(path);
+    if (st != PLDR_OK)
+        return st;
+    const char *base;
+    char *dir = dir_of(path, &base);
+    size_t n = strlen(path) + strlen(PLDR_TMP_MARK) + 48;
+    char *tmp = malloc(n);
+    if (!dir || !tmp) {
+        free(dir);
+        free(tmp);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    }
+    /* .NAME.pldr-tmp.PID.N next to the target: rename stays in one file
+     * system, and pldr_remove_stale_temps knows it by its mark and pid */
+    snprintf(tmp, n, "%s%s.%s%s%ld.%u", dir, strcmp(dir, "/") == 0 ? "" : "/", base, PLDR_TMP_MARK,
+             (long)getpid(), serial++);
+    free(dir);
+    struct stat old;
+    mode_t mode = 0644;
+    if (stat(path, &old) == 0)
+        mode = old.st_mode & 07777;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        pldr_status st = pldr_fail(PLDR_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        st = pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: %s", path, strerror(errno));
         free(tmp);
         return st;
     }
-    const unsigned char *p = data;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t w = write(fd, p + done, len - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            pldr_status st = pldr_fail(PLDR_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-            close(fd);
-            unlink(tmp);
-            free(tmp);
-            return st;
+    int err = 0;
+    for (int i = 0; i < n_parts && !err; i++) {
+        const unsigned char *p = data[i];
+        size_t done = 0;
+        while (done < len[i]) {
+            ssize_t w = write(fd, p + done, len[i] - done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                err = w < 0 ? errno : ENOSPC;
+                break;
+            }
+            done += (size_t)w;
         }
-        done += (size_t)w;
     }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        pldr_status st = pldr_fail(PLDR_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (!err && fchmod(fd, mode) != 0)
+        err = errno;
+    if (!err && fsync(fd) != 0)
+        err = errno;
+    if (close(fd) != 0 && !err)
+        err = errno;
+    if (!err && rename(tmp, path) != 0)
+        err = errno;
+    if (err) {
         unlink(tmp);
         free(tmp);
-        return st;
+        return pldr_fail(PLDR_ERR_OUTPUT, "%s: cannot write: %s", path, strerror(err));
     }
     free(tmp);
     return PLDR_OK;
+}
+
+pldr_status pldr_write_file_atomic(const char *path, const void *data, size_t len)
+{
+    return pldr_write_parts_atomic(path, &data, &len, 1);
+}
+
+void pldr_remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *mark = strstr(e->d_name, PLDR_TMP_MARK);
+        if (!mark || e->d_name[0] != '.')
+            continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(mark + strlen(PLDR_TMP_MARK), &end, 10);
+        if (errno || pid <= 0 || *end != '.')
+            continue;
+        /* the writer is gone when no process has its pid */
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char *p = pldr_path_join(dir, e->d_name);
+        if (p) {
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISREG(st.st_mode))
+                unlink(p);
+            free(p);
+        }
+    }
+    closedir(d);
 }
 
 pldr_status pldr_mkdir_p(const char *path)

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "pldr.h"
 
@@ -19,10 +20,18 @@ pldr_status pldr_fail(pldr_status status, const char *fmt, ...) PLDR_PRINTF(2, 3
 pldr_status pldr_fail_prefix(pldr_status status, const char *fmt, ...) PLDR_PRINTF(2, 3);
 void pldr_clear_error(void);
 
-/* Reads a whole file (at most max_bytes) into a malloc'ed, NUL-terminated buffer. */
+/* Opens an existing regular file for reading. FIFOs, sockets, devices and
+ * directories are refused (PLDR_ERR_IO) without blocking; size may be NULL. */
+pldr_status pldr_open_regular(const char *path, int *fd, uint64_t *size);
+pldr_status pldr_fopen_regular(const char *path, FILE **f, uint64_t *size);
+/* Reads a whole regular file (at most max_bytes) into a malloc'ed, NUL-terminated buffer. */
 pldr_status pldr_read_file(const char *path, size_t max_bytes, unsigned char **data, size_t *len);
-/* Writes a file atomically: a temporary file in the same directory, then rename. */
+/* pldr_write_file of one part (include/pldr.h). */
 pldr_status pldr_write_file_atomic(const char *path, const void *data, size_t len);
+/* Temporary files of pldr_write_file are named .NAME<mark>PID.N */
+#define PLDR_TMP_MARK ".pldr-tmp."
+/* Removes the temporary files in dir whose writing process is gone. */
+void pldr_remove_stale_temps(const char *dir);
 /* Creates a directory and its parents (mode 0755); existing ones are fine. */
 pldr_status pldr_mkdir_p(const char *path);
 /* Returns malloc'ed "a/b"; NULL on allocation failure. */

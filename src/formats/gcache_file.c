@@ -84,10 +84,12 @@ static pldr_status read_tensor(const st_tensor *t, const char *path, float **out
 static pldr_status check_finite(const pldr_gcache *g, const char *path)
 {
     const size_t hdd = (size_t)g->head_dim * (size_t)g->head_dim, n = gcache_elems(g);
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(g->g_lm[i]))
-            return pldr_fail(PLDR_ERR_FORMAT, "%s: G_LM has a non-finite value in layer %zu, head %zu", path,
-                             i / hdd / (size_t)g->n_heads, i / hdd % (size_t)g->n_heads);
+    const float *arrays[3] = {g->a, g->a_lm, g->g_lm};
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; arrays[k] && i < n; i++)
+            if (!isfinite(arrays[k][i]))
+                return pldr_fail(PLDR_ERR_FORMAT, "%s: %s has a non-finite value in layer %zu, head %zu", path,
+                                 TENSOR_NAMES[k], i / hdd / (size_t)g->n_heads, i / hdd % (size_t)g->n_heads);
     return PLDR_OK;
 }
 

@@ -392,19 +392,16 @@ static pldr_status map_file(const char *path, void **map, size_t *size)
 {
     *map = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return pldr_fail(PLDR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return pldr_fail(PLDR_ERR_IO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > SIZE_MAX) {
+    int fd;
+    uint64_t fsize;
+    pldr_status ost = pldr_open_regular(path, &fd, &fsize);
+    if (ost != PLDR_OK)
+        return ost;
+    if (fsize > SIZE_MAX) {
         close(fd);
         return pldr_fail(PLDR_ERR_UNSUPPORTED, "%s: file too large to map", path);
     }
-    size_t n = (size_t)sb.st_size;
+    size_t n = (size_t)fsize;
     if (n > 0) {
         /* read-only shared mapping: the weights are never copied on the host */
         void *m = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);

@@ -31,6 +31,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,18 +316,10 @@ pldr_status pldr_session_save(pldr_context *ctx, const pldr_model *model, const 
 /* Opens path and reads and checks its header; *f stays open on success. */
 static pldr_status open_session(const char *path, FILE **f, header *h, uint64_t *file_size)
 {
-    *f = fopen(path, "rb");
-    if (!*f)
-        return pldr_fail(PLDR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(*f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(*f);
-        *f = NULL;
-        return pldr_fail(PLDR_ERR_IO, "%s: not a regular file", path);
-    }
-    *file_size = (uint64_t)sb.st_size;
+    pldr_status st = pldr_fopen_regular(path, f, file_size);
+    if (st != PLDR_OK)
+        return st;
     uint8_t raw[HEADER_BYTES];
-    pldr_status st = PLDR_OK;
     if (*file_size < HEADER_BYTES || fread(raw, 1, HEADER_BYTES, *f) != HEADER_BYTES)
         st = pldr_fail(PLDR_ERR_FORMAT, "%s: truncated: %llu bytes, shorter than a session header", path,
                        (unsigned long long)*file_size);
@@ -454,6 +447,23 @@ static void state_view(const header *h, uint8_t *payload, pldr_state *s)
     s->gcache = (float *)(payload + p.tokens + 2 * p.kv);
 }
 
+/* The stored next-token logits and G-cache must be finite: sampling from
+ * NaN logits would print text as if nothing were wrong. */
+static pldr_status check_finite(const header *h, const pldr_state *s, const char *path)
+{
+    parts p;
+    payload_parts(&h->info, &p);
+    const float *g = s->gcache, *logits = s->gcache + p.gcache / 4;
+    for (size_t i = 0; s->g_valid && i < p.gcache / 4; i++)
+        if (!isfinite(g[i]))
+            return pldr_fail(PLDR_ERR_FORMAT, "%s: the stored G-cache has a non-finite value at %zu (damaged)", path, i);
+    for (size_t i = 0; i < p.logits / 4; i++)
+        if (!isfinite(logits[i]))
+            return pldr_fail(PLDR_ERR_FORMAT, "%s: the stored next-token logits have a non-finite value at token id %zu "
+                                              "(damaged)", path, i);
+    return PLDR_OK;
+}
+
 /* Copies what the caller gets back (tokens, logits) out of the payload. */
 static pldr_status fill_out(const header *h, const pldr_state *s, pldr_session *out, const char *path)
 {
@@ -506,6 +516,8 @@ pldr_status pldr_session_load(pldr_context *ctx, const pldr_model *model, const 
         goto done;
     pldr_state s;
     state_view(&h, payload, &s);
+    if ((st = check_finite(&h, &s, path)) != PLDR_OK)
+        goto done;
     if ((st = pldr_context_set_state(ctx, &s)) != PLDR_OK) {
         st = pldr_fail_prefix(st, "%s", path);
         goto done;

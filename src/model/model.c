@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -582,18 +583,24 @@ static uint64_t learner_local_bytes(const pldr_model *m)
 /* Work-group shape items "key=value,..." (PLDR_WG's syntax, e.g.
  * "row=256,att=64,ml=64,gemv=256,rows=8,wrows=2") over m's current shapes: a
  * key is matched whole ("row" is not "rows"); an item that is not understood
- * is named in a warning that says where it came from. */
+ * or out of the range the kernels can run is named in a warning that says
+ * where it came from, and ignored. The caps of pf, mlkc and mlrows bound
+ * per-work-item arrays (kernels/gemv.cl wa/wb, kernels/plga.cl wg/wu and o):
+ * a larger value makes the kernels fail or crash the device's compiler. */
 static void apply_wg_items(pldr_model *m, const char *items, const char *source, size_t lim)
 {
+    const long wg = lim < 65536 ? (long)lim : 65536; /* the device's largest work-group */
     const struct {
         const char *key;
         int *val;
         int is_switch; /* 0 or 1, rather than a power of two */
-    } keys[] = {{"row", &m->row_wg, 0},     {"att", &m->att_wg, 0},         {"ml", &m->ml_wg, 0},
-                {"gemv", &m->gemv_wg, 0},   {"rows", &m->gemv_rows, 0},     {"mlrows", &m->ml_rows, 0},
-                {"pf", &m->gemv_pf, 0},     {"wrows", &m->gemv_wrows, 0},   {"mlrg", &m->ml_rg, 0},
-                {"mlks", &m->ml_ks, 0},     {"mls", &m->ml_s, 0},           {"mlkc", &m->ml_kc, 0},
-                {"attpre", &m->att_preload, 1}, {"gpu", &m->wg_forms, 1}};
+        long hi;       /* largest value */
+    } keys[] = {{"row", &m->row_wg, 0, wg},      {"att", &m->att_wg, 0, wg},         {"ml", &m->ml_wg, 0, wg},
+                {"gemv", &m->gemv_wg, 0, wg},    {"rows", &m->gemv_rows, 0, wg},     {"mlrows", &m->ml_rows, 0, 64},
+                {"pf", &m->gemv_pf, 0, 16},      {"wrows", &m->gemv_wrows, 0, wg},   {"mlrg", &m->ml_rg, 0, 64},
+                {"mlks", &m->ml_ks, 0, wg},      {"mls", &m->ml_s, 0, wg},           {"mlkc", &m->ml_kc, 0, 64},
+                {"attpre", &m->att_preload, 1, 1}, {"gpu", &m->wg_forms, 1, 1}};
+    char range[64];
     for (const char *p = items; *p;) {
         const size_t len = strcspn(p, ",");
         const char *eq = memchr(p, '=', len);
@@ -602,14 +609,16 @@ static void apply_wg_items(pldr_model *m, const char *items, const char *source,
             if ((size_t)(eq - p) != strlen(keys[i].key) || strncmp(p, keys[i].key, (size_t)(eq - p)) != 0)
                 continue;
             char *end;
+            errno = 0;
             const long v = strtol(eq + 1, &end, 10);
-            if (end == eq + 1 || end != p + len)
+            if (end == eq + 1 || end != p + len || errno)
                 why = "the value is not an integer";
             else if (keys[i].is_switch && v != 0 && v != 1)
                 why = "the value must be 0 or 1";
-            else if (!keys[i].is_switch && (v < 1 || v > 65536))
-                why = "the value must be in [1, 65536]";
-            else {
+            else if (!keys[i].is_switch && (v < 1 || v > keys[i].hi)) {
+                snprintf(range, sizeof range, "the value must be in [1, %ld] on this device", keys[i].hi);
+                why = range;
+            } else {
                 why = NULL;
                 *keys[i].val = keys[i].is_switch ? (int)v : pow2_at_most(lim, (int)v);
             }

@@ -238,6 +238,10 @@ static int resolve(const char *spec, const pldr_device_info *infos, int n)
     } else if (!colon && parse_uint(spec, spec + strlen(spec), &a)) {
         if (a < n)
             return (int)a;
+    } else if (strcasecmp(spec, "cpu") == 0 || strcasecmp(spec, "gpu") == 0 || strcasecmp(spec, "accelerator") == 0) {
+        for (int i = 0; i < n; i++) /* a device type: the first device of that type */
+            if (strcasecmp(infos[i].type, spec) == 0)
+                return i;
     } else {
         for (int i = 0; i < n; i++) {
             char both[600];

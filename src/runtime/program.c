@@ -1,20 +1,27 @@
 /* Building the kernels: sources embedded at build time (or read from a
  * directory), compiled for the device with the model's dimensions as -D
  * defines, and cached as program binaries keyed by a hash of everything that
- * can change the result. A damaged or stale cache entry is ignored. */
+ * can change the result. A damaged or stale cache entry is ignored, and so
+ * is any entry the driver does not take: the kernels are then compiled from
+ * source and the entry rewritten. An entry is trusted only when this user
+ * owns it, nobody else can write it, its length matches the file and a
+ * 64-bit hash of its key and whole binary matches. */
 #include "config.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "runtime/kernels_embedded.h"
 #include "runtime/ocl.h"
 #include "common/util.h"
 
-#define CACHE_MAGIC "PLDRBIN1"
-#define CACHE_HEADER 28 /* magic 8, key 8, crc32 4, payload length 8 */
+#define CACHE_MAGIC "PLDRBIN2"
+#define CACHE_HEADER 40 /* magic 8, key 8, crc32 4, pad 4, binary length 8, hash 8 */
 
 char *pldr_default_cache_dir(void)
 {
@@ -99,22 +106,36 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
+/* The hash that binds an entry's binary to its key (FNV-1a over both). */
+static uint64_t entry_hash(uint64_t key, const unsigned char *bin, size_t len)
+{
+    unsigned char k[8];
+    put_u64(k, key);
+    return pldr_fnv1a(pldr_fnv1a(PLDR_FNV_INIT, k, 8), bin, len);
+}
+
 static cl_program try_cached(pldr_ocl *ocl, const char *path, uint64_t key, const char *options)
 {
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || (sb.st_mode & 022))
+        return NULL; /* missing, or not a file only this user can have written */
     unsigned char *data;
     size_t len;
-    if (pldr_read_file(path, 512u << 20, &data, &len) != PLDR_OK)
+    if (pldr_read_file(path, 512u << 20, &data, &len) != PLDR_OK) {
+        pldr_clear_error();
         return NULL;
+    }
     cl_program prog = NULL;
     if (len > CACHE_HEADER && memcmp(data, CACHE_MAGIC, 8) == 0 && get_u64(data + 8) == key &&
-        get_u64(data + 20) == len - CACHE_HEADER) {
+        get_u64(data + 24) == len - CACHE_HEADER) {
         uint32_t crc = (uint32_t)data[16] | (uint32_t)data[17] << 8 | (uint32_t)data[18] << 16 |
                        (uint32_t)data[19] << 24;
         const unsigned char *bin = data + CACHE_HEADER;
         size_t bin_len = len - CACHE_HEADER;
-        if (crc32(0L, bin, (uInt)bin_len) == crc) {
+        if (crc32(0L, bin, (uInt)bin_len) == crc && entry_hash(key, bin, bin_len) == get_u64(data + 32)) {
             cl_int err, bin_status;
             prog = clCreateProgramWithBinary(ocl->context, 1, &ocl->device, &bin_len, &bin, &bin_status, &err);
+            /* any failure from here on is a cache miss: compile from source */
             if (prog && (err != CL_SUCCESS || bin_status != CL_SUCCESS ||
                          clBuildProgram(prog, 1, &ocl->device, options, NULL, NULL) != CL_SUCCESS)) {
                 clReleaseProgram(prog);
@@ -127,25 +148,69 @@ static cl_program try_cached(pldr_ocl *ocl, const char *path, uint64_t key, cons
     return prog;
 }
 
+/* Says once per process why compiled kernels cannot be kept. */
+static void warn_cache_dir(const char *dir, const char *why)
+{
+    static _Atomic int warned;
+    if (warned++)
+        return;
+    fprintf(stderr, "pldr: warning: %s: %s; the kernels will be compiled at every start (set XDG_CACHE_HOME to a "
+                    "writable directory)\n", dir, why);
+}
+
+/* Whether dir can hold cache entries; warns when not. */
+static int cache_dir_usable(const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+        warn_cache_dir(dir, "the kernel cache path is a file, not a directory: remove or rename it");
+        return 0;
+    }
+    if (pldr_mkdir_p(dir) != PLDR_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "cannot create the kernel cache directory (%s)", pldr_last_error());
+        pldr_clear_error();
+        warn_cache_dir(dir, why);
+        return 0;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        char why[256];
+        snprintf(why, sizeof why, "the kernel cache directory cannot be written (%s)", strerror(errno));
+        warn_cache_dir(dir, why);
+        return 0;
+    }
+    return 1;
+}
+
 static void store_cached(pldr_ocl *ocl, cl_program prog, const char *dir, const char *path, uint64_t key)
 {
     size_t bin_len = 0;
     if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof bin_len, &bin_len, NULL) != CL_SUCCESS ||
         bin_len == 0)
         return;
+    if (!cache_dir_usable(dir))
+        return;
+    /* the temporary files of writers that were killed */
+    pldr_remove_stale_temps(dir);
     unsigned char *buf = malloc(CACHE_HEADER + bin_len);
     if (!buf)
         return;
     unsigned char *bin = buf + CACHE_HEADER;
     if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
+        memset(buf, 0, CACHE_HEADER);
         memcpy(buf, CACHE_MAGIC, 8);
         put_u64(buf + 8, key);
         uint32_t crc = (uint32_t)crc32(0L, bin, (uInt)bin_len);
         for (int i = 0; i < 4; i++)
             buf[16 + i] = (unsigned char)(crc >> (8 * i));
-        put_u64(buf + 20, bin_len);
-        if (pldr_mkdir_p(dir) == PLDR_OK)
-            pldr_write_file_atomic(path, buf, CACHE_HEADER + bin_len);
+        put_u64(buf + 24, bin_len);
+        put_u64(buf + 32, entry_hash(key, bin, bin_len));
+        /* whatever sits at the entry's name (a FIFO, a link, a damaged entry)
+         * is ours to replace: rename does not follow it */
+        struct stat sb;
+        if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode))
+            unlink(path);
+        pldr_write_file_atomic(path, buf, CACHE_HEADER + bin_len);
     }
     free(buf);
     pldr_clear_error(); /* the cache is an optimisation: failing to write it is not an error */

@@ -1,0 +1,335 @@
+/* The inference context: parameters, buffers, kernels, creation and release. */
+#include "config.h"
+
+#include <clblast_c.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "common/util.h"
+
+pldr_context_params pldr_context_default_params(void)
+{
+    pldr_context_params p;
+    memset(&p, 0, sizeof p);
+    p.n_ctx = 0;
+    p.cache_mode = PLDR_CACHE_KVG;
+    p.check_finite = 1;
+    return p;
+}
+
+int pldr_context_n_past(const pldr_context *c) { return c->n_past; }
+int pldr_context_n_ctx(const pldr_context *c) { return c->n_ctx; }
+uint64_t pldr_context_device_bytes(const pldr_context *c) { return c->device_bytes; }
+
+pldr_cache_mode pldr_context_cache_mode(const pldr_context *c) { return c->p.cache_mode; }
+
+void pldr_context_reset(pldr_context *c)
+{
+    engine_ahead_cancel(c);
+    c->n_past = 0;
+    c->g_valid = g_fixed(c);
+}
+
+static pldr_status make_kernels(pldr_context *c)
+{
+    struct {
+        cl_kernel *k;
+        const char *name;
+    } list[] = {
+        {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
+        {&c->k.w2f, "weight_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
+        {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
+        {&c->k.learner_cpu, "metric_learner_cpu"}, {&c->k.metric_cpu, "metric_tensor_cpu"},
+        {&c->k.att_prefill_cpu, "attention_prefill_cpu"}, {&c->k.potential_cpu, "plga_potential_cpu"},
+        {&c->k.energy_cpu, "plga_energy_cpu"},
+        {&c->k.potential, "plga_potential"}, {&c->k.energy, "plga_energy"},
+        {&c->k.apply_g, "apply_g"},          {&c->k.att_prefill, "attention_prefill"},
+        {&c->k.att_decode, "attention_decode"}, {&c->k.glu, "glu_gate"},
+        {&c->k.gemv, "gemv"},                {&c->k.gemv_ln, "gemv_ln"},
+        {&c->k.gemv_wide, "gemv_wide"},
+        {&c->k.gemv_embed, "gemv_embed"},
+        {&c->k.bias_rows, "add_bias_rows"},
+        {&c->k.argmax, "argmax"},
+    };
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
+        cl_int err;
+        *list[i].k = clCreateKernel(c->m->program, list[i].name, &err);
+        if (!*list[i].k) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "creating kernel %s", list[i].name);
+            return pldr_cl_fail(&c->m->ocl, err, msg);
+        }
+    }
+    return PLDR_OK;
+}
+
+/* The page-locked staging area (see pldr_context.stage). */
+static pldr_status map_stage(pldr_context *c)
+{
+    const pldr_ocl *o = &c->m->ocl;
+    const size_t words = (size_t)c->n_flags + 1, ints = (3 * words + 3) & ~(size_t)3;
+    const size_t bytes = ints * sizeof(int) + (size_t)c->m->cfg.vocab_size * sizeof(float);
+    cl_int err;
+    c->stage = clCreateBuffer(o->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, bytes, NULL, &err);
+    if (!c->stage)
+        return pldr_cl_fail(o, err, "allocating page-locked host memory for the context");
+    c->stage_ptr = clEnqueueMapBuffer(o->queue, c->stage, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0, bytes, 0, NULL,
+                                      NULL, &err);
+    if (!c->stage_ptr)
+        return pldr_cl_fail(o, err, "mapping page-locked host memory for the context");
+    memset(c->stage_ptr, 0, bytes);
+    int *w = c->stage_ptr;
+    c->slot_host[0] = w;
+    c->slot_host[1] = w + words;
+    c->flags_host = w + 2 * words;
+    c->logit_row = (float *)(w + ints);
+    return PLDR_OK;
+}
+
+static pldr_status ctx_buffer(pldr_context *c, cl_mem *b, size_t bytes, const char *what)
+{
+    return pldr_buffer(c->m, bytes, what, b, &c->device_bytes);
+}
+
+/* The decode-step buffer c->act (see pldr_context.act): its regions at
+ * offsets aligned for sub-buffers, the sub-buffers, and cleared flags. */
+static pldr_status make_act(pldr_context *c, size_t T)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, V = (size_t)cf->vocab_size;
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(m->ocl.device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    size_t align = align_bits / 8 > 256 ? align_bits / 8 : 256;
+    const size_t max_split = (T + (size_t)m->att_wg - 1) / (size_t)m->att_wg;
+    struct {
+        int *off;
+        size_t bytes;
+        cl_mem *sub;
+    } r[] = {
+        {&c->off.s1, d * 4, &c->s1},
+        {&c->off.s2, d * 4, &c->s2},
+        {&c->off.xn, d * 4, &c->xn},
+        {&c->off.x1n, d * 4, &c->x1n},
+        {&c->off.qkv, 3 * d * 4, NULL},
+        {&c->off.g, F * 4, NULL},
+        {&c->off.att_part, (size_t)cf->n_heads * max_split * ((size_t)cf->head_dim + 2) * 4, NULL},
+        {&c->off.att_count, (size_t)cf->n_heads * 4, NULL},
+        {&c->off.att, d * 4, NULL},
+        {&c->off.argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, NULL},
+        /* the flags, then the greedy token id and the argmax work-group counter */
+        {&c->off.flags, ((size_t)c->n_flags + 2) * 4, &c->flags},
+        {&c->off.ids, T * 4, &c->ids},
+        {&c->off.rope, T * (size_t)cf->head_dim * 4, &c->rope},
+        {&c->off.logits, LOGIT_CHUNK * V * 4, &c->logits},
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        if (total > INT32_MAX)
+            return pldr_fail(PLDR_ERR_DEVICE_MEMORY, "the decode buffers of %zu tokens exceed 2 GiB", T);
+        *r[i].off = (int)total;
+        total += (r[i].bytes + align - 1) / align * align;
+    }
+    TRY(ctx_buffer(c, &c->act, total, "the decode-step buffer"));
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        if (!r[i].sub)
+            continue;
+        cl_buffer_region reg = {(size_t)*r[i].off, r[i].bytes};
+        cl_int err;
+        *r[i].sub = clCreateSubBuffer(c->act, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &reg, &err);
+        if (!*r[i].sub)
+            return pldr_cl_fail(&m->ocl, err, "creating a region of the decode-step buffer");
+    }
+    const cl_uchar zero = 0;
+    cl_int err = clEnqueueFillBuffer(m->ocl.queue, c->act, &zero, 1, 0, total, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing the decode-step buffer");
+}
+
+static pldr_status upload_rope(pldr_context *c)
+{
+    const pldr_config *cf = &c->m->cfg;
+    const int half = cf->head_dim / 2;
+    size_t n = (size_t)c->n_ctx * (size_t)half * 2;
+    float *tab = malloc(n * sizeof *tab);
+    if (!tab)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the RoPE table");
+    for (int p = 0; p < c->n_ctx; p++)
+        for (int i = 0; i < half; i++) {
+            double inv = pow(cf->rope_theta, -2.0 * i / cf->head_dim);
+            double ang = p * inv;
+            tab[((size_t)p * half + i) * 2] = (float)cos(ang);
+            tab[((size_t)p * half + i) * 2 + 1] = (float)sin(ang);
+        }
+    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
+    free(tab);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading the RoPE table");
+}
+
+/* A predefined G (custom_G_type) fills the G-cache once, from the checkpoint. */
+pldr_status engine_fill_predefined_g(pldr_context *c)
+{
+    const pldr_config *cf = &c->m->cfg;
+    if (cf->g_type == PLDR_G_LEARNED)
+        return PLDR_OK;
+    const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim * 4;
+    for (int l = 0; l < cf->n_layers; l++) {
+        cl_mem dst[3] = {c->g_a[l], c->g_alm[l], c->g_g[l]};
+        for (int i = 0; i < 3; i++) {
+            cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
+                                             hdd, 0, NULL, NULL);
+            if (err != CL_SUCCESS)
+                return pldr_cl_fail(&c->m->ocl, err, "copying the predefined G_LM");
+        }
+    }
+    return PLDR_OK;
+}
+
+static pldr_status context_alloc(pldr_context *c)
+{
+    pldr_model *m = c->m;
+    const pldr_config *cf = &m->cfg;
+    const size_t L = (size_t)cf->n_layers, d = (size_t)cf->d_model, F = (size_t)cf->d_ff;
+    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->vocab_size;
+    const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
+
+    /* what the context will need, checked before anything is allocated */
+    uint64_t need = 2 * L * T * d * 4 + 3 * L * hdd * 4 + T * (size_t)cf->head_dim * 4 +
+                    T * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 + LOGIT_CHUNK * V * 4 +
+                    (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm ? m->max_matrix_elems * 4 : 0);
+    uint64_t have = m->ocl.info.global_mem_bytes;
+    if (need + m->device_bytes > have)
+        return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
+                         "a context of %d tokens needs %.1f MiB of device memory beside the %.1f MiB of weights, "
+                         "but %s has %.1f MiB (try a smaller --ctx%s)",
+                         c->n_ctx, need / 1048576.0, m->device_bytes / 1048576.0, m->ocl.info.name,
+                         have / 1048576.0, m->wtype == PLDR_DTYPE_F32 ? ", or --dtype f16 or q8_0" : "");
+
+    c->k_cache = calloc(L, sizeof(cl_mem));
+    c->v_cache = calloc(L, sizeof(cl_mem));
+    c->g_a = calloc(L, sizeof(cl_mem));
+    c->g_alm = calloc(L, sizeof(cl_mem));
+    c->g_g = calloc(L, sizeof(cl_mem));
+    c->tokens = calloc(T, sizeof *c->tokens);
+    c->n_flags = 3 * (int)L + 2;
+    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
+    TRY(map_stage(c));
+    for (size_t l = 0; l < L; l++) {
+        TRY(ctx_buffer(c, &c->k_cache[l], T * d * 4, "the K cache"));
+        TRY(ctx_buffer(c, &c->v_cache[l], T * d * 4, "the V cache"));
+        TRY(ctx_buffer(c, &c->g_a[l], hdd * 4, "the G-cache"));
+        TRY(ctx_buffer(c, &c->g_alm[l], hdd * 4, "the G-cache"));
+        TRY(ctx_buffer(c, &c->g_g[l], hdd * 4, "the G-cache"));
+    }
+    TRY(make_act(c, T));
+    cl_mem *td[] = {&c->x, &c->x1, &c->q, &c->qg, &c->att, &c->o};
+    for (size_t i = 0; i < sizeof td / sizeof td[0]; i++)
+        TRY(ctx_buffer(c, td[i], T * d * 4, "activations"));
+    TRY(ctx_buffer(c, &c->qkv, T * 3 * d * 4, "activations"));
+    TRY(ctx_buffer(c, &c->h, T * 2 * F * 4, "activations"));
+    TRY(ctx_buffer(c, &c->g, T * F * 4, "activations"));
+    TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
+    TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
+    if (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm)
+        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the float32 weight scratch"));
+    return PLDR_OK;
+}
+
+pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, pldr_context **out)
+{
+    *out = NULL;
+    pldr_clear_error();
+    pldr_context_params defaults = pldr_context_default_params();
+    if (!params)
+        params = &defaults;
+    if (params->n_ctx < 0 || params->n_ctx > m->cfg.max_position)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "context size %d is outside [1, %d] (max_position_embeddings)",
+                         params->n_ctx, m->cfg.max_position);
+    if (params->cache_mode < PLDR_CACHE_NONE || params->cache_mode > PLDR_CACHE_KVG)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown cache mode %d", (int)params->cache_mode);
+    pldr_context *c = calloc(1, sizeof *c);
+    if (!c)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    c->m = m;
+    c->p = *params;
+    c->n_ctx = params->n_ctx ? params->n_ctx : m->cfg.max_position;
+    cl_command_queue_properties qp = 0;
+    clGetCommandQueueInfo(m->ocl.queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+    if (qp & CL_QUEUE_PROFILING_ENABLE) {
+        c->cap_events = 4096;
+        c->events = calloc((size_t)c->cap_events, sizeof *c->events);
+        c->event_names = calloc((size_t)c->cap_events, sizeof *c->event_names);
+        c->profile = c->events && c->event_names;
+    }
+    c->host_timing = !c->profile && getenv("PLDR_HOSTTIME") && atoi(getenv("PLDR_HOSTTIME")) > 0;
+    const char *pipe = getenv("PLDR_PIPELINE");
+    c->pipeline = !c->profile && !(pipe && strcmp(pipe, "0") == 0);
+    pldr_status st = make_kernels(c);
+    if (st == PLDR_OK)
+        st = context_alloc(c);
+    if (st == PLDR_OK)
+        st = upload_rope(c);
+    if (st == PLDR_OK)
+        st = engine_fill_predefined_g(c);
+    if (st == PLDR_OK) {
+        cl_int err = clFinish(m->ocl.queue);
+        if (err != CL_SUCCESS)
+            st = pldr_cl_fail(&m->ocl, err, "preparing the context");
+    }
+    if (st != PLDR_OK) {
+        pldr_context_free(c);
+        return st;
+    }
+    pldr_context_reset(c);
+    *out = c;
+    return PLDR_OK;
+}
+
+void pldr_context_free(pldr_context *c)
+{
+    if (!c)
+        return;
+    engine_ahead_cancel(c);
+    clFinish(c->m->ocl.queue);
+    if (c->host_timing) {
+        fprintf(stderr, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing, "
+                "%.3f ms waiting for greedy tokens\n", c->host_launches, c->host_arg_ms, c->host_enq_ms,
+                c->host_wait_ms);
+        for (int i = 0; i < c->n_prof; i++)
+            fprintf(stderr, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
+                    1000.0 * c->prof[i].ms / (double)c->prof[i].count, c->prof[i].count);
+    }
+    if (c->profile) {
+        engine_prof_collect(c);
+        engine_prof_print(c);
+    }
+    free(c->events);
+    free(c->event_names);
+    cl_mem **per_layer[] = {&c->k_cache, &c->v_cache, &c->g_a, &c->g_alm, &c->g_g};
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
+        cl_mem *arr = *per_layer[i];
+        if (arr)
+            for (int l = 0; l < c->m->cfg.n_layers; l++)
+                pldr_release_mem(&arr[l]);
+        free(arr);
+    }
+    cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
+                        &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
+                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->act};
+    for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
+        pldr_release_mem(single[i]);
+    cl_kernel *ks = (cl_kernel *)&c->k;
+    for (size_t i = 0; i < sizeof c->k / sizeof(cl_kernel); i++)
+        if (ks[i])
+            clReleaseKernel(ks[i]);
+    free(c->tokens);
+    if (c->stage_ptr) {
+        clEnqueueUnmapMemObject(c->m->ocl.queue, c->stage, c->stage_ptr, 0, NULL, NULL);
+        clFinish(c->m->ocl.queue);
+    }
+    pldr_release_mem(&c->stage);
+    free(c);
+}

@@ -1,0 +1,705 @@
+/* The replicas of pldr serve. Each replica is one model on one device with
+ * `parallel` slots; its worker thread takes sequences from the replica's
+ * queue into free slots and advances every busy slot by one step per round
+ * (the prompt's prefill, then one token), so that a new request starts
+ * between the decode steps of the others and a finished or cancelled
+ * sequence frees its slot at once. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+double server_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------ jobs */
+
+job *job_new(completion_request *r)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->n_seq = r->n_prompts * r->n;
+    j->seqs = calloc((size_t)j->n_seq, sizeof *j->seqs);
+    if (!j->seqs) {
+        free(j);
+        return NULL;
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    j->refs = 1;
+    j->req = *r;
+    memset(r, 0, sizeof *r);
+    for (int s = 0; s < j->n_seq; s++) {
+        j->seqs[s].replica = -1;
+        j->seqs[s].n_prompt = j->req.n_prompt_ids[s / j->req.n];
+    }
+    j->t_submit = server_now();
+    return j;
+}
+
+void job_release(job *j)
+{
+    if (!j)
+        return;
+    pthread_mutex_lock(&j->mu);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->mu);
+    if (left > 0)
+        return;
+    for (int s = 0; s < j->n_seq; s++) {
+        seq_out *o = &j->seqs[s];
+        free(o->text);
+        json_decref(o->lp_tokens);
+        json_decref(o->lp_logprobs);
+        json_decref(o->lp_top);
+        json_decref(o->lp_offsets);
+    }
+    free(j->seqs);
+    api_completion_request_free(&j->req);
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+void job_cancel(job *j)
+{
+    __atomic_store_n(&j->cancelled, 1, __ATOMIC_RELEASE);
+}
+
+static int job_cancelled(job *j)
+{
+    return __atomic_load_n(&j->cancelled, __ATOMIC_ACQUIRE);
+}
+
+/* Appends text to a sequence's output; call under j->mu. */
+static int seq_append(seq_out *o, const char *text, size_t n)
+{
+    if (o->len + n + 1 > o->cap) {
+        size_t cap = o->cap ? o->cap : 256;
+        while (cap < o->len + n + 1)
+            cap *= 2;
+        char *b = realloc(o->text, cap);
+        if (!b)
+            return -1;
+        o->text = b;
+        o->cap = cap;
+    }
+    memcpy(o->text + o->len, text, n);
+    o->len += n;
+    o->text[o->len] = '\0';
+    return 0;
+}
+
+/* Ends sequence s of j: call without j->mu. */
+static void seq_end(job *j, int s, seq_finish why, const char *error)
+{
+    pthread_mutex_lock(&j->mu);
+    seq_out *o = &j->seqs[s];
+    if (!o->done) {
+        o->done = 1;
+        o->finish = why;
+        j->n_done++;
+        if (error && !j->error[0])
+            snprintf(j->error, sizeof j->error, "%s", error);
+    }
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* --------------------------------------------------------------- replicas */
+
+typedef struct qitem {
+    job *j;
+    int s;
+    struct qitem *next;
+} qitem;
+
+/* A slot: one context and the sequence it is generating. */
+typedef struct slot {
+    pldr_context *ctx;
+    job *j; /* NULL: idle */
+    int s;
+    pldr_sampler *sampler;
+    int greedy;
+    int32_t *ids; /* prompt and generated tokens, for detokenization */
+    size_t n_ids, cap;
+    size_t shown; /* bytes of the decoded text already given out (the prompt's included) */
+    int n_gen, max_tokens, prefilled;
+} slot;
+
+typedef struct replica {
+    struct engine *e;
+    int index;
+    pldr_model *model;
+    char device[160];
+    slot *slots;
+    int n_slots, n_active;
+    qitem *head, *tail;
+    int n_queued;
+    pthread_t thread;
+    int started;
+    pthread_cond_t cv; /* work arrived or stop */
+    float *logits;
+    uint64_t prompt_tokens, generated_tokens, sequences;
+} replica;
+
+struct engine {
+    pthread_mutex_t mu; /* queues, slot counts, figures, stop */
+    const server_options *o;
+    pldr_tokenizer *tok;
+    replica *reps;
+    int n_reps;
+    int n_ctx, n_vocab, eos;
+    int stop;
+    char model_name[256];
+    char *chat_template;
+    uint64_t n_params;
+};
+
+const pldr_tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
+const char *engine_model_name(const engine *e) { return e->model_name; }
+const char *engine_chat_template(const engine *e) { return e->chat_template; }
+int engine_n_replicas(const engine *e) { return e->n_reps; }
+uint64_t engine_n_params(const engine *e) { return e->n_params; }
+
+void engine_limits(const engine *e, api_limits *lim)
+{
+    lim->tok = e->tok;
+    lim->n_ctx = e->n_ctx;
+    lim->n_vocab = e->n_vocab;
+    int slots = e->n_reps * e->o->parallel;
+    lim->max_seqs = slots + e->o->max_queue < 64 ? slots + e->o->max_queue : 64;
+}
+
+void engine_replica_stats(engine *e, int i, replica_stats *s)
+{
+    replica *r = &e->reps[i];
+    pthread_mutex_lock(&e->mu);
+    snprintf(s->device, sizeof s->device, "%s", r->device);
+    s->slots = r->n_slots;
+    s->busy = r->n_active;
+    s->queued = r->n_queued;
+    s->prompt_tokens = r->prompt_tokens;
+    s->generated_tokens = r->generated_tokens;
+    s->sequences = r->sequences;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int engine_in_flight(engine *e)
+{
+    int n = 0;
+    pthread_mutex_lock(&e->mu);
+    for (int i = 0; i < e->n_reps; i++)
+        n += e->reps[i].n_active + e->reps[i].n_queued;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+/* The chat template of tokenizer_config.json, if the checkpoint has one:
+ * a string, or a list of {name, template} (then the names). */
+static char *read_chat_template(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (access(path, R_OK) != 0)
+        return NULL;
+    json_t *root = json_load_file(path, 0, NULL);
+    if (!root)
+        return NULL;
+    json_t *t = json_object_get(root, "chat_template");
+    char *out = NULL;
+    if (json_is_string(t)) {
+        out = strdup(json_string_value(t));
+    } else if (json_is_array(t)) {
+        size_t cap = 256, len = 0;
+        out = calloc(1, cap);
+        size_t i;
+        json_t *v;
+        json_array_foreach(t, i, v)
+        {
+            const char *name = json_string_value(json_object_get(v, "name"));
+            if (!name || !out)
+                continue;
+            size_t n = strlen(name);
+            if (len + n + 3 > cap) {
+                cap = 2 * (len + n + 3);
+                char *b = realloc(out, cap);
+                if (!b)
+                    break;
+                out = b;
+            }
+            len += (size_t)sprintf(out + len, "%s%s", len ? ", " : "", name);
+        }
+    }
+    json_decref(root);
+    return out;
+}
+
+static void progress(const char *what, uint64_t done, uint64_t total, void *user)
+{
+    (void)what, (void)done, (void)total, (void)user;
+}
+
+static int report(pldr_status st)
+{
+    const char *m = pldr_last_error();
+    fprintf(stderr, "pldr serve: %s\n", m && *m ? m : pldr_status_string(st));
+    switch (st) {
+    case PLDR_ERR_INVALID_ARGUMENT: return 2;
+    case PLDR_ERR_IO:
+    case PLDR_ERR_FORMAT:
+    case PLDR_ERR_UNSUPPORTED:
+    case PLDR_ERR_MISMATCH: return 3;
+    case PLDR_ERR_NO_DEVICE:
+    case PLDR_ERR_KERNEL_BUILD:
+    case PLDR_ERR_DEVICE_MEMORY: return 4;
+    default: return 1;
+    }
+}
+
+static int replica_load(engine *e, replica *r, const char *device)
+{
+    const server_options *o = e->o;
+    pldr_model_params mp = pldr_model_default_params();
+    mp.device = device;
+    mp.weight_dtype = o->dtype;
+    mp.progress = progress;
+    pldr_status st = pldr_model_load(o->model_dir, &mp, &r->model);
+    if (st != PLDR_OK)
+        return report(st);
+    const pldr_device_info *dev = pldr_model_device(r->model);
+    snprintf(r->device, sizeof r->device, "%d:%d %s", dev->platform_index, dev->device_index, dev->name);
+    const pldr_config *cfg = pldr_model_config(r->model);
+    if (o->n_ctx > cfg->max_position) {
+        fprintf(stderr, "pldr serve: --ctx %d is more than the model's max_position_embeddings (%d)\n", o->n_ctx,
+                cfg->max_position);
+        return 2;
+    }
+    r->n_slots = o->parallel;
+    r->slots = calloc((size_t)r->n_slots, sizeof *r->slots);
+    r->logits = malloc((size_t)cfg->vocab_size * sizeof *r->logits);
+    if (!r->slots || !r->logits)
+        return report(PLDR_ERR_HOST_MEMORY);
+    pldr_context_params cp = pldr_context_default_params();
+    cp.n_ctx = o->n_ctx;
+    cp.cache_mode = o->cache;
+    for (int i = 0; i < r->n_slots; i++) {
+        if ((st = pldr_context_new(r->model, &cp, &r->slots[i].ctx)) != PLDR_OK)
+            return report(st);
+        if (o->gcache && (st = pldr_context_load_gcache(r->slots[i].ctx, r->model, o->gcache)) != PLDR_OK)
+            return report(st);
+    }
+    e->n_ctx = pldr_context_n_ctx(r->slots[0].ctx);
+    e->n_vocab = cfg->vocab_size;
+    e->eos = cfg->eos_token_id;
+    e->n_params = pldr_model_n_params(r->model);
+    pthread_cond_init(&r->cv, NULL);
+    return 0;
+}
+
+int engine_new(const server_options *o, engine **out)
+{
+    *out = NULL;
+    engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return report(PLDR_ERR_HOST_MEMORY);
+    pthread_mutex_init(&e->mu, NULL);
+    e->o = o;
+    const char *base = strrchr(o->model_dir, '/');
+    base = base && base[1] ? base + 1 : o->model_dir;
+    snprintf(e->model_name, sizeof e->model_name, "%s", base);
+    size_t n = strlen(e->model_name);
+    while (n > 1 && e->model_name[n - 1] == '/')
+        e->model_name[--n] = '\0';
+    e->chat_template = read_chat_template(o->model_dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.model", o->model_dir);
+    pldr_status st = pldr_tokenizer_load(path, &e->tok);
+    *out = e;
+    if (st != PLDR_OK)
+        return report(st);
+    int n_reps = o->n_devices > 0 ? o->n_devices : 1;
+    e->reps = calloc((size_t)n_reps, sizeof *e->reps);
+    if (!e->reps)
+        return report(PLDR_ERR_HOST_MEMORY);
+    for (int i = 0; i < n_reps; i++) {
+        replica *r = &e->reps[i];
+        r->e = e;
+        r->index = i;
+        e->n_reps = i + 1;
+        int rc = replica_load(e, r, o->n_devices > 0 ? o->devices[i] : NULL);
+        if (rc)
+            return rc;
+        for (int k = 0; k < i; k++)
+            if (pldr_model_device(e->reps[k].model)->index == pldr_model_device(r->model)->index) {
+                fprintf(stderr, "pldr serve: --device: %s is named twice\n", r->device);
+                return 2;
+            }
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------- worker */
+
+static void slot_clear(slot *sl)
+{
+    pldr_sampler_free(sl->sampler);
+    sl->sampler = NULL;
+    sl->j = NULL;
+    sl->n_ids = 0;
+    sl->n_gen = 0;
+    sl->prefilled = 0;
+}
+
+/* Takes sequence s of j into a slot. Returns 0, or -1 with the sequence ended. */
+static int slot_begin(replica *r, slot *sl, job *j, int s)
+{
+    const completion_request *q = &j->req;
+    const int p = s / q->n;
+    const int32_t *ids = q->prompt_ids[p];
+    const size_t n = (size_t)q->n_prompt_ids[p];
+    sl->j = j;
+    sl->s = s;
+    sl->max_tokens = q->max_tokens;
+    if (sl->cap < n + (size_t)q->max_tokens + 1) {
+        size_t cap = n + (size_t)q->max_tokens + 1;
+        int32_t *b = realloc(sl->ids, cap * sizeof *b);
+        if (!b)
+            goto fail;
+        sl->ids = b;
+        sl->cap = cap;
+    }
+    memcpy(sl->ids, ids, n * sizeof *ids);
+    sl->n_ids = n;
+    char *text;
+    size_t len;
+    if (pldr_detokenize(r->e->tok, sl->ids, n, &text, &len) != PLDR_OK)
+        goto fail;
+    free(text);
+    sl->shown = len;
+    pldr_sampler_params sp = pldr_sampler_default_params();
+    sp.temperature = q->temperature;
+    sp.top_k = q->top_k;
+    sp.top_p = q->top_p;
+    sp.seed = q->seed + (uint64_t)(s % q->n);
+    if (pldr_sampler_new(&sp, &sl->sampler) != PLDR_OK)
+        goto fail;
+    sl->greedy = pldr_sampler_is_greedy(sl->sampler);
+    pthread_mutex_lock(&j->mu);
+    j->seqs[s].replica = r->index;
+    if (q->echo)
+        seq_append(&j->seqs[s], q->prompt_text[p], q->prompt_len[p]);
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+fail:
+    seq_end(j, s, SEQ_CANCELLED, "out of host memory");
+    slot_clear(sl);
+    job_release(j);
+    return -1;
+}
+
+/* Gives out what the new token adds to the decoded text, holding back a
+ * trailing replacement character that the next byte piece may complete. */
+static int slot_emit(replica *r, slot *sl, int final)
+{
+    char *text;
+    size_t len;
+    if (pldr_detokenize(r->e->tok, sl->ids, sl->n_ids, &text, &len) != PLDR_OK)
+        return -1;
+    size_t upto = len;
+    if (!final && upto >= 3 && memcmp(text + upto - 3, "\xEF\xBF\xBD", 3) == 0)
+        upto -= 3;
+    int rc = 0;
+    job *j = sl->j;
+    pthread_mutex_lock(&j->mu);
+    if (upto > sl->shown) {
+        rc = seq_append(&j->seqs[sl->s], text + sl->shown, upto - sl->shown);
+        sl->shown = upto;
+    }
+    if (!final) {
+        j->seqs[sl->s].n_gen = sl->n_gen;
+        if (j->t_first == 0)
+            j->t_first = server_now();
+    }
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    free(text);
+    return rc;
+}
+
+/* One step of a slot: the prefill or one decode step. Returns 1 when the
+ * sequence ended (finish set), 0 to go on. */
+static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **error)
+{
+    engine *e = r->e;
+    *error = NULL;
+    if (job_cancelled(sl->j)) {
+        *finish = SEQ_CANCELLED;
+        return 1;
+    }
+    if (sl->max_tokens == 0) {
+        *finish = SEQ_LENGTH;
+        return 1;
+    }
+    const int32_t *feed;
+    int n_feed;
+    if (!sl->prefilled) {
+        pldr_context_reset(sl->ctx);
+        feed = sl->ids;
+        n_feed = (int)sl->n_ids;
+    } else {
+        if (pldr_context_n_past(sl->ctx) + 1 > pldr_context_n_ctx(sl->ctx)) {
+            *finish = SEQ_LENGTH;
+            return 1;
+        }
+        feed = &sl->ids[sl->n_ids - 1];
+        n_feed = 1;
+    }
+    int32_t next;
+    pldr_status st;
+    if (sl->greedy) {
+        st = pldr_eval_greedy(sl->ctx, feed, n_feed, &next);
+    } else {
+        st = pldr_eval(sl->ctx, feed, n_feed, r->logits, 0);
+        if (st == PLDR_OK)
+            next = pldr_sampler_sample(sl->sampler, r->logits, e->n_vocab);
+    }
+    if (st != PLDR_OK) {
+        *error = pldr_last_error();
+        *finish = SEQ_CANCELLED;
+        return 1;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (!sl->prefilled)
+        r->prompt_tokens += (uint64_t)n_feed;
+    r->generated_tokens++;
+    pthread_mutex_unlock(&e->mu);
+    sl->prefilled = 1;
+    sl->n_gen++;
+    if (next == e->eos && !sl->j->req.ignore_eos) {
+        slot_emit(r, sl, 0);
+        *finish = SEQ_STOP;
+        return 1;
+    }
+    sl->ids[sl->n_ids++] = next;
+    if (slot_emit(r, sl, 0) != 0) {
+        *error = "out of host memory";
+        *finish = SEQ_CANCELLED;
+        return 1;
+    }
+    if (sl->n_gen >= sl->max_tokens) {
+        *finish = SEQ_LENGTH;
+        return 1;
+    }
+    return 0;
+}
+
+static void *worker(void *arg)
+{
+    replica *r = arg;
+    engine *e = r->e;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        /* fill the free slots from the queue */
+        for (int i = 0; i < r->n_slots && r->head; i++) {
+            slot *sl = &r->slots[i];
+            if (sl->j)
+                continue;
+            qitem *q = r->head;
+            r->head = q->next;
+            if (!r->head)
+                r->tail = NULL;
+            r->n_queued--;
+            job *j = q->j;
+            int s = q->s;
+            free(q);
+            if (job_cancelled(j) || e->stop) {
+                pthread_mutex_unlock(&e->mu);
+                seq_end(j, s, SEQ_CANCELLED, NULL);
+                job_release(j);
+                pthread_mutex_lock(&e->mu);
+                i--;
+                continue;
+            }
+            r->n_active++;
+            r->sequences++;
+            pthread_mutex_unlock(&e->mu);
+            if (slot_begin(r, sl, j, s) != 0) {
+                pthread_mutex_lock(&e->mu);
+                r->n_active--;
+                continue;
+            }
+            pthread_mutex_lock(&e->mu);
+        }
+        if (e->stop && r->n_active == 0)
+            break;
+        if (r->n_active == 0) {
+            pthread_cond_wait(&r->cv, &e->mu);
+            continue;
+        }
+        const int stopping = e->stop;
+        pthread_mutex_unlock(&e->mu);
+        for (int i = 0; i < r->n_slots; i++) {
+            slot *sl = &r->slots[i];
+            if (!sl->j)
+                continue;
+            if (stopping)
+                job_cancel(sl->j);
+            seq_finish why;
+            const char *err;
+            if (!slot_step(r, sl, &why, &err))
+                continue;
+            if (why != SEQ_CANCELLED)
+                slot_emit(r, sl, 1);
+            job *j = sl->j;
+            seq_end(j, sl->s, why, err);
+            slot_clear(sl);
+            job_release(j);
+            pthread_mutex_lock(&e->mu);
+            r->n_active--;
+            pthread_mutex_unlock(&e->mu);
+        }
+        pthread_mutex_lock(&e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+int engine_start(engine *e)
+{
+    for (int i = 0; i < e->n_reps; i++) {
+        int err = pthread_create(&e->reps[i].thread, NULL, worker, &e->reps[i]);
+        if (err) {
+            fprintf(stderr, "pldr serve: cannot start a worker thread: %s\n", strerror(err));
+            return 1;
+        }
+        e->reps[i].started = 1;
+    }
+    return 0;
+}
+
+int engine_submit(engine *e, job *j)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->stop) {
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    int free_slots = 0, waiting = 0;
+    for (int i = 0; i < e->n_reps; i++) {
+        replica *r = &e->reps[i];
+        int f = r->n_slots - r->n_active - r->n_queued;
+        free_slots += f > 0 ? f : 0;
+        int w = r->n_queued - (r->n_slots - r->n_active);
+        waiting += w > 0 ? w : 0;
+    }
+    int would_wait = j->n_seq - free_slots;
+    if (would_wait > 0 && waiting + would_wait > e->o->max_queue) {
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    qitem **items = calloc((size_t)j->n_seq, sizeof *items);
+    int ok = items != NULL;
+    for (int s = 0; ok && s < j->n_seq; s++)
+        ok = (items[s] = calloc(1, sizeof **items)) != NULL;
+    if (!ok) {
+        for (int s = 0; items && s < j->n_seq; s++)
+            free(items[s]);
+        free(items);
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    pthread_mutex_lock(&j->mu);
+    j->refs += j->n_seq;
+    pthread_mutex_unlock(&j->mu);
+    for (int s = 0; s < j->n_seq; s++) {
+        replica *best = NULL;
+        int best_free = 0;
+        for (int i = 0; i < e->n_reps; i++) {
+            replica *r = &e->reps[i];
+            int f = r->n_slots - r->n_active - r->n_queued;
+            if (!best || f > best_free) {
+                best = &e->reps[i];
+                best_free = f;
+            }
+        }
+        qitem *q = items[s];
+        q->j = j;
+        q->s = s;
+        if (best->tail)
+            best->tail->next = q;
+        else
+            best->head = q;
+        best->tail = q;
+        best->n_queued++;
+        pthread_cond_signal(&best->cv);
+    }
+    free(items);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+void engine_stop(engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = 1;
+    for (int i = 0; i < e->n_reps; i++)
+        pthread_cond_broadcast(&e->reps[i].cv);
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < e->n_reps; i++)
+        if (e->reps[i].started) {
+            pthread_join(e->reps[i].thread, NULL);
+            e->reps[i].started = 0;
+        }
+    /* what is still queued ends cancelled */
+    for (int i = 0; i < e->n_reps; i++) {
+        replica *r = &e->reps[i];
+        while (r->head) {
+            qitem *q = r->head;
+            r->head = q->next;
+            seq_end(q->j, q->s, SEQ_CANCELLED, NULL);
+            job_release(q->j);
+            free(q);
+        }
+        r->tail = NULL;
+        r->n_queued = 0;
+    }
+}
+
+void engine_free(engine *e)
+{
+    if (!e)
+        return;
+    engine_stop(e);
+    for (int i = 0; i < e->n_reps; i++) {
+        replica *r = &e->reps[i];
+        for (int k = 0; r->slots && k < r->n_slots; k++) {
+            pldr_context_free(r->slots[k].ctx);
+            pldr_sampler_free(r->slots[k].sampler);
+            free(r->slots[k].ids);
+        }
+        free(r->slots);
+        free(r->logits);
+        pldr_model_free(r->model);
+        if (r->n_slots)
+            pthread_cond_destroy(&r->cv);
+    }
+    free(e->reps);
+    pldr_tokenizer_free(e->tok);
+    free(e->chat_template);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}

@@ -1,0 +1,494 @@
+#!/usr/bin/python3
+"""pldr serve through real clients over loopback (Python's http.client and
+curl) on the bundled model: greedy completions equal `pldr generate`'s text,
+streams equal whole answers, concurrent clients equal their sequential runs,
+n > 1, a client that goes away frees its slot, every error answer, hostile
+input, a bounded load test, /health while loading, and shutdown. TAP output."""
+
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pldrtest as pt  # noqa: E402
+import servertest as st  # noqa: E402
+
+MODEL = os.path.join(pt.SRCDIR, "models", "pldr-tiny-pydocs")
+PROMPTS = [
+    "To open a file in Python, use",
+    "The list type",
+    "import os\nimport sys\n\ndef main():",
+    "Return the number of",
+    "A dictionary maps keys to",
+    "class Foo(object):",
+    "The function returns",
+    "Raises ValueError if",
+]
+CTX = 128
+LOAD_SECONDS = float(os.environ.get("PLDR_SERVER_LOAD_SECONDS", "30"))
+
+
+def err_field(body):
+    return body.get("error", {}) if isinstance(body, dict) else {}
+
+
+def check_greedy(tap, sv):
+    want = {p: st.generate_text(p, 24) for p in PROMPTS[:4]}
+
+    def greedy():
+        bad = []
+        for p, w in want.items():
+            code, body = sv.complete({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got = body["choices"][0]["text"] if code == 200 else body
+            if got != w:
+                bad.append("%r: server %r, generate %r" % (p, got, w))
+        return not bad, "%d prompts" % len(want), "\n".join(bad)
+    tap.check("greedy completions equal pldr generate's text", greedy)
+
+    def streamed():
+        bad = []
+        for p, w in want.items():
+            code, chunks, done = sv.stream({"prompt": p, "max_tokens": 24, "temperature": 0})
+            texts, finish = st.joined_text(chunks)
+            if code != 200 or not done or texts[0] != w or finish[0] not in ("stop", "length"):
+                bad.append("%r: %d done=%s %r %r" % (p, code, done, texts, finish))
+            if any(c.get("object") != "text_completion" for c in chunks):
+                bad.append("a chunk without object text_completion")
+        return not bad, "", "\n".join(bad)
+    tap.check("streamed chunks joined equal the whole answer, then data: [DONE]", streamed)
+
+    def with_curl():
+        rc, out, err = sv.curl(["http://127.0.0.1:%d/v1/completions" % sv.port, "-H", "Content-Type: application/json",
+                                "-d", json.dumps({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0})])
+        body = json.loads(out)
+        u = body["usage"]
+        ok = (rc == 0 and body["choices"][0]["text"] == want[PROMPTS[0]] and body["object"] == "text_completion"
+              and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["prompt_tokens"] > 0)
+        rc2, out2, _ = sv.curl(["-N", "http://127.0.0.1:%d/v1/completions" % sv.port, "-d",
+                                json.dumps({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0,
+                                            "stream": True})])
+        events = [ln[6:] for ln in out2.split("\n") if ln.startswith("data: ")]
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+        ok = ok and rc2 == 0 and events[-1] == "[DONE]" and text == want[PROMPTS[0]]
+        return ok, "curl, whole and streamed", out + "\n" + out2
+    tap.check("curl gets the same text, whole and streamed", with_curl)
+    return want
+
+
+def check_concurrent(tap, sv):
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(16)]
+    lengths = [8 + 3 * i for i in range(16)]
+    seq = []
+    for p, n in zip(prompts, lengths):
+        code, body = sv.complete({"prompt": p, "max_tokens": n, "temperature": 0})
+        seq.append(body["choices"][0]["text"] if code == 200 else None)
+    got = [None] * 16
+
+    def client(i):
+        try:
+            code, chunks, done = sv.stream({"prompt": prompts[i], "max_tokens": lengths[i], "temperature": 0})
+            got[i] = st.joined_text(chunks)[0][0] if code == 200 and done else ("HTTP %d" % code)
+        except Exception as e:  # noqa: BLE001 - reported below
+            got[i] = repr(e)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bad = ["client %d: %r != %r" % (i, got[i], seq[i]) for i in range(16) if got[i] != seq[i]]
+    tap.ok(not bad and None not in seq, "16 concurrent streaming clients each equal its sequential run",
+           "\n".join(bad))
+
+
+def check_choices(tap, sv, want):
+    def n_choices():
+        code, body = sv.complete({"prompt": PROMPTS[1], "max_tokens": 16, "temperature": 0.9, "seed": 11, "n": 3})
+        code2, body2 = sv.complete({"prompt": PROMPTS[1], "max_tokens": 16, "temperature": 0.9, "seed": 11, "n": 3})
+        ch = body["choices"]
+        ok = (code == 200 and [c["index"] for c in ch] == [0, 1, 2] and
+              [c["text"] for c in ch] == [c["text"] for c in body2["choices"]] and len({c["text"] for c in ch}) > 1)
+        code3, body3 = sv.complete({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0, "n": 2})
+        ok = ok and code3 == 200 and [c["text"] for c in body3["choices"]] == [want[PROMPTS[0]]] * 2
+        return ok, "3 sampled choices (seeded: repeatable, not all equal), 2 greedy ones", json.dumps(body)
+    tap.check("n > 1 gives that many choices", n_choices)
+
+    def prompt_list():
+        ps = PROMPTS[:2]
+        code, body = sv.complete({"prompt": ps, "max_tokens": 24, "temperature": 0, "echo": True})
+        texts = [c["text"] for c in body["choices"]] if code == 200 else []
+        return texts == [p + st.generate_text(p, 24) for p in ps], "", json.dumps(body)
+    tap.check("an array of prompts gives one choice per prompt (echo prepends the prompt)", prompt_list)
+
+    def token_prompt():
+        code, _, data = sv.post("/tokenize", {"content": PROMPTS[0]})
+        ids = json.loads(data)["tokens"]
+        code2, body = sv.complete({"prompt": ids, "max_tokens": 24, "temperature": 0})
+        code3, _, det = sv.post("/detokenize", {"tokens": ids})
+        ok = (code == 200 and code2 == 200 and body["choices"][0]["text"] == want[PROMPTS[0]] and
+              json.loads(det)["content"] == PROMPTS[0] and body["usage"]["prompt_tokens"] == len(ids))
+        return ok, "%d ids" % len(ids), json.dumps(body)
+    tap.check("/tokenize, /detokenize, and a prompt of token ids", token_prompt)
+
+    def sampled_seed():
+        a = sv.complete({"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
+                         "seed": 3})[1]
+        b = sv.complete({"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
+                         "seed": 3})[1]
+        return a["choices"][0]["text"] == b["choices"][0]["text"], "", json.dumps([a, b])
+    tap.check("sampling with a seed repeats", sampled_seed)
+
+
+def check_disconnect(tap, sv):
+    def disconnect():
+        before = sv.metrics().get("pldr_generated_tokens_total", 0)
+        c = sv.conn()
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[0], "max_tokens": CTX - 10,
+                                                              "ignore_eos": True, "temperature": 0, "stream": True}))
+        r = c.getresponse()
+        first = next(st.read_events(r))
+        busy_during = sv.busy_slots()
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+        t0 = time.time()
+        busy = busy_during
+        while time.time() - t0 < 1.0:
+            busy = sv.busy_slots()
+            if busy == 0:
+                break
+            time.sleep(0.02)
+        dt = time.time() - t0
+        time.sleep(0.3)
+        log = sv.stderr()
+        cancelled = "(client gone, cancelled)" in log
+        return (busy_during == 1 and busy == 0 and cancelled and json.loads(first)["choices"],
+                "busy %d -> %d in %.2f s" % (busy_during, busy, dt), log[-2000:] + " before %s" % before)
+    tap.check("a client that disconnects mid-stream frees its slot within a second", disconnect)
+
+
+def check_errors(tap, sv):
+    cases = [
+        ("malformed JSON", "/v1/completions", "POST", b'{"prompt": "x",', 400, None),
+        ("not an object", "/v1/completions", "POST", b'[1, 2]', 400, None),
+        ("empty body", "/v1/completions", "POST", b"", 400, None),
+        ("no prompt", "/v1/completions", "POST", {"max_tokens": 4}, 400, "prompt"),
+        ("empty prompt", "/v1/completions", "POST", {"prompt": ""}, 400, "prompt"),
+        ("prompt of the wrong type", "/v1/completions", "POST", {"prompt": {"a": 1}}, 400, "prompt"),
+        ("token id out of range", "/v1/completions", "POST", {"prompt": [1, 99999]}, 400, "prompt"),
+        ("negative max_tokens", "/v1/completions", "POST", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
+        ("enormous max_tokens", "/v1/completions", "POST", {"prompt": "x", "max_tokens": 10 ** 15}, 400, "max_tokens"),
+        ("max_tokens beyond int64", "/v1/completions", "POST", b'{"prompt":"x","max_tokens":1e400}', 400, None),
+        ("fractional max_tokens", "/v1/completions", "POST", {"prompt": "x", "max_tokens": 2.5}, 400, "max_tokens"),
+        ("NaN temperature", "/v1/completions", "POST", b'{"prompt":"x","temperature":NaN}', 400, None),
+        ("Infinity top_p", "/v1/completions", "POST", b'{"prompt":"x","top_p":Infinity}', 400, None),
+        ("temperature out of range", "/v1/completions", "POST", {"prompt": "x", "temperature": 9}, 400, "temperature"),
+        ("temperature as a string", "/v1/completions", "POST", {"prompt": "x", "temperature": "hot"}, 400,
+         "temperature"),
+        ("top_p of 0", "/v1/completions", "POST", {"prompt": "x", "top_p": 0}, 400, "top_p"),
+        ("n of 0", "/v1/completions", "POST", {"prompt": "x", "n": 0}, 400, "n"),
+        ("n of 1000", "/v1/completions", "POST", {"prompt": "x", "n": 1000}, 400, "n"),
+        ("stream not a bool", "/v1/completions", "POST", {"prompt": "x", "stream": 1}, 400, "stream"),
+        ("stop of the wrong type", "/v1/completions", "POST", {"prompt": "x", "stop": 5}, 400, "stop"),
+        ("logit_bias key not an id", "/v1/completions", "POST", {"prompt": "x", "logit_bias": {"abc": 1}}, 400,
+         "logit_bias"),
+        ("logprobs out of range", "/v1/completions", "POST", {"prompt": "x", "logprobs": 99}, 400, "logprobs"),
+        ("invalid UTF-8 in a string", "/v1/completions", "POST", b'{"prompt":"\xff\xfe abc"}', 400, None),
+        ("a NUL escape", "/v1/completions", "POST", b'{"prompt":"a\\u0000b"}', 400, None),
+        ("deeply nested JSON", "/v1/completions", "POST", b'{"prompt":' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
+         None),
+        ("prompt longer than the context", "/v1/completions", "POST", {"prompt": "word " * (CTX * 2)}, 400, "prompt"),
+        ("chat completions", "/v1/chat/completions", "POST", {"messages": [{"role": "user", "content": "hi"}]}, 400,
+         None),
+        ("unknown path", "/v2/nothing", "GET", None, 404, None),
+        ("wrong method", "/v1/completions", "GET", None, 405, None),
+        ("wrong method on /health", "/health", "POST", b"{}", 405, None),
+        ("tokenize without content", "/tokenize", "POST", {"text": "x"}, 400, "content"),
+        ("detokenize with a bad id", "/detokenize", "POST", {"tokens": [-1]}, 400, "tokens"),
+        ("body over --max-body", "/v1/completions", "POST", b'{"prompt":"' + b"a" * 70000 + b'"}', 413, None),
+    ]
+    for desc, path, method, body, want, param in cases:
+        def one(path=path, method=method, body=body, want=want, param=param):
+            code, hdr, data = sv.request(method, path, body=body)
+            try:
+                e = json.loads(data)["error"]
+            except (ValueError, KeyError, TypeError):
+                return False, "HTTP %d, not the error shape" % code, data[:300]
+            ok = (code == want and isinstance(e.get("message"), str) and e["message"] and "type" in e and
+                  (param is None or e.get("param") == param))
+            if want == 405:
+                ok = ok and "allow" in hdr
+            return ok, "HTTP %d: %s" % (code, e.get("message", "")[:100]), data[:300]
+        tap.check("error: %s" % desc, one)
+
+    def context_numbers():
+        code, body = sv.complete({"prompt": "word " * (CTX * 2)})
+        m = err_field(body).get("message", "")
+        return code == 400 and str(CTX) in m and err_field(body).get("code") == "context_length_exceeded", m
+    tap.check("a prompt longer than the context is refused with the numbers", context_numbers)
+
+    def chat_points():
+        code, _, data = sv.post("/v1/chat/completions", {"messages": []})
+        return code == 400 and "/v1/completions" in json.loads(data)["error"]["message"], data.decode()[:200]
+    tap.check("/v1/chat/completions points to /v1/completions", chat_points)
+
+
+def check_hostile(tap, sv):
+    def slowloris():
+        socks = []
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        time.sleep(0.5)
+        code, _, _ = sv.get("/health", timeout=5)
+        # the server's idle timeout (3 s here) closes them
+        t_end = time.time() + 8
+        closed = 0
+        for s in socks:
+            try:
+                s.settimeout(max(0.1, t_end - time.time()))
+                s.sendall(b"X-Slow: 1\r\n")
+                closed += s.recv(100) == b""
+            except OSError:
+                closed += 1
+            s.close()
+        return code == 200 and closed == len(socks), "/health %d while 12 slow clients hang, %d closed" % (code, closed)
+    tap.check("slow clients (slowloris) are closed by the idle timeout; /health answers meanwhile", slowloris)
+
+    def huge_headers():
+        s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n")
+        except OSError:
+            pass
+        try:
+            data = s.recv(200)
+        except OSError:
+            data = b""
+        s.close()
+        status = int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else 0
+        return status in (400, 413, 431) or data == b"", "answer %r" % data[:40]
+    tap.check("a 200 kB header is refused or dropped", huge_headers)
+
+    def chunked_oversize():
+        s = socket.create_connection(("127.0.0.1", sv.port), timeout=20)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(20):
+            s.sendall(b"1000\r\n" + b"a" * 4096 + b"\r\n")
+        s.sendall(b"0\r\n\r\n")
+        data = s.recv(300)
+        s.close()
+        return data.startswith(b"HTTP/1.1 413"), "answer %r" % data[:40]
+    tap.check("a chunked body over --max-body is answered 413", chunked_oversize)
+
+    def still_healthy():
+        code, _, data = sv.get("/health")
+        return code == 200 and json.loads(data)["status"] == "ok", data.decode()
+    tap.check("/health still answers after every error and hostile client", still_healthy)
+
+
+def check_load(tap, sv):
+    """32 clients for LOAD_SECONDS: mixed prompt lengths, sampling settings,
+    streaming or not, some disconnecting early."""
+    stop = time.time() + LOAD_SECONDS
+    warm_at = time.time() + min(8.0, LOAD_SECONDS / 3)
+    rss = {}
+    stats = {"ok": 0, "5xx": 0, "other": 0, "errors": []}
+    lock = threading.Lock()
+
+    def client(k):
+        i = 0
+        while time.time() < stop:
+            i += 1
+            p = " ".join(PROMPTS[(k + i) % len(PROMPTS)] for _ in range(1 + (k * 7 + i) % 6))
+            body = {"prompt": p, "max_tokens": 4 + (k * 13 + i * 5) % 40}
+            if (k + i) % 3:
+                body.update({"temperature": 0.7, "top_k": (k % 5) * 10, "top_p": 0.95, "seed": k * 100 + i})
+            else:
+                body["temperature"] = 0
+            if k % 4 == 1:
+                body["n"] = 2
+            try:
+                if k % 2:
+                    code, chunks, done = sv.stream(body, timeout=60)
+                    good = code == 200 and done
+                elif k % 8 == 6 and i % 3 == 0:
+                    c = sv.conn(60)
+                    c.request("POST", "/v1/completions", body=json.dumps(dict(body, stream=True)))
+                    c.getresponse().read(50)
+                    c.close()
+                    code, good = 200, True
+                else:
+                    code, resp = sv.complete(body, timeout=60)
+                    good = code == 200 and len(resp["choices"]) == body.get("n", 1)
+                with lock:
+                    if code >= 500:
+                        stats["5xx"] += 1
+                    elif good:
+                        stats["ok"] += 1
+                    else:
+                        stats["other"] += 1
+                        stats["errors"].append("HTTP %d %s" % (code, body))
+            except Exception as e:  # noqa: BLE001 - counted
+                with lock:
+                    stats["other"] += 1
+                    stats["errors"].append(repr(e))
+            if "warm" not in rss and time.time() >= warm_at:
+                with lock:
+                    rss.setdefault("warm", sv.rss_kib())
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rss["end"] = sv.rss_kib()
+    tap.ok(stats["5xx"] == 0 and stats["other"] == 0 and stats["ok"] > 32,
+           "load: 32 clients for %.0f s, %d answers, %d 5xx, %d other" % (LOAD_SECONDS, stats["ok"], stats["5xx"],
+                                                                       stats["other"]),
+           "\n".join(stats["errors"][:10]))
+    warm, end = rss.get("warm", 0), rss["end"]
+    tap.ok(warm > 0 and end <= warm * 1.10 + 16384,
+           "load: resident memory flat after the warm-up (%d -> %d KiB)" % (warm, end))
+    code, _, data = sv.get("/health")
+    tap.ok(code == 200 and json.loads(data)["slots_processing"] == 0, "load: every slot idle afterwards",
+           data.decode())
+
+
+def check_queue_full(tap):
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--max-queue", "0", "--ctx", CTX], name="queue")
+    try:
+        def full():
+            c = sv.conn()
+            c.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[0], "max_tokens": CTX - 10,
+                                                                  "ignore_eos": True, "stream": True}))
+            r = c.getresponse()
+            next(st.read_events(r))
+            code, hdr, data = sv.post("/v1/completions", {"prompt": "x", "max_tokens": 4})
+            c.close()
+            return (code == 503 and "retry-after" in hdr and json.loads(data)["error"]["message"],
+                    "HTTP %d Retry-After %s" % (code, hdr.get("retry-after")), data)
+        tap.check("503 with Retry-After when every slot is busy and the queue is full", full)
+    finally:
+        tap.ok(sv.stop() == 0, "the queue test server exits with 0 on SIGTERM")
+
+
+def check_auth(tap):
+    keyfile = os.path.join(pt.TESTTMP, "server-key")
+    with open(keyfile, "w") as f:
+        f.write("s3cret-key\n")
+    sv = st.Server(["-m", MODEL, "--api-key-file", keyfile, "--parallel", "1"], name="auth")
+    try:
+        def auth():
+            c1, _, _ = sv.post("/v1/completions", {"prompt": "x", "max_tokens": 2})
+            c2, h2, d2 = sv.post("/v1/completions", {"prompt": "x", "max_tokens": 2},
+                                 headers={"Authorization": "Bearer wrong"})
+            c3, _, _ = sv.post("/v1/completions", {"prompt": "x", "max_tokens": 2},
+                               headers={"Authorization": "Bearer s3cret-key"})
+            c4, _, _ = sv.get("/health")
+            c5, _, _ = sv.get("/v1/models")
+            ok = c1 == 401 and c2 == 401 and c3 == 200 and c4 == 200 and c5 == 401
+            ok = ok and json.loads(d2)["error"]["type"] == "authentication_error"
+            return ok, "no key %d, wrong key %d, right key %d, /health %d, /v1/models %d" % (c1, c2, c3, c4, c5)
+        tap.check("--api-key-file: 401 without the key or with a wrong one, /health open", auth)
+    finally:
+        sv.stop()
+
+
+def check_loading(tap):
+    """/health answers 503 while the model loads: the model directory's
+    tokenizer_config.json is a FIFO the server blocks on until written."""
+    d = os.path.join(pt.TESTTMP, "server-fifo-model")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    for f in os.listdir(MODEL):
+        os.symlink(os.path.join(MODEL, f), os.path.join(d, f))
+    fifo = os.path.join(d, "tokenizer_config.json")
+    os.mkfifo(fifo)
+    sv = st.Server(["-m", d, "--parallel", "1"], name="loading", wait_ready=False)
+    try:
+        port = sv.loading_port()
+        sv.port = port
+        code, _, data = sv.get("/health", timeout=10)
+        code2, _, _ = sv.post("/v1/completions", {"prompt": "x"}, timeout=10)
+        with open(fifo, "w") as f:
+            f.write('{"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}')
+        sv.wait_ready()
+        code3, _, data3 = sv.get("/health")
+        code4, _, data4 = sv.post("/v1/chat/completions", {"messages": []})
+        msg = json.loads(data4)["error"]["message"]
+        tap.ok(code == 503 and code2 == 503 and code3 == 200,
+               "/health: 503 while loading (completions too), 200 when ready",
+               "%d %s / %d / %d %s" % (code, data, code2, code3, data3))
+        tap.ok(code4 == 400 and "{% for m in messages %}" in msg and "/v1/completions" in msg,
+               "a chat template in tokenizer_config.json is named in the refusal", msg)
+    finally:
+        sv.stop()
+
+
+def check_shutdown(tap):
+    sv = st.Server(["-m", MODEL, "--parallel", "2", "--timeout", "20"], name="shutdown")
+    result = {}
+
+    def long_request():
+        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 200, "ignore_eos": True, "temperature": 0})
+    t = threading.Thread(target=long_request)
+    t.start()
+    while sv.busy_slots() == 0 and t.is_alive():
+        time.sleep(0.01)
+    t0 = time.time()
+    rc = sv.stop()
+    t.join()
+    code, body = result.get("r", (0, None))
+    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 200,
+           "SIGTERM lets the running request finish, then exits with 0 (%.1f s)" % (time.time() - t0),
+           "rc %s, %s" % (rc, body))
+
+
+def main():
+    tap = pt.Tap()
+    if not pt.have_pldr():
+        tap.skip("pldr serve", "pldr binary not found")
+        return tap.done()
+    sv = st.Server(["-m", MODEL, "--parallel", "4", "--ctx", CTX, "--max-body", "65536", "--timeout", "3",
+                    "--max-queue", "200"])
+    try:
+        tap.ok(sv.ready_line.startswith("pldr serve: listening on http://127.0.0.1:%d" % sv.port),
+               "one ready line with the address: " + sv.ready_line.strip())
+        want = check_greedy(tap, sv)
+        check_concurrent(tap, sv)
+        check_choices(tap, sv, want)
+        check_disconnect(tap, sv)
+        check_errors(tap, sv)
+        check_hostile(tap, sv)
+        check_load(tap, sv)
+
+        def metrics():
+            m = sv.metrics()
+            keys = ["pldr_requests_total{status=\"200\"}", "pldr_requests_total{status=\"400\"}",
+                    "pldr_prompt_tokens_total", "pldr_generated_tokens_total", "pldr_queue_length",
+                    "pldr_request_seconds_total"]
+            dev = [k for k in m if k.startswith("pldr_slots_busy{replica=\"0\",device=")]
+            ok = all(k in m for k in keys) and m[keys[0]] > 50 and m[keys[3]] > 100 and dev
+            return ok, "", "\n".join("%s %s" % kv for kv in sorted(m.items()))
+        tap.check("/metrics: requests by status, tokens, seconds, queue, busy slots per device", metrics)
+
+        log = sv.stderr()
+        lines = [ln for ln in log.splitlines() if "POST /v1/completions 200 prompt=" in ln]
+        tap.ok(len(lines) > 50, "one log line per request on stderr (%d completions)" % len(lines), log[-1000:])
+    finally:
+        rc = sv.stop()
+    tap.ok(rc == 0, "the server exits with 0 on SIGTERM", sv.stderr()[-1500:])
+    check_queue_full(tap)
+    check_auth(tap)
+    check_loading(tap)
+    check_shutdown(tap)
+    return tap.done()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
