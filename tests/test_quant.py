@@ -157,6 +157,11 @@ def main():
                           lambda mode=mode, dtype=dtype, want=want: logits_check(path, ids, 6, mode, dtype, want))
             if store != "F32":
                 continue
+            want = ref.logits_for_mode(model, ids, len(ids), "none")
+            for gemm in ("own", "clblast") if dtype != "bf16" else ("clblast",):
+                tap.check("one forward over all ids, --dtype %s, PLDR_GEMM=%s" % (dtype, gemm),
+                          lambda dtype=dtype, want=want, gemm=gemm:
+                          logits_check(path, ids, None, None, dtype, want, env={"PLDR_GEMM": gemm}))
             if dtype == "bf16":
                 continue
             # the decode products in a GPU layout: 8 lanes per row, folded
@@ -165,11 +170,6 @@ def main():
             tap.check("--dtype %s, --cache kvg, GPU layout of the decode products (PLDR_WG=gemv=64,rows=8)" % dtype,
                       lambda dtype=dtype, want=want:
                       logits_check(path, ids, 6, "kvg", dtype, want, env={"PLDR_WG": "gemv=64,rows=8,attpre=1"}))
-            want = ref.logits_for_mode(model, ids, len(ids), "none")
-            for gemm in ("own", "clblast") if dtype != "bf16" else ("clblast",):
-                tap.check("one forward over all ids, --dtype %s, PLDR_GEMM=%s" % (dtype, gemm),
-                          lambda dtype=dtype, want=want, gemm=gemm:
-                          logits_check(path, ids, None, None, dtype, want, env={"PLDR_GEMM": gemm}))
 
     def greedy_q8():
         # f32's text (test_cli, test_dtype)
