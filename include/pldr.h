@@ -88,6 +88,29 @@ typedef enum pldr_g_type {
     PLDR_G_EXTERNAL
 } pldr_g_type;
 
+/* The model class (config.json "architectures"): one decoder, and what runs
+ * after its last layer. */
+typedef enum pldr_arch {
+    PLDR_ARCH_CAUSAL_LM = 0,           /* PldrllmForCausalLM: final_layer, next-token logits */
+    PLDR_ARCH_MODEL,                   /* PldrllmModel: the last hidden state, no head */
+    PLDR_ARCH_TOKEN_CLASSIFICATION,    /* score [num_labels, d] with bias, every position */
+    PLDR_ARCH_SEQUENCE_CLASSIFICATION, /* score [num_labels, d], no bias, the last non-pad token */
+    PLDR_ARCH_QUESTION_ANSWERING       /* qa_outputs [2, d] with bias: start and end logits */
+} pldr_arch;
+
+/* The Hugging Face class name of an architecture ("PldrllmForCausalLM"). */
+const char *pldr_arch_name(pldr_arch arch);
+
+/* rope_scaling's type (Hugging Face rope types; rotate-half RoPE only). */
+typedef enum pldr_rope_type {
+    PLDR_ROPE_DEFAULT = 0, /* no rope_scaling, or type "default" */
+    PLDR_ROPE_LINEAR,
+    PLDR_ROPE_DYNAMIC,
+    PLDR_ROPE_YARN,
+    PLDR_ROPE_LLAMA3,
+    PLDR_ROPE_LONGROPE
+} pldr_rope_type;
+
 typedef struct pldr_config {
     int n_layers;      /* num_hidden_layers, L */
     int d_model;       /* hidden_size, d */
@@ -105,6 +128,18 @@ typedef struct pldr_config {
     pldr_g_type g_type;
     int attention_bias, glu_bias, final_bias;
     int bos_token_id, eos_token_id, pad_token_id;
+    pldr_arch arch; /* architectures[0]; absent: PLDR_ARCH_CAUSAL_LM */
+    /* outputs of the head per row: the labels of a classifier (id2label, or
+     * label2id; 2 when neither is given), 2 for question answering (start,
+     * end), vocab_size for a causal LM, d_model for PldrllmModel */
+    int n_outputs;
+    int num_labels; /* classifiers: labels; otherwise 0 */
+    /* rope_scaling, computed as transformers' modeling_rope_utils does */
+    pldr_rope_type rope_type;
+    double rope_factor;             /* "factor" (1 when unused) */
+    double rope_attention_factor;   /* multiplies cos and sin (yarn, longrope); else 1 */
+    int rope_original_max_position; /* original_max_position_embeddings (0: not given) */
+    char dtype[16]; /* "dtype" (or the older "torch_dtype"): "float32", ...; "" when absent */
 } pldr_config;
 
 /* Parses and range-checks a config.json. */
@@ -232,8 +267,9 @@ uint64_t pldr_context_device_bytes(const pldr_context *ctx);
  *    (the "prefill"); with KV/KVG caches, A and G_LM come from these tokens.
  *  - later calls: KV/KVG modes process only the new tokens through the
  *    caches; mode NONE recomputes a full forward over the whole sequence.
- * logits: NULL, or room for n_rows x vocab_size floats where n_rows is n if
- * all_rows is non-zero, else 1 (the last token's logits). */
+ * logits: NULL, or room for n_rows x n_outputs floats (vocab_size for a
+ * causal LM; see "Model classes") where n_rows is n if all_rows is non-zero,
+ * else 1 (the last token's logits). */
 pldr_status pldr_eval(pldr_context *ctx, const int32_t *ids, int n, float *logits, int all_rows);
 
 /* The G-cache: per layer [A, A_LM, G_LM], each [H, dk, dk], as one float32
@@ -272,6 +308,30 @@ pldr_cache_mode pldr_context_cache_mode(const pldr_context *ctx);
 pldr_status pldr_eval_greedy(pldr_context *ctx, const int32_t *ids, int n, int32_t *next_id);
 
 /* ------------------------------------------------------------------ */
+/* Model classes and their heads                                       */
+/* pldr_model_config(model)->arch names the class. Its head runs on the
+ * device after the decoder as pldr_eval's output layer, so a row of
+ * pldr_eval's output holds n_outputs values: next-token logits (causal LM),
+ * the last hidden state (PldrllmModel), label logits (token and sequence
+ * classification; a sequence's result is the row of pldr_sequence_row), or
+ * the start and end logits of question answering. */
+
+/* The model a context runs. */
+const pldr_model *pldr_context_model(const pldr_context *ctx);
+/* A classifier's label name by id (config.json id2label), or NULL. */
+const char *pldr_model_label(const pldr_model *model, int id);
+/* Sequence classification's row of ids: the last token that is not
+ * pad_token_id (0 when every token is), as transformers takes it. */
+int pldr_sequence_row(const pldr_model *model, const int32_t *ids, int n);
+/* Resets the context and runs one forward over ids through the head. out:
+ * [*n_rows, n_outputs] floats with *n_rows = 1 for sequence classification
+ * (the row of pldr_sequence_row) and n otherwise; room for n rows is enough. */
+pldr_status pldr_eval_head(pldr_context *ctx, const int32_t *ids, int n, float *out, int *n_rows);
+/* As pldr_eval with every row, but writes the decoder's last hidden state of
+ * each new token ([n, d_model], before any head), for every class. */
+pldr_status pldr_eval_hidden(pldr_context *ctx, const int32_t *ids, int n, float *hidden);
+
+/* ------------------------------------------------------------------ */
 /* Sampling                                                            */
 
 typedef struct pldr_sampler pldr_sampler;
@@ -281,17 +341,18 @@ typedef struct pldr_sampler_params {
     int top_k;         /* 0: off; 1: greedy */
     float top_p;       /* in (0, 1]; 1: off */
     uint64_t seed;
+    float min_p;       /* in [0, 1]; 0 (default): off */
 } pldr_sampler_params;
 
 pldr_sampler_params pldr_sampler_default_params(void);
 /* Fails with PLDR_ERR_INVALID_ARGUMENT for a negative temperature or top_k,
- * or top_p outside (0, 1]. */
+ * top_p outside (0, 1] or min_p outside [0, 1]. */
 pldr_status pldr_sampler_new(const pldr_sampler_params *params, pldr_sampler **sampler);
 void pldr_sampler_free(pldr_sampler *sampler);
 /* Whether the sampler always picks the largest logit. */
 int pldr_sampler_is_greedy(const pldr_sampler *sampler);
 /* Draws a token id from one row of logits (temperature, then top-k, then
- * top-p, applied in that order). */
+ * top-p, then min-p, applied in that order; see pldr_generate_params). */
 int32_t pldr_sampler_sample(pldr_sampler *sampler, const float *logits, int n_vocab);
 
 /* ------------------------------------------------------------------ */
@@ -312,6 +373,174 @@ pldr_status pldr_detokenize(const pldr_tokenizer *tok, const int32_t *ids, size_
                             size_t *len);
 /* The piece string of an id, or NULL when out of range. */
 const char *pldr_token_piece(const pldr_tokenizer *tok, int32_t id);
+
+/* tokenizer_config.json beside a checkpoint (transformers' tokenizer
+ * settings). The engine's assumptions: no BOS or EOS around a prompt, no
+ * padding, and special tokens that are the pieces of config.json's ids. */
+typedef struct pldr_tokenizer_config {
+    int present;                    /* the file exists (otherwise all zero) */
+    int add_bos_token, add_eos_token; /* honoured by pldr_tokenize_prompt */
+    char padding_side[16];          /* "right", "left" or "" */
+    char bos_token[64], eos_token[64], pad_token[64], unk_token[64];
+    char warnings[1024]; /* where the file disagrees with the engine's
+                            assumptions or the model, one line each; "" if none */
+} pldr_tokenizer_config;
+
+/* Reads DIR/tokenizer_config.json when present (absent is PLDR_OK with
+ * present = 0). tok and config may be NULL (no special-token checks). */
+pldr_status pldr_tokenizer_config_load(const char *dir, const pldr_tokenizer *tok, const pldr_config *config,
+                                       pldr_tokenizer_config *out);
+/* pldr_tokenize, then config->bos_token_id before the ids and eos_token_id
+ * after them where tc says add_bos_token / add_eos_token (tc may be NULL). */
+pldr_status pldr_tokenize_prompt(const pldr_tokenizer *tok, const pldr_tokenizer_config *tc,
+                                 const pldr_config *config, const char *text, size_t len, int32_t **ids,
+                                 size_t *n_ids);
+
+/* ------------------------------------------------------------------ */
+/* Generation                                                          */
+/* Text generation with the sampling and stopping semantics of llama.cpp and
+ * the OpenAI API. A token is picked from the logits of the sequence's last
+ * token in this order:
+ *   1. logit bias: bias_values[i] is added to the logit of bias_ids[i]
+ *      (-INFINITY bans a token);
+ *   2. penalties over the window of the last repeat_last_n tokens of the
+ *      sequence (the prompt given to this generation included; -1: all of
+ *      them; 0: none): each distinct token of the window with count c gets
+ *      logit / repeat_penalty if its logit is positive, else logit *
+ *      repeat_penalty (llama.cpp's repeat penalty), and then
+ *      - c * frequency_penalty - presence_penalty (OpenAI's penalties);
+ *   3. ignore_eos: the end-of-sequence token's logit becomes -INFINITY;
+ *   4. temperature 0 (or top_k 1): the largest logit (the lowest id among
+ *      equals); otherwise softmax(logits / temperature), restricted to the
+ *      top_k most likely tokens (0: all), then to the smallest prefix of
+ *      those, most likely first, whose probability reaches top_p (nucleus),
+ *      then to the tokens whose probability is at least min_p times the most
+ *      likely one's, and a draw from what remains, renormalized, with a
+ *      generator seeded by seed (the same seed and inputs give the same
+ *      tokens).
+ * Text: every picked token's text is decoded incrementally (constant work
+ * per token); bytes that begin a UTF-8 character are held until it is
+ * complete. The generation ends with a finish reason:
+ *   STOP      the end-of-sequence token was picked (unless ignore_eos), or
+ *             the text contains one of the stop strings: a stop string may
+ *             span tokens and is never part of the text handed out; the text
+ *             that could begin one is held back until it cannot;
+ *   LENGTH    max_tokens tokens were picked;
+ *   CONTEXT   the context is full: the next token cannot be fed;
+ *   CANCELLED the token callback returned non-zero. */
+
+typedef enum pldr_finish_reason {
+    PLDR_FINISH_NONE = 0,
+    PLDR_FINISH_STOP,
+    PLDR_FINISH_LENGTH,
+    PLDR_FINISH_CONTEXT,
+    PLDR_FINISH_CANCELLED
+} pldr_finish_reason;
+
+/* "stop", "length", "context", "cancelled" (OpenAI's names; "" for NONE). */
+const char *pldr_finish_reason_string(pldr_finish_reason why);
+
+typedef struct pldr_generate_params {
+    int max_tokens;          /* tokens to pick at most (the end-of-sequence token
+                                counts); -1 (default): until the context is full;
+                                0: only the prompt is fed */
+    float temperature;       /* >= 0; 0 (default): greedy */
+    int top_k;               /* >= 0; 0 (default): off */
+    float top_p;             /* (0, 1]; 1 (default): off */
+    float min_p;             /* [0, 1]; 0 (default): off */
+    float repeat_penalty;    /* > 0; 1 (default): off */
+    int repeat_last_n;       /* window of the penalties, >= -1 (default 64) */
+    float presence_penalty;  /* 0 (default): off */
+    float frequency_penalty; /* 0 (default): off */
+    const int32_t *bias_ids; /* logit bias: n_bias ids and values (copied) */
+    const float *bias_values;
+    int n_bias;
+    const char *const *stop; /* n_stop non-empty stop strings (copied) */
+    int n_stop;
+    int ignore_eos;          /* 1: the end-of-sequence token is never picked */
+    int n_logprobs;          /* 0..20: report this many most likely alternatives
+                                with each token (pldr_token_event.top_*) */
+    uint64_t seed;           /* default 0 */
+    int logprob;             /* 1: report each token's log-probability (implied by
+                                n_logprobs > 0); else pldr_token_event.logprob is NaN */
+    int32_t eos_id;          /* the end-of-sequence token; -1 (default): pldr_generate
+                                takes the model's eos_token_id, pldr_gen has none */
+    float *out_logits;       /* pldr_generate only: NULL, or room for vocab_size
+                                floats that receive the logits of the context's last
+                                token when generation ends (for sessions) */
+} pldr_generate_params;
+
+pldr_generate_params pldr_generate_default_params(void);
+
+/* One picked token, or (id -1) text released at the end. Log-probabilities
+ * are those of the model's distribution: the log-softmax of the logits,
+ * before bias, penalties and temperature. The pointers are valid until the
+ * next call on the same pldr_gen. */
+typedef struct pldr_token_event {
+    int32_t id;            /* the token, or -1 for text released when a sequence ends */
+    const char *text;      /* the text this token completes (not NUL-terminated) */
+    size_t text_len;
+    float logprob;         /* NaN unless requested (logprob, n_logprobs) */
+    int n_top;             /* the n_logprobs most likely tokens, most likely first */
+    const int32_t *top_ids;
+    const float *top_logprobs;
+} pldr_token_event;
+
+/* Called for each event; non-zero cancels the generation. */
+typedef int (*pldr_token_fn)(const pldr_token_event *ev, void *user);
+
+typedef struct pldr_generate_result {
+    pldr_finish_reason finish;
+    int n_prompt;     /* tokens fed before the first pick */
+    int n_generated;  /* tokens picked (the end-of-sequence token included) */
+    double t_load_s;  /* one-off work of the first forward (kernel compilation) */
+    double t_prefill_s; /* from the start to the first token picked */
+    double t_decode_s;  /* from the first token picked to the end */
+    int32_t pending_id; /* the last picked token when it was not fed to the context
+                           (finish LENGTH, CONTEXT or CANCELLED), else -1 */
+} pldr_generate_result;
+
+/* The stepwise generator of one sequence: sampling, penalties, stop strings
+ * and detokenization, without a model. Batching and servers drive it: feed
+ * the prompt, then per step hand the last row of logits to pldr_gen_next
+ * (or, when pldr_gen_needs_logits is 0, the device's greedy id to
+ * pldr_gen_accept) and feed the picked token, until *finish != NONE. */
+typedef struct pldr_gen pldr_gen;
+
+/* tok may be NULL (then no text). Fails with PLDR_ERR_INVALID_ARGUMENT for
+ * a parameter outside the ranges above. */
+pldr_status pldr_gen_new(const pldr_tokenizer *tok, const pldr_generate_params *p, int n_vocab, pldr_gen **out);
+/* The tokens before the first pick (the penalties' window). */
+pldr_status pldr_gen_set_prompt(pldr_gen *g, const int32_t *ids, int n);
+/* Picks the next token from a row of n_vocab logits (left untouched),
+ * advances detokenization and stop matching. *finish != NONE ends the
+ * sequence; ev then also carries the text released by the end. */
+pldr_status pldr_gen_next(pldr_gen *g, const float *logits, pldr_token_event *ev, pldr_finish_reason *finish);
+/* As pldr_gen_next, for a token picked elsewhere (the device's argmax). */
+pldr_status pldr_gen_accept(pldr_gen *g, int32_t id, pldr_token_event *ev, pldr_finish_reason *finish);
+/* Ends the sequence for a reason the gen did not see (context full,
+ * cancelled): ev (id -1) carries the text still held back (a partial stop
+ * string, an incomplete UTF-8 character as U+FFFD). */
+pldr_status pldr_gen_finish(pldr_gen *g, pldr_finish_reason why, pldr_token_event *ev);
+/* 0 when the device's argmax is enough to pick every token (greedy, no
+ * bias, penalties, ignore_eos or log-probabilities). */
+int pldr_gen_needs_logits(const pldr_gen *g);
+void pldr_gen_free(pldr_gen *g);
+
+/* Generates from ctx: tokenizes the prompt (without BOS or EOS), appends it
+ * to what ctx already holds, and picks tokens until a finish reason, calling
+ * cb (may be NULL) with each event. res (may be NULL) gets the counts and
+ * timings. A prompt that does not fit in the context is
+ * PLDR_ERR_CONTEXT_FULL before any work. With a greedy pldr_generate_params,
+ * the tokens are those of pldr_eval_greedy. */
+pldr_status pldr_generate(pldr_context *ctx, const pldr_tokenizer *tok, const char *prompt, size_t prompt_len,
+                          const pldr_generate_params *p, pldr_token_fn cb, void *user, pldr_generate_result *res);
+/* As pldr_generate, from token ids. n may be 0 when next_logits holds the
+ * logits of ctx's last token (a restored session): the first token is then
+ * picked from them without a forward. */
+pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, const int32_t *ids, int n,
+                              const float *next_logits, const pldr_generate_params *p, pldr_token_fn cb, void *user,
+                              pldr_generate_result *res);
 
 /* ------------------------------------------------------------------ */
 /* Sessions                                                            */

@@ -6,6 +6,8 @@
                [--a-dff Fa] [--vocab V] [--max-pos Tmax] [--reference-rope true|false]
                [--dtype F32|F16|BF16] [--shards N] [--g-type learned|identity|random|external]
                [--data-align A] [--data-skew S]
+               [--arch causal|model|token|sequence|qa] [--labels N]
+               [--rope-scaling JSON] [--dtype-key torch_dtype|dtype]
 
 The tensors have the names and shapes of ../shared/docs/pldr-llm.md.  The
 initialisation follows a freshly initialised PLDR-LLM (the HF port's
@@ -15,6 +17,13 @@ perturbation so that an engine that drops or swaps one is caught.  The powers
 pwlst are small (|pw| ~ 0.05, as in trained models), which keeps A_LM**pw
 finite and the float32 forward close to the float64 one (checked by
 test_parity.py for every configuration it uses).
+
+Classes (--arch): PldrllmForCausalLM (final_layer), PldrllmModel (no head;
+its tensors named without the "decoder." prefix, as transformers saves a base
+model alone), PldrllmForTokenClassification (score with bias),
+PldrllmForSequenceClassification (score without bias) and
+PldrllmForQuestionAnswering (qa_outputs [2, d] with bias); the classifiers'
+config.json carries id2label / label2id for --labels N labels.
 
 Storage: F32, F16 or BF16 (round to nearest even), one model.safetensors or N
 shards model-0000i-of-0000N.safetensors with model.safetensors.index.json.
@@ -32,6 +41,14 @@ import sys
 
 import needs_numpy  # noqa: F401,E402
 import numpy as np  # noqa: E402
+
+ARCHS = {
+    "causal": "PldrllmForCausalLM",
+    "model": "PldrllmModel",
+    "token": "PldrllmForTokenClassification",
+    "sequence": "PldrllmForSequenceClassification",
+    "qa": "PldrllmForQuestionAnswering",
+}
 
 PRESETS = {
     "tiny": dict(L=2, d=128, H=2, dk=64, F=192, R=2, D=2, Fa=48, V=512, Tmax=64),
@@ -85,7 +102,7 @@ def write_safetensors(path, tensors, dtype, metadata=None, data_align=8, data_sk
 
 # --------------------------------------------------------------- weights
 
-def tensor_list(cfg, rng, g_type):
+def tensor_list(cfg, rng, g_type, arch="causal", n_labels=0):
     """The checkpoint's tensors in the spec's order, as float32 arrays."""
     L, d, H, dk, F = cfg["L"], cfg["d"], cfg["H"], cfg["dk"], cfg["F"]
     R, D, Fa, V = cfg["R"], cfg["D"], cfg["Fa"], cfg["V"]
@@ -136,9 +153,19 @@ def tensor_list(cfg, rng, g_type):
         glu(p + "ffn", d, F)
         lnorm(p + "layernorm1", d)
         lnorm(p + "layernorm2", d)
-    linear("final_layer", V, d)
+    if arch == "causal":
+        linear("final_layer", V, d)
+    elif arch == "token":
+        linear("score", n_labels, d)
+    elif arch == "sequence":
+        a = math.sqrt(6.0 / (d + n_labels))
+        add("score.weight", rng.uniform(-a, a, (n_labels, d)))
+    elif arch == "qa":
+        linear("qa_outputs", 2, d)
     if g_type != "learned":
         add("decoder.past_G_values", predefined_g(cfg, rng, g_type))
+    if arch == "model":
+        out = [(n[len("decoder."):] if n.startswith("decoder.") else n, a) for n, a in out]
     return out
 
 
@@ -164,9 +191,23 @@ def predefined_g(cfg, rng, g_type):
     return g
 
 
-def config_json(cfg, reference_rope, g_type, dtype):
+def config_json(cfg, reference_rope, g_type, dtype, arch="causal", n_labels=0, rope_scaling=None,
+                dtype_key="torch_dtype"):
+    c = config_base(cfg, reference_rope, g_type, dtype, arch)
+    if dtype_key != "torch_dtype":
+        c[dtype_key] = c.pop("torch_dtype")
+    if arch in ("token", "sequence"):
+        names = ["O"] + ["L%d" % i for i in range(1, n_labels)]
+        c["id2label"] = {str(i): n for i, n in enumerate(names)}
+        c["label2id"] = {n: i for i, n in enumerate(names)}
+    if rope_scaling is not None:
+        c["rope_scaling"] = rope_scaling
+    return c
+
+
+def config_base(cfg, reference_rope, g_type, dtype, arch):
     return {
-        "architectures": ["PldrllmForCausalLM"],
+        "architectures": [ARCHS[arch]],
         "model_type": "pldrllm",
         "hidden_act": "silu",
         "layer_norm_eps": 1e-06,
@@ -195,7 +236,8 @@ def config_json(cfg, reference_rope, g_type, dtype):
 
 
 def make_checkpoint(outdir, cfg, seed=0, reference_rope=True, dtype="F32", shards=1, g_type="learned",
-                    data_align=8, data_skew=0):
+                    data_align=8, data_skew=0, arch="causal", n_labels=3, rope_scaling=None,
+                    dtype_key="torch_dtype", extra_config=None):
     """Writes the checkpoint; returns its directory.  cfg: dict with keys
     L, d, H, dk, F, R, D, Fa, V, Tmax (missing ones from the tiny preset).
     data_align, data_skew: where each file's data region starts (see
@@ -209,9 +251,11 @@ def make_checkpoint(outdir, cfg, seed=0, reference_rope=True, dtype="F32", shard
         raise ValueError("head_dim must be even (RoPE)")
     os.makedirs(outdir, exist_ok=True)
     rng = np.random.default_rng(seed)
-    tensors = tensor_list(cfg, rng, g_type)
+    tensors = tensor_list(cfg, rng, g_type, arch, n_labels)
+    conf = config_json(cfg, reference_rope, g_type, dtype, arch, n_labels, rope_scaling, dtype_key)
+    conf.update(extra_config or {})
     with open(os.path.join(outdir, "config.json"), "w") as f:
-        json.dump(config_json(cfg, reference_rope, g_type, dtype), f, indent=2)
+        json.dump(conf, f, indent=2)
         f.write("\n")
     for stale in os.listdir(outdir):
         if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
@@ -257,6 +301,10 @@ def main(argv=None):
     ap.add_argument("--g-type", choices=["learned", "identity", "random", "external"], default="learned")
     ap.add_argument("--data-align", type=int, default=8, help="data region start modulus (default 8)")
     ap.add_argument("--data-skew", type=int, default=0, help="data region start modulo --data-align (default 0)")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="causal")
+    ap.add_argument("--labels", type=int, default=3, help="labels of a classifier (default 3)")
+    ap.add_argument("--rope-scaling", help="config.json's rope_scaling, as JSON")
+    ap.add_argument("--dtype-key", choices=["torch_dtype", "dtype"], default="torch_dtype")
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for key in cfg:
@@ -268,7 +316,9 @@ def main(argv=None):
         cfg["d"] = cfg["H"] * cfg["dk"]
     make_checkpoint(args.output, cfg, seed=args.seed, reference_rope=args.reference_rope == "true",
                     dtype=args.dtype, shards=args.shards, g_type=args.g_type, data_align=args.data_align,
-                    data_skew=args.data_skew)
+                    data_skew=args.data_skew, arch=args.arch, n_labels=args.labels,
+                    rope_scaling=json.loads(args.rope_scaling) if args.rope_scaling else None,
+                    dtype_key=args.dtype_key)
     return 0
 
 

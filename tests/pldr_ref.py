@@ -218,8 +218,7 @@ def dequantized(x, dtype):
 def large_matrices(ckpt):
     """Names of the matrices the engine stores in the weight dtype."""
     names = ["decoder.embedding.weight"]
-    if "final_layer.weight" in ckpt:
-        names.append("final_layer.weight")
+    names += [h for h in ("final_layer.weight", "score.weight", "qa_outputs.weight") if h in ckpt]
     L = int(ckpt.config["num_hidden_layers"])
     for l in range(L):
         p = "decoder.dec_layers.%d." % l
@@ -265,14 +264,98 @@ def softmax(s):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def rope(x, pos, theta, interleaved, dtype):
-    """x [T, H, dk], pos [T] (ints).  Angles in float64, then cast."""
+def rope_parameters(config, dk, seq_len=None):
+    """(inv_freq [dk/2], attention factor) of config.json's rope_scaling, from
+    the Hugging Face rope types (transformers' modeling_rope_utils): each type
+    written here from its published formula, in float64.  seq_len: the longest
+    sequence the frequencies serve (dynamic, longrope), max_position_embeddings
+    when None."""
+    theta = float(config.get("rope_theta", 10000.0))
+    tmax = int(config["max_position_embeddings"])
+    rs = config.get("rope_scaling") or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    i2 = np.arange(0, dk, 2, dtype=np.float64)               # 2i
+    default = 1.0 / theta ** (i2 / dk)
+    if kind == "default":
+        return default, 1.0
+    if config.get("reference_rope", True):
+        raise ValueError("rope_scaling applies to reference_rope false only")
+    if kind == "linear":
+        return default / rs["factor"], 1.0
+    if kind == "dynamic":
+        # NTK-aware base at the current length; unchanged up to max_position_embeddings
+        L = max(seq_len or tmax, tmax)
+        f = rs["factor"]
+        base = theta * (f * L / tmax - (f - 1)) ** (dk / (dk - 2))
+        return 1.0 / base ** (i2 / dk), 1.0
+    if kind == "yarn":
+        f = rs["factor"]
+        orig = rs.get("original_max_position_embeddings")
+        if orig:
+            f = tmax / orig   # transformers: the context ratio replaces factor
+        else:
+            orig = tmax
+
+        def mscale(scale, m=1.0):
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+        att = rs.get("attention_factor")
+        if att is None:
+            if rs.get("mscale") and rs.get("mscale_all_dim"):
+                att = mscale(f, rs["mscale"]) / mscale(f, rs["mscale_all_dim"])
+            else:
+                att = mscale(f)
+        fast = rs.get("beta_fast") or 32
+        slow = rs.get("beta_slow") or 1
+
+        def dim_of(rotations):   # the dimension index that turns `rotations` times over orig
+            return dk * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        lo, hi = dim_of(fast), dim_of(slow)
+        if rs.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, dk - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = np.clip((np.arange(dk // 2, dtype=np.float64) - lo) / (hi - lo), 0, 1)
+        keep = 1 - ramp   # share of the unscaled (extrapolated) frequency
+        return default / f * (1 - keep) + default * keep, float(att)
+    if kind == "llama3":
+        f, lo_f, hi_f = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        orig = rs["original_max_position_embeddings"]
+        out = default.copy()
+        for j, w in enumerate(default):
+            wavelen = 2 * math.pi / w
+            if wavelen > orig / lo_f:
+                out[j] = w / f
+            elif wavelen >= orig / hi_f:
+                smooth = (orig / wavelen - lo_f) / (hi_f - lo_f)
+                out[j] = (1 - smooth) * w / f + smooth * w
+        return out, 1.0
+    if kind == "longrope":
+        orig = config.get("original_max_position_embeddings")
+        f = rs.get("factor")
+        if orig:
+            f = tmax / orig
+        else:
+            orig = tmax
+        att = rs.get("attention_factor")
+        if att is None:
+            att = 1.0 if f <= 1 else math.sqrt(1 + math.log(f) / math.log(orig))
+        L = seq_len or 0
+        ext = np.asarray(rs["long_factor"] if L > orig else rs["short_factor"], dtype=np.float64)
+        return 1.0 / (ext * theta ** (i2 / dk)), float(att)
+    raise ValueError("unknown rope type %r" % kind)
+
+
+def rope(x, pos, theta, interleaved, dtype, inv=None, att=1.0):
+    """x [T, H, dk], pos [T] (ints).  Angles in float64, then cast.  inv, att:
+    scaled frequencies and the attention factor (rope_parameters)."""
     T, H, dk = x.shape
     half = dk // 2
-    inv = theta ** (-(2.0 * np.arange(half, dtype=np.float64)) / dk)  # theta_i
+    if inv is None:
+        inv = theta ** (-(2.0 * np.arange(half, dtype=np.float64)) / dk)  # theta_i
     ang = np.asarray(pos, dtype=np.float64)[:, None] * inv[None, :]    # [T, dk/2]
-    c = np.cos(ang).astype(dtype)[:, None, :]
-    s = np.sin(ang).astype(dtype)[:, None, :]
+    c = (np.cos(ang) * att).astype(dtype)[:, None, :]
+    s = (np.sin(ang) * att).astype(dtype)[:, None, :]
     if interleaved:
         x0, x1 = x[..., 0::2], x[..., 1::2]
         out = np.empty_like(x)
@@ -307,6 +390,17 @@ class Model:
         self.theta = float(c.get("rope_theta", 10000.0))
         self.interleaved = bool(c.get("reference_rope", True))
         self.g_type = c.get("custom_G_type")
+        self.inv_freq, self.rope_att = rope_parameters(c, self.dk)
+        self.arch = (c.get("architectures") or ["PldrllmForCausalLM"])[0]
+        labels = c.get("id2label")
+        if labels is None and c.get("label2id") is not None:
+            labels = {str(v): k for k, v in c["label2id"].items()}
+        if labels is None:
+            labels = {"0": "LABEL_0", "1": "LABEL_1"}
+        self.labels = [labels[str(i)] for i in range(len(labels))]
+        self.pad = int(c.get("pad_token_id", 0))
+        self.n_out = {"PldrllmForCausalLM": self.V, "PldrllmModel": self.d,
+                      "PldrllmForQuestionAnswering": 2}.get(self.arch, len(self.labels))
         if self.H * self.dk != self.d:
             raise ValueError("hidden_size %d != heads %d x head_dim %d" % (self.d, self.H, self.dk))
         self._w = {}
@@ -314,7 +408,9 @@ class Model:
     def w(self, name):
         """A tensor by name in the compute dtype (None if absent: optional biases)."""
         if name not in self._w:
-            if name not in self.ckpt:
+            if name not in self.ckpt and name.startswith("decoder.") and name[8:] in self.ckpt:
+                self._w[name] = np.ascontiguousarray(self.ckpt[name[8:]], dtype=self.dtype)  # PldrllmModel alone
+            elif name not in self.ckpt:
                 self._w[name] = None
             else:
                 self._w[name] = np.ascontiguousarray(self.ckpt[name], dtype=self.dtype)
@@ -385,8 +481,8 @@ class Model:
         q = linear(x, self.w(p + "wq.weight"), self.w(p + "wq.bias")).reshape(T, self.H, self.dk)
         k = linear(x, self.w(p + "wk.weight"), self.w(p + "wk.bias")).reshape(T, self.H, self.dk)
         v = linear(x, self.w(p + "wv.weight"), self.w(p + "wv.bias")).reshape(T, self.H, self.dk)
-        q = rope(q, pos, self.theta, self.interleaved, self.dtype)
-        k = rope(k, pos, self.theta, self.interleaved, self.dtype)
+        q = rope(q, pos, self.theta, self.interleaved, self.dtype, self.inv_freq, self.rope_att)
+        k = rope(k, pos, self.theta, self.interleaved, self.dtype, self.inv_freq, self.rope_att)
         return q, k, v
 
     def attend(self, q, k, v, G, qpos, kpos):
@@ -405,7 +501,19 @@ class Model:
         return self._ln(self._glu(x1, p + "ffn.") + x1, p + "layernorm2")
 
     def final(self, x):
-        return linear(x, self.w("final_layer.weight"), self.w("final_layer.bias"))
+        """The class's head on every row of the last hidden state x [T, d]:
+        final_layer (causal LM), score (classifiers; no bias for sequence
+        classification), qa_outputs (start, end), or x itself (PldrllmModel)."""
+        if self.arch == "PldrllmModel":
+            return x
+        name = {"PldrllmForCausalLM": "final_layer", "PldrllmForQuestionAnswering": "qa_outputs"}.get(self.arch, "score")
+        return linear(x, self.w(name + ".weight"), self.w(name + ".bias"))
+
+    def sequence_row(self, ids):
+        """Sequence classification's row: the last token that is not pad_token_id
+        (row 0 when every one is, as transformers' argmax gives)."""
+        rows = [t for t, i in enumerate(ids) if i != self.pad]
+        return rows[-1] if rows else 0
 
     def forward(self, ids, override=None):
         """One forward over ids (positions 0..T-1).  override: None or a list
@@ -503,7 +611,7 @@ def logits_for_mode(model, ids, prefill_n=None, mode="kvg"):
     if mode not in ("none", "kv", "kvg"):
         raise ValueError("mode must be none, kv or kvg")
     pre, layers = model.forward(ids[:N])
-    out = np.empty((T, model.V), dtype=model.dtype)
+    out = np.empty((T, model.n_out), dtype=model.dtype)
     out[:N] = pre
     if N == T:
         return out

@@ -143,6 +143,64 @@ def check_choices(tap, sv, want):
     tap.check("sampling with a seed repeats", sampled_seed)
 
 
+def check_sampling(tap, sv, want):
+    p0, w0 = PROMPTS[0], want[PROMPTS[0]]
+
+    def stop():
+        cut = w0.index("function")
+        code, body = sv.complete({"prompt": p0, "max_tokens": 24, "temperature": 0, "stop": ["function", "zzz"]})
+        code2, chunks, done = sv.stream({"prompt": p0, "max_tokens": 24, "temperature": 0, "stop": "function"})
+        texts, finish = st.joined_text(chunks)
+        c = body["choices"][0]
+        return (code == 200 and c["text"] == w0[:cut] and c["finish_reason"] == "stop" and done and
+                texts[0] == w0[:cut] and finish[0] == "stop", repr(c["text"]), json.dumps(body))
+    tap.check("stop strings end the text before them, whole and streamed", stop)
+
+    def logprobs():
+        code, body = sv.complete({"prompt": p0, "max_tokens": 6, "temperature": 0, "logprobs": 3})
+        c = body["choices"][0]
+        lp = c["logprobs"]
+        n = len(lp["tokens"])
+        ok = (code == 200 and n == 6 and "".join(lp["tokens"]) == c["text"] and
+              len(lp["token_logprobs"]) == n and len(lp["top_logprobs"]) == n and len(lp["text_offset"]) == n)
+        for i in range(n):
+            top = lp["top_logprobs"][i]
+            vals = sorted(top.values(), reverse=True)
+            ok = ok and len(top) == 3 and all(v <= 0 for v in vals) and sum(2.718281828 ** v for v in vals) <= 1.0001
+            # greedy: the picked token is the most likely one
+            ok = ok and abs(lp["token_logprobs"][i] - vals[0]) < 1e-6
+            ok = ok and lp["text_offset"][i] == len("".join(lp["tokens"][:i]))
+        return ok, "%d tokens" % n, json.dumps(body)
+    tap.check("logprobs: each token's log-probability and the top 3, greedy picks the top one", logprobs)
+
+    def bias():
+        first = json.loads(sv.post("/tokenize", {"content": w0})[2])["tokens"][0]
+        code, body = sv.complete({"prompt": p0, "max_tokens": 4, "temperature": 0,
+                                  "logit_bias": {str(first): -100}, "logprobs": 0})
+        code2, body2 = sv.complete({"prompt": p0, "max_tokens": 4, "temperature": 0, "logit_bias": {"1000": 100}})
+        piece = json.loads(sv.post("/detokenize", {"tokens": [1000]})[2])["content"]
+        t1 = body["choices"][0]["text"]
+        t2 = body2["choices"][0]["text"]
+        return (code == 200 and code2 == 200 and not w0.startswith(t1) and t2.strip().startswith(piece.strip()),
+                "banned: %r, forced %r: %r" % (t1, piece, t2))
+    tap.check("logit_bias bans (-100) and forces (+100) tokens", bias)
+
+    def greedy_equivalents():
+        a = sv.complete({"prompt": p0, "max_tokens": 24, "temperature": 1.0, "min_p": 1.0, "seed": 1})[1]
+        b = sv.complete({"prompt": p0, "max_tokens": 24, "temperature": 1.5, "top_k": 1, "seed": 2})[1]
+        return (a["choices"][0]["text"] == w0 and b["choices"][0]["text"] == w0,
+                "min_p 1 and top_k 1 give the greedy text", json.dumps([a, b]))
+    tap.check("min_p = 1 and top_k = 1 sample the greedy text", greedy_equivalents)
+
+    def penalties():
+        outs = []
+        for body in ({"frequency_penalty": 1.5}, {"presence_penalty": 2.0}, {"repeat_penalty": 1.8}):
+            body.update({"prompt": p0, "max_tokens": 24, "temperature": 0})
+            outs.append(sv.complete(body)[1]["choices"][0]["text"])
+        return all(o != w0 for o in outs), repr(outs)
+    tap.check("frequency, presence and repeat penalties change the greedy text", penalties)
+
+
 def check_disconnect(tap, sv):
     def disconnect():
         before = sv.metrics().get("pldr_generated_tokens_total", 0)
@@ -232,7 +290,7 @@ def check_errors(tap, sv):
 
     def chat_points():
         code, _, data = sv.post("/v1/chat/completions", {"messages": []})
-        return code == 400 and "/v1/completions" in json.loads(data)["error"]["message"], data.decode()[:200]
+        return code == 400 and "/v1/completions" in json.loads(data)["error"]["message"], data.decode().strip()[:200]
     tap.check("/v1/chat/completions points to /v1/completions", chat_points)
 
 
@@ -287,7 +345,7 @@ def check_hostile(tap, sv):
 
     def still_healthy():
         code, _, data = sv.get("/health")
-        return code == 200 and json.loads(data)["status"] == "ok", data.decode()
+        return code == 200 and json.loads(data)["status"] == "ok", data.decode().strip()
     tap.check("/health still answers after every error and hostile client", still_healthy)
 
 
@@ -430,6 +488,30 @@ def check_loading(tap):
         sv.stop()
 
 
+def check_replicas(tap, want):
+    """Two replicas (here both on the one device): requests go to the one
+    with the most free slots, so concurrent requests use both."""
+    sv = st.Server(["-m", MODEL, "--device", "0,0", "--parallel", "1", "--ctx", CTX], name="replicas")
+    try:
+        out = [None] * 6
+
+        def client(i):
+            out[i] = sv.complete({"prompt": PROMPTS[i % 2], "max_tokens": 24, "temperature": 0})
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        right = sum(c == 200 and b["choices"][0]["text"] == want[PROMPTS[i % 2]] for i, (c, b) in enumerate(out))
+        m = sv.metrics()
+        seqs = [v for k, v in sorted(m.items()) if k.startswith("pldr_device_sequences_total{")]
+        models = json.loads(sv.get("/v1/models")[2])["data"][0]["meta"]["replicas"]
+        tap.ok(right == 6 and len(seqs) == 2 and min(seqs) > 0 and models == 2,
+               "--device 0,0: two replicas, 6 concurrent requests all right, both used (%s)" % seqs)
+    finally:
+        sv.stop()
+
+
 def check_shutdown(tap):
     sv = st.Server(["-m", MODEL, "--parallel", "2", "--timeout", "20"], name="shutdown")
     result = {}
@@ -462,6 +544,7 @@ def main():
         want = check_greedy(tap, sv)
         check_concurrent(tap, sv)
         check_choices(tap, sv, want)
+        check_sampling(tap, sv, want)
         check_disconnect(tap, sv)
         check_errors(tap, sv)
         check_hostile(tap, sv)
@@ -486,6 +569,7 @@ def main():
     check_queue_full(tap)
     check_auth(tap)
     check_loading(tap)
+    check_replicas(tap, want)
     check_shutdown(tap)
     return tap.done()
 

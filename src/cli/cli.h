@@ -89,6 +89,16 @@ int cmd_deductive(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+/* The model classes' commands (cmd_heads.c). */
+int cmd_classify(int argc, char **argv);
+int cmd_qa(int argc, char **argv);
+int cmd_embed(int argc, char **argv);
+/* Whether DIR/config.json's class is one of archs (a mask of 1 << pldr_arch);
+ * otherwise says what the checkpoint is and which command runs it, and
+ * returns EXIT_INPUT. */
+int cli_check_class(const char *cmd, const char *dir, unsigned archs);
+/* The subcommand being run ("generate"), set by main(). */
+extern const char *cli_command;
 /* Installs a G-cache file (--g-cache) in a context; reports failures and
  * returns an exit code (defined in cmd_gcache.c). */
 int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path);

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,13 +22,18 @@ static double now(void)
 
 static const char help[] =
     "usage: pldr generate [-m DIR] (-p PROMPT | -f FILE) [-n N] [--temp T] [--top-k K]\n"
-    "                     [--top-p P] [--seed S] [--cache none|kv|kvg] [--ctx N]\n"
-    "                     [--g-cache FILE] [--save-session FILE] [--load-session FILE]\n"
+    "                     [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N]\n"
+    "                     [--presence-penalty X] [--frequency-penalty X] [--seed S]\n"
+    "                     [--stop TEXT]... [--ignore-eos] [--logprobs N] [-o text|json]\n"
+    "                     [--cache none|kv|kvg] [--ctx N] [--g-cache FILE]\n"
+    "                     [--save-session FILE] [--load-session FILE]\n"
     "                     [--device SPEC] [--dtype T]\n"
     "\n"
     "Generates text from a prompt. The prompt is encoded without BOS or EOS; text\n"
-    "streams to stdout as tokens are produced; generation stops at [END] or after N\n"
-    "tokens. A summary goes to stderr.\n"
+    "streams to stdout as tokens are produced; generation stops at [END], at a stop\n"
+    "string, after N tokens or when the context is full. A summary goes to stderr.\n"
+    "Sampling applies, in this order: the penalties, the temperature, top-k, top-p,\n"
+    "min-p (llama.cpp's and the OpenAI API's meanings; see pldr.h).\n"
     "\n"
     "  -m, --model DIR   model directory (default: $PLDR_MODEL or the bundled model)\n"
     "  -p, --prompt TEXT the prompt\n"
@@ -36,7 +42,23 @@ static const char help[] =
     "      --temp T      temperature, >= 0; 0 is greedy (default 0)\n"
     "      --top-k K     sample among the K most likely tokens, 0 = all (default 0)\n"
     "      --top-p P     nucleus sampling threshold in (0, 1] (default 1)\n"
+    "      --min-p P     keep the tokens at least P times as likely as the most likely, in\n"
+    "                    [0, 1]; 0 = off (default 0)\n"
+    "      --repeat-penalty X  divide the positive logits of the tokens of the last\n"
+    "                    --repeat-last-n tokens (prompt included) by X and multiply the\n"
+    "                    negative ones, X > 0; 1 = off (default 1)\n"
+    "      --repeat-last-n N  window of the penalties in tokens; -1 = all (default 64)\n"
+    "      --presence-penalty X  subtract X from the logit of every token in the window\n"
+    "                    (default 0)\n"
+    "      --frequency-penalty X  subtract X times its count in the window from each\n"
+    "                    token's logit (default 0)\n"
     "      --seed S      random seed; the same seed gives the same text (default: from the clock)\n"
+    "      --stop TEXT   stop when the text contains TEXT (may be given up to 16 times); the\n"
+    "                    stop string is not printed\n"
+    "      --ignore-eos  never pick [END]: generate until -n or the context ends it\n"
+    "      --logprobs N  with -o json, also the N most likely tokens at each step (0-20)\n"
+    "  -o, --output FORMAT  text (default: the prompt and the continuation) or json (one\n"
+    "                    object: text, token ids, log-probabilities, finish reason, timings)\n"
     "      --cache MODE  none, kv or kvg (default kvg, or the session's)\n"
     "      --ctx N       context size in tokens (default: max_position_embeddings)\n"
     "      --g-cache FILE  use A, A_LM, G_LM from this G-cache file (safetensors: G_LM\n"
@@ -56,11 +78,15 @@ static const char help[] =
     "                    device first, unless already done (see pldr tune)\n"
     "  -q, --quiet       no summary on stderr\n";
 
+#define MAX_STOP 16
+
 typedef struct gen_opts {
     const char *model_dir, *prompt, *file, *device;
     const char *gcache, *save_session, *load_session;
-    long n_gen, top_k, ctx_n, seed;
-    double temp, top_p;
+    long n_gen, top_k, ctx_n, seed, repeat_last_n, n_logprobs;
+    double temp, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
+    const char *stop[MAX_STOP];
+    int n_stop, ignore_eos, json;
     int quiet, tune;
     pldr_cache_mode cache;
     pldr_dtype dtype;
@@ -70,7 +96,10 @@ typedef struct gen_opts {
 /* Parses the command line; returns -1 to go on, else an exit code. */
 static int parse_options(int argc, char **argv, gen_opts *o)
 {
-    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CACHE, O_CTX, O_DEVICE, O_DTYPE, O_GCACHE, O_SAVE, O_LOAD, O_TUNE };
+    enum {
+        O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CACHE, O_CTX, O_DEVICE, O_DTYPE, O_GCACHE, O_SAVE, O_LOAD, O_TUNE,
+        O_MINP, O_REPEAT, O_REPEAT_N, O_PRESENCE, O_FREQUENCY, O_STOP, O_IGNORE_EOS, O_LOGPROBS
+    };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},    {"prompt", required_argument, 0, 'p'},
         {"file", required_argument, 0, 'f'},     {"n-tokens", required_argument, 0, 'n'},
@@ -80,6 +109,12 @@ static int parse_options(int argc, char **argv, gen_opts *o)
         {"device", required_argument, 0, O_DEVICE}, {"dtype", required_argument, 0, O_DTYPE},
         {"g-cache", required_argument, 0, O_GCACHE}, {"save-session", required_argument, 0, O_SAVE},
         {"load-session", required_argument, 0, O_LOAD}, {"tune", no_argument, 0, O_TUNE},
+        {"min-p", required_argument, 0, O_MINP}, {"repeat-penalty", required_argument, 0, O_REPEAT},
+        {"repeat-last-n", required_argument, 0, O_REPEAT_N},
+        {"presence-penalty", required_argument, 0, O_PRESENCE},
+        {"frequency-penalty", required_argument, 0, O_FREQUENCY}, {"stop", required_argument, 0, O_STOP},
+        {"ignore-eos", no_argument, 0, O_IGNORE_EOS}, {"logprobs", required_argument, 0, O_LOGPROBS},
+        {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -87,12 +122,14 @@ static int parse_options(int argc, char **argv, gen_opts *o)
     o->n_gen = 64;
     o->seed = -1;
     o->top_p = 1.0;
+    o->repeat_penalty = 1.0;
+    o->repeat_last_n = 64;
     o->cache = PLDR_CACHE_KVG;
     o->dtype = PLDR_DTYPE_F32;
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":m:p:f:n:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:p:f:n:o:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o->model_dir = optarg; break;
         case 'p': o->prompt = optarg; break;
@@ -118,6 +155,43 @@ static int parse_options(int argc, char **argv, gen_opts *o)
         case O_TOPP:
             if (cli_parse_double(optarg, 0.0, 1.0, &o->top_p) || o->top_p <= 0.0)
                 return cli_usage_error("generate", "--top-p must be in (0, 1], not '%s'", optarg);
+            break;
+        case O_MINP:
+            if (cli_parse_double(optarg, 0.0, 1.0, &o->min_p))
+                return cli_usage_error("generate", "--min-p must be in [0, 1], not '%s'", optarg);
+            break;
+        case O_REPEAT:
+            if (cli_parse_double(optarg, 0.0, 1e6, &o->repeat_penalty) || o->repeat_penalty <= 0.0)
+                return cli_usage_error("generate", "--repeat-penalty must be a number > 0, not '%s'", optarg);
+            break;
+        case O_REPEAT_N:
+            if (cli_parse_int(optarg, -1, 1L << 24, &o->repeat_last_n))
+                return cli_usage_error("generate", "--repeat-last-n must be an integer >= -1, not '%s'", optarg);
+            break;
+        case O_PRESENCE:
+            if (cli_parse_double(optarg, -1e6, 1e6, &o->presence_penalty))
+                return cli_usage_error("generate", "--presence-penalty must be a number, not '%s'", optarg);
+            break;
+        case O_FREQUENCY:
+            if (cli_parse_double(optarg, -1e6, 1e6, &o->frequency_penalty))
+                return cli_usage_error("generate", "--frequency-penalty must be a number, not '%s'", optarg);
+            break;
+        case O_STOP:
+            if (!optarg[0])
+                return cli_usage_error("generate", "--stop needs a non-empty text");
+            if (o->n_stop == MAX_STOP)
+                return cli_usage_error("generate", "at most %d --stop strings", MAX_STOP);
+            o->stop[o->n_stop++] = optarg;
+            break;
+        case O_IGNORE_EOS: o->ignore_eos = 1; break;
+        case O_LOGPROBS:
+            if (cli_parse_int(optarg, 0, 20, &o->n_logprobs))
+                return cli_usage_error("generate", "--logprobs must be an integer in [0, 20], not '%s'", optarg);
+            break;
+        case 'o':
+            if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0)
+                return cli_usage_error("generate", "-o must be text or json, not '%s'", optarg);
+            o->json = strcmp(optarg, "json") == 0;
             break;
         case O_SEED:
             if (cli_parse_int(optarg, 0, 0x7fffffffffffffffL, &o->seed))
@@ -151,50 +225,13 @@ static int parse_options(int argc, char **argv, gen_opts *o)
     if (o->gcache && o->load_session)
         return cli_usage_error("generate", "--g-cache cannot be combined with --load-session: the session holds its "
                                            "own G-cache");
+    if (o->n_logprobs > 0 && !o->json)
+        return cli_usage_error("generate", "--logprobs needs -o json");
     if (!o->model_dir)
         o->model_dir = cli_default_model_dir();
     if (o->save_session && cli_check_output(o->save_session) != EXIT_OK)
         return EXIT_OUTPUT;
     return -1;
-}
-
-/* Streams the decoded text: prints what the new tokens add to the text of the
- * prompt, holding back a trailing replacement character that may be the
- * first bytes of a character the next byte piece completes. */
-typedef struct streamer {
-    const pldr_tokenizer *tok;
-    int32_t *ids;
-    size_t n, cap;
-    size_t printed; /* bytes of the decoded text already printed (incl. the prompt's) */
-} streamer;
-
-static int stream_push(streamer *s, int32_t id, int final)
-{
-    if (id >= 0) {
-        if (s->n == s->cap) {
-            size_t cap = s->cap ? s->cap * 2 : 256;
-            int32_t *b = realloc(s->ids, cap * sizeof *b);
-            if (!b)
-                return -1;
-            s->ids = b;
-            s->cap = cap;
-        }
-        s->ids[s->n++] = id;
-    }
-    char *text;
-    size_t len;
-    if (pldr_detokenize(s->tok, s->ids, s->n, &text, &len) != PLDR_OK)
-        return -1;
-    size_t upto = len;
-    if (!final && upto >= 3 && memcmp(text + upto - 3, "\xEF\xBF\xBD", 3) == 0)
-        upto -= 3;
-    if (upto > s->printed) {
-        fwrite(text + s->printed, 1, upto - s->printed, stdout);
-        fflush(stdout);
-        s->printed = upto;
-    }
-    free(text);
-    return 0;
 }
 
 /* Everything a run holds; released by gen_free. */
@@ -203,16 +240,21 @@ typedef struct gen {
     pldr_tokenizer *tok;
     pldr_model *model;
     pldr_context *ctx;
-    pldr_sampler *sampler;
-    pldr_sampler_params sp;
+    pldr_generate_params gp;
     pldr_session session; /* the loaded session's tokens and logits */
     char *prompt_buf;     /* -f */
     size_t prompt_len;
     int32_t *ids; /* the prompt's tokens (appended after the session's) */
     size_t n_ids;
-    float *logits;             /* [V] when the logits are read back */
-    const float *cur_logits;   /* the logits of the context's last token, if known */
-    streamer sm;
+    float *logits; /* [V]: the logits of the context's last token, for --save-session */
+    /* -o json: what the events carried */
+    char *text;
+    size_t text_len, text_cap;
+    int32_t *tokens;
+    float *lp, *top_lp;
+    int32_t *top_ids;
+    size_t n_tokens, tokens_cap, lp_cap, top_ids_cap, top_lp_cap;
+    int out_failed;
     double t0, t_loaded;
 } gen;
 
@@ -220,10 +262,13 @@ static void gen_free(gen *g)
 {
     free(g->logits);
     free(g->ids);
-    free(g->sm.ids);
+    free(g->text);
+    free(g->tokens);
+    free(g->lp);
+    free(g->top_lp);
+    free(g->top_ids);
     free(g->prompt_buf);
     pldr_session_clear(&g->session);
-    pldr_sampler_free(g->sampler);
     pldr_context_free(g->ctx);
     pldr_model_free(g->model);
     pldr_tokenizer_free(g->tok);
@@ -243,18 +288,28 @@ static int session_defaults(gen_opts *o)
     return EXIT_OK;
 }
 
-/* Sampler, tokenizer and the prompt's tokens. */
+/* Generation parameters, tokenizer and the prompt's tokens. */
 static int setup_text(gen *g)
 {
     const gen_opts *o = &g->o;
     pldr_status st;
-    g->sp = pldr_sampler_default_params();
-    g->sp.temperature = (float)o->temp;
-    g->sp.top_k = (int)o->top_k;
-    g->sp.top_p = (float)o->top_p;
-    g->sp.seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if ((st = pldr_sampler_new(&g->sp, &g->sampler)) != PLDR_OK)
-        return cli_report(st);
+    pldr_generate_params *gp = &g->gp;
+    *gp = pldr_generate_default_params();
+    gp->max_tokens = (int)o->n_gen;
+    gp->temperature = (float)o->temp;
+    gp->top_k = (int)o->top_k;
+    gp->top_p = (float)o->top_p;
+    gp->min_p = (float)o->min_p;
+    gp->repeat_penalty = (float)o->repeat_penalty;
+    gp->repeat_last_n = (int)o->repeat_last_n;
+    gp->presence_penalty = (float)o->presence_penalty;
+    gp->frequency_penalty = (float)o->frequency_penalty;
+    gp->stop = o->stop;
+    gp->n_stop = o->n_stop;
+    gp->ignore_eos = o->ignore_eos;
+    gp->logprob = o->json;
+    gp->n_logprobs = (int)o->n_logprobs;
+    gp->seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     char tok_path[4096];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.model", o->model_dir);
     if ((st = pldr_tokenizer_load(tok_path, &g->tok)) != PLDR_OK)
@@ -299,7 +354,6 @@ static int setup_model(gen *g)
     if (o->load_session) {
         if ((st = pldr_session_load(g->ctx, g->model, o->load_session, &g->session)) != PLDR_OK)
             return cli_report(st);
-        g->cur_logits = g->session.logits;
     }
     g->t_loaded = now();
     const int n_total = pldr_context_n_past(g->ctx) + (int)g->n_ids;
@@ -308,149 +362,178 @@ static int setup_model(gen *g)
                 pldr_context_n_ctx(g->ctx));
         return EXIT_CONTEXT;
     }
-    const int need_logits = !pldr_sampler_is_greedy(g->sampler) || o->save_session;
-    if (need_logits && !(g->logits = malloc((size_t)cfg->vocab_size * sizeof(float))))
-        return cli_report(PLDR_ERR_HOST_MEMORY);
+    if (o->save_session) {
+        if (!(g->logits = malloc((size_t)cfg->vocab_size * sizeof(float))))
+            return cli_report(PLDR_ERR_HOST_MEMORY);
+        g->gp.out_logits = g->logits;
+    }
+    if (!g->n_ids && !g->session.logits) {
+        fprintf(stderr, "pldr: %s: the session stores no next-token logits; give -p TEXT to continue it\n",
+                o->load_session);
+        return EXIT_INPUT;
+    }
     return EXIT_OK;
 }
 
-/* The streamer starts with the session's and the prompt's tokens; the
- * prompt is echoed as typed, the continuation is what the generated tokens
- * add to the decoded text. */
-static int setup_stream(gen *g)
+/* Text output: the prompt as typed, then what each event completes. */
+static void print_prompt(const gen *g)
 {
-    const size_t n_sess = (size_t)g->session.info.n_tokens;
-    streamer *sm = &g->sm;
-    sm->tok = g->tok;
-    sm->cap = n_sess + g->n_ids + (size_t)g->o.n_gen + 1;
-    if (!(sm->ids = malloc(sm->cap * sizeof *sm->ids)))
-        return cli_report(PLDR_ERR_HOST_MEMORY);
-    if (n_sess)
-        memcpy(sm->ids, g->session.tokens, n_sess * sizeof *sm->ids);
-    memcpy(sm->ids + n_sess, g->ids, g->n_ids * sizeof *g->ids);
-    sm->n = n_sess + g->n_ids;
-    char *text;
-    size_t len;
-    pldr_status st = pldr_detokenize(g->tok, sm->ids, sm->n, &text, &len);
-    if (st != PLDR_OK)
-        return cli_report(st);
-    sm->printed = len;
-    free(text);
     const char *typed = g->o.file ? g->prompt_buf : g->o.prompt;
-    if (typed)
+    if (typed && !g->o.json)
         fwrite(typed, 1, g->prompt_len, stdout);
     fflush(stdout);
-    return EXIT_OK;
 }
 
-/* Feeds n tokens and picks the next one. */
-static pldr_status step(gen *g, const int32_t *feed, int n, int32_t *next)
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
-    if (!g->logits) {
-        g->cur_logits = NULL;
-        return pldr_eval_greedy(g->ctx, feed, n, next);
-    }
-    pldr_status st = pldr_eval(g->ctx, feed, n, g->logits, 0);
-    g->cur_logits = st == PLDR_OK ? g->logits : NULL;
-    if (st == PLDR_OK)
-        *next = pldr_sampler_sample(g->sampler, g->logits, pldr_model_config(g->model)->vocab_size);
-    return st;
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = c;
+    return 0;
 }
 
-typedef struct gen_result {
-    long produced;
-    double t_prefill, t_start, t_end;
-    int stopped_by_ctx;
-    const int32_t *pending; /* tokens produced but not yet fed */
-    int n_pending;
-} gen_result;
-
-/* The generation loop: feed what is pending (the prompt, then each new
- * token), pick the next token, stream it. */
-static int generate(gen *g, gen_result *r)
+/* Streams the text (-o text) or keeps it with the token and its
+ * log-probabilities for the JSON object (-o json). */
+static int on_token(const pldr_token_event *ev, void *user)
 {
-    const int eos = pldr_model_config(g->model)->eos_token_id;
-    memset(r, 0, sizeof *r);
-    r->pending = g->ids;
-    r->n_pending = (int)g->n_ids;
-    r->t_start = now();
-    while (r->produced < g->o.n_gen) {
-        int32_t next = 0;
-        if (r->n_pending > 0) {
-            if (pldr_context_n_past(g->ctx) + r->n_pending > pldr_context_n_ctx(g->ctx)) {
-                r->stopped_by_ctx = 1;
-                break;
-            }
-            pldr_status st = step(g, r->pending, r->n_pending, &next);
-            if (st != PLDR_OK) {
-                fputc('\n', stdout);
-                return cli_report(st);
-            }
-            r->n_pending = 0;
-        } else if (g->session.logits) { /* a resumed session: its next-token logits */
-            next = pldr_sampler_sample(g->sampler, g->session.logits, pldr_model_config(g->model)->vocab_size);
-        } else {
-            fprintf(stderr, "pldr: %s: the session stores no next-token logits; give -p TEXT to continue it\n",
-                    g->o.load_session);
-            return EXIT_INPUT;
-        }
-        if (r->produced == 0)
-            r->t_prefill = now() - r->t_start;
-        r->produced++;
-        if (next == eos)
-            break;
-        if (stream_push(&g->sm, next, 0) != 0)
-            return cli_report(PLDR_ERR_HOST_MEMORY);
-        r->pending = &g->sm.ids[g->sm.n - 1];
-        r->n_pending = 1;
+    gen *g = user;
+    if (!g->o.json) {
+        fwrite(ev->text, 1, ev->text_len, stdout);
+        fflush(stdout);
+        return 0;
     }
-    stream_push(&g->sm, -1, 1);
-    fputc('\n', stdout);
+    if (grow((void **)&g->text, &g->text_cap, g->text_len + ev->text_len + 1, 1)) {
+        g->out_failed = 1;
+        return 1;
+    }
+    memcpy(g->text + g->text_len, ev->text, ev->text_len);
+    g->text_len += ev->text_len;
+    g->text[g->text_len] = '\0';
+    if (ev->id < 0)
+        return 0;
+    const size_t n = g->n_tokens + 1, k = (size_t)g->o.n_logprobs;
+    if (grow((void **)&g->tokens, &g->tokens_cap, n, sizeof *g->tokens) ||
+        grow((void **)&g->lp, &g->lp_cap, n, sizeof *g->lp) ||
+        (k && (grow((void **)&g->top_ids, &g->top_ids_cap, n * k, sizeof *g->top_ids) ||
+               grow((void **)&g->top_lp, &g->top_lp_cap, n * k, sizeof *g->top_lp)))) {
+        g->out_failed = 1;
+        return 1;
+    }
+    g->tokens[g->n_tokens] = ev->id;
+    g->lp[g->n_tokens] = ev->logprob;
+    for (size_t j = 0; j < k; j++) {
+        g->top_ids[g->n_tokens * k + j] = j < (size_t)ev->n_top ? ev->top_ids[j] : -1;
+        g->top_lp[g->n_tokens * k + j] = j < (size_t)ev->n_top ? ev->top_logprobs[j] : NAN;
+    }
+    g->n_tokens = n;
+    return 0;
+}
+
+static int generate(gen *g, pldr_generate_result *r)
+{
+    print_prompt(g);
+    pldr_status st = pldr_generate_ids(g->ctx, g->tok, g->ids, (int)g->n_ids, g->session.logits, &g->gp, on_token, g,
+                                       r);
+    if (g->out_failed)
+        return cli_report(PLDR_ERR_HOST_MEMORY);
+    if (st != PLDR_OK) {
+        fputc('\n', stdout);
+        return cli_report(st);
+    }
+    if (!g->o.json)
+        fputc('\n', stdout);
     fflush(stdout);
-    r->t_end = now();
     return EXIT_OK;
 }
 
-/* Feeds what is still pending, so that the session ends with every token
- * printed and the logits of the last one, then writes it. */
-static int save_session(gen *g, gen_result *r)
+static void print_json(const gen *g, const pldr_generate_result *r)
 {
-    if (r->n_pending > 0) {
-        if (pldr_context_n_past(g->ctx) + r->n_pending > pldr_context_n_ctx(g->ctx)) {
-            r->stopped_by_ctx = 1;
+    FILE *f = stdout;
+    fputs("{\"text\": ", f);
+    cli_json_string(f, g->text ? g->text : "");
+    fputs(", \"tokens\": [", f);
+    for (size_t i = 0; i < g->n_tokens; i++)
+        fprintf(f, "%s%ld", i ? ", " : "", (long)g->tokens[i]);
+    fputs("], \"logprobs\": [", f);
+    for (size_t i = 0; i < g->n_tokens; i++) {
+        fputs(i ? ", " : "", f);
+        cli_json_number(f, g->lp[i]);
+    }
+    fputs("]", f);
+    const size_t k = (size_t)g->o.n_logprobs;
+    if (k) {
+        fputs(", \"top_logprobs\": [", f);
+        for (size_t i = 0; i < g->n_tokens; i++) {
+            fputs(i ? ", [" : "[", f);
+            for (size_t j = 0; j < k && g->top_ids[i * k + j] >= 0; j++) {
+                fprintf(f, "%s{\"id\": %ld, \"logprob\": ", j ? ", " : "", (long)g->top_ids[i * k + j]);
+                cli_json_number(f, g->top_lp[i * k + j]);
+                fputs("}", f);
+            }
+            fputs("]", f);
+        }
+        fputs("]", f);
+    }
+    fprintf(f, ", \"finish_reason\": \"%s\", \"n_prompt\": %zu, \"n_generated\": %d", pldr_finish_reason_string(r->finish),
+            g->n_ids, r->n_generated);
+    fputs(", \"timings\": {\"load_s\": ", f);
+    cli_json_number(f, g->t_loaded - g->t0);
+    fputs(", \"prefill_s\": ", f);
+    cli_json_number(f, r->t_prefill_s);
+    fputs(", \"decode_s\": ", f);
+    cli_json_number(f, r->t_decode_s);
+    fputs("}}\n", f);
+    fflush(f);
+}
+
+/* Feeds the last token if it was printed but not fed, so that the session
+ * ends with every token printed and the logits of the last one, then
+ * writes it. */
+static int save_session(gen *g, pldr_generate_result *r)
+{
+    if (r->pending_id >= 0) {
+        if (pldr_context_n_past(g->ctx) + 1 > pldr_context_n_ctx(g->ctx)) {
+            r->finish = PLDR_FINISH_CONTEXT;
         } else {
-            pldr_status st = pldr_eval(g->ctx, r->pending, r->n_pending, g->logits, 0);
+            pldr_status st = pldr_eval(g->ctx, &r->pending_id, 1, g->logits, 0);
             if (st != PLDR_OK)
                 return cli_report(st);
-            g->cur_logits = g->logits;
-            r->n_pending = 0;
+            r->pending_id = -1;
         }
     }
-    pldr_status st = pldr_session_save(g->ctx, g->model, g->o.save_session, g->cur_logits);
+    const float *last = pldr_context_n_past(g->ctx) > 0 ? g->logits : NULL;
+    pldr_status st = pldr_session_save(g->ctx, g->model, g->o.save_session, last);
     return st == PLDR_OK ? EXIT_OK : cli_report(st);
 }
 
-static void summary(const gen *g, const gen_result *r)
+static void summary(const gen *g, const pldr_generate_result *r)
 {
     const pldr_device_info *dev = pldr_model_device(g->model);
     const pldr_cache_mode cache = pldr_context_cache_mode(g->ctx);
-    double t_decode = r->t_end - r->t_start - r->t_prefill;
-    long decoded = r->produced > 0 ? r->produced - 1 : 0;
+    double t_decode = r->t_decode_s;
+    long decoded = r->n_generated > 0 ? r->n_generated - 1 : 0;
     fprintf(stderr, "\ndevice: %s (%s)\n", dev->name, dev->platform);
     fprintf(stderr, "load: %.2f s\n", g->t_loaded - g->t0);
     if (g->o.load_session)
         fprintf(stderr, "session: %d tokens restored from %s\n", g->session.info.n_tokens, g->o.load_session);
     fprintf(stderr, "prompt: %zu tokens, %.1f tok/s\n", g->n_ids,
-            r->t_prefill > 0 && g->n_ids > 0 ? (double)g->n_ids / r->t_prefill : 0.0);
-    fprintf(stderr, "generated: %ld tokens, %.1f tok/s (cache %s)\n", r->produced,
+            r->t_prefill_s > 0 && g->n_ids > 0 ? (double)g->n_ids / r->t_prefill_s : 0.0);
+    fprintf(stderr, "generated: %d tokens, %.1f tok/s (cache %s)\n", r->n_generated,
             decoded > 0 && t_decode > 0 ? (double)decoded / t_decode : 0.0,
             cache == PLDR_CACHE_NONE ? "none" : cache == PLDR_CACHE_KV ? "kv" : "kvg");
-    if (r->stopped_by_ctx)
+    if (r->finish == PLDR_FINISH_CONTEXT)
         fprintf(stderr, "stopped: the context of %d tokens is full\n", pldr_context_n_ctx(g->ctx));
     if (g->o.save_session)
         fprintf(stderr, "session: %d tokens saved to %s\n", pldr_context_n_past(g->ctx), g->o.save_session);
-    if (!pldr_sampler_is_greedy(g->sampler))
-        fprintf(stderr, "seed: %llu\n", (unsigned long long)g->sp.seed);
+    if (g->gp.temperature > 0.0f && g->gp.top_k != 1)
+        fprintf(stderr, "seed: %llu\n", (unsigned long long)g->gp.seed);
 }
 
 int cmd_generate(int argc, char **argv)
@@ -460,12 +543,15 @@ int cmd_generate(int argc, char **argv)
     int rc = parse_options(argc, argv, &g.o);
     if (rc >= 0)
         return rc;
-    gen_result r;
+    pldr_generate_result r;
     if ((!g.o.load_session || (rc = session_defaults(&g.o)) == EXIT_OK) && (rc = setup_text(&g)) == EXIT_OK &&
-        (rc = setup_model(&g)) == EXIT_OK && (rc = setup_stream(&g)) == EXIT_OK &&
-        (rc = generate(&g, &r)) == EXIT_OK && (!g.o.save_session || (rc = save_session(&g, &r)) == EXIT_OK) &&
-        !g.o.quiet)
-        summary(&g, &r);
+        (rc = setup_model(&g)) == EXIT_OK && (rc = generate(&g, &r)) == EXIT_OK &&
+        (!g.o.save_session || (rc = save_session(&g, &r)) == EXIT_OK)) {
+        if (g.o.json)
+            print_json(&g, &r);
+        if (!g.o.quiet)
+            summary(&g, &r);
+    }
     gen_free(&g);
     return rc;
 }

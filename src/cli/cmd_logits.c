@@ -17,6 +17,10 @@ static const char help[] =
     "                   [--g-cache FILE] [--device SPEC] [--dtype T] -o FILE.npy\n"
     "\n"
     "Writes float32 logits of shape [len(ids), vocab] as a NumPy .npy file.\n"
+    "On other checkpoint classes, the rows are the head's outputs: hidden states\n"
+    "[len(ids), hidden] (PldrllmModel), label logits [len(ids), labels] (token\n"
+    "classification), start and end logits [len(ids), 2] (question answering), or\n"
+    "one row [1, labels] for sequence classification (the last non-pad token's).\n"
     "Rows 0..N-1 come from one forward over ids[0:N] (N defaults to len(ids)). Each\n"
     "later row t comes from feeding ids[t] as one decode step through the caches, or,\n"
     "with --cache none, from a full forward over ids[0:t+1] (its last row).\n"
@@ -105,7 +109,8 @@ int cmd_logits(int argc, char **argv)
     rc = cli_load_model(model_dir, device, dtype, &model);
     if (rc != EXIT_OK)
         goto done;
-    const int V = pldr_model_config(model)->vocab_size;
+    /* the head's outputs per row: vocab_size for a causal LM (see "Model classes" in pldr.h) */
+    const int V = pldr_model_config(model)->n_outputs;
     pldr_context_params cp = pldr_context_default_params();
     cp.cache_mode = cache;
     cp.n_ctx = n <= pldr_model_config(model)->max_position ? n : 0;
@@ -122,7 +127,13 @@ int cmd_logits(int argc, char **argv)
         rc = cli_report(st);
         goto done;
     }
-    rc = npy_write_f32(out, logits, (size_t)n, (size_t)V);
+    size_t rows = (size_t)n;
+    if (pldr_model_config(model)->arch == PLDR_ARCH_SEQUENCE_CLASSIFICATION) {
+        /* a sequence classifier's result is one row, the last non-pad token's */
+        memmove(logits, logits + (size_t)pldr_sequence_row(model, ids, n) * (size_t)V, (size_t)V * sizeof *logits);
+        rows = 1;
+    }
+    rc = npy_write_f32(out, logits, rows, (size_t)V);
 done:
     free(logits);
     free(ids);

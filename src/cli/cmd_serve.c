@@ -36,7 +36,8 @@ static const char help[] =
     "      --ctx N         context of each slot in tokens (default: max_position_embeddings)\n"
     "      --device SPECS  one replica per device: a comma-separated list of specs\n"
     "                      (index, platform:device or name substring), or 'all' for every\n"
-    "                      device (default: the default device)\n"
+    "                      device (default: the default device); a device named twice\n"
+    "                      holds two replicas\n"
     "      --dtype T       weight storage on the devices: f32 (default), f16, bf16,\n"
     "                      q8_0 or q4_0\n"
     "      --cache MODE    kv or kvg (default kvg)\n"
@@ -226,7 +227,11 @@ int cmd_serve(int argc, char **argv)
     if (!o.model_dir)
         o.model_dir = cli_default_model_dir();
     char **specs = NULL;
-    int n_specs = 0, rc = EXIT_OK;
+    int n_specs = 0, rc = cli_check_class("serve", o.model_dir, 1u << PLDR_ARCH_CAUSAL_LM);
+    if (rc != EXIT_OK) {
+        free(key);
+        return rc;
+    }
     if (device && (rc = device_specs(device, &specs, &n_specs)) != EXIT_OK) {
         free(key);
         return rc;

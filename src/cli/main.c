@@ -32,6 +32,9 @@ static const char usage[] =
     "  tune         tune CLBlast's GEMM for a model's prefill and the decode kernels' work-group\n"
     "               shapes on a device (cached per device)\n"
     "  serve        an OpenAI-compatible HTTP server (completions, streaming, every device)\n"
+    "  classify     labels of each line or token (sequence and token classification checkpoints)\n"
+    "  qa           the answer span of a question in a context (question-answering checkpoints)\n"
+    "  embed        the last hidden state of each line, pooled (any checkpoint)\n"
     "\n"
     "Run 'pldr COMMAND --help' for the options of a command.\n"
     "\n"
@@ -370,8 +373,21 @@ int cli_parse_dtype(const char *s, pldr_dtype *dtype)
     return pldr_dtype_from_name(s, dtype) == PLDR_OK ? 0 : -1;
 }
 
+const char *cli_command = "";
+
 int cli_load_model(const char *dir, const char *device, pldr_dtype dtype, pldr_model **model)
 {
+    /* next-token commands need a causal LM; the others check the class themselves */
+    static const char *const any_class[] = {"logits", "classify", "qa", "embed"};
+    int causal_only = 1;
+    for (size_t i = 0; i < sizeof any_class / sizeof any_class[0]; i++)
+        if (strcmp(cli_command, any_class[i]) == 0)
+            causal_only = 0;
+    if (causal_only && dir) {
+        int rc = cli_check_class(cli_command, dir, 1u << PLDR_ARCH_CAUSAL_LM);
+        if (rc != EXIT_OK)
+            return rc;
+    }
     pldr_model_params mp = pldr_model_default_params();
     mp.device = device;
     mp.weight_dtype = dtype;
@@ -394,7 +410,8 @@ static int run_command(int argc, char **argv)
         {"generate", cmd_generate}, {"logits", cmd_logits},         {"tokenize", cmd_tokenize},
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
         {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
-        {"tune", cmd_tune},     {"serve", cmd_serve},
+        {"tune", cmd_tune},     {"serve", cmd_serve},       {"classify", cmd_classify},
+        {"qa", cmd_qa},         {"embed", cmd_embed},
     };
     const int n_cmds = (int)(sizeof cmds / sizeof cmds[0]);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
@@ -415,8 +432,10 @@ static int run_command(int argc, char **argv)
         return EXIT_OK;
     }
     for (int i = 0; i < n_cmds; i++)
-        if (strcmp(cmd, cmds[i].name) == 0)
+        if (strcmp(cmd, cmds[i].name) == 0) {
+            cli_command = cmds[i].name;
             return cmds[i].fn(argc - 1, argv + 1);
+        }
     fprintf(stderr, "pldr: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }

@@ -71,7 +71,7 @@ static pldr_status map_stage(pldr_context *c)
 {
     const pldr_ocl *o = &c->m->ocl;
     const size_t words = (size_t)c->n_flags + 1, ints = (3 * words + 3) & ~(size_t)3;
-    const size_t bytes = ints * sizeof(int) + (size_t)c->m->cfg.vocab_size * sizeof(float);
+    const size_t bytes = ints * sizeof(int) + (size_t)c->m->cfg.n_outputs * sizeof(float);
     cl_int err;
     c->stage = clCreateBuffer(o->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, bytes, NULL, &err);
     if (!c->stage)
@@ -100,7 +100,7 @@ static pldr_status make_act(pldr_context *c, size_t T)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
-    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, V = (size_t)cf->vocab_size;
+    const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, V = (size_t)cf->n_outputs;
     cl_uint align_bits = 0;
     clGetDeviceInfo(m->ocl.device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
     size_t align = align_bits / 8 > 256 ? align_bits / 8 : 256;
@@ -154,15 +154,25 @@ static pldr_status upload_rope(pldr_context *c)
     const int half = cf->head_dim / 2;
     size_t n = (size_t)c->n_ctx * (size_t)half * 2;
     float *tab = malloc(n * sizeof *tab);
-    if (!tab)
-        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the RoPE table");
+    double *inv = malloc((size_t)half * sizeof *inv);
+    pldr_status st = tab && inv ? PLDR_OK : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory for the RoPE table");
+    /* rope_scaling's frequencies; its attention factor scales cos and sin as
+     * transformers does, so q and k carry it into the scores and into A */
+    if (st == PLDR_OK)
+        st = pldr_rope_inv_freq(cf, &c->m->cfg_extra, c->n_ctx, inv);
+    if (st != PLDR_OK) {
+        free(tab);
+        free(inv);
+        return st;
+    }
+    const double att = cf->rope_attention_factor;
     for (int p = 0; p < c->n_ctx; p++)
         for (int i = 0; i < half; i++) {
-            double inv = pow(cf->rope_theta, -2.0 * i / cf->head_dim);
-            double ang = p * inv;
-            tab[((size_t)p * half + i) * 2] = (float)cos(ang);
-            tab[((size_t)p * half + i) * 2 + 1] = (float)sin(ang);
+            double ang = p * inv[i];
+            tab[((size_t)p * half + i) * 2] = (float)(att == 1.0 ? cos(ang) : att * cos(ang));
+            tab[((size_t)p * half + i) * 2 + 1] = (float)(att == 1.0 ? sin(ang) : att * sin(ang));
         }
+    free(inv);
     cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
     free(tab);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading the RoPE table");
@@ -192,7 +202,7 @@ static pldr_status context_alloc(pldr_context *c)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const size_t L = (size_t)cf->n_layers, d = (size_t)cf->d_model, F = (size_t)cf->d_ff;
-    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->vocab_size;
+    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->n_outputs;
     const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
 
     /* what the context will need, checked before anything is allocated */
@@ -332,4 +342,9 @@ void pldr_context_free(pldr_context *c)
     }
     pldr_release_mem(&c->stage);
     free(c);
+}
+
+const pldr_model *pldr_context_model(const pldr_context *c)
+{
+    return c ? c->m : NULL;
 }

@@ -138,7 +138,7 @@ pldr_status engine_final_from_decode(pldr_context *c, int argmax)
     const pldr_config *cf = &m->cfg;
     /* the last layer's output norm comes with wf_sc */
     gemv_op fin = {.w = &m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
-                   .n_out = cf->vocab_size, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
+                   .n_out = cf->n_outputs, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
                    .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     return engine_gemv(c, &fin);
 }
@@ -153,7 +153,7 @@ pldr_status engine_final_row(pldr_context *c, int row)
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
     gemv_op fin = {.w = &m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
-                   .n_out = cf->vocab_size, .x = c->off.xn, .residual = -1, .y = c->off.logits};
+                   .n_out = cf->n_outputs, .x = c->off.xn, .residual = -1, .y = c->off.logits};
     return engine_gemv(c, &fin);
 }
 
@@ -207,7 +207,7 @@ static pldr_status clear_flags(pldr_context *c)
 
 static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 {
-    const size_t bytes = rows * (size_t)c->m->cfg.vocab_size * sizeof(float);
+    const size_t bytes = rows * (size_t)c->m->cfg.n_outputs * sizeof(float);
     /* one row (a decode step) goes through the page-locked stage */
     cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
                                      0, NULL, NULL);
@@ -222,7 +222,7 @@ static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 static pldr_status logits_rows(pldr_context *c, int first, int n, float *dst)
 {
     pldr_model *m = c->m;
-    const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab_size;
+    const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.n_outputs;
     for (int r = 0; r < n; r += LOGIT_CHUNK) {
         size_t rows = (size_t)(n - r < LOGIT_CHUNK ? n - r : LOGIT_CHUNK);
         TRY(engine_gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, &m->wf, (size_t)m->d_pitch, c->logits, 0));
@@ -301,10 +301,39 @@ pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits,
     }
     TRY(engine_check_flags(c));
     if (c->p.check_finite) {
-        size_t count = (size_t)(all_rows && rows_at >= 0 ? n : 1) * (size_t)c->m->cfg.vocab_size;
+        size_t count = (size_t)(all_rows && rows_at >= 0 ? n : 1) * (size_t)c->m->cfg.n_outputs;
         for (size_t i = 0; i < count; i++)
             if (!isfinite(logits[i]))
                 return pldr_fail(PLDR_ERR_NONFINITE, "non-finite logits");
     }
+    return PLDR_OK;
+}
+
+pldr_status pldr_eval_hidden(pldr_context *c, const int32_t *ids, int n, float *hidden)
+{
+    pldr_clear_error();
+    if (!c || !hidden)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_eval_hidden: NULL argument");
+    engine_ahead_cancel(c);
+    int rows_at;
+    TRY(engine_run(c, ids, n, n, &rows_at));
+    const size_t d = (size_t)c->m->cfg.d_model;
+    cl_int err;
+    if (rows_at < 0) {
+        /* a decode step: the last layer's output norm lands in xn on the way to the head */
+        TRY(engine_final_from_decode(c, 0));
+        err = clEnqueueReadBuffer(c->m->ocl.queue, c->xn, CL_TRUE, 0, d * 4, hidden, 0, NULL, NULL);
+    } else {
+        err = clEnqueueReadBuffer(c->m->ocl.queue, c->x, CL_TRUE, (size_t)rows_at * d * 4, (size_t)n * d * 4, hidden, 0,
+                                  NULL, NULL);
+    }
+    if (err != CL_SUCCESS)
+        return pldr_cl_fail(&c->m->ocl, err, "reading the hidden states");
+    TRY(fetch_flags(c, c->n_flags, CL_TRUE));
+    TRY(engine_check_flags(c));
+    if (c->p.check_finite)
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            if (!isfinite(hidden[i]))
+                return pldr_fail(PLDR_ERR_NONFINITE, "non-finite hidden states");
     return PLDR_OK;
 }

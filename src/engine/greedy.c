@@ -69,7 +69,7 @@ pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t
         } else {
             TRY(engine_final_row(c, rows_at + n - 1));
             TRY(LAUNCH(c, argmax, (size_t)c->m->row_wg, (size_t)c->m->row_wg, A_MEM(c->logits),
-                       A_INT(c->m->cfg.vocab_size), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
+                       A_INT(c->m->cfg.n_outputs), A_MEM(c->flags), A_INT(flag_logits(c)), A_INT(c->n_flags)));
         }
         TRY(read_slot(c));
     }

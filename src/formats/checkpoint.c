@@ -121,6 +121,19 @@ static pldr_status emit_layer(walker *w, const pldr_config *c, int i)
     return st;
 }
 
+/* The class's head after the decoder (none for PldrllmModel). */
+static pldr_status emit_head(walker *w, const pldr_config *c)
+{
+    const int64_t d = c->d_model, n = c->n_outputs;
+    switch (c->arch) {
+    case PLDR_ARCH_CAUSAL_LM: return emit_linear(w, "final_layer", n, d);
+    case PLDR_ARCH_TOKEN_CLASSIFICATION: return emit_linear(w, "score", n, d);
+    case PLDR_ARCH_SEQUENCE_CLASSIFICATION: return emit(w, "score", ".weight", 2, (int64_t[]){n, d});
+    case PLDR_ARCH_QUESTION_ANSWERING: return emit_linear(w, "qa_outputs", n, d);
+    default: return PLDR_OK;
+    }
+}
+
 pldr_status pldr_checkpoint_foreach(const pldr_config *cfg, pldr_tensor_visit_fn visit, void *user)
 {
     walker w = {.visit = visit, .user = user};
@@ -132,7 +145,7 @@ pldr_status pldr_checkpoint_foreach(const pldr_config *cfg, pldr_tensor_visit_fn
     for (int i = 0; st == PLDR_OK && i < cfg->n_layers; i++)
         st = emit_layer(&w, cfg, i);
     if (st == PLDR_OK)
-        st = emit_linear(&w, "final_layer", v, d);
+        st = emit_head(&w, cfg);
     if (st == PLDR_OK && cfg->g_type != PLDR_G_LEARNED)
         st = emit(&w, "decoder.past_G_values", "", 6,
                   (int64_t[]){cfg->n_layers, 3, 1, cfg->n_heads, cfg->head_dim, cfg->head_dim});
@@ -229,11 +242,31 @@ pldr_status pldr_checkpoint_check(const pldr_config *cfg, const st_archive *ar, 
             continue;
         if (!c.used[i])
             st = pldr_fail(PLDR_ERR_FORMAT,
-                           "%s: unexpected tensor %s: a model with this config.json (custom_G_type %s) "
+                           "%s: unexpected tensor %s: a model with this config.json (%s, custom_G_type %s) "
                            "does not use it",
-                           file_of(ar, &ar->tensors[i]), ar->tensors[i].name,
+                           file_of(ar, &ar->tensors[i]), ar->tensors[i].name, pldr_arch_name(cfg->arch),
                            g_type_name(cfg->g_type));
     }
     free(c.used);
     return st;
+}
+
+pldr_status pldr_checkpoint_names(const pldr_config *cfg, st_archive *ar)
+{
+    if (!cfg || !ar)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_checkpoint_names: NULL argument");
+    if (cfg->arch != PLDR_ARCH_MODEL || st_find(ar, "decoder.embedding.weight") || !st_find(ar, "embedding.weight"))
+        return PLDR_OK;
+    /* the same prefix on every name keeps the archive sorted */
+    for (size_t i = 0; i < ar->n_tensors; i++) {
+        size_t n = strlen(ar->tensors[i].name);
+        char *name = malloc(n + sizeof "decoder.");
+        if (!name)
+            return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+        memcpy(name, "decoder.", sizeof "decoder." - 1);
+        memcpy(name + sizeof "decoder." - 1, ar->tensors[i].name, n + 1);
+        free(ar->tensors[i].name);
+        ar->tensors[i].name = name;
+    }
+    return PLDR_OK;
 }

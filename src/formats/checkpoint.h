@@ -34,7 +34,8 @@ typedef pldr_status (*pldr_tensor_visit_fn)(const pldr_tensor_spec *spec, void *
 /* Visits every tensor the config implies, in the order of the spec's layout:
  * decoder.embedding, decoder.layernorm1, then per layer mha1.{wq,wk,wv,dense},
  * (learned G only) mha1.layernorm1, reslayerAs.*, plgatt_layer.*, then ffn,
- * layernorm1/2; then final_layer; and decoder.past_G_values only for a
+ * layernorm1/2; then the class's head (final_layer, score, qa_outputs, or
+ * none for PldrllmModel); and decoder.past_G_values only for a
  * predefined G (custom_G_type identity/random/external). Biases are always
  * included since the config loader requires them. */
 pldr_status pldr_checkpoint_foreach(const pldr_config *cfg, pldr_tensor_visit_fn visit, void *user);
@@ -44,5 +45,11 @@ pldr_status pldr_checkpoint_foreach(const pldr_config *cfg, pldr_tensor_visit_fn
  * missing, extra or wrongly shaped tensor, PLDR_ERR_UNSUPPORTED for a dtype
  * other than F32, F16 or BF16. */
 pldr_status pldr_checkpoint_check(const pldr_config *cfg, const st_archive *ar, const char *dir);
+
+/* A PldrllmModel saved on its own names its tensors without the "decoder."
+ * prefix that the classes holding it use (transformers' base_model_prefix);
+ * this adds the prefix to every name of such an archive, so that the check and
+ * the loader see one layout. Other archives are left as they are. */
+pldr_status pldr_checkpoint_names(const pldr_config *cfg, st_archive *ar);
 
 #endif

@@ -484,6 +484,85 @@ static pldr_status load_layer(loader *ld, int l)
     return PLDR_OK;
 }
 
+static pldr_status put_host_matrix_f32(pldr_model *m, cl_mem b, const float *host, size_t n)
+{
+    cl_int err = clEnqueueWriteBuffer(m->ocl.queue, b, CL_TRUE, 0, n * 4, host, 0, NULL, NULL);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "uploading the head");
+}
+
+/* w (n rows) as the identity, exactly in every weight dtype: float32, half
+ * and bfloat16 hold 1 and 0 as they are; quantized rows are blocks of scale 1
+ * holding 1 at the diagonal (Q8_0: q = 1; Q4_0: q - 8 = 1) and 0 elsewhere. */
+static pldr_status put_identity(pldr_model *m, pldr_weight *w, size_t n)
+{
+    const size_t pitch = (size_t)w->pitch, elems = n * pitch;
+    const int q = dtype_quantized(w->type);
+    const size_t bytes = w->type == PLDR_DTYPE_F32 ? elems * 4 : w->type == PLDR_DTYPE_Q8_0 ? elems
+                         : w->type == PLDR_DTYPE_Q4_0 ? elems / 2 : elems * 2;
+    const size_t sbytes = q ? elems / PLDR_QBLOCK * 2 : 0;
+    unsigned char *data = calloc(bytes + sbytes + 1, 1);
+    if (!data)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    if (w->type == PLDR_DTYPE_Q4_0)
+        memset(data, 0x88, bytes); /* q = 8: zero */
+    for (size_t i = 0; i < n; i++) {
+        const size_t e = i * pitch + i;
+        const float one = 1.0f;
+        switch (w->type) {
+        case PLDR_DTYPE_F32: memcpy(data + 4 * e, &one, 4); break;
+        case PLDR_DTYPE_F16: memcpy(data + 2 * e, &(uint16_t){pldr_float_to_half(1.0f)}, 2); break;
+        case PLDR_DTYPE_BF16: memcpy(data + 2 * e, &(uint16_t){pldr_float_to_bf16(1.0f)}, 2); break;
+        case PLDR_DTYPE_Q8_0: data[e] = 1; break;
+        default: { /* Q4_0: the nibble of weight e in its block (kernels/common.cl) */
+            unsigned char *byte = data + e / PLDR_QBLOCK * 16 + e % 16;
+            *byte = (e % PLDR_QBLOCK) < 16 ? (unsigned char)((*byte & 0xf0) | 9) : (unsigned char)((*byte & 0x0f) | 0x90);
+        }
+        }
+    }
+    uint16_t *scales = (uint16_t *)(void *)(data + bytes);
+    for (size_t b = 0; b < sbytes / 2; b++)
+        scales[b] = pldr_float_to_half(1.0f);
+    cl_int err = clEnqueueWriteBuffer(m->ocl.queue, w->data, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
+    if (err == CL_SUCCESS && q)
+        err = clEnqueueWriteBuffer(m->ocl.queue, w->scales, CL_TRUE, 0, sbytes, scales, 0, NULL, NULL);
+    free(data);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "uploading the head");
+}
+
+/* The class's head becomes the engine's output layer wf, bf [n_outputs, d]:
+ * final_layer, score (sequence classification has no bias: zeros), qa_outputs,
+ * and for PldrllmModel the identity, whose product is the hidden state itself
+ * (x * 1 + 0 exactly, in every weight dtype: put_identity). */
+static pldr_status load_head(loader *ld)
+{
+    pldr_model *m = ld->m;
+    const pldr_config *c = &m->cfg;
+    const size_t n = (size_t)c->n_outputs, pitch = (size_t)m->d_pitch;
+    static const char *const names[] = {
+        [PLDR_ARCH_CAUSAL_LM] = "final_layer",
+        [PLDR_ARCH_TOKEN_CLASSIFICATION] = "score",
+        [PLDR_ARCH_SEQUENCE_CLASSIFICATION] = "score",
+        [PLDR_ARCH_QUESTION_ANSWERING] = "qa_outputs",
+    };
+    if (c->arch != PLDR_ARCH_MODEL)
+        TRY(load_matrix(ld, &m->wf, n, pitch, ld->blas_align, "the output layer", "%s.weight", names[c->arch]));
+    if (c->arch != PLDR_ARCH_MODEL && c->arch != PLDR_ARCH_SEQUENCE_CLASSIFICATION)
+        return load_vector(ld, &m->bf, n, "the output layer bias", "%s.bias", names[c->arch]);
+    float *host = calloc(n, sizeof *host);
+    if (!host)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    pldr_status st = alloc_f32(m, &m->bf, n, "the output layer bias");
+    if (st == PLDR_OK)
+        st = put_host_matrix_f32(m, m->bf, host, n);
+    free(host);
+    if (st == PLDR_OK && c->arch == PLDR_ARCH_MODEL) {
+        st = alloc_w(m, &m->wf, n, pitch, "the identity output layer");
+        if (st == PLDR_OK)
+            st = put_identity(m, &m->wf, n);
+    }
+    return st;
+}
+
 static pldr_status load_weights(loader *ld)
 {
     pldr_model *m = ld->m;
@@ -505,9 +584,7 @@ static pldr_status load_weights(loader *ld)
     }
     for (int l = 0; l < c->n_layers; l++)
         TRY(load_layer(ld, l));
-    TRY(load_matrix(ld, &m->wf, V, (size_t)m->d_pitch, ld->blas_align, "the final layer", "final_layer.weight"));
-    TRY(load_vector(ld, &m->bf, V, "the final layer bias", "final_layer.bias"));
-    return PLDR_OK;
+    return load_head(ld);
 }
 
 /* The constants of each decode product that has a LayerNorm folded in
@@ -551,7 +628,7 @@ static pldr_status fold_layer_norms(pldr_model *m)
     }
     const pldr_layer *last = &m->layers[c->n_layers - 1];
     if (st == PLDR_OK)
-        st = fold_one(m, k, &m->wf, m->bf, (size_t)c->vocab_size, last->ln2_w, last->ln2_b, &m->wf_sc);
+        st = fold_one(m, k, &m->wf, m->bf, (size_t)c->n_outputs, last->ln2_w, last->ln2_b, &m->wf_sc);
     if (st == PLDR_OK && (err = clFinish(m->ocl.queue)) != CL_SUCCESS)
         st = pldr_cl_fail(&m->ocl, err, "folding the layer norms");
     clReleaseKernel(k);
@@ -749,6 +826,12 @@ static uint64_t fingerprint(loader *ld)
                              c->n_layers, c->d_model, c->n_heads, c->head_dim, c->d_ff, c->n_reslayer_a,
                              c->n_dense_a, c->a_dff, c->vocab_size, c->max_position, c->layer_norm_eps,
                              c->rope_theta, c->reference_rope, (int)c->g_type);
+    /* the class and RoPE scaling, only where they differ from a causal LM's
+     * unscaled RoPE (so that those fingerprints stay as they were) */
+    if (c->arch != PLDR_ARCH_CAUSAL_LM || c->rope_type != PLDR_ROPE_DEFAULT)
+        canon_len += snprintf(canon + canon_len, sizeof canon - (size_t)canon_len, " %d %d %d %.17g %.17g %d",
+                              (int)c->arch, c->n_outputs, (int)c->rope_type, c->rope_factor,
+                              c->rope_attention_factor, c->rope_original_max_position);
     uint64_t h = pldr_fnv1a(PLDR_FNV_INIT, canon, (size_t)canon_len);
     for (size_t i = 0; i < ld->ar->n_tensors; i++) {
         const st_tensor *t = &ld->ar->tensors[i];
@@ -811,10 +894,12 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     loader ld;
     memset(&ld, 0, sizeof ld);
     char *cfg_path = pldr_path_join(dir, "config.json");
-    pldr_status st = cfg_path ? pldr_config_load(cfg_path, &m->cfg) : PLDR_ERR_HOST_MEMORY;
+    pldr_status st = cfg_path ? pldr_config_load_extra(cfg_path, &m->cfg, &m->cfg_extra) : PLDR_ERR_HOST_MEMORY;
     free(cfg_path);
     if (st == PLDR_OK)
         st = st_open_dir(dir, &ar);
+    if (st == PLDR_OK)
+        st = pldr_checkpoint_names(&m->cfg, &ar);
     if (st == PLDR_OK)
         st = pldr_checkpoint_check(&m->cfg, &ar, dir);
     if (st == PLDR_OK)
@@ -848,7 +933,8 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     /* the matrices stored in the weight dtype: embedding, final layer, and per
      * layer Q/K/V, dense and the three FFN matrices */
     const uint64_t d = (uint64_t)c->d_model, F = (uint64_t)c->d_ff;
-    uint64_t matrix_elems = 2 * (uint64_t)c->vocab_size * d + (uint64_t)c->n_layers * (4 * d * d + 3 * F * d);
+    uint64_t matrix_elems = ((uint64_t)c->vocab_size + (uint64_t)c->n_outputs) * d +
+                            (uint64_t)c->n_layers * (4 * d * d + 3 * F * d);
     uint64_t weight_bytes = m->n_params * 4 - matrix_elems * 4 +
                             (uint64_t)((double)matrix_elems * pldr_dtype_weight_bytes(m->wtype));
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
@@ -947,6 +1033,7 @@ void pldr_model_free(pldr_model *m)
     pldr_release_weight(&m->wf);
     pldr_release_mem(&m->bf);
     pldr_release_mem(&m->wf_sc);
+    pldr_config_extra_free(&m->cfg_extra);
     if (m->program)
         clReleaseProgram(m->program);
     pldr_ocl_close(&m->ocl);

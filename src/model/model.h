@@ -2,6 +2,7 @@
 #ifndef PLDR_MODEL_H
 #define PLDR_MODEL_H
 
+#include "formats/config_parse.h"
 #include "runtime/ocl.h"
 #include "pldr.h"
 
@@ -45,14 +46,16 @@ typedef struct pldr_layer {
 
 struct pldr_model {
     pldr_config cfg;
+    pldr_config_extra cfg_extra; /* labels, longrope factors and other rope_scaling parameters */
     pldr_ocl ocl;
     cl_program program;
     pldr_dtype wtype;      /* storage of the large matrices (pldr_weight) */
     double quantize_s;     /* seconds spent converting them at load (not f32, f16) */
     pldr_weight emb;       /* [V, d] (pitch emb_pitch) */
     cl_mem ln0_w, ln0_b;   /* decoder.layernorm1 */
-    pldr_weight wf;        /* final_layer [V, d] */
-    cl_mem bf;             /* [V] */
+    pldr_weight wf;        /* the output layer [n_outputs, d]: final_layer, the class's head, or
+                              the identity for PldrllmModel */
+    cl_mem bf;             /* [n_outputs] */
     cl_mem wf_sc;          /* [3, V] and the last LayerNorm, as pldr_layer.qkv_sc */
     pldr_layer *layers;
     uint64_t n_params;

@@ -19,6 +19,57 @@
 #define MAX_STOP_BYTES 256
 #define MAX_LOGPROBS 20
 
+json_t *api_string(const char *s, size_t n)
+{
+    json_t *v = json_stringn(s, n);
+    if (v)
+        return v;
+    char *b = malloc(3 * n + 1);
+    if (!b)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        json_t *t = len && i + len <= n && c ? json_stringn(s + i, len) : NULL;
+        if (t) {
+            memcpy(b + k, s + i, len);
+            k += len;
+            i += len;
+            json_decref(t);
+        } else {
+            memcpy(b + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i++;
+        }
+    }
+    v = json_stringn(b, k);
+    free(b);
+    return v;
+}
+
+json_t *api_piece_string(const pldr_tokenizer *tok, int32_t id)
+{
+    const char *p = pldr_token_piece(tok, id);
+    if (!p)
+        return json_null();
+    size_t n = strlen(p), k = 0;
+    char *b = malloc(n + 1);
+    if (!b)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        if (strncmp(p + i, "\xE2\x96\x81", 3) == 0) {
+            b[k++] = ' ';
+            i += 3;
+        } else {
+            b[k++] = p[i++];
+        }
+    }
+    json_t *v = api_string(b, k);
+    free(b);
+    return v;
+}
+
 int api_fail(api_error *e, int status, const char *type, const char *param, const char *fmt, ...)
 {
     e->status = status;

@@ -51,6 +51,11 @@ typedef struct completion_request {
     int echo, stream, include_usage;
 } completion_request;
 
+/* A JSON string of bytes that should be UTF-8; what is not becomes U+FFFD. */
+json_t *api_string(const char *s, size_t n);
+/* A token's piece with SentencePiece's word-boundary mark as a space. */
+json_t *api_piece_string(const pldr_tokenizer *tok, int32_t id);
+
 /* Validates a /v1/completions body and tokenizes its prompts. Returns 0, or
  * -1 with e filled (400 naming the field, context_length_exceeded with the
  * numbers). */

@@ -7,6 +7,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,11 +131,11 @@ typedef struct slot {
     pldr_context *ctx;
     job *j; /* NULL: idle */
     int s;
-    pldr_sampler *sampler;
-    int greedy;
-    int32_t *ids; /* prompt and generated tokens, for detokenization */
-    size_t n_ids, cap;
-    size_t shown; /* bytes of the decoded text already given out (the prompt's included) */
+    pldr_gen *gen; /* sampling, penalties, stop strings, detokenization */
+    int needs_logits;
+    const int32_t *prompt;
+    int n_prompt;
+    int32_t last; /* the last picked token, fed at the next step */
     int n_gen, max_tokens, prefilled;
 } slot;
 
@@ -341,11 +342,6 @@ int engine_new(const server_options *o, engine **out)
         int rc = replica_load(e, r, o->n_devices > 0 ? o->devices[i] : NULL);
         if (rc)
             return rc;
-        for (int k = 0; k < i; k++)
-            if (pldr_model_device(e->reps[k].model)->index == pldr_model_device(r->model)->index) {
-                fprintf(stderr, "pldr serve: --device: %s is named twice\n", r->device);
-                return 2;
-            }
     }
     return 0;
 }
@@ -354,10 +350,9 @@ int engine_new(const server_options *o, engine **out)
 
 static void slot_clear(slot *sl)
 {
-    pldr_sampler_free(sl->sampler);
-    sl->sampler = NULL;
+    pldr_gen_free(sl->gen);
+    sl->gen = NULL;
     sl->j = NULL;
-    sl->n_ids = 0;
     sl->n_gen = 0;
     sl->prefilled = 0;
 }
@@ -367,83 +362,113 @@ static int slot_begin(replica *r, slot *sl, job *j, int s)
 {
     const completion_request *q = &j->req;
     const int p = s / q->n;
-    const int32_t *ids = q->prompt_ids[p];
-    const size_t n = (size_t)q->n_prompt_ids[p];
     sl->j = j;
     sl->s = s;
     sl->max_tokens = q->max_tokens;
-    if (sl->cap < n + (size_t)q->max_tokens + 1) {
-        size_t cap = n + (size_t)q->max_tokens + 1;
-        int32_t *b = realloc(sl->ids, cap * sizeof *b);
-        if (!b)
-            goto fail;
-        sl->ids = b;
-        sl->cap = cap;
+    sl->prompt = q->prompt_ids[p];
+    sl->n_prompt = q->n_prompt_ids[p];
+    pldr_generate_params gp = pldr_generate_default_params();
+    gp.max_tokens = q->max_tokens;
+    gp.temperature = q->temperature;
+    gp.top_k = q->top_k;
+    gp.top_p = q->top_p;
+    gp.min_p = q->min_p;
+    gp.repeat_penalty = q->repeat_penalty;
+    gp.repeat_last_n = q->repeat_last_n;
+    gp.presence_penalty = q->presence_penalty;
+    gp.frequency_penalty = q->frequency_penalty;
+    gp.bias_ids = q->bias_ids;
+    gp.bias_values = q->bias_values;
+    gp.n_bias = q->n_bias;
+    gp.stop = (const char *const *)q->stop;
+    gp.n_stop = q->n_stop;
+    gp.ignore_eos = q->ignore_eos;
+    if (q->n_logprobs >= 0) {
+        gp.logprob = 1;
+        gp.n_logprobs = q->n_logprobs;
     }
-    memcpy(sl->ids, ids, n * sizeof *ids);
-    sl->n_ids = n;
-    char *text;
-    size_t len;
-    if (pldr_detokenize(r->e->tok, sl->ids, n, &text, &len) != PLDR_OK)
-        goto fail;
-    free(text);
-    sl->shown = len;
-    pldr_sampler_params sp = pldr_sampler_default_params();
-    sp.temperature = q->temperature;
-    sp.top_k = q->top_k;
-    sp.top_p = q->top_p;
-    sp.seed = q->seed + (uint64_t)(s % q->n);
-    if (pldr_sampler_new(&sp, &sl->sampler) != PLDR_OK)
-        goto fail;
-    sl->greedy = pldr_sampler_is_greedy(sl->sampler);
+    gp.seed = q->seed + (uint64_t)(s % q->n);
+    gp.eos_id = r->e->eos;
+    pldr_status st = pldr_gen_new(r->e->tok, &gp, r->e->n_vocab, &sl->gen);
+    if (st == PLDR_OK)
+        st = pldr_gen_set_prompt(sl->gen, sl->prompt, sl->n_prompt);
+    if (st != PLDR_OK) {
+        seq_end(j, s, SEQ_CANCELLED, pldr_last_error());
+        slot_clear(sl);
+        job_release(j);
+        return -1;
+    }
+    sl->needs_logits = pldr_gen_needs_logits(sl->gen);
     pthread_mutex_lock(&j->mu);
     j->seqs[s].replica = r->index;
     if (q->echo)
         seq_append(&j->seqs[s], q->prompt_text[p], q->prompt_len[p]);
     pthread_mutex_unlock(&j->mu);
     return 0;
-fail:
-    seq_end(j, s, SEQ_CANCELLED, "out of host memory");
-    slot_clear(sl);
-    job_release(j);
-    return -1;
 }
 
-/* Gives out what the new token adds to the decoded text, holding back a
- * trailing replacement character that the next byte piece may complete. */
-static int slot_emit(replica *r, slot *sl, int final)
+/* Appends a token event's log-probabilities to a choice; call under j->mu
+ * with off the text's length before the event's text. */
+static int seq_logprobs(engine *e, seq_out *o, const pldr_token_event *ev, size_t off)
 {
-    char *text;
-    size_t len;
-    if (pldr_detokenize(r->e->tok, sl->ids, sl->n_ids, &text, &len) != PLDR_OK)
-        return -1;
-    size_t upto = len;
-    if (!final && upto >= 3 && memcmp(text + upto - 3, "\xEF\xBF\xBD", 3) == 0)
-        upto -= 3;
-    int rc = 0;
+    if (!o->lp_tokens) {
+        o->lp_tokens = json_array();
+        o->lp_logprobs = json_array();
+        o->lp_top = json_array();
+        o->lp_offsets = json_array();
+    }
+    json_t *top = json_null();
+    if (ev->n_top > 0) {
+        top = json_object();
+        for (int i = 0; i < ev->n_top; i++) {
+            json_t *k = api_piece_string(e->tok, ev->top_ids[i]);
+            if (json_is_string(k) && !json_object_get(top, json_string_value(k)))
+                json_object_set_new(top, json_string_value(k), json_real(ev->top_logprobs[i]));
+            json_decref(k);
+        }
+    }
+    int rc = json_array_append_new(o->lp_tokens, api_string(ev->text ? ev->text : "", ev->text_len));
+    rc |= json_array_append_new(o->lp_logprobs, isfinite(ev->logprob) ? json_real(ev->logprob) : json_null());
+    rc |= json_array_append_new(o->lp_top, top);
+    rc |= json_array_append_new(o->lp_offsets, json_integer((json_int_t)off));
+    return rc ? -1 : 0;
+}
+
+/* Hands a token event's text (and log-probabilities) to the choice. */
+static int slot_emit(replica *r, slot *sl, const pldr_token_event *ev)
+{
     job *j = sl->j;
+    int rc = 0;
     pthread_mutex_lock(&j->mu);
-    if (upto > sl->shown) {
-        rc = seq_append(&j->seqs[sl->s], text + sl->shown, upto - sl->shown);
-        sl->shown = upto;
-    }
-    if (!final) {
-        j->seqs[sl->s].n_gen = sl->n_gen;
-        if (j->t_first == 0)
-            j->t_first = server_now();
-    }
+    seq_out *o = &j->seqs[sl->s];
+    const size_t off = o->len;
+    if (ev->text_len)
+        rc = seq_append(o, ev->text, ev->text_len);
+    if (rc == 0 && ev->id >= 0 && j->req.n_logprobs >= 0)
+        rc = seq_logprobs(r->e, o, ev, off);
+    o->n_gen = sl->n_gen;
+    if (ev->id >= 0 && j->t_first == 0)
+        j->t_first = server_now();
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    free(text);
     return rc;
 }
 
-/* One step of a slot: the prefill or one decode step. Returns 1 when the
- * sequence ended (finish set), 0 to go on. */
-static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **error)
+static seq_finish finish_of(pldr_finish_reason f)
 {
-    engine *e = r->e;
-    *error = NULL;
+    switch (f) {
+    case PLDR_FINISH_STOP: return SEQ_STOP;
+    case PLDR_FINISH_LENGTH:
+    case PLDR_FINISH_CONTEXT: return SEQ_LENGTH;
+    default: return SEQ_CANCELLED;
+    }
+}
+
+/* What a slot feeds at this round: the prompt, or the last picked token.
+ * Returns 1 when the sequence ends instead (finish set). */
+static int slot_prepare(replica *r, slot *sl, const int32_t **feed, int *n_feed, seq_finish *finish)
+{
+    pldr_token_event ev;
     if (job_cancelled(sl->j)) {
         *finish = SEQ_CANCELLED;
         return 1;
@@ -452,29 +477,34 @@ static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **erro
         *finish = SEQ_LENGTH;
         return 1;
     }
-    const int32_t *feed;
-    int n_feed;
     if (!sl->prefilled) {
         pldr_context_reset(sl->ctx);
-        feed = sl->ids;
-        n_feed = (int)sl->n_ids;
-    } else {
-        if (pldr_context_n_past(sl->ctx) + 1 > pldr_context_n_ctx(sl->ctx)) {
-            *finish = SEQ_LENGTH;
-            return 1;
-        }
-        feed = &sl->ids[sl->n_ids - 1];
-        n_feed = 1;
+        *feed = sl->prompt;
+        *n_feed = sl->n_prompt;
+        return 0;
     }
-    int32_t next;
-    pldr_status st;
-    if (sl->greedy) {
-        st = pldr_eval_greedy(sl->ctx, feed, n_feed, &next);
-    } else {
-        st = pldr_eval(sl->ctx, feed, n_feed, r->logits, 0);
-        if (st == PLDR_OK)
-            next = pldr_sampler_sample(sl->sampler, r->logits, e->n_vocab);
+    if (pldr_context_n_past(sl->ctx) + 1 > pldr_context_n_ctx(sl->ctx)) {
+        if (pldr_gen_finish(sl->gen, PLDR_FINISH_CONTEXT, &ev) == PLDR_OK)
+            slot_emit(r, sl, &ev);
+        *finish = SEQ_LENGTH;
+        return 1;
     }
+    *feed = &sl->last;
+    *n_feed = 1;
+    return 0;
+}
+
+/* Picks the next token from the logits of what was fed (or the device's
+ * argmax when the sampling needs no logits) and hands out its text.
+ * Returns 1 when the sequence ended (finish set). */
+static int slot_pick(replica *r, slot *sl, int n_fed, const float *logits, int32_t greedy_id, seq_finish *finish,
+                     const char **error)
+{
+    engine *e = r->e;
+    pldr_token_event ev;
+    pldr_finish_reason fin = PLDR_FINISH_NONE;
+    pldr_status st = sl->needs_logits ? pldr_gen_next(sl->gen, logits, &ev, &fin)
+                                      : pldr_gen_accept(sl->gen, greedy_id, &ev, &fin);
     if (st != PLDR_OK) {
         *error = pldr_last_error();
         *finish = SEQ_CANCELLED;
@@ -482,27 +512,64 @@ static int slot_step(replica *r, slot *sl, seq_finish *finish, const char **erro
     }
     pthread_mutex_lock(&e->mu);
     if (!sl->prefilled)
-        r->prompt_tokens += (uint64_t)n_feed;
+        r->prompt_tokens += (uint64_t)n_fed;
     r->generated_tokens++;
     pthread_mutex_unlock(&e->mu);
     sl->prefilled = 1;
     sl->n_gen++;
-    if (next == e->eos && !sl->j->req.ignore_eos) {
-        slot_emit(r, sl, 0);
-        *finish = SEQ_STOP;
-        return 1;
-    }
-    sl->ids[sl->n_ids++] = next;
-    if (slot_emit(r, sl, 0) != 0) {
+    sl->last = ev.id;
+    if (slot_emit(r, sl, &ev) != 0) {
         *error = "out of host memory";
         *finish = SEQ_CANCELLED;
         return 1;
     }
-    if (sl->n_gen >= sl->max_tokens) {
-        *finish = SEQ_LENGTH;
+    if (fin != PLDR_FINISH_NONE) {
+        *finish = finish_of(fin);
         return 1;
     }
     return 0;
+}
+
+/* Ends a slot's sequence and frees the slot. */
+static void slot_end(replica *r, slot *sl, seq_finish why, const char *error)
+{
+    job *j = sl->j;
+    seq_end(j, sl->s, why, error);
+    slot_clear(sl);
+    job_release(j);
+    pthread_mutex_lock(&r->e->mu);
+    r->n_active--;
+    pthread_mutex_unlock(&r->e->mu);
+}
+
+/* One round: every busy slot is fed (its prompt, or its last token) and
+ * picks its next token. */
+static void replica_round(replica *r, int stopping)
+{
+    for (int i = 0; i < r->n_slots; i++) {
+        slot *sl = &r->slots[i];
+        if (!sl->j)
+            continue;
+        if (stopping)
+            job_cancel(sl->j);
+        seq_finish why;
+        const char *err = NULL;
+        const int32_t *feed;
+        int n_feed;
+        if (slot_prepare(r, sl, &feed, &n_feed, &why)) {
+            slot_end(r, sl, why, NULL);
+            continue;
+        }
+        int32_t id = -1;
+        pldr_status st = sl->needs_logits ? pldr_eval(sl->ctx, feed, n_feed, r->logits, 0)
+                                          : pldr_eval_greedy(sl->ctx, feed, n_feed, &id);
+        if (st != PLDR_OK) {
+            slot_end(r, sl, SEQ_CANCELLED, pldr_last_error());
+            continue;
+        }
+        if (slot_pick(r, sl, n_feed, r->logits, id, &why, &err))
+            slot_end(r, sl, why, err);
+    }
 }
 
 static void *worker(void *arg)
@@ -550,26 +617,7 @@ static void *worker(void *arg)
         }
         const int stopping = e->stop;
         pthread_mutex_unlock(&e->mu);
-        for (int i = 0; i < r->n_slots; i++) {
-            slot *sl = &r->slots[i];
-            if (!sl->j)
-                continue;
-            if (stopping)
-                job_cancel(sl->j);
-            seq_finish why;
-            const char *err;
-            if (!slot_step(r, sl, &why, &err))
-                continue;
-            if (why != SEQ_CANCELLED)
-                slot_emit(r, sl, 1);
-            job *j = sl->j;
-            seq_end(j, sl->s, why, err);
-            slot_clear(sl);
-            job_release(j);
-            pthread_mutex_lock(&e->mu);
-            r->n_active--;
-            pthread_mutex_unlock(&e->mu);
-        }
+        replica_round(r, stopping);
         pthread_mutex_lock(&e->mu);
     }
     pthread_mutex_unlock(&e->mu);
@@ -688,8 +736,7 @@ void engine_free(engine *e)
         replica *r = &e->reps[i];
         for (int k = 0; r->slots && k < r->n_slots; k++) {
             pldr_context_free(r->slots[k].ctx);
-            pldr_sampler_free(r->slots[k].sampler);
-            free(r->slots[k].ids);
+            pldr_gen_free(r->slots[k].gen);
         }
         free(r->slots);
         free(r->logits);

@@ -132,37 +132,6 @@ static enum MHD_Result fail(struct MHD_Connection *c, request *rq, int status, c
     return send_error(c, rq, &e);
 }
 
-/* A JSON string of bytes that should be UTF-8; anything that is not becomes
- * U+FFFD, so that a response is always valid JSON. */
-static json_t *jstring(const char *s, size_t n)
-{
-    json_t *v = json_stringn(s, n);
-    if (v)
-        return v;
-    char *b = malloc(3 * n + 1);
-    if (!b)
-        return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        json_t *t = len && i + len <= n && c ? json_stringn(s + i, len) : NULL;
-        if (t) {
-            memcpy(b + k, s + i, len);
-            k += len;
-            i += len;
-            json_decref(t);
-        } else {
-            memcpy(b + k, "\xEF\xBF\xBD", 3);
-            k += 3;
-            i++;
-        }
-    }
-    v = json_stringn(b, k);
-    free(b);
-    return v;
-}
-
 static const char *finish_name(seq_finish f)
 {
     switch (f) {
@@ -362,13 +331,7 @@ static enum MHD_Result handle_tokenize(struct MHD_Connection *c, request *rq)
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         if (json_is_true(wp)) {
-            char *piece;
-            size_t len;
-            json_t *pv = NULL;
-            if (pldr_detokenize(tok, &ids[i], 1, &piece, &len) == PLDR_OK) {
-                pv = jstring(piece, len);
-                free(piece);
-            }
+            json_t *pv = api_piece_string(tok, ids[i]);
             json_array_append_new(arr, json_pack("{s:i,s:o*}", "id", ids[i], "piece", pv));
         } else {
             json_array_append_new(arr, json_integer(ids[i]));
@@ -410,7 +373,7 @@ static enum MHD_Result handle_detokenize(struct MHD_Connection *c, request *rq)
     free(ids);
     if (st != PLDR_OK)
         return fail(c, rq, 503, "server_error", NULL, "out of host memory");
-    json_t *v = jstring(text, len);
+    json_t *v = api_string(text, len);
     free(text);
     return send_json(c, rq, 200, json_pack("{s:o*}", "content", v), NULL, NULL);
 }
@@ -520,7 +483,7 @@ static int stream_collect(stream *st)
         int fresh = o->len > o->sent || n_lp > o->lp_sent;
         if (!fresh && !(o->done && !st->final_sent[s]))
             continue;
-        json_t *choice = json_pack("{s:o*,s:i,s:o*,s:o*}", "text", jstring(o->text + o->sent, o->len - o->sent),
+        json_t *choice = json_pack("{s:o*,s:i,s:o*,s:o*}", "text", api_string(o->text + o->sent, o->len - o->sent),
                                    "index", s, "logprobs", logprobs_json(o, o->lp_sent, n_lp), "finish_reason",
                                    finish_json(o));
         o->sent = o->len;
@@ -596,14 +559,6 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, request *rq)
     api_error e;
     if (api_parse_completion(rq->body, rq->len, &lim, &req, &e) != 0)
         return send_error(c, rq, &e);
-    const char *unsupported = req.n_stop ? "stop" : req.n_bias ? "logit_bias" : req.n_logprobs >= 0 ? "logprobs"
-                              : req.min_p > 0 ? "min_p" : req.repeat_penalty != 1 ? "repeat_penalty"
-                              : req.presence_penalty != 0 ? "presence_penalty"
-                              : req.frequency_penalty != 0 ? "frequency_penalty" : NULL;
-    if (unsupported) {
-        api_completion_request_free(&req);
-        return fail(c, rq, 400, "not_supported_error", unsupported, "'%s' is not supported yet", unsupported);
-    }
     job *j = job_new(&req);
     if (!j) {
         api_completion_request_free(&req);
@@ -679,7 +634,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, request *rq)
     json_t *choices = json_array();
     for (int s = 0; s < j->n_seq; s++) {
         const seq_out *o = &j->seqs[s];
-        json_array_append_new(choices, json_pack("{s:o*,s:i,s:o*,s:o*}", "text", jstring(o->text ? o->text : "", o->len),
+        json_array_append_new(choices, json_pack("{s:o*,s:i,s:o*,s:o*}", "text", api_string(o->text ? o->text : "", o->len),
                                                  "index", s, "logprobs",
                                                  logprobs_json(o, 0, o->lp_tokens ? json_array_size(o->lp_tokens) : 0),
                                                  "finish_reason", finish_json(o)));

@@ -1,4 +1,4 @@
-/* Sampling the next token: temperature, top-k and top-p (nucleus), with a
+/* Sampling the next token: temperature, top-k, top-p (nucleus) and min-p, with a
  * seeded generator (xoshiro256**) so that a seed reproduces a run. */
 #include "config.h"
 
@@ -71,6 +71,8 @@ pldr_status pldr_sampler_new(const pldr_sampler_params *params, pldr_sampler **o
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "top-k %d must be >= 0", params->top_k);
     if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "top-p %g must be in (0, 1]", (double)params->top_p);
+    if (!(params->min_p >= 0.0f && params->min_p <= 1.0f))
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "min-p %g must be in [0, 1]", (double)params->min_p);
     pldr_sampler *s = calloc(1, sizeof *s);
     if (!s)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
@@ -150,6 +152,14 @@ int32_t pldr_sampler_sample(pldr_sampler *s, const float *logits, int n)
             break;
         }
     }
+    /* min-p: the tokens at least min_p times as likely as the most likely
+     * (prob[0] is exp(0) = 1) */
+    if (s->p.min_p > 0.0f)
+        for (int i = 1; i < keep; i++)
+            if (s->prob[i] < s->p.min_p) {
+                keep = i;
+                break;
+            }
     double mass = 0.0;
     for (int i = 0; i < keep; i++)
         mass += s->prob[i];

@@ -20,6 +20,7 @@
 #include "config.h"
 
 #include "common/util.h"
+#include "text/tokenizer.h"
 
 #include <float.h>
 #include <stdarg.h>
@@ -107,10 +108,7 @@ struct pldr_tokenizer {
 /* ------------------------------------------------------------------ */
 /* Growable byte buffer                                                */
 
-typedef struct strbuf {
-    char *data;
-    size_t len, cap;
-} strbuf;
+typedef pldr_bytes strbuf;
 
 static int sb_reserve(strbuf *b, size_t extra)
 {
@@ -1588,3 +1586,110 @@ pldr_status pldr_detokenize(const pldr_tokenizer *tok, const int32_t *ids, size_
     *len = out.len;
     return PLDR_OK;
 }
+
+/* ------------------------------------------------------------------ */
+/* Incremental decoder                                                 */
+
+int pldr_bytes_append(pldr_bytes *b, const void *data, size_t n) { return sb_append(b, data, n); }
+
+void pldr_detok_init(pldr_detok *d, const pldr_tokenizer *tok)
+{
+    memset(d, 0, sizeof *d);
+    d->tok = tok;
+    d->is_bos_ws = 1;
+}
+
+/* Whether the n bytes at s (no complete character) may still become one. */
+static int utf8_may_complete(const unsigned char *s, int n)
+{
+    const int want = (s[0] & 0xE0) == 0xC0 ? 2 : (s[0] & 0xF0) == 0xE0 ? 3 : (s[0] & 0xF8) == 0xF0 ? 4 : 0;
+    if (want == 0 || n >= want)
+        return 0;
+    for (int i = 1; i < n; i++)
+        if (!is_trail_byte(s[i]))
+            return 0;
+    return 1;
+}
+
+/* Appends text to out, through the denormalizer if the model has one. */
+static pldr_status detok_emit(pldr_detok *d, const char *text, size_t n, pldr_bytes *out)
+{
+    if (n == 0)
+        return PLDR_OK;
+    d->total += n;
+    if (!d->tok->has_denorm)
+        return sb_append(out, text, n) ? PLDR_OK : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory decoding");
+    strbuf t = {0};
+    pldr_status st = normalize(&d->tok->denorm, NULL, text, n, &t);
+    if (st == PLDR_OK && !sb_append(out, t.data, t.len))
+        st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory decoding");
+    free(t.data);
+    return st;
+}
+
+/* Emits the held bytes that are decided: complete characters, and U+FFFD
+ * for a byte that cannot begin one; with all, everything (flush_bytes). */
+static pldr_status detok_drain(pldr_detok *d, int all, pldr_bytes *out)
+{
+    pldr_status st = PLDR_OK;
+    while (d->n_pend > 0 && st == PLDR_OK) {
+        size_t k = utf8_valid_len(d->pend, (size_t)d->n_pend);
+        if (k == 0 && !all && utf8_may_complete(d->pend, d->n_pend))
+            break;
+        if (k == 0) {
+            st = detok_emit(d, REPLACEMENT_CHAR, 3, out);
+            k = 1;
+        } else {
+            st = detok_emit(d, (const char *)d->pend, k, out);
+        }
+        memmove(d->pend, d->pend + k, (size_t)d->n_pend - k);
+        d->n_pend -= (int)k;
+    }
+    return st;
+}
+
+pldr_status pldr_detok_push(pldr_detok *d, int32_t id, pldr_bytes *out)
+{
+    const pldr_tokenizer *tok = d->tok;
+    if (id < 0 || id >= tok->n_pieces)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "token id %ld is out of range [0, %d)", (long)id, tok->n_pieces);
+    const piece *p = &tok->pieces[tok->canonical_id[id]];
+    if (p->type == PIECE_BYTE) {
+        d->pend[d->n_pend++] = p->byte;
+        return detok_drain(d, 0, out);
+    }
+    pldr_status st = detok_drain(d, 1, out);
+    if (st != PLDR_OK)
+        return st;
+    /* as in pldr_detokenize */
+    const int strip_leading = tok->norm.add_dummy_prefix || tok->norm.remove_extra_whitespaces;
+    if (d->bos_ws_seen || d->total > 0)
+        d->is_bos_ws = 0;
+    if (p->type == PIECE_CONTROL) {
+        d->bos_ws_seen = 0;
+        return PLDR_OK;
+    }
+    if (p->type == PIECE_UNKNOWN) {
+        d->bos_ws_seen = 0;
+        return detok_emit(d, tok->unk_surface, strlen(tok->unk_surface), out);
+    }
+    const char *w = p->text;
+    size_t w_len = p->len;
+    int consumed = 0;
+    if (d->is_bos_ws && strip_leading && w_len >= SPACE_SYMBOL_LEN && memcmp(w, SPACE_SYMBOL, SPACE_SYMBOL_LEN) == 0) {
+        w += SPACE_SYMBOL_LEN;
+        w_len -= SPACE_SYMBOL_LEN;
+        consumed = !tok->norm.remove_extra_whitespaces;
+    }
+    strbuf t = {0};
+    if (!append_unescaped(&t, w, w_len)) {
+        free(t.data);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory decoding");
+    }
+    st = detok_emit(d, t.data ? t.data : "", t.len, out);
+    free(t.data);
+    d->bos_ws_seen = consumed;
+    return st;
+}
+
+pldr_status pldr_detok_flush(pldr_detok *d, pldr_bytes *out) { return detok_drain(d, 1, out); }
