@@ -285,17 +285,23 @@ def commands(t):
     t.check("a command for another class says what the checkpoint is and which command runs it", guard)
 
     def bos():
-        with open(os.path.join(tok, "tokenizer_config.json"), "w") as f:
-            json.dump({"add_bos_token": True, "add_eos_token": False, "padding_side": "right",
-                       "bos_token": "[START]", "eos_token": "[END]", "pad_token": "[PAD]"}, f)
+        settings = {"add_bos_token": True, "add_eos_token": False, "padding_side": "right",
+                    "bos_token": "[START]", "eos_token": "[END]", "pad_token": "[PAD]"}
+        for d in (tok, causal):
+            with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+                json.dump(settings, f)
         try:
             out, se = run_json(["classify", "-m", tok, "-p", lines[0], "--json"])
+            gen, se2 = run_json(["generate", "-m", causal, "-p", lines[0], "-n", "1", "-o", "json"])
         finally:
-            os.remove(os.path.join(tok, "tokenizer_config.json"))
+            for d in (tok, causal):
+                os.remove(os.path.join(d, "tokenizer_config.json"))
         ids = [x["id"] for x in out[0]["tokens"]]
-        return ids[0] == 2 and ids[1:] == tokenize(tok, lines[0]) and "warning" in se and "add_bos_token" in se, \
-            "first id %d" % ids[0], se
-    t.check("tokenizer_config.json add_bos_token true is honoured, with a warning", bos)
+        n = len(tokenize(tok, lines[0]))
+        return (ids[0] == 2 and ids[1:] == tokenize(tok, lines[0]) and "warning" in se and "add_bos_token" in se
+                and gen[0]["n_prompt"] == n + 1), "first id %d, generate's prompt %d tokens for %d" % (
+                    ids[0], gen[0]["n_prompt"], n), se + se2
+    t.check("tokenizer_config.json add_bos_token true is honoured (classify, generate), with a warning", bos)
 
 
 def embed_npy(model, lines, pool):

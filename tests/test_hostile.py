@@ -289,6 +289,19 @@ def main():
                 failed(rc, err))
     tap.check("a G-cache file with a non-finite A is refused", nan_gcache)
 
+    # --------------------------------------------------------- benchmark figures
+    def bench_roofline():
+        import json
+        rc, out, err = run(["bench", "-p", "0", "-n", "1,4", "-r", "2", "--cache", "kvg,kv", "-o", "json"],
+                           timeout=pt.TIMEOUT)
+        if rc != 0:
+            return False, failed(rc, err)
+        res = json.loads(out)["devices"][0]["results"]
+        roof = [(r["test"], r["cache"], r["roofline"]) for r in res]
+        # a decode step cannot read its weights faster than the device reads memory
+        return len(roof) == 4 and all(0 < x <= 1.0 for _, _, x in roof), "rooflines %s" % roof
+    tap.check("bench -n 1 and -n 4 stay within the roofline", bench_roofline)
+
     # --------------------------------------------------------- smaller ones
     for args, want in ((["bench", "-p", ",8,,9,", "-n", "0"], "-p"), (["bench", "--cache", ",kv,"], "--cache"),
                        (["generate", "-p", "x", "--temp", "1e40"], "1e6")):

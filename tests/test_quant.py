@@ -171,6 +171,21 @@ def main():
                       lambda dtype=dtype, want=want:
                       logits_check(path, ids, 6, "kvg", dtype, want, env={"PLDR_WG": "gemv=64,rows=8,attpre=1"}))
 
+    # batched decode steps (pldr_eval_batch: kernels/batch.cl's batch_gemv on
+    # GPUs, the engine's GEMM on CPUs) against each sequence alone, same dtype
+    helper = os.path.join(os.path.dirname(os.path.abspath(pt.PLDR_BIN)), "tests", "batch_check")
+    odd = os.path.join(base, "odd-F32")
+    for dtype, env in (("q4_0", {}), ("q8_0", {"PLDR_WG": "gpu=1", "PLDR_GEMM": "clblast"})):
+        def batched(dtype=dtype, env=env):
+            r = subprocess.run([helper, odd, dtype, "1e-4"], capture_output=True, text=True,
+                               env=dict(os.environ, **env), timeout=pt.TIMEOUT)
+            bad = [l for l in r.stdout.splitlines() if l.startswith("not ok")]
+            n = sum(1 for l in r.stdout.splitlines() if l.startswith("ok"))
+            return r.returncode == 0 and not bad and n > 0, "%d checks, %d failed" % (n + len(bad), len(bad)), \
+                "\n".join(bad[:5]) + r.stderr[-2000:]
+        tap.check("batched decode, --dtype %s%s, every sequence's logits as alone (1e-4)"
+                  % (dtype, ", GPU kernels" if env else ""), batched)
+
     def greedy_q8():
         # f32's text (test_cli, test_dtype)
         want = "To open a file in Python, use the :func:`open` function, and the :func:`open` function."

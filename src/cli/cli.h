@@ -82,6 +82,7 @@ int cmd_bench(int argc, char **argv);
 int cli_tune_if_missing(const char *model_dir, const char *device, const pldr_dtype *dtypes, int n_dtypes);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_batch(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_gcache(int argc, char **argv);
@@ -97,6 +98,10 @@ int cmd_embed(int argc, char **argv);
  * otherwise says what the checkpoint is and which command runs it, and
  * returns EXIT_INPUT. */
 int cli_check_class(const char *cmd, const char *dir, unsigned archs);
+/* pldr_tokenize, with DIR/tokenizer_config.json's add_bos_token and
+ * add_eos_token honoured and its warnings printed (cmd_heads.c). */
+pldr_status cli_tokenize_prompt(const char *model_dir, const pldr_tokenizer *tok, const char *text, size_t len,
+                                int32_t **ids, size_t *n_ids);
 /* The subcommand being run ("generate"), set by main(). */
 extern const char *cli_command;
 /* Installs a G-cache file (--g-cache) in a context; reports failures and

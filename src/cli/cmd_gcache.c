@@ -58,7 +58,7 @@ int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, c
     if (st == PLDR_OK)
         st = pldr_tokenizer_load(path, &tok);
     if (st == PLDR_OK)
-        st = pldr_tokenize(tok, file ? buf : prompt, len, ids, n_ids);
+        st = cli_tokenize_prompt(model_dir, tok, file ? buf : prompt, len, ids, n_ids);
     if (st != PLDR_OK)
         rc = cli_report(st);
     else if (*n_ids == 0)

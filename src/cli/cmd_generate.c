@@ -322,7 +322,7 @@ static int setup_text(gen *g)
         g->prompt_len = strlen(o->prompt);
     }
     const char *text = o->file ? g->prompt_buf : o->prompt ? o->prompt : "";
-    if ((st = pldr_tokenize(g->tok, text, g->prompt_len, &g->ids, &g->n_ids)) != PLDR_OK)
+    if ((st = cli_tokenize_prompt(o->model_dir, g->tok, text, g->prompt_len, &g->ids, &g->n_ids)) != PLDR_OK)
         return cli_report(st);
     if (g->n_ids == 0 && !o->load_session)
         return cli_usage_error("generate", "the prompt is empty after tokenization");

@@ -29,6 +29,41 @@ static void close_run(head_run *r)
     pldr_tokenizer_free(r->tok);
 }
 
+/* DIR/config.json, malloc'ed. */
+static char *config_path(const char *dir)
+{
+    char *path = malloc(strlen(dir) + sizeof "/config.json");
+    if (path)
+        sprintf(path, "%s/config.json", dir);
+    return path;
+}
+
+static void print_warnings(const char *warnings)
+{
+    /* one "pldr: warning:" line per mismatch */
+    for (const char *w = warnings; *w;) {
+        size_t n = strcspn(w, "\n");
+        fprintf(stderr, "pldr: warning: %.*s\n", (int)n, w);
+        w += n + (w[n] == '\n');
+    }
+}
+
+pldr_status cli_tokenize_prompt(const char *model_dir, const pldr_tokenizer *tok, const char *text, size_t len,
+                                int32_t **ids, size_t *n_ids)
+{
+    char *path = config_path(model_dir);
+    pldr_config cfg;
+    pldr_tokenizer_config tc;
+    pldr_status st = path ? pldr_config_load(path, &cfg) : PLDR_ERR_HOST_MEMORY;
+    free(path);
+    /* without a readable config.json (reported later by the model's load) the
+     * prompt is encoded as it always was */
+    if (st != PLDR_OK || pldr_tokenizer_config_load(model_dir, tok, &cfg, &tc) != PLDR_OK)
+        return pldr_tokenize(tok, text, len, ids, n_ids);
+    print_warnings(tc.warnings);
+    return pldr_tokenize_prompt(tok, &tc, &cfg, text, len, ids, n_ids);
+}
+
 /* Loads the model, the tokenizer with tokenizer_config.json (its warnings to
  * stderr) and a context. */
 static int open_run(head_run *r, const char *cmd, const char *dir, const char *device, pldr_dtype dtype)
@@ -47,15 +82,8 @@ static int open_run(head_run *r, const char *cmd, const char *dir, const char *d
     free(path);
     if (st == PLDR_OK)
         st = pldr_tokenizer_config_load(dir, r->tok, r->cfg, &r->tc);
-    if (st == PLDR_OK && r->tc.warnings[0]) {
-        /* one "pldr: warning:" line per mismatch */
-        const char *w = r->tc.warnings;
-        while (*w) {
-            size_t n = strcspn(w, "\n");
-            fprintf(stderr, "pldr: warning: %.*s\n", (int)n, w);
-            w += n + (w[n] == '\n');
-        }
-    }
+    if (st == PLDR_OK)
+        print_warnings(r->tc.warnings);
     pldr_context_params cp = pldr_context_default_params();
     /* longrope's short factors hold up to the original context only */
     if (r->cfg->rope_type == PLDR_ROPE_LONGROPE && r->cfg->rope_original_max_position > 0)

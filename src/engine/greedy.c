@@ -53,9 +53,22 @@ static pldr_status ahead_enqueue(pldr_context *c)
     return PLDR_OK;
 }
 
+pldr_status pldr_context_finish(pldr_context *c)
+{
+    engine_ahead_cancel(c);
+    cl_int err = clFinish(c->m->ocl.queue);
+    return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "waiting for the device");
+}
+
 pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
 {
     pldr_clear_error();
+    engine_seq_bind(c, 0);
+    return engine_eval_greedy_bound(c, ids, n, next_id);
+}
+
+pldr_status engine_eval_greedy_bound(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
+{
     if (c->ahead && n == 1 && ids[0] == c->last_next) {
         /* this step is already on its way (ahead_enqueue checked its position) */
         c->ahead = 0;

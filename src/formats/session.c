@@ -507,6 +507,14 @@ pldr_status pldr_session_load(pldr_context *ctx, const pldr_model *model, const 
                        (unsigned long long)size, (unsigned long long)(h.compressed_bytes + HEADER_BYTES));
         goto done;
     }
+    /* deflate shrinks at most about 1032:1: a larger claim is damage, and
+     * must not make a small file allocate gigabytes */
+    if (h.payload_bytes / 1032 > h.compressed_bytes + 64) {
+        st = pldr_fail(PLDR_ERR_FORMAT, "%s: the header's payload of %llu bytes cannot come from %llu compressed bytes "
+                                        "(damaged)", path, (unsigned long long)h.payload_bytes,
+                       (unsigned long long)h.compressed_bytes);
+        goto done;
+    }
     if (!(payload = malloc(h.payload_bytes ? (size_t)h.payload_bytes : 1))) {
         st = pldr_fail(PLDR_ERR_HOST_MEMORY, "%s: out of memory for %llu bytes", path,
                        (unsigned long long)h.payload_bytes);

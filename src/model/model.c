@@ -1052,6 +1052,91 @@ uint64_t pldr_model_decode_bytes(const pldr_model *m)
     return m->device_bytes - (uint64_t)m->emb.rows * row + row;
 }
 
+/* Best rate of one probe (bytes moved per run / seconds), repeated for at
+ * least PROBE_SECONDS and PROBE_REPS runs after one warm-up run: on a busy
+ * CPU single runs vary several-fold, and the best is the device's. */
+#define PROBE_SECONDS 0.25
+#define PROBE_REPS 5
+
+typedef struct probe {
+    cl_kernel k;     /* NULL: the driver's copy of a into b */
+    cl_mem a, b;
+    size_t bytes;    /* of each buffer */
+    double moved;    /* bytes moved per run */
+    size_t global, local;
+} probe;
+
+static pldr_status probe_best(pldr_model *m, const probe *p, double *best)
+{
+    const double start = pldr_now();
+    for (int rep = 0; rep <= PROBE_REPS || pldr_now() - start < PROBE_SECONDS; rep++) {
+        const double t0 = pldr_now();
+        cl_int err = p->k ? clEnqueueNDRangeKernel(m->ocl.queue, p->k, 1, NULL, &p->global, &p->local, 0, NULL, NULL)
+                          : clEnqueueCopyBuffer(m->ocl.queue, p->a, p->b, 0, 0, p->bytes, 0, NULL, NULL);
+        if (err == CL_SUCCESS)
+            err = clFinish(m->ocl.queue);
+        const double dt = pldr_now() - t0;
+        if (err != CL_SUCCESS)
+            return pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
+        if (rep > 0 && dt > 0 && p->moved / dt > *best) /* the first run warms up */
+            *best = p->moved / dt;
+        if (rep > 1000)
+            break;
+    }
+    return PLDR_OK;
+}
+
+/* The probes on buffers of `bytes`: a copy kernel, the driver's copy (which
+ * some CPU drivers do better than a kernel) and a read-only kernel. */
+static pldr_status probe_size(pldr_model *m, size_t bytes, double *best)
+{
+    cl_mem a = NULL, b = NULL;
+    cl_kernel copy = NULL, read = NULL;
+    pldr_status st = pldr_buffer(m, bytes, "the bandwidth probe", &a, NULL);
+    if (st == PLDR_OK)
+        st = pldr_buffer(m, bytes, "the bandwidth probe", &b, NULL);
+    cl_int err = CL_SUCCESS;
+    if (st == PLDR_OK && !(copy = clCreateKernel(m->program, "copy_float4", &err)))
+        st = pldr_cl_fail(&m->ocl, err, "creating the copy kernel");
+    if (st == PLDR_OK && !(read = clCreateKernel(m->program, "read_float4", &err)))
+        st = pldr_cl_fail(&m->ocl, err, "creating the read kernel");
+    cl_long n = (cl_long)(bytes / 16);
+    float zero = 0.0f;
+    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256;
+    if (local > m->ocl.info.max_work_group_size)
+        local = m->ocl.info.max_work_group_size;
+    global = (global / local) * local;
+    if ((size_t)n < global) /* the read kernel writes one float per work-item into b */
+        global = ((size_t)n / local) * local;
+    if (st == PLDR_OK && global == 0)
+        st = pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "the bandwidth probe's buffers are too small");
+    if (st == PLDR_OK) {
+        err = clEnqueueFillBuffer(m->ocl.queue, a, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
+        err |= clSetKernelArg(copy, 0, sizeof a, &a);
+        err |= clSetKernelArg(copy, 1, sizeof b, &b);
+        err |= clSetKernelArg(copy, 2, sizeof n, &n);
+        err |= clSetKernelArg(read, 0, sizeof a, &a);
+        err |= clSetKernelArg(read, 1, sizeof b, &b);
+        err |= clSetKernelArg(read, 2, sizeof n, &n);
+        if (err != CL_SUCCESS)
+            st = pldr_cl_fail(&m->ocl, err, "preparing the bandwidth probe");
+    }
+    const probe probes[3] = {{copy, a, b, bytes, 2.0 * (double)bytes, global, local},
+                             {NULL, a, b, bytes, 2.0 * (double)bytes, global, local},
+                             {read, a, b, bytes, (double)bytes, global, local}};
+    for (int i = 0; i < 3 && st == PLDR_OK; i++)
+        st = probe_best(m, &probes[i], best);
+    if (copy)
+        clReleaseKernel(copy);
+    if (read)
+        clReleaseKernel(read);
+    if (a)
+        clReleaseMemObject(a);
+    if (b)
+        clReleaseMemObject(b);
+    return st;
+}
+
 pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
 {
     pldr_clear_error();
@@ -1059,61 +1144,14 @@ pldr_status pldr_model_measure_bandwidth(pldr_model *m, double *bps)
     size_t bytes = 256u << 20;
     while (bytes > m->ocl.info.max_alloc_bytes || 2 * (uint64_t)bytes > m->ocl.info.global_mem_bytes / 4)
         bytes /= 2;
-    cl_mem a = NULL, b = NULL;
-    cl_kernel k = NULL;
-    pldr_status st = pldr_buffer(m, bytes, "the bandwidth probe", &a, NULL);
-    if (st == PLDR_OK)
-        st = pldr_buffer(m, bytes, "the bandwidth probe", &b, NULL);
-    cl_int err = CL_SUCCESS;
-    if (st == PLDR_OK) {
-        k = clCreateKernel(m->program, "copy_float4", &err);
-        if (!k)
-            st = pldr_cl_fail(&m->ocl, err, "creating the copy kernel");
-    }
-    cl_long n = (cl_long)(bytes / 16);
-    float zero = 0.0f;
-    if (st == PLDR_OK) {
-        err = clEnqueueFillBuffer(m->ocl.queue, a, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
-        err |= clSetKernelArg(k, 0, sizeof a, &a);
-        err |= clSetKernelArg(k, 1, sizeof b, &b);
-        err |= clSetKernelArg(k, 2, sizeof n, &n);
-        if (err != CL_SUCCESS)
-            st = pldr_cl_fail(&m->ocl, err, "preparing the bandwidth probe");
-    }
-    size_t global = (size_t)m->ocl.info.compute_units * 2048, local = 256;
-    if (local > m->ocl.info.max_work_group_size)
-        local = m->ocl.info.max_work_group_size;
-    global = (global / local) * local;
     double best = 0.0;
-    for (int rep = 0; rep < 6 && st == PLDR_OK; rep++) {
-        double t0 = pldr_now();
-        err = clEnqueueNDRangeKernel(m->ocl.queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
-        if (err == CL_SUCCESS)
-            err = clFinish(m->ocl.queue);
-        double dt = pldr_now() - t0;
-        if (err != CL_SUCCESS)
-            st = pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
-        else if (rep > 0 && 2.0 * (double)bytes / dt > best) /* the first run warms up */
-            best = 2.0 * (double)bytes / dt;
-    }
-    /* the driver's own copy, which some CPU drivers do better than a kernel */
-    for (int rep = 0; rep < 4 && st == PLDR_OK; rep++) {
-        double t0 = pldr_now();
-        err = clEnqueueCopyBuffer(m->ocl.queue, a, b, 0, 0, bytes, 0, NULL, NULL);
-        if (err == CL_SUCCESS)
-            err = clFinish(m->ocl.queue);
-        double dt = pldr_now() - t0;
-        if (err != CL_SUCCESS)
-            st = pldr_cl_fail(&m->ocl, err, "running the bandwidth probe");
-        else if (rep > 0 && 2.0 * (double)bytes / dt > best)
-            best = 2.0 * (double)bytes / dt;
-    }
-    if (k)
-        clReleaseKernel(k);
-    if (a)
-        clReleaseMemObject(a);
-    if (b)
-        clReleaseMemObject(b);
+    pldr_status st = probe_size(m, bytes, &best);
+    /* and at the size one decode step reads: where caches hold the weights,
+     * a decode step reads faster than the device's memory does */
+    uint64_t step = pldr_model_decode_bytes(m);
+    step = (step + 4095) / 4096 * 4096;
+    if (st == PLDR_OK && step < bytes && step >= 65536)
+        st = probe_size(m, (size_t)step, &best);
     *bps = best;
     return st;
 }

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 
 SRCDIR = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -210,12 +211,87 @@ def tokenizer_model_seeds():
         shutil.rmtree(tmp)
 
 
+
+# ---------------------------------------------------------------- sessions
+
+def session(L=1, d=2, H=1, dk=2, V=3, n=1, mode=2, dtype=0, flags=5, fp=0x1234, logits=None, claim=None,
+            level=6):
+    """A session file (src/formats/session.c): header, then the zlib payload
+    of tokens, K, V, the G-cache and (flag 4) the next-token logits."""
+    tokens = struct.pack("<%di" % n, *range(5, 5 + n))
+    kv = struct.pack("<%df" % (L * n * d), *[0.25 * i for i in range(L * n * d)])
+    g = struct.pack("<%df" % (3 * L * H * dk * dk), *[1.0] * (3 * L * H * dk * dk))
+    lg = struct.pack("<%df" % V, *(logits or [0.5] * V)) if flags & 4 else b""
+    payload = tokens + kv + kv + g + lg
+    comp = zlib.compress(payload, level)
+    h = bytearray(88)
+    h[0:8] = b"PLDRSESS"
+    struct.pack_into("<IIQII6iIIQQI", h, 8, 1, 88, fp, dtype, mode, L, d, H, dk, V, n, flags, 0,
+                     claim if claim is not None else len(payload), len(comp), zlib.crc32(payload))
+    struct.pack_into("<I", h, 84, zlib.crc32(bytes(h[:84])))
+    return bytes(h) + comp
+
+
+def session_seeds():
+    write("session", "tiny-kvg-logits", session())
+    write("session", "kv-no-logits", session(mode=1, flags=1, n=3))
+    write("session", "none-external-g", session(mode=0, flags=6, n=2, L=2, H=2, dk=1, d=2))
+    write("session", "empty", session(n=0, flags=1))
+    write("session", "regress-nan-logits", session(logits=[0.0, float("nan"), 1.0]))
+    write("session", "regress-payload-claim", session(claim=1 << 40))
+
+
+# ---------------------------------------------------------------- G-cache files
+
+def gcache_seeds():
+    def arr(fmt, n, v):
+        return struct.pack("<%d%s" % (n, fmt), *[v] * n)
+    one = [("G_LM", "F32", [1, 1, 2, 2])]
+    write("gcache", "g-only", safetensors_with(one, arr("f", 4, 1.0)))
+    write("gcache", "a-alm-g-f16", safetensors_with([("A", "F16", [2, 1, 2, 2]), ("A_LM", "F16", [2, 1, 2, 2]),
+                                                     ("G_LM", "F16", [2, 1, 2, 2])], arr("e", 24, 0.5)))
+    write("gcache", "bf16-5d", safetensors_with([("G_LM", "BF16", [1, 1, 1, 2, 2])], arr("H", 4, 0x3f80)))
+    write("gcache", "regress-inf-a", safetensors_with([("A", "F32", [1, 1, 2, 2]), ("G_LM", "F32", [1, 1, 2, 2])],
+                                                      arr("f", 4, float("inf")) + arr("f", 4, 1.0)))
+
+
+def safetensors_with(tensors, data):
+    """A safetensors file of (name, dtype, shape) laid out in order over data."""
+    header, off = {}, 0
+    for name, dt, shape in tensors:
+        n = DTYPE_SIZE[dt]
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(h)) + h + data[:off]
+
+
+# ---------------------------------------------------------------- decode tuning files
+
+def tuning_seeds():
+    """Decode tuning files for the device and model of fuzz_tuning.c."""
+    base = {"format": "pldr-decode-tuning", "version": 1,
+            "device": {"name": "fuzz device", "driver_version": "1.0", "platform_version": "OpenCL 1.2 fuzz"},
+            "model": {"n_layers": 4, "d_model": 192, "n_heads": 3, "head_dim": 64, "d_ff": 512, "vocab_size": 4096},
+            "dtypes": {"f32": {"work_groups": "gemv=64,rows=64,att=64,pf=2,attpre=0"},
+                       "f16": {"work_groups": ""}}}
+    write("tuning", "valid", json.dumps(base, indent=1))
+    write("tuning", "regress-pf-4096", json.dumps(dict(base, dtypes={"f32": {"work_groups": "pf=4096"}})))
+    write("tuning", "other-model", json.dumps(dict(base, model=dict(base["model"], n_layers=2))))
+    write("tuning", "bad-key", json.dumps(dict(base, dtypes={"f32": {"work_groups": "rows=8,frob=1"}})))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     safetensors_seeds()
     index_seeds()
     config_seeds()
     encode_seeds()
+    session_seeds()
+    gcache_seeds()
+    tuning_seeds()
     os.makedirs(os.path.join(OUT, "tokenizer_model"), exist_ok=True)
     tokenizer_model_seeds()
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(OUT) for f in fs)

@@ -14,7 +14,7 @@
 #                  when it has them, else the source tree of this script)
 #   FUZZ_WORKDIR   where new corpus inputs, artifacts and logs go (default: a
 #                  new directory under ${TMPDIR:-/tmp}, kept at the end)
-#   FUZZ_TARGETS   the targets to run (default: all five, space-separated)
+#   FUZZ_TARGETS   the targets to run (default: all eight, space-separated)
 #   FUZZ_JOBS      targets run at the same time (default 2)
 #   FUZZ_ARGS      extra libFuzzer options, e.g. "-jobs=1 -seed=1"
 #   PLDR_SRCDIR    source tree (default: the one of this script); the shared
@@ -31,7 +31,7 @@ if [ -z "${FUZZ_BUILDDIR:-}" ]; then
     if [ -x tests/fuzz/fuzz_safetensors ]; then FUZZ_BUILDDIR=$(pwd); else FUZZ_BUILDDIR=$SRCDIR; fi
 fi
 WORK=${FUZZ_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/pldr-fuzz.XXXXXX")}
-TARGETS=${FUZZ_TARGETS:-safetensors index config tokenizer_model encode}
+TARGETS=${FUZZ_TARGETS:-safetensors index config tokenizer_model encode session gcache tuning}
 JOBS=${FUZZ_JOBS:-2}
 mkdir -p "$WORK/artifacts" || exit 2
 
