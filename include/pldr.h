@@ -36,7 +36,8 @@ typedef enum pldr_status {
     PLDR_ERR_CONTEXT_FULL,     /* the sequence would exceed the context */
     PLDR_ERR_NONFINITE,        /* non-finite activations or logits */
     PLDR_ERR_MISMATCH,         /* e.g. a session or G-cache from another model */
-    PLDR_ERR_OUTPUT            /* an output file could not be written (the old one is kept) */
+    PLDR_ERR_OUTPUT,           /* an output file could not be written (the old one is kept) */
+    PLDR_ERR_BUSY              /* a queue is full: try again later */
 } pldr_status;
 
 /* Short fixed description of a status code. */
@@ -212,6 +213,14 @@ const char *pldr_model_kernel_options(const pldr_model *model);
 /* 1 when the work-group shapes `pldr tune` stored for this device, model and
  * weight dtype were applied at load (see pldr_model_params.work_groups). */
 int pldr_model_decode_tuned(const pldr_model *model);
+/* Seconds the load spent building the kernels: compiling them on a first
+ * start, reading the compiled binaries from the cache later. Some drivers
+ * (PoCL) compile further at each kernel's first launch: see
+ * pldr_generate_warmup. */
+double pldr_model_build_seconds(const pldr_model *model);
+/* 1 when the load compiled the kernels from source (a first start for this
+ * device, driver and model dimensions), 0 when it read them from the cache. */
+int pldr_model_kernels_compiled(const pldr_model *model);
 
 /* Measures the device's memory bandwidth (bytes read + written per second):
  * the best of a copy kernel, the driver's copy and a read-only kernel, each
@@ -222,10 +231,24 @@ pldr_status pldr_model_measure_bandwidth(pldr_model *model, double *bytes_per_se
  * embedding, of which it reads one row). */
 uint64_t pldr_model_decode_bytes(const pldr_model *model);
 
+/* Whether the sequences of a context share one G-cache (see pldr_eval_batch). */
+typedef enum pldr_shared_g {
+    PLDR_SHARED_G_NONE = 0, /* each sequence's A and G_LM come from its own prompt */
+    PLDR_SHARED_G_EXTERNAL, /* pldr_context_set_external_g sets G_LM for every sequence */
+    PLDR_SHARED_G_FIRST     /* the G-cache of the first prompt prefilled serves every
+                               later prompt, whose prefill skips the metric learner
+                               (the Hugging Face port's cache_first_G) */
+} pldr_shared_g;
+
+#define PLDR_MAX_SEQ 1024
+
 typedef struct pldr_context_params {
-    int n_ctx;                  /* 0: max_position_embeddings */
+    int n_ctx;                  /* 0: max_position_embeddings; per sequence */
     pldr_cache_mode cache_mode; /* default PLDR_CACHE_KVG */
     int check_finite;           /* 1 (default): report non-finite values */
+    int n_seq;                  /* sequences the context holds, 1 (default) .. PLDR_MAX_SEQ;
+                                   the calls without a sequence argument act on sequence 0 */
+    pldr_shared_g shared_g;     /* default PLDR_SHARED_G_NONE */
 } pldr_context_params;
 
 pldr_context_params pldr_context_default_params(void);
@@ -313,6 +336,44 @@ pldr_status pldr_eval_head(pldr_context *ctx, const int32_t *ids, int n, float *
 /* As pldr_eval with every row, but writes the decoder's last hidden state of
  * each new token ([n, d_model], before any head), for every class. */
 pldr_status pldr_eval_hidden(pldr_context *ctx, const int32_t *ids, int n, float *hidden);
+
+/* Batches: several sequences of one context at once                  */
+/* Each sequence has its own positions, K/V caches and G-cache: its A and
+ * G_LM come from its own prompt only (prompts are never padded together), so
+ * its logits do not depend on the other sequences of a batch beyond float
+ * rounding (the batched products sum in another order: within 1e-5 relative
+ * in float32). */
+
+typedef struct pldr_batch_entry {
+    int seq;              /* 0 .. n_seq-1, at most once per call */
+    const int32_t *ids;   /* tokens appended to the sequence */
+    int n;
+} pldr_batch_entry;
+
+/* Appends each entry's tokens to its sequence: an empty sequence is
+ * prefilled with them (its own forward), a sequence given one token is
+ * decoded, and the decoded sequences go through the layers together (each
+ * weight read once for all of them) in cache modes KV and KVG; in mode NONE,
+ * and for entries of several tokens after a prefill, one after another.
+ * logits: NULL or [n_entries, vocab_size], the last token's logits of each
+ * entry; greedy_ids: NULL or [n_entries], the argmax of each (computed on the
+ * device when logits is NULL). A failure leaves the sequences' token counts
+ * as they were only for the entries not yet evaluated: reset the sequences
+ * of a failed batch. */
+pldr_status pldr_eval_batch(pldr_context *ctx, const pldr_batch_entry *entries, int n_entries, float *logits,
+                            int32_t *greedy_ids);
+int pldr_context_n_seq(const pldr_context *ctx);
+/* Forgets sequence seq's tokens (its slot is then as new). */
+void pldr_seq_reset(pldr_context *ctx, int seq);
+/* Tokens processed by sequence seq (-1: no such sequence). */
+int pldr_seq_n_past(const pldr_context *ctx, int seq);
+/* The per-sequence forms of pldr_context_get_state, _set_state,
+ * _set_external_g and _clear_external_g. */
+pldr_status pldr_seq_get_state(pldr_context *ctx, int seq, pldr_state *state);
+pldr_status pldr_seq_set_state(pldr_context *ctx, int seq, const pldr_state *state);
+pldr_status pldr_seq_set_external_g(pldr_context *ctx, int seq, const float *a, const float *a_lm,
+                                    const float *g_lm);
+void pldr_seq_clear_external_g(pldr_context *ctx, int seq);
 
 /* ------------------------------------------------------------------ */
 /* Sampling                                                            */
@@ -409,7 +470,8 @@ pldr_status pldr_tokenize_prompt(const pldr_tokenizer *tok, const pldr_tokenizer
  *             span tokens and is never part of the text handed out; the text
  *             that could begin one is held back until it cannot;
  *   LENGTH    max_tokens tokens were picked;
- *   CONTEXT   the context is full: the next token cannot be fed;
+ *   CONTEXT   the context is full: no token is picked that could not be fed
+ *             (so that a session saved then holds every token handed out);
  *   CANCELLED the token callback returned non-zero. */
 
 typedef enum pldr_finish_reason {
@@ -510,6 +572,14 @@ pldr_status pldr_gen_finish(pldr_gen *g, pldr_finish_reason why, pldr_token_even
 int pldr_gen_needs_logits(const pldr_gen *g);
 void pldr_gen_free(pldr_gen *g);
 
+/* Launches the kernels that generating after an n_prompt-token prompt uses
+ * (a prefill of n_prompt tokens and a decode step, with logits and greedy)
+ * and resets ctx: a driver that compiles a kernel at its first launch, for
+ * each launch shape (PoCL), does it here rather than in the first prompt.
+ * Call it on a new context, before restoring a state or setting an external
+ * G-cache. Costs two prefills and two steps when nothing is left to compile:
+ * worth it after a load that compiled (pldr_model_kernels_compiled). */
+pldr_status pldr_generate_warmup(pldr_context *ctx, int n_prompt);
 /* Generates from ctx: tokenizes the prompt (without BOS or EOS), appends it
  * to what ctx already holds, and picks tokens until a finish reason, calling
  * cb (may be NULL) with each event. res (may be NULL) gets the counts and
@@ -524,6 +594,54 @@ pldr_status pldr_generate(pldr_context *ctx, const pldr_tokenizer *tok, const ch
 pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, const int32_t *ids, int n,
                               const float *next_logits, const pldr_generate_params *p, pldr_token_fn cb, void *user,
                               pldr_generate_result *res);
+
+/* ------------------------------------------------------------------ */
+/* Continuous batching                                                 */
+/* A queue of generation requests over a multi-sequence context: at most
+ * max_active of them hold a sequence of the context at a time; each step
+ * prefills waiting requests into free sequences and decodes every active
+ * one in one pldr_eval_batch call; a finished request's sequence is reset
+ * for the next. A pldr_gen per request picks its tokens (sampling, stop
+ * strings, streaming); greedy texts are those of pldr_generate on the same
+ * prompt alone (up to ties within float rounding). */
+
+typedef struct pldr_scheduler pldr_scheduler;
+
+typedef struct pldr_request {
+    const int32_t *prompt_ids; /* copied at submit */
+    int n_prompt;
+    pldr_generate_params gen;  /* stop strings and logit bias copied; out_logits unused;
+                                  eos_id -1: the model's eos_token_id */
+    pldr_token_fn on_token;    /* NULL or called from the stepping thread with each
+                                  event; non-zero cancels the request */
+    void (*on_done)(const pldr_generate_result *r, void *user); /* NULL or called once,
+                                  from the stepping thread, when the request ends (finish
+                                  NONE: the batch failed, see pldr_scheduler_step) */
+    void *user;
+} pldr_request;
+
+/* max_active: 1 .. pldr_context_n_seq(ctx); max_queue: requests waiting at
+ * most. The scheduler uses the context's sequences 0 .. max_active-1 and
+ * resets them; tok may be NULL (no text). */
+pldr_status pldr_scheduler_new(pldr_context *ctx, const pldr_tokenizer *tok, int max_active, int max_queue,
+                               pldr_scheduler **out);
+/* Thread-safe. Checks the request (prompt ids, parameters: PLDR_ERR_INVALID_ARGUMENT;
+ * a prompt longer than the context: PLDR_ERR_CONTEXT_FULL) and queues it; a
+ * full queue is PLDR_ERR_BUSY. *id (may be NULL) names it for cancel. */
+pldr_status pldr_scheduler_submit(pldr_scheduler *s, const pldr_request *r, uint64_t *id);
+/* Thread-safe. The request ends (PLDR_FINISH_CANCELLED) at the next step;
+ * unknown or finished ids are ignored. */
+void pldr_scheduler_cancel(pldr_scheduler *s, uint64_t id);
+/* One batched step, from one thread at a time: waits up to timeout_ms for
+ * work when there is none, admits waiting requests into free sequences and
+ * evaluates every active request once (prompt or one token). A failed
+ * evaluation returns its status and ends the requests of that step with
+ * finish PLDR_FINISH_NONE. */
+pldr_status pldr_scheduler_step(pldr_scheduler *s, int timeout_ms);
+/* Thread-safe: requests holding a sequence, and waiting. */
+void pldr_scheduler_stats(pldr_scheduler *s, int *active, int *queued);
+/* Ends without calling back the requests still active or queued. */
+void pldr_scheduler_free(pldr_scheduler *s);
 
 /* ------------------------------------------------------------------ */
 /* Sessions                                                            */

@@ -82,6 +82,7 @@ int cmd_bench(int argc, char **argv);
 int cli_tune_if_missing(const char *model_dir, const char *device, const pldr_dtype *dtypes, int n_dtypes);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_batch(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_gcache(int argc, char **argv);

@@ -13,13 +13,14 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "bench_batch.h"
 
 #define TG_PROMPT_DEFAULT 64
 #define MAX_LIST 16
 
 static const char help[] =
     "usage: pldr bench [-m DIR] [-p LIST] [-n LIST] [-r N] [--cache LIST] [--dtype LIST]\n"
-    "                  [--device SPEC|all] [-o md|json|csv]\n"
+    "                  [--device SPEC|all] [-b LIST] [-o md|json|csv | -o svg FILE]\n"
     "\n"
     "Measures prefill (test ppP: one forward over P tokens) and decode (test tgN: N greedy\n"
     "tokens after a 64-token prompt, see --tg-prompt) in tokens per second, as mean +- sd\n"
@@ -40,6 +41,13 @@ static const char help[] =
     "      --seed S      seed of the random token ids (default 1)\n"
     "      --tg-prompt N prompt length before the tgN tests (default 64)\n"
     "      --g-cache FILE use this G-cache (A, A_LM, G_LM) instead of the metric learner\n"
+    "  -b, --batch L     sequences decoded together, comma-separated (default 1). With -b, each\n"
+    "                    B prefills B prompts of P tokens (-p) and decodes N tokens (-n) of all B\n"
+    "                    in one batch per step, reported in llama-batched-bench's columns: PP, TG,\n"
+    "                    B, N_KV = B*(PP+TG), T_PP and S_PP = B*PP/T_PP, T_TG and S_TG = B*TG/T_TG\n"
+    "                    (aggregate; S_TG/seq = TG/T_TG per sequence), T and S = N_KV/T\n"
+    "  -o svg FILE       with -b: draw S_TG against B per device, dtype and cache into FILE\n"
+    "      --plot FILE   the same\n"
     "      --tune        tune CLBlast and the decode work-group shapes for the model on each\n"
     "                    device and dtype first, unless already done (see pldr tune)\n";
 
@@ -293,7 +301,7 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
 
 int cmd_bench(int argc, char **argv)
 {
-    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP, O_GCACHE, O_TUNE };
+    enum { O_CACHE = 256, O_DTYPE, O_DEVICE, O_SEED, O_TGP, O_GCACHE, O_TUNE, O_PLOT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"n-prompt", required_argument, 0, 'p'},
         {"n-gen", required_argument, 0, 'n'},   {"repetitions", required_argument, 0, 'r'},
@@ -301,7 +309,8 @@ int cmd_bench(int argc, char **argv)
         {"device", required_argument, 0, O_DEVICE}, {"output", required_argument, 0, 'o'},
         {"seed", required_argument, 0, O_SEED}, {"help", no_argument, 0, 'h'},
         {"tg-prompt", required_argument, 0, O_TGP}, {"g-cache", required_argument, 0, O_GCACHE},
-        {"tune", no_argument, 0, O_TUNE},
+        {"tune", no_argument, 0, O_TUNE}, {"batch", required_argument, 0, 'b'},
+        {"plot", required_argument, 0, O_PLOT},
         {0, 0, 0, 0},
     };
     static const char *const cache_names[] = {"none", "kv", "kvg"};
@@ -309,10 +318,13 @@ int cmd_bench(int argc, char **argv)
     int n_pp = 1, n_tg = 1, caches[MAX_LIST] = {PLDR_CACHE_KVG}, n_caches = 1, dtypes[MAX_LIST] = {0}, n_dtypes = 1;
     const char *model_dir = NULL, *device = NULL, *format = "md", *gcache = NULL;
     int tune = 0;
+    long batch[MAX_LIST] = {1};
+    int n_batch = 1, batch_mode = 0;
+    const char *plot = NULL;
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":m:p:n:r:o:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:p:n:r:o:b:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'p':
@@ -342,6 +354,13 @@ int cmd_bench(int argc, char **argv)
             break;
         case O_GCACHE: gcache = optarg; break;
         case O_TUNE: tune = 1; break;
+        case 'b':
+            if (parse_list(optarg, 1, PLDR_MAX_SEQ, batch, &n_batch))
+                return cli_usage_error("bench", "-b must be a list of integers in [1, %d], not '%s'", PLDR_MAX_SEQ,
+                                       optarg);
+            batch_mode = 1;
+            break;
+        case O_PLOT: plot = optarg; break;
         case O_TGP: {
             long v;
             if (cli_parse_int(optarg, 1, 1 << 20, &v))
@@ -350,8 +369,8 @@ int cmd_bench(int argc, char **argv)
             break;
         }
         case 'o':
-            if (strcmp(optarg, "md") && strcmp(optarg, "json") && strcmp(optarg, "csv"))
-                return cli_usage_error("bench", "-o must be md, json or csv, not '%s'", optarg);
+            if (strcmp(optarg, "md") && strcmp(optarg, "json") && strcmp(optarg, "csv") && strcmp(optarg, "svg"))
+                return cli_usage_error("bench", "-o must be md, json, csv or svg, not '%s'", optarg);
             format = optarg;
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
@@ -359,8 +378,17 @@ int cmd_bench(int argc, char **argv)
         default: return cli_usage_error("bench", "unknown option '%s'", argv[optind - 1]);
         }
     }
+    if (strcmp(format, "svg") == 0) {
+        if (optind >= argc)
+            return cli_usage_error("bench", "-o svg needs a file name after the options");
+        plot = argv[optind++];
+    }
     if (optind < argc)
         return cli_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+    if (plot && !batch_mode)
+        return cli_usage_error("bench", "the plot draws tok/s against -b's batch sizes: give -b");
+    if (plot)
+        format = "svg";
     if (!model_dir)
         model_dir = cli_default_model_dir();
     const char *model_name = strrchr(model_dir, '/') && strrchr(model_dir, '/')[1] ? strrchr(model_dir, '/') + 1
@@ -390,6 +418,13 @@ int cmd_bench(int argc, char **argv)
             return cli_report(st);
         }
         n_dev = 1;
+    }
+    if (batch_mode) {
+        bench_batch_args ba = {model_dir, model_name, gcache, format, plot, all, n_dev, batch, pp, tg,
+                               n_batch, n_pp, n_tg, caches, dtypes, n_caches, n_dtypes, reps, seed};
+        int rc_b = bench_batch_run(&ba);
+        free(all);
+        return rc_b;
     }
     device_run *runs = calloc((size_t)n_dev, sizeof *runs);
     int max_res = (n_pp + n_tg) * n_caches * n_dtypes;

@@ -21,6 +21,7 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  generate     generate text from a prompt\n"
+    "  batch        generate from many prompts at once (continuous batching)\n"
     "  logits       write the logits of a token sequence as .npy (the parity interface)\n"
     "  tokenize     text to token ids (SentencePiece unigram)\n"
     "  detokenize   token ids to text\n"
@@ -66,6 +67,7 @@ int cli_exit_code(pldr_status st)
     case PLDR_ERR_DEVICE_MEMORY: return EXIT_DEVICE;
     case PLDR_ERR_CONTEXT_FULL: return EXIT_CONTEXT;
     case PLDR_ERR_OUTPUT: return EXIT_OUTPUT;
+    case PLDR_ERR_BUSY: return EXIT_RUNTIME;
     default: return EXIT_RUNTIME;
     }
 }
@@ -417,7 +419,7 @@ static int run_command(int argc, char **argv)
         {"detokenize", cmd_detokenize}, {"devices", cmd_devices},       {"bench", cmd_bench},
         {"gcache", cmd_gcache}, {"deductive", cmd_deductive}, {"perplexity", cmd_perplexity},
         {"tune", cmd_tune},     {"serve", cmd_serve},       {"classify", cmd_classify},
-        {"qa", cmd_qa},         {"embed", cmd_embed},
+        {"qa", cmd_qa},         {"embed", cmd_embed},     {"batch", cmd_batch},
     };
     const int n_cmds = (int)(sizeof cmds / sizeof cmds[0]);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

@@ -33,6 +33,7 @@ const char *pldr_status_string(pldr_status status)
     case PLDR_ERR_NONFINITE: return "non-finite values";
     case PLDR_ERR_MISMATCH: return "mismatch";
     case PLDR_ERR_OUTPUT: return "cannot write output";
+    case PLDR_ERR_BUSY: return "busy";
     }
     return "unknown status";
 }

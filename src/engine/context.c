@@ -17,16 +17,63 @@ pldr_context_params pldr_context_default_params(void)
     p.n_ctx = 0;
     p.cache_mode = PLDR_CACHE_KVG;
     p.check_finite = 1;
+    p.n_seq = 1;
+    p.shared_g = PLDR_SHARED_G_NONE;
     return p;
 }
 
-int pldr_context_n_past(const pldr_context *c) { return c->n_past; }
+int pldr_context_n_past(const pldr_context *c) { return pldr_seq_n_past(c, 0); }
+int pldr_context_n_seq(const pldr_context *c) { return c->n_seq; }
+
+int pldr_seq_n_past(const pldr_context *c, int s)
+{
+    if (s < 0 || s >= c->n_seq)
+        return -1;
+    return s == c->cur ? c->n_past : c->seq[s].n_past;
+}
+
+void engine_seq_bind(pldr_context *c, int s)
+{
+    if (s == c->cur)
+        return;
+    engine_ahead_cancel(c);
+    c->next_on_device = 0;
+    pldr_seq *o = &c->seq[c->cur], *n = &c->seq[s];
+    o->n_past = c->n_past;
+    o->tokens = c->tokens;
+    o->g_valid = c->g_valid;
+    o->external_g = c->external_g;
+    c->n_past = n->n_past;
+    c->tokens = n->tokens;
+    c->g_valid = n->g_valid;
+    c->external_g = n->external_g;
+    c->k_cache = n->k;
+    c->v_cache = n->v;
+    c->g_a = n->g_a;
+    c->g_alm = n->g_alm;
+    c->g_g = n->g_g;
+    c->cur = s;
+}
+
+void pldr_seq_reset(pldr_context *c, int s)
+{
+    if (s < 0 || s >= c->n_seq)
+        return;
+    engine_seq_bind(c, s);
+    engine_reset_bound(c);
+}
 int pldr_context_n_ctx(const pldr_context *c) { return c->n_ctx; }
 uint64_t pldr_context_device_bytes(const pldr_context *c) { return c->device_bytes; }
 
 pldr_cache_mode pldr_context_cache_mode(const pldr_context *c) { return c->p.cache_mode; }
 
 void pldr_context_reset(pldr_context *c)
+{
+    engine_seq_bind(c, 0);
+    engine_reset_bound(c);
+}
+
+void engine_reset_bound(pldr_context *c)
 {
     engine_ahead_cancel(c);
     c->n_past = 0;
@@ -53,6 +100,8 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.gemv_embed, "gemv_embed"},
         {&c->k.bias_rows, "add_bias_rows"},
         {&c->k.argmax, "argmax"},
+        {&c->k.batch_gemv, "batch_gemv"},   {&c->k.batch_qkv_rope, "batch_qkv_rope"},
+        {&c->k.batch_attention, "batch_attention"}, {&c->k.batch_argmax, "batch_argmax"},
     };
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
         cl_int err;
@@ -122,7 +171,7 @@ static pldr_status make_act(pldr_context *c, size_t T)
         {&c->off.argmax_part, (V / (size_t)m->gemv_rows + 1) * 2 * 4, NULL},
         /* the flags, then the greedy token id and the argmax work-group counter */
         {&c->off.flags, ((size_t)c->n_flags + 2) * 4, &c->flags},
-        {&c->off.ids, T * 4, &c->ids},
+        {&c->off.ids, (size_t)c->act_rows * 4, &c->ids},
         {&c->off.rope, T * (size_t)cf->head_dim * 4, &c->rope},
         {&c->off.logits, LOGIT_CHUNK * V * 4, &c->logits},
     };
@@ -179,14 +228,16 @@ static pldr_status upload_rope(pldr_context *c)
 }
 
 /* A predefined G (custom_G_type) fills the G-cache once, from the checkpoint. */
-pldr_status engine_fill_predefined_g(pldr_context *c)
+pldr_status engine_fill_predefined_g(pldr_context *c, int first, int last)
 {
     const pldr_config *cf = &c->m->cfg;
     if (cf->g_type == PLDR_G_LEARNED)
         return PLDR_OK;
     const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim * 4;
+    for (int q = first; q < last; q++)
     for (int l = 0; l < cf->n_layers; l++) {
-        cl_mem dst[3] = {c->g_a[l], c->g_alm[l], c->g_g[l]};
+        const pldr_seq *sq = &c->seq[q];
+        cl_mem dst[3] = {sq->g_a[l], sq->g_alm[l], sq->g_g[l]};
         for (int i = 0; i < 3; i++) {
             cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
                                              hdd, 0, NULL, NULL);
@@ -197,52 +248,124 @@ pldr_status engine_fill_predefined_g(pldr_context *c)
     return PLDR_OK;
 }
 
+/* A region of buf for sequence s: the whole buffer with one sequence. */
+static pldr_status seq_region(pldr_context *c, cl_mem buf, size_t stride, size_t bytes, int s, cl_mem *out)
+{
+    if (c->n_seq == 1) {
+        clRetainMemObject(buf);
+        *out = buf;
+        return PLDR_OK;
+    }
+    cl_buffer_region reg = {(size_t)s * stride, bytes};
+    cl_int err;
+    *out = clCreateSubBuffer(buf, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &reg, &err);
+    return *out ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "creating a sequence's region of the caches");
+}
+
+/* Rounds bytes up to a multiple of the device's sub-buffer alignment. */
+static size_t round_align(const pldr_context *c, size_t bytes)
+{
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(c->m->ocl.device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    const size_t align = align_bits / 8 > 256 ? align_bits / 8 : 256;
+    return (bytes + align - 1) / align * align;
+}
+
 static pldr_status context_alloc(pldr_context *c)
 {
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const size_t L = (size_t)cf->n_layers, d = (size_t)cf->d_model, F = (size_t)cf->d_ff;
-    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->n_outputs;
+    const size_t T = (size_t)c->n_ctx, V = (size_t)cf->n_outputs, S = (size_t)c->n_seq;
     const size_t hdd = (size_t)cf->n_heads * (size_t)cf->head_dim * (size_t)cf->head_dim;
+    const size_t R = T > S ? T : S; /* activation rows: a prefill, or a batched decode step */
+
+    /* a sequence's cache region starts at an aligned row (sub-buffers) */
+    c->kv_rows = T;
+    if (S > 1)
+        while (round_align(c, c->kv_rows * d * 4) != c->kv_rows * d * 4)
+            c->kv_rows++;
+    c->g_stride = (S > 1 ? round_align(c, hdd * 4) : hdd * 4) / 4;
+    c->act_rows = (int)R;
 
     /* what the context will need, checked before anything is allocated */
-    uint64_t need = 2 * L * T * d * 4 + 3 * L * hdd * 4 + T * (size_t)cf->head_dim * 4 +
-                    T * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 + LOGIT_CHUNK * V * 4 +
-                    (m->weight_half ? m->max_matrix_elems * 4 : 0);
+    const uint64_t per_seq = 2 * L * c->kv_rows * d * 4 + 3 * L * c->g_stride * 4;
+    uint64_t need = S * per_seq + T * (size_t)cf->head_dim * 4 + R * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 +
+                    LOGIT_CHUNK * V * 4 + (m->weight_half ? m->max_matrix_elems * 4 : 0);
     uint64_t have = m->ocl.info.global_mem_bytes;
-    if (need + m->device_bytes > have)
+    if (need + m->device_bytes > have) {
+        if (S > 1)
+            return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
+                             "%d sequences of %d tokens need %.1f MiB of device memory (%.1f MiB of caches per "
+                             "sequence) beside the %.1f MiB of weights, but %s has %.1f MiB (try fewer sequences "
+                             "or a smaller --ctx)",
+                             c->n_seq, c->n_ctx, need / 1048576.0, per_seq / 1048576.0, m->device_bytes / 1048576.0,
+                             m->ocl.info.name, have / 1048576.0);
         return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
                          "a context of %d tokens needs %.1f MiB of device memory beside the %.1f MiB of weights, "
                          "but %s has %.1f MiB (try a smaller --ctx%s)",
                          c->n_ctx, need / 1048576.0, m->device_bytes / 1048576.0, m->ocl.info.name,
                          have / 1048576.0, m->weight_half ? "" : ", or --dtype f16");
-
-    c->k_cache = calloc(L, sizeof(cl_mem));
-    c->v_cache = calloc(L, sizeof(cl_mem));
-    c->g_a = calloc(L, sizeof(cl_mem));
-    c->g_alm = calloc(L, sizeof(cl_mem));
-    c->g_g = calloc(L, sizeof(cl_mem));
-    c->tokens = calloc(T, sizeof *c->tokens);
-    c->n_flags = 3 * (int)L + 2;
-    if (!c->k_cache || !c->v_cache || !c->g_a || !c->g_alm || !c->g_g || !c->tokens)
-        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
-    TRY(map_stage(c));
-    for (size_t l = 0; l < L; l++) {
-        TRY(ctx_buffer(c, &c->k_cache[l], T * d * 4, "the K cache"));
-        TRY(ctx_buffer(c, &c->v_cache[l], T * d * 4, "the V cache"));
-        TRY(ctx_buffer(c, &c->g_a[l], hdd * 4, "the G-cache"));
-        TRY(ctx_buffer(c, &c->g_alm[l], hdd * 4, "the G-cache"));
-        TRY(ctx_buffer(c, &c->g_g[l], hdd * 4, "the G-cache"));
     }
+
+    c->seq = calloc(S, sizeof *c->seq);
+    c->k_all = calloc(L, sizeof(cl_mem));
+    c->v_all = calloc(L, sizeof(cl_mem));
+    c->ga_all = calloc(L, sizeof(cl_mem));
+    c->galm_all = calloc(L, sizeof(cl_mem));
+    c->gg_all = calloc(L, sizeof(cl_mem));
+    c->batch_host = calloc(4 * S, sizeof *c->batch_host);
+    c->batch_logits = calloc(LOGIT_CHUNK * V, sizeof *c->batch_logits);
+    c->n_flags = 3 * (int)L + 2;
+    if (!c->seq || !c->k_all || !c->v_all || !c->ga_all || !c->galm_all || !c->gg_all || !c->batch_host ||
+        !c->batch_logits)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
+    for (size_t q = 0; q < S; q++) {
+        pldr_seq *sq = &c->seq[q];
+        sq->k = calloc(L, sizeof(cl_mem));
+        sq->v = calloc(L, sizeof(cl_mem));
+        sq->g_a = calloc(L, sizeof(cl_mem));
+        sq->g_alm = calloc(L, sizeof(cl_mem));
+        sq->g_g = calloc(L, sizeof(cl_mem));
+        sq->tokens = calloc(T, sizeof *sq->tokens);
+        if (!sq->k || !sq->v || !sq->g_a || !sq->g_alm || !sq->g_g || !sq->tokens)
+            return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory for the context");
+    }
+    TRY(map_stage(c));
+    const size_t kv_bytes = c->kv_rows * d * 4, g_bytes = c->g_stride * 4;
+    for (size_t l = 0; l < L; l++) {
+        TRY(ctx_buffer(c, &c->k_all[l], S * kv_bytes, "the K cache"));
+        TRY(ctx_buffer(c, &c->v_all[l], S * kv_bytes, "the V cache"));
+        TRY(ctx_buffer(c, &c->ga_all[l], S * g_bytes, "the G-cache"));
+        TRY(ctx_buffer(c, &c->galm_all[l], S * g_bytes, "the G-cache"));
+        TRY(ctx_buffer(c, &c->gg_all[l], S * g_bytes, "the G-cache"));
+        for (size_t q = 0; q < S; q++) {
+            pldr_seq *sq = &c->seq[q];
+            TRY(seq_region(c, c->k_all[l], kv_bytes, T * d * 4, (int)q, &sq->k[l]));
+            TRY(seq_region(c, c->v_all[l], kv_bytes, T * d * 4, (int)q, &sq->v[l]));
+            TRY(seq_region(c, c->ga_all[l], g_bytes, hdd * 4, (int)q, &sq->g_a[l]));
+            TRY(seq_region(c, c->galm_all[l], g_bytes, hdd * 4, (int)q, &sq->g_alm[l]));
+            TRY(seq_region(c, c->gg_all[l], g_bytes, hdd * 4, (int)q, &sq->g_g[l]));
+        }
+    }
+    c->cur = 0;
+    c->tokens = c->seq[0].tokens;
+    c->k_cache = c->seq[0].k;
+    c->v_cache = c->seq[0].v;
+    c->g_a = c->seq[0].g_a;
+    c->g_alm = c->seq[0].g_alm;
+    c->g_g = c->seq[0].g_g;
     TRY(make_act(c, T));
     cl_mem *td[] = {&c->x, &c->x1, &c->q, &c->qg, &c->att, &c->o};
     for (size_t i = 0; i < sizeof td / sizeof td[0]; i++)
-        TRY(ctx_buffer(c, td[i], T * d * 4, "activations"));
-    TRY(ctx_buffer(c, &c->qkv, T * 3 * d * 4, "activations"));
-    TRY(ctx_buffer(c, &c->h, T * 2 * F * 4, "activations"));
-    TRY(ctx_buffer(c, &c->g, T * F * 4, "activations"));
+        TRY(ctx_buffer(c, td[i], R * d * 4, "activations"));
+    TRY(ctx_buffer(c, &c->qkv, R * 3 * d * 4, "activations"));
+    TRY(ctx_buffer(c, &c->h, R * 2 * F * 4, "activations"));
+    TRY(ctx_buffer(c, &c->g, R * F * 4, "activations"));
     TRY(ctx_buffer(c, &c->a0, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
+    TRY(ctx_buffer(c, &c->seqinfo, S * 3 * 4, "the batch description"));
+    TRY(ctx_buffer(c, &c->batch_ids, S * 4, "the batch's greedy tokens"));
     if (m->weight_half && !m->own_gemm)
         TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
     return PLDR_OK;
@@ -260,12 +383,17 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
                          params->n_ctx, m->cfg.max_position);
     if (params->cache_mode < PLDR_CACHE_NONE || params->cache_mode > PLDR_CACHE_KVG)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown cache mode %d", (int)params->cache_mode);
+    if (params->n_seq < 1 || params->n_seq > PLDR_MAX_SEQ)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "%d sequences is outside [1, %d]", params->n_seq, PLDR_MAX_SEQ);
+    if (params->shared_g < PLDR_SHARED_G_NONE || params->shared_g > PLDR_SHARED_G_FIRST)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown shared G mode %d", (int)params->shared_g);
     pldr_context *c = calloc(1, sizeof *c);
     if (!c)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
     c->m = m;
     c->p = *params;
     c->n_ctx = params->n_ctx ? params->n_ctx : m->cfg.max_position;
+    c->n_seq = params->n_seq;
     cl_command_queue_properties qp = 0;
     clGetCommandQueueInfo(m->ocl.queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
     if (qp & CL_QUEUE_PROFILING_ENABLE) {
@@ -283,7 +411,7 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     if (st == PLDR_OK)
         st = upload_rope(c);
     if (st == PLDR_OK)
-        st = engine_fill_predefined_g(c);
+        st = engine_fill_predefined_g(c, 0, c->n_seq);
     if (st == PLDR_OK) {
         cl_int err = clFinish(m->ocl.queue);
         if (err != CL_SUCCESS)
@@ -293,7 +421,8 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
         pldr_context_free(c);
         return st;
     }
-    pldr_context_reset(c);
+    for (int q = c->n_seq - 1; q >= 0; q--)
+        pldr_seq_reset(c, q);
     *out = c;
     return PLDR_OK;
 }
@@ -318,24 +447,36 @@ void pldr_context_free(pldr_context *c)
     }
     free(c->events);
     free(c->event_names);
-    cl_mem **per_layer[] = {&c->k_cache, &c->v_cache, &c->g_a, &c->g_alm, &c->g_g};
-    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
-        cl_mem *arr = *per_layer[i];
-        if (arr)
-            for (int l = 0; l < c->m->cfg.n_layers; l++)
-                pldr_release_mem(&arr[l]);
-        free(arr);
+    for (int q = 0; c->seq && q < c->n_seq; q++) {
+        pldr_seq *sq = &c->seq[q];
+        cl_mem *per_seq[] = {sq->k, sq->v, sq->g_a, sq->g_alm, sq->g_g};
+        for (size_t i = 0; i < sizeof per_seq / sizeof per_seq[0]; i++) {
+            if (per_seq[i])
+                for (int l = 0; l < c->m->cfg.n_layers; l++)
+                    pldr_release_mem(&per_seq[i][l]);
+            free(per_seq[i]);
+        }
+        free(sq->tokens);
     }
+    free(c->seq);
+    cl_mem *per_layer[] = {c->k_all, c->v_all, c->ga_all, c->galm_all, c->gg_all};
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
+        if (per_layer[i])
+            for (int l = 0; l < c->m->cfg.n_layers; l++)
+                pldr_release_mem(&per_layer[i][l]);
+        free(per_layer[i]);
+    }
+    free(c->batch_host);
+    free(c->batch_logits);
     cl_mem *single[] = {&c->rope, &c->ids, &c->x, &c->x1, &c->qkv, &c->q, &c->qg, &c->att, &c->o, &c->h,
                         &c->g, &c->a0, &c->a_p, &c->logits, &c->flags, &c->w_scratch,
-                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->act};
+                        &c->s1, &c->s2, &c->xn, &c->x1n, &c->act, &c->seqinfo, &c->batch_ids};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++)
         pldr_release_mem(single[i]);
     cl_kernel *ks = (cl_kernel *)&c->k;
     for (size_t i = 0; i < sizeof c->k / sizeof(cl_kernel); i++)
         if (ks[i])
             clReleaseKernel(ks[i]);
-    free(c->tokens);
     if (c->stage_ptr) {
         clEnqueueUnmapMemObject(c->m->ocl.queue, c->stage, c->stage_ptr, 0, NULL, NULL);
         clFinish(c->m->ocl.queue);

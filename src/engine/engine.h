@@ -19,7 +19,19 @@ typedef struct kernels {
     cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
     cl_kernel apply_g, att_prefill, att_decode, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax;
+    cl_kernel batch_gemv, batch_qkv_rope, batch_attention, batch_argmax; /* kernels/batch.cl */
 } kernels;
+
+/* One sequence of a context: what the context's single-sequence fields
+ * (n_past .. external_g, k_cache .. g_g) hold while it is bound (see
+ * engine_seq_bind). With one sequence its arrays are the whole caches; with
+ * several, sub-buffers of them (pldr_context.k_all ..). */
+typedef struct pldr_seq {
+    int n_past;
+    int32_t *tokens;
+    int g_valid, external_g;
+    cl_mem *k, *v, *g_a, *g_alm, *g_g; /* per layer */
+} pldr_seq;
 
 struct pldr_context {
     pldr_model *m;
@@ -31,6 +43,19 @@ struct pldr_context {
     int external_g;  /* the G-cache was set from outside: never recomputed */
     kernels k;
     uint64_t device_bytes;
+    /* sequences: seq[cur] is bound to the fields above and below */
+    int n_seq, cur;
+    pldr_seq *seq;
+    int shared_g_ready;          /* PLDR_SHARED_G_FIRST: the first prompt's G-cache is in every sequence */
+    cl_mem *k_all, *v_all;       /* per layer [n_seq, kv_rows, d] */
+    cl_mem *ga_all, *galm_all, *gg_all; /* per layer [n_seq, g_stride] */
+    size_t kv_rows;              /* cache rows per sequence: n_ctx, padded so that regions are aligned */
+    size_t g_stride;             /* floats per sequence in the G-cache buffers */
+    int act_rows;                /* rows of the activations: max(n_ctx, n_seq) */
+    cl_mem seqinfo;              /* batched decode: (sequence, position, first cache row) per row */
+    cl_mem batch_ids;            /* batched greedy decode: the argmax per row */
+    int *batch_host;             /* host copies: 3 ints per row, then ids */
+    float *batch_logits;         /* [LOGIT_CHUNK, V] */
     /* caches */
     cl_mem *k_cache, *v_cache;   /* per layer [n_ctx, d] */
     cl_mem *g_a, *g_alm, *g_g;   /* per layer [H, dk, dk] */
@@ -188,6 +213,23 @@ pldr_status engine_check_flags(pldr_context *c);
 
 void engine_ahead_cancel(pldr_context *c);
 
-pldr_status engine_fill_predefined_g(pldr_context *c);
+/* pldr_eval and pldr_eval_greedy on the bound sequence. */
+pldr_status engine_eval_bound(pldr_context *c, const int32_t *ids, int n, float *logits, int all_rows);
+pldr_status engine_eval_greedy_bound(pldr_context *c, const int32_t *ids, int n, int32_t *next_id);
+/* PLDR_SHARED_G_FIRST: the bound sequence's G-cache, just computed, into
+ * every sequence, each marked as holding an external G from now on. */
+pldr_status engine_share_g(pldr_context *c);
+/* pldr_context_reset of the bound sequence. */
+void engine_reset_bound(pldr_context *c);
+/* Makes sequence s the one the single-sequence fields describe. */
+void engine_seq_bind(pldr_context *c, int s);
+/* C[M, N] = A[M, K] . W[N, K]^T for the few rows of a batched decode step. */
+pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, cl_mem w, size_t w_pitch,
+                             cl_mem out);
+pldr_status engine_clear_flags(pldr_context *c);
+pldr_status engine_fetch_flags(pldr_context *c, int words, cl_bool blocking);
+
+/* Fills the G-caches of sequences [first, last) with a predefined G. */
+pldr_status engine_fill_predefined_g(pldr_context *c, int first, int last);
 
 #endif

@@ -157,7 +157,7 @@ pldr_status engine_final_row(pldr_context *c, int row)
 
 /* Enqueues the read of the flags (and the greedy token after them); blocking
  * or not: a later blocking read in the same in-order queue completes it. */
-static pldr_status fetch_flags(pldr_context *c, int words, cl_bool blocking)
+pldr_status engine_fetch_flags(pldr_context *c, int words, cl_bool blocking)
 {
     cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, blocking, 0, (size_t)words * sizeof(int),
                                      c->flags_host, 0, NULL, NULL);
@@ -192,7 +192,7 @@ pldr_status engine_check_flags(pldr_context *c)
     return PLDR_OK;
 }
 
-static pldr_status clear_flags(pldr_context *c)
+pldr_status engine_clear_flags(pldr_context *c)
 {
     if (!c->flags_dirty)
         return PLDR_OK;
@@ -253,7 +253,7 @@ static pldr_status check_ids(const pldr_context *c, const int32_t *ids, int n)
 pldr_status engine_run(pldr_context *c, const int32_t *ids, int n, int keep, int *rows_at)
 {
     TRY(check_ids(c, ids, n));
-    TRY(clear_flags(c));
+    TRY(engine_clear_flags(c));
     /* a greedy step feeding back the token the previous step left on the device */
     const int chained = c->next_on_device && n == 1 && ids[0] == c->last_next;
     c->next_on_device = 0;
@@ -268,6 +268,8 @@ pldr_status engine_run(pldr_context *c, const int32_t *ids, int n, int keep, int
     } else {
         TRY(forward_tokens(c, ids, n, c->n_past, c->n_past == 0, keep));
         *rows_at = 0;
+        if (c->n_past == 0 && c->p.shared_g == PLDR_SHARED_G_FIRST && !c->shared_g_ready && !g_fixed(c))
+            TRY(engine_share_g(c));
     }
     if (c->p.cache_mode != PLDR_CACHE_NONE)
         c->g_valid = 1;
@@ -278,23 +280,29 @@ pldr_status engine_run(pldr_context *c, const int32_t *ids, int n, int keep, int
 pldr_status pldr_eval(pldr_context *c, const int32_t *ids, int n, float *logits, int all_rows)
 {
     pldr_clear_error();
+    engine_seq_bind(c, 0);
+    return engine_eval_bound(c, ids, n, logits, all_rows);
+}
+
+pldr_status engine_eval_bound(pldr_context *c, const int32_t *ids, int n, float *logits, int all_rows)
+{
     engine_ahead_cancel(c);
     int rows_at;
     TRY(engine_run(c, ids, n, logits && all_rows ? n : 1, &rows_at));
     if (!logits) {
-        TRY(fetch_flags(c, c->n_flags, CL_TRUE));
+        TRY(engine_fetch_flags(c, c->n_flags, CL_TRUE));
         return engine_check_flags(c);
     }
     if (rows_at < 0) {
         TRY(engine_final_from_decode(c, 0));
-        TRY(fetch_flags(c, c->n_flags, CL_FALSE));
+        TRY(engine_fetch_flags(c, c->n_flags, CL_FALSE));
         TRY(read_logits(c, logits, 1));
     } else if (all_rows) {
         TRY(logits_rows(c, rows_at, n, logits));
-        TRY(fetch_flags(c, c->n_flags, CL_TRUE));
+        TRY(engine_fetch_flags(c, c->n_flags, CL_TRUE));
     } else {
         TRY(engine_final_row(c, rows_at + n - 1));
-        TRY(fetch_flags(c, c->n_flags, CL_FALSE));
+        TRY(engine_fetch_flags(c, c->n_flags, CL_FALSE));
         TRY(read_logits(c, logits, 1));
     }
     TRY(engine_check_flags(c));
@@ -312,6 +320,7 @@ pldr_status pldr_eval_hidden(pldr_context *c, const int32_t *ids, int n, float *
     pldr_clear_error();
     if (!c || !hidden)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_eval_hidden: NULL argument");
+    engine_seq_bind(c, 0);
     engine_ahead_cancel(c);
     int rows_at;
     TRY(engine_run(c, ids, n, n, &rows_at));
@@ -327,7 +336,7 @@ pldr_status pldr_eval_hidden(pldr_context *c, const int32_t *ids, int n, float *
     }
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&c->m->ocl, err, "reading the hidden states");
-    TRY(fetch_flags(c, c->n_flags, CL_TRUE));
+    TRY(engine_fetch_flags(c, c->n_flags, CL_TRUE));
     TRY(engine_check_flags(c));
     if (c->p.check_finite)
         for (size_t i = 0; i < (size_t)n * d; i++)

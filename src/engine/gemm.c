@@ -76,3 +76,20 @@ pldr_status engine_gemv(pldr_context *c, const gemv_op *op)
                      A_INT(res), A_INT(has_res), A_INT(op->glu), A_INT(op->y),
                      A_LOCAL((size_t)pitch * sizeof(float)));
 }
+
+/* The products of a batched decode step (M = the sequences decoded, a few
+ * rows): on CPU devices the engine's GEMM, whose work-groups of 64 rows read
+ * each weight once for all of them; elsewhere kernels/batch.cl's batch_gemv
+ * (each weight loaded once into registers for every row) up to 32 rows or
+ * with half weights (CLBlast would need them widened first), CLBlast above. */
+pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, cl_mem w, size_t w_pitch,
+                             cl_mem out)
+{
+    const pldr_model *m = c->m;
+    if (m->own_gemm || (M > 32 && !m->weight_half))
+        return engine_gemm(c, M, N, K, a, 0, w, w_pitch, out, 0);
+    const size_t groups = (N + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
+    return LAUNCH(c, batch_gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(a), A_LONG(0),
+                  A_INT((int)K), A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG(0), A_INT((int)N), A_INT((int)M),
+                  A_INT((int)N), A_INT((int)K));
+}

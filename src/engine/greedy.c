@@ -63,6 +63,12 @@ pldr_status pldr_context_finish(pldr_context *c)
 pldr_status pldr_eval_greedy(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
 {
     pldr_clear_error();
+    engine_seq_bind(c, 0);
+    return engine_eval_greedy_bound(c, ids, n, next_id);
+}
+
+pldr_status engine_eval_greedy_bound(pldr_context *c, const int32_t *ids, int n, int32_t *next_id)
+{
     if (c->ahead && n == 1 && ids[0] == c->last_next) {
         /* this step is already on its way (ahead_enqueue checked its position) */
         c->ahead = 0;

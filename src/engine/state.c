@@ -24,7 +24,7 @@ static pldr_status copy_buffer(pldr_context *c, cl_mem b, size_t off, size_t byt
                              : pldr_cl_fail(&c->m->ocl, err, write ? "writing the caches" : "reading the caches");
 }
 
-pldr_status pldr_context_get_gcache(pldr_context *c, float *out)
+static pldr_status bound_get_gcache(pldr_context *c, float *out)
 {
     engine_ahead_cancel(c);
     pldr_clear_error();
@@ -37,7 +37,7 @@ pldr_status pldr_context_get_gcache(pldr_context *c, float *out)
     return PLDR_OK;
 }
 
-pldr_status pldr_context_set_external_g(pldr_context *c, const float *a, const float *a_lm, const float *g_lm)
+static pldr_status bound_set_external_g(pldr_context *c, const float *a, const float *a_lm, const float *g_lm)
 {
     engine_ahead_cancel(c);
     pldr_clear_error();
@@ -64,14 +64,14 @@ pldr_status pldr_context_set_external_g(pldr_context *c, const float *a, const f
     return st;
 }
 
-void pldr_context_clear_external_g(pldr_context *c)
+static void bound_clear_external_g(pldr_context *c)
 {
     engine_ahead_cancel(c);
     c->external_g = 0;
     if (c->m->cfg.g_type == PLDR_G_LEARNED) {
         c->g_valid = 0;
     } else {
-        engine_fill_predefined_g(c);
+        engine_fill_predefined_g(c, c->cur, c->cur + 1);
         clFinish(c->m->ocl.queue);
     }
     if (c->n_past > 0 && c->m->cfg.g_type == PLDR_G_LEARNED)
@@ -89,7 +89,7 @@ void pldr_state_free(pldr_state *s)
     memset(s, 0, sizeof *s);
 }
 
-pldr_status pldr_context_get_state(pldr_context *c, pldr_state *s)
+static pldr_status bound_get_state(pldr_context *c, pldr_state *s)
 {
     engine_ahead_cancel(c);
     pldr_clear_error();
@@ -116,13 +116,13 @@ pldr_status pldr_context_get_state(pldr_context *c, pldr_state *s)
             st = copy_buffer(c, c->v_cache[l], 0, n * d * 4, s->v + l * n * d, 0);
     }
     if (st == PLDR_OK)
-        st = pldr_context_get_gcache(c, s->gcache);
+        st = bound_get_gcache(c, s->gcache);
     if (st != PLDR_OK)
         pldr_state_free(s);
     return st;
 }
 
-pldr_status pldr_context_set_state(pldr_context *c, const pldr_state *s)
+static pldr_status bound_set_state(pldr_context *c, const pldr_state *s)
 {
     engine_ahead_cancel(c);
     pldr_clear_error();
@@ -148,5 +148,94 @@ pldr_status pldr_context_set_state(pldr_context *c, const pldr_state *s)
     c->n_past = s->n_past;
     c->external_g = s->external_g;
     c->g_valid = s->g_valid || g_fixed(c);
+    return PLDR_OK;
+}
+
+/* The single-sequence calls act on sequence 0; with a shared external G,
+ * setting or clearing it acts on every sequence. */
+pldr_status pldr_context_get_gcache(pldr_context *c, float *out)
+{
+    engine_seq_bind(c, 0);
+    return bound_get_gcache(c, out);
+}
+
+static pldr_status bad_seq(const pldr_context *c, int s)
+{
+    return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "sequence %d is outside [0, %d)", s, c->n_seq);
+}
+
+pldr_status pldr_seq_set_external_g(pldr_context *c, int s, const float *a, const float *a_lm, const float *g_lm)
+{
+    if (s < 0 || s >= c->n_seq)
+        return bad_seq(c, s);
+    engine_seq_bind(c, s);
+    return bound_set_external_g(c, a, a_lm, g_lm);
+}
+
+pldr_status pldr_context_set_external_g(pldr_context *c, const float *a, const float *a_lm, const float *g_lm)
+{
+    if (c->p.shared_g != PLDR_SHARED_G_EXTERNAL)
+        return pldr_seq_set_external_g(c, 0, a, a_lm, g_lm);
+    for (int s = 0; s < c->n_seq; s++)
+        TRY(pldr_seq_set_external_g(c, s, a, a_lm, g_lm));
+    return PLDR_OK;
+}
+
+void pldr_seq_clear_external_g(pldr_context *c, int s)
+{
+    if (s < 0 || s >= c->n_seq)
+        return;
+    engine_seq_bind(c, s);
+    bound_clear_external_g(c);
+}
+
+void pldr_context_clear_external_g(pldr_context *c)
+{
+    for (int s = 0; s < c->n_seq; s++)
+        if (s == 0 || c->p.shared_g == PLDR_SHARED_G_EXTERNAL)
+            pldr_seq_clear_external_g(c, s);
+}
+
+pldr_status pldr_seq_get_state(pldr_context *c, int s, pldr_state *st)
+{
+    if (s < 0 || s >= c->n_seq) {
+        memset(st, 0, sizeof *st);
+        return bad_seq(c, s);
+    }
+    engine_seq_bind(c, s);
+    return bound_get_state(c, st);
+}
+
+pldr_status pldr_seq_set_state(pldr_context *c, int s, const pldr_state *st)
+{
+    if (s < 0 || s >= c->n_seq)
+        return bad_seq(c, s);
+    engine_seq_bind(c, s);
+    return bound_set_state(c, st);
+}
+
+pldr_status pldr_context_get_state(pldr_context *c, pldr_state *st) { return pldr_seq_get_state(c, 0, st); }
+pldr_status pldr_context_set_state(pldr_context *c, const pldr_state *st) { return pldr_seq_set_state(c, 0, st); }
+
+pldr_status engine_share_g(pldr_context *c)
+{
+    const size_t g_bytes = hdd_of(&c->m->cfg) * 4;
+    for (int q = 0; q < c->n_seq; q++) {
+        if (q == c->cur)
+            continue;
+        pldr_seq *sq = &c->seq[q];
+        for (int l = 0; l < c->m->cfg.n_layers; l++) {
+            cl_mem src[3] = {c->g_a[l], c->g_alm[l], c->g_g[l]}, dst[3] = {sq->g_a[l], sq->g_alm[l], sq->g_g[l]};
+            for (int i = 0; i < 3; i++) {
+                cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, src[i], dst[i], 0, 0, g_bytes, 0, NULL, NULL);
+                if (err != CL_SUCCESS)
+                    return pldr_cl_fail(&c->m->ocl, err, "sharing the first prompt's G-cache");
+            }
+        }
+        sq->external_g = 1;
+        sq->g_valid = 1;
+    }
+    c->external_g = 1;
+    c->shared_g_ready = 1;
     return PLDR_OK;
 }

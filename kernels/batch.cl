@@ -1,0 +1,167 @@
+/* Decode of B sequences at once (one new token each): the rows of a step
+ * belong to different sequences, each with its own position, its own region
+ * of the K/V caches and its own G-cache. seq[3 * r .. 3 * r + 2] describes row
+ * r: its sequence, its position, and the first cache row of its sequence
+ * (sequence * rows per sequence). Nothing here hands data from one
+ * work-group to another: every launch's outputs are read by the next launch.
+ * The products of a step are batched GEMVs (batch_gemv below, or the GEMMs of
+ * src/engine/gemm.c): each weight is read once for all B rows. */
+
+/* One float4 of row `row` of a weight matrix, at vector index i: the only
+ * place the batched products read weights (a quantized format replaces
+ * this). */
+inline float4 batch_w4(__global const WT *row, const int i)
+{
+    return LOAD_ROW4(row, i);
+}
+
+/* Element k of the same row (the tail of a row whose length is not a
+ * multiple of 4). */
+inline float batch_w1(__global const WT *row, const int k)
+{
+    return LOAD_W(row, k);
+}
+
+/* C[M, N] = A[M, K] . W[N, K]^T for few rows M (the decode of M sequences):
+ * a work-group computes GEMV_ROWS rows of W with LANES work-items each; each
+ * work-item holds BATCH_TILE accumulators, one per row of A, so that the
+ * weights it loads serve every row of the tile from registers. Rows of A are
+ * read from global memory (a few KiB, cached); the K % 4 last columns of a
+ * row one at a time. Same arguments as gemm_cpu. */
+#define BATCH_TILE 8
+__kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
+void batch_gemv(__global const float *a, const long a_off, const int lda, __global const WT *w, const int ldw,
+                __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
+{
+    __local float red[GEMV_WG];
+    const int lid = get_local_id(0);
+    const int n = get_group_id(0) * GEMV_ROWS + lid / LANES, lane = lid % LANES;
+    const int live = n < N;
+    __global const WT *wr = w + (long)(live ? n : 0) * ldw;
+    const int kv = K / 4;
+    for (int m0 = 0; m0 < M; m0 += BATCH_TILE) {
+        float acc[BATCH_TILE];
+#pragma unroll
+        for (int i = 0; i < BATCH_TILE; i++)
+            acc[i] = 0.0f;
+        if (live)
+            for (int k = lane; k < kv; k += LANES) {
+                const float4 wv = batch_w4(wr, k);
+#pragma unroll
+                for (int i = 0; i < BATCH_TILE; i++)
+                    if (m0 + i < M)
+                        acc[i] += dot(wv, vload4(k, a + a_off + (long)(m0 + i) * lda));
+            }
+        if (live)
+            for (int k = 4 * kv + lane; k < K; k += LANES) {
+                const float wk = batch_w1(wr, k);
+#pragma unroll
+                for (int i = 0; i < BATCH_TILE; i++)
+                    if (m0 + i < M)
+                        acc[i] += wk * a[a_off + (long)(m0 + i) * lda + k];
+            }
+        for (int i = 0; i < BATCH_TILE && m0 + i < M; i++) {
+#if LANES > 1
+            red[lid] = acc[i];
+            barrier(CLK_LOCAL_MEM_FENCE);
+            if (lane == 0) {
+                float s = 0.0f;
+                for (int j = 0; j < LANES; j++)
+                    s += red[lid + j];
+                acc[i] = s;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+            if (lane == 0 && live)
+                c[c_off + (long)(m0 + i) * ldc + n] = acc[i];
+        }
+    }
+}
+
+/* RoPE of q and k with each row's position, the Q/K/V bias, and the write of
+ * k and v into the row's sequence region of the caches. Global size:
+ * B * HEADS * DK/2. */
+__kernel void batch_qkv_rope(__global const float *qkv, __global const float *bias, __global const float2 *rope,
+                             __global float *q_out, __global float *k_cache, __global float *v_cache,
+                             __global const int *seq)
+{
+    const int gid = get_global_id(0);
+    const int i = gid % (DK / 2);
+    const int h = (gid / (DK / 2)) % HEADS;
+    const int t = gid / (DK / 2 * HEADS);
+    const int pos = seq[3 * t + 1], base = seq[3 * t + 2];
+    const int2 p = rope_pair(i);
+    const float2 cs = rope[(long)pos * (DK / 2) + i];
+    const long in = (long)t * 3 * DMODEL + h * DK;
+    const int off = h * DK;
+    const float q0 = qkv[in + p.x] + bias[off + p.x], q1 = qkv[in + p.y] + bias[off + p.y];
+    const float k0 = qkv[in + DMODEL + p.x] + bias[DMODEL + off + p.x];
+    const float k1 = qkv[in + DMODEL + p.y] + bias[DMODEL + off + p.y];
+    const long qo = (long)t * DMODEL + off;
+    q_out[qo + p.x] = q0 * cs.x - q1 * cs.y;
+    q_out[qo + p.y] = q1 * cs.x + q0 * cs.y;
+    const long ko = (long)(base + pos) * DMODEL + off;
+    k_cache[ko + p.x] = k0 * cs.x - k1 * cs.y;
+    k_cache[ko + p.y] = k1 * cs.x + k0 * cs.y;
+    v_cache[ko + p.x] = qkv[in + 2 * DMODEL + p.x] + bias[2 * DMODEL + off + p.x];
+    v_cache[ko + p.y] = qkv[in + 2 * DMODEL + p.y] + bias[2 * DMODEL + off + p.y];
+}
+
+/* Attention of row t (one work-group per (row, head)): q @ G_LM of the row's
+ * sequence (g + sequence * g_stride floats), scaled, then the keys 0 .. pos
+ * of its sequence's cache region. */
+__kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
+void batch_attention(__global const float *q, __global const float *g, const long g_stride, const float scale,
+                     __global const float *k_cache, __global const float *v_cache, __global const int *seq,
+                     __global float *out)
+{
+    __local float qs[DK], qg[DK], p[ATT_WG], scratch[ATT_WG];
+    __local float4 red[ATT_WG];
+    const int wg = get_group_id(0), lid = get_local_id(0);
+    const int t = wg / HEADS, h = wg % HEADS;
+    const int s = seq[3 * t], pos = seq[3 * t + 1], base = seq[3 * t + 2];
+    const long row = (long)t * DMODEL + h * DK;
+    for (int i = lid; i < DK; i += ATT_WG)
+        qs[i] = q[row + i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    __global const float *gh = g + s * g_stride + h * DK * DK;
+    for (int j = lid; j < DK; j += ATT_WG) {
+        float a = 0.0f;
+        for (int i = 0; i < DK; i++)
+            a += qs[i] * gh[i * DK + j];
+        qg[j] = a * scale;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const long kb = (long)base * DMODEL;
+    attend_row(qg, k_cache + kb, v_cache + kb, h, pos + 1, out + row, p, scratch, red);
+}
+
+/* Greedy decoding of B rows: out[r] is the index of the largest logit of row
+ * r (the lowest among equals); one work-group per row. */
+__kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
+void batch_argmax(__global const float *logits, const int n, __global int *out, const int out_off,
+                  __global int *flags, const int flag_index)
+{
+    __local float best_v[ROW_WG];
+    __local int best_i[ROW_WG];
+    const int lid = get_local_id(0), r = get_group_id(0);
+    __global const float *lr = logits + (long)r * n;
+    float bv = -INFINITY;
+    int bi = n;
+    int bad = 0;
+    for (int i = lid; i < n; i += ROW_WG) {
+        const float v = lr[i];
+        bad |= !isfinite(v);
+        if (v > bv || (v == bv && i < bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    if (bad)
+        atomic_or(flags + flag_index, FLAG_NONFINITE);
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    wg_argmax(best_v, best_i);
+    if (lid == 0)
+        out[out_off + r] = best_i[0] < n ? best_i[0] : 0;
+}
