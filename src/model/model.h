@@ -49,6 +49,8 @@ struct pldr_model {
     pldr_config_extra cfg_extra; /* labels, longrope factors and other rope_scaling parameters */
     pldr_ocl ocl;
     cl_program program;
+    double build_s; /* seconds pldr_ocl_build took (compiling, or reading the binary cache) */
+    int compiled;   /* the kernels were compiled from source at this load */
     pldr_dtype wtype;      /* storage of the large matrices (pldr_weight) */
     double quantize_s;     /* seconds spent converting them at load (not f32, f16) */
     pldr_weight emb;       /* [V, d] (pitch emb_pitch) */
