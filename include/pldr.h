@@ -213,6 +213,14 @@ const char *pldr_model_kernel_options(const pldr_model *model);
 /* 1 when the work-group shapes `pldr tune` stored for this device, model and
  * weight dtype were applied at load (see pldr_model_params.work_groups). */
 int pldr_model_decode_tuned(const pldr_model *model);
+/* Seconds the load spent building the kernels: compiling them on a first
+ * start, reading the compiled binaries from the cache later. Some drivers
+ * (PoCL) compile further at each kernel's first launch: see
+ * pldr_generate_warmup. */
+double pldr_model_build_seconds(const pldr_model *model);
+/* 1 when the load compiled the kernels from source (a first start for this
+ * device, driver and model dimensions), 0 when it read them from the cache. */
+int pldr_model_kernels_compiled(const pldr_model *model);
 
 /* Measures the device's memory bandwidth (bytes read + written per second):
  * the best of a copy kernel, the driver's copy and a read-only kernel, each
@@ -462,7 +470,8 @@ pldr_status pldr_tokenize_prompt(const pldr_tokenizer *tok, const pldr_tokenizer
  *             span tokens and is never part of the text handed out; the text
  *             that could begin one is held back until it cannot;
  *   LENGTH    max_tokens tokens were picked;
- *   CONTEXT   the context is full: the next token cannot be fed;
+ *   CONTEXT   the context is full: no token is picked that could not be fed
+ *             (so that a session saved then holds every token handed out);
  *   CANCELLED the token callback returned non-zero. */
 
 typedef enum pldr_finish_reason {
@@ -563,6 +572,14 @@ pldr_status pldr_gen_finish(pldr_gen *g, pldr_finish_reason why, pldr_token_even
 int pldr_gen_needs_logits(const pldr_gen *g);
 void pldr_gen_free(pldr_gen *g);
 
+/* Launches the kernels that generating after an n_prompt-token prompt uses
+ * (a prefill of n_prompt tokens and a decode step, with logits and greedy)
+ * and resets ctx: a driver that compiles a kernel at its first launch, for
+ * each launch shape (PoCL), does it here rather than in the first prompt.
+ * Call it on a new context, before restoring a state or setting an external
+ * G-cache. Costs two prefills and two steps when nothing is left to compile:
+ * worth it after a load that compiled (pldr_model_kernels_compiled). */
+pldr_status pldr_generate_warmup(pldr_context *ctx, int n_prompt);
 /* Generates from ctx: tokenizes the prompt (without BOS or EOS), appends it
  * to what ctx already holds, and picks tokens until a finish reason, calling
  * cb (may be NULL) with each event. res (may be NULL) gets the counts and

@@ -214,7 +214,8 @@ def check_json_logprobs():
     tops_ok = all([e["id"] for e in j["top_logprobs"][i]] == list(np.argsort(-lsm[i], kind="stable")[:3])
                   for i in range(len(ids)))
     ok = (j["text"] == GREEDY and j["finish_reason"] == "stop" and ids[-1] == 3 and err <= 1e-4 and tops_ok
-          and j["n_prompt"] == len(prompt_ids) and set(j["timings"]) == {"load_s", "prefill_s", "decode_s"})
+          and j["n_prompt"] == len(prompt_ids) and set(j["timings"]) == {"load_s", "kernels_s", "prefill_s", "decode_s"}
+          and 0 <= j["timings"]["kernels_s"] <= j["timings"]["load_s"])
     return ok, "max logprob error %.2g, top-3 ids %s" % (err, "match" if tops_ok else "differ"), json.dumps(j)[:2000]
 
 
@@ -232,6 +233,26 @@ def check_cancel():
 
 
 tap.check("a callback that cancels ends generation with finish reason cancelled", check_cancel)
+
+
+def check_session_full_context():
+    # 8 prompt tokens in a context of 14: 6 tokens fill it; the session saved
+    # then holds all that was printed, and a run resumed in a larger context
+    # goes on exactly as one uninterrupted run
+    ses = os.path.join(TESTTMP, "gen_full.ses")
+    a = gen("--ctx", "14", "-n", "64", "--save-session", ses).stdout.decode()
+    r = run(PLDR_BIN, "generate", "-q", "-m", MODEL, "--load-session", ses, "--ctx", "64", "-n", "10")
+    b = r.stdout.decode()
+    full = gen("-n", "16").stdout.decode()
+    j = gen_json("--ctx", "14", "-n", "64")
+    joined = a[:-1] + b
+    return (joined == full and j["finish_reason"] == "context" and j["n_generated"] == 6,
+            "%d + 10 tokens, %s" % (j["n_generated"], j["finish_reason"]),
+            "joined: %r\nuninterrupted: %r" % (joined, full))
+
+
+tap.check("a session saved at a full context + the resumed run == one uninterrupted run",
+          check_session_full_context)
 
 
 def check_bad_options():

@@ -40,7 +40,9 @@ static const char help[] =
     "                      holds two replicas\n"
     "      --dtype T       weight storage on the devices: f32 (default) or f16\n"
     "      --cache MODE    kv or kvg (default kvg)\n"
-    "      --g-cache FILE  a G-cache file (see pldr gcache) used for every request\n"
+    "      --g-cache FILE  a G-cache file (see pldr gcache) used for every request; 'first':\n"
+    "                      the first prompt's G-cache serves every later one (the paper's\n"
+    "                      once-inferred G_LM)\n"
     "      --api-key KEY   require 'Authorization: Bearer KEY' (all but /health; else 401)\n"
     "      --api-key-file F  the same, with the key read from the first line of F\n"
     "      --max-queue Q   sequences that may wait for a slot, over all replicas (default 64)\n"
@@ -157,7 +159,12 @@ int cmd_serve(int argc, char **argv)
         case 'm': o.model_dir = optarg; break;
         case O_HOST: o.host = optarg; break;
         case O_DEVICE: device = optarg; break;
-        case O_GCACHE: o.gcache = optarg; break;
+        case O_GCACHE:
+            if (strcmp(optarg, "first") == 0)
+                o.gcache_first = 1;
+            else
+                o.gcache = optarg;
+            break;
         case O_KEY: o.api_key = optarg; break;
         case O_KEYFILE: key_file = optarg; break;
         case O_PORT:

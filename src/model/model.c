@@ -35,6 +35,8 @@ const pldr_device_info *pldr_model_device(const pldr_model *m) { return &m->ocl.
 uint64_t pldr_model_n_params(const pldr_model *m) { return m->n_params; }
 uint64_t pldr_model_device_bytes(const pldr_model *m) { return m->device_bytes; }
 int pldr_model_decode_tuned(const pldr_model *m) { return m->wg_tuned; }
+double pldr_model_build_seconds(const pldr_model *m) { return m ? m->build_s : 0.0; }
+int pldr_model_kernels_compiled(const pldr_model *m) { return m ? m->compiled : 0; }
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
 const char *pldr_model_kernel_options(const pldr_model *m) { return m->kernel_options; }
 uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
@@ -819,8 +821,10 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
              c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
              PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS);
+    const double t_build = pldr_now();
     st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
-                        params->progress_user, &m->program);
+                        params->progress_user, &m->program, &m->compiled);
+    m->build_s = pldr_now() - t_build;
     if (st != PLDR_OK)
         goto fail;
 

@@ -32,6 +32,8 @@ struct pldr_model {
     pldr_config_extra cfg_extra; /* labels, longrope factors and other rope_scaling parameters */
     pldr_ocl ocl;
     cl_program program;
+    double build_s; /* seconds pldr_ocl_build took (compiling, or reading the binary cache) */
+    int compiled;   /* the kernels were compiled from source at this load */
     int weight_half;
     cl_mem emb;            /* [V, d], weight dtype */
     cl_mem ln0_w, ln0_b;   /* decoder.layernorm1 */

@@ -27,10 +27,12 @@ void pldr_ocl_close(pldr_ocl *ocl);
 
 /* Builds the kernels with the given -D options. Sources are the embedded
  * ones, or the files of kernel_dir (or $PLDR_KERNEL_DIR) when set. Binaries
- * are cached in cache_dir (NULL: default location; "": no cache). */
+ * are cached in cache_dir (NULL: default location; "": no cache).
+ * *compiled (may be NULL): 1 when compiled from source, 0 when read from the
+ * cache. */
 pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kernel_dir,
                            const char *cache_dir, pldr_progress_fn progress, void *progress_user,
-                           cl_program *program);
+                           cl_program *program, int *compiled);
 
 /* The default cache directory ($XDG_CACHE_HOME/pldr or $HOME/.cache/pldr);
  * malloc'ed, NULL when neither variable is set. */

@@ -218,9 +218,11 @@ static void store_cached(pldr_ocl *ocl, cl_program prog, const char *dir, const 
 
 pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kernel_dir,
                            const char *cache_dir, pldr_progress_fn progress, void *progress_user,
-                           cl_program *program)
+                           cl_program *program, int *compiled)
 {
     *program = NULL;
+    if (compiled)
+        *compiled = 0;
     if (!kernel_dir || !*kernel_dir)
         kernel_dir = getenv("PLDR_KERNEL_DIR");
     if (kernel_dir && !*kernel_dir)
@@ -239,6 +241,8 @@ pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kerne
     }
     cl_program prog = path ? try_cached(ocl, path, key, options) : NULL;
     if (!prog) {
+        if (compiled)
+            *compiled = 1;
         if (progress)
             progress("compiling kernels", 0, 1, progress_user);
         cl_int err;

@@ -361,7 +361,8 @@ static pldr_status release_text(pldr_gen *g, int final, int *stopped)
     }
     if (emit > 0 && !pldr_bytes_append(&g->out, h->data, emit))
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
-    memmove(h->data, h->data + keep_from, h->len - keep_from);
+    if (keep_from > 0 && h->len > keep_from) /* h->data is NULL while nothing was held */
+        memmove(h->data, h->data + keep_from, h->len - keep_from);
     h->len -= keep_from;
     return PLDR_OK;
 }
@@ -517,6 +518,13 @@ pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, cons
     pldr_finish_reason why = PLDR_FINISH_NONE;
     pldr_token_event ev;
     while (why == PLDR_FINISH_NONE) {
+        if (p.max_tokens != 0 && n_feed == 0 && pldr_context_n_past(ctx) >= pldr_context_n_ctx(ctx)) {
+            /* full: a token picked now could not be fed (nor saved with a session) */
+            why = PLDR_FINISH_CONTEXT;
+            if ((st = pldr_gen_finish(g, why, &ev)) == PLDR_OK && ev.text_len > 0 && cb)
+                cb(&ev, user);
+            break;
+        }
         if (n_feed > 0) {
             if (pldr_context_n_past(ctx) + n_feed > pldr_context_n_ctx(ctx)) {
                 why = PLDR_FINISH_CONTEXT;
@@ -534,6 +542,8 @@ pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, cons
             if (st != PLDR_OK)
                 break;
             r.pending_id = -1;
+            n_feed = 0;
+            continue; /* the context may be full now */
         }
         if (p.max_tokens == 0) {
             why = PLDR_FINISH_LENGTH;
@@ -572,6 +582,41 @@ pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, cons
     pldr_gen_free(g);
     if (res)
         *res = r;
+    return st;
+}
+
+pldr_status pldr_generate_warmup(pldr_context *ctx, int n_prompt)
+{
+    if (!ctx)
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_generate_warmup: NULL context");
+    const pldr_config *cfg = pldr_model_config(pldr_context_model(ctx));
+    if (pldr_context_n_ctx(ctx) < 2)
+        return PLDR_OK;
+    float *logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    if (!logits)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    /* the prompt's length: the launch shapes of a prefill depend on it */
+    const int n = n_prompt < 1 ? 1 : n_prompt > pldr_context_n_ctx(ctx) - 1 ? pldr_context_n_ctx(ctx) - 1 : n_prompt;
+    int32_t *ids = calloc((size_t)n, sizeof *ids), next;
+    if (!ids) {
+        free(logits);
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    }
+    for (int i = 0; i < n; i++)
+        ids[i] = i % cfg->vocab_size;
+    pldr_context_reset(ctx);
+    /* both forms: with the logits read back, and greedy on the device */
+    pldr_status st = pldr_eval(ctx, ids, n, logits, 0);
+    if (st == PLDR_OK)
+        st = pldr_eval(ctx, ids, 1, logits, 0);
+    pldr_context_reset(ctx);
+    if (st == PLDR_OK)
+        st = pldr_eval_greedy(ctx, ids, n, &next);
+    if (st == PLDR_OK)
+        st = pldr_eval_greedy(ctx, ids, 1, &next);
+    pldr_context_reset(ctx);
+    free(ids);
+    free(logits);
     return st;
 }
 
