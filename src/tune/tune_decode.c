@@ -89,7 +89,7 @@ static pldr_status read_file(const char *path, const pldr_device_info *info, jso
 {
     *root = NULL;
     struct stat sb;
-    if (stat(path, &sb) != 0 && errno == ENOENT)
+    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR))
         return PLDR_OK;
     unsigned char *text = NULL;
     size_t len = 0;
