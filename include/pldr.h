@@ -152,7 +152,26 @@ pldr_status pldr_config_load(const char *path, pldr_config *config);
 typedef struct pldr_model pldr_model;
 typedef struct pldr_context pldr_context;
 
-typedef enum pldr_dtype { PLDR_DTYPE_F32 = 0, PLDR_DTYPE_F16 = 1 } pldr_dtype;
+/* Storage of the large weight matrices (attention projections, FFN, final
+ * layer, embedding) on the device; LayerNorms, biases, the metric learner and
+ * the PLGA tensors stay float32, and so does all arithmetic. BF16 keeps the
+ * upper half of each float32 (rounded to nearest even); Q8_0 and Q4_0 are
+ * llama.cpp's blocks of 32 weights with one half scale each (8.5 and 4.5 bits
+ * per weight), quantized at load from the checkpoint's values. */
+typedef enum pldr_dtype {
+    PLDR_DTYPE_F32 = 0,
+    PLDR_DTYPE_F16 = 1,
+    PLDR_DTYPE_BF16 = 2,
+    PLDR_DTYPE_Q8_0 = 3,
+    PLDR_DTYPE_Q4_0 = 4
+} pldr_dtype;
+#define PLDR_DTYPE_COUNT 5
+
+/* "f32", "f16", "bf16", "q8_0", "q4_0"; NULL for a value outside the enum. */
+const char *pldr_dtype_name(pldr_dtype dtype);
+/* The dtype of one of those names (case-insensitive); PLDR_ERR_INVALID_ARGUMENT
+ * for any other string. */
+pldr_status pldr_dtype_from_name(const char *name, pldr_dtype *dtype);
 
 typedef enum pldr_cache_mode {
     PLDR_CACHE_NONE = 0, /* every step recomputes the whole sequence */
@@ -213,6 +232,11 @@ const char *pldr_model_kernel_options(const pldr_model *model);
 /* 1 when the work-group shapes `pldr tune` stored for this device, model and
  * weight dtype were applied at load (see pldr_model_params.work_groups). */
 int pldr_model_decode_tuned(const pldr_model *model);
+/* The storage dtype of the large matrices (pldr_model_params.weight_dtype). */
+pldr_dtype pldr_model_weight_dtype(const pldr_model *model);
+/* Seconds pldr_model_load spent converting the large matrices to the weight
+ * dtype (rounding to BF16, quantizing to Q8_0 / Q4_0); 0 for F32 and F16. */
+double pldr_model_quantize_seconds(const pldr_model *model);
 /* Seconds the load spent building the kernels: compiling them on a first
  * start, reading the compiled binaries from the cache later. Some drivers
  * (PoCL) compile further at each kernel's first launch: see

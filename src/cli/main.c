@@ -372,13 +372,7 @@ int cli_parse_cache(const char *s, pldr_cache_mode *mode)
 
 int cli_parse_dtype(const char *s, pldr_dtype *dtype)
 {
-    if (strcmp(s, "f32") == 0)
-        *dtype = PLDR_DTYPE_F32;
-    else if (strcmp(s, "f16") == 0)
-        *dtype = PLDR_DTYPE_F16;
-    else
-        return -1;
-    return 0;
+    return pldr_dtype_from_name(s, dtype) == PLDR_OK ? 0 : -1;
 }
 
 const char *cli_command = "";

@@ -87,7 +87,7 @@ static pldr_status make_kernels(pldr_context *c)
         const char *name;
     } list[] = {
         {&c->k.embed, "embed_tokens"},       {&c->k.brln, "bias_residual_layernorm"},
-        {&c->k.half2f, "half_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
+        {&c->k.w2f, "weight_to_float"},     {&c->k.gemm_cpu, "gemm_cpu"},     {&c->k.qkv_rope, "qkv_rope"},
         {&c->k.metric, "metric_tensor"},     {&c->k.learner, "metric_learner"},
         {&c->k.learner_cpu, "metric_learner_cpu"}, {&c->k.metric_cpu, "metric_tensor_cpu"},
         {&c->k.att_prefill_cpu, "attention_prefill_cpu"}, {&c->k.potential_cpu, "plga_potential_cpu"},
@@ -291,7 +291,7 @@ static pldr_status context_alloc(pldr_context *c)
     /* what the context will need, checked before anything is allocated */
     const uint64_t per_seq = 2 * L * c->kv_rows * d * 4 + 3 * L * c->g_stride * 4;
     uint64_t need = S * per_seq + T * (size_t)cf->head_dim * 4 + R * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 +
-                    LOGIT_CHUNK * V * 4 + (m->weight_half ? m->max_matrix_elems * 4 : 0);
+                    LOGIT_CHUNK * V * 4 + (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm ? m->max_matrix_elems * 4 : 0);
     uint64_t have = m->ocl.info.global_mem_bytes;
     if (need + m->device_bytes > have) {
         if (S > 1)
@@ -305,7 +305,7 @@ static pldr_status context_alloc(pldr_context *c)
                          "a context of %d tokens needs %.1f MiB of device memory beside the %.1f MiB of weights, "
                          "but %s has %.1f MiB (try a smaller --ctx%s)",
                          c->n_ctx, need / 1048576.0, m->device_bytes / 1048576.0, m->ocl.info.name,
-                         have / 1048576.0, m->weight_half ? "" : ", or --dtype f16");
+                         have / 1048576.0, m->wtype == PLDR_DTYPE_F32 ? ", or --dtype f16 or q8_0" : "");
     }
 
     c->seq = calloc(S, sizeof *c->seq);
@@ -366,8 +366,8 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->seqinfo, S * 3 * 4, "the batch description"));
     TRY(ctx_buffer(c, &c->batch_ids, S * 4, "the batch's greedy tokens"));
-    if (m->weight_half && !m->own_gemm)
-        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
+    if (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm)
+        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the float32 weight scratch"));
     return PLDR_OK;
 }
 

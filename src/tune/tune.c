@@ -410,7 +410,7 @@ static pldr_status read_tuning(const pldr_ocl *o, const char *cache_dir, tuning 
     if (!path)
         return PLDR_OK; /* no cache directory: nothing to read */
     struct stat sb;
-    if (stat(path, &sb) != 0 && errno == ENOENT) {
+    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
         free(path);
         return PLDR_OK;
     }

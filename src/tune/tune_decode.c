@@ -28,7 +28,7 @@
  * attpre is a switch (0 or 1). */
 static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att", "pf", "attpre"};
 
-static const char *dtype_name(pldr_dtype d) { return d == PLDR_DTYPE_F16 ? "f16" : "f32"; }
+static const char *dtype_name(pldr_dtype d) { return pldr_dtype_name(d); }
 
 /* ------------------------------------------------------------ the file */
 
@@ -89,7 +89,7 @@ static pldr_status read_file(const char *path, const pldr_device_info *info, jso
 {
     *root = NULL;
     struct stat sb;
-    if (stat(path, &sb) != 0 && errno == ENOENT)
+    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR))
         return PLDR_OK;
     unsigned char *text = NULL;
     size_t len = 0;
