@@ -40,6 +40,39 @@ typedef enum pldr_status {
     PLDR_ERR_BUSY              /* a queue is full: try again later */
 } pldr_status;
 
+/* ------------------------------------------------------------------ */
+/* Logging and threads                                                 */
+/* The library never writes to stdout or stderr. Warnings (an ignored
+ * PLDR_WG item, a damaged tuning file, an unwritable kernel cache) and the
+ * diagnostics that environment variables ask for (PLDR_PROFILE,
+ * PLDR_HOSTTIME, PLDR_BUILD_LOG) go to one process-wide callback; without
+ * one (the default) they are dropped. The callback may be called from any
+ * thread that calls into the library, and must not call into it.
+ *
+ * Threads: a model may be shared by several contexts; a context is used by
+ * one thread at a time (its calls, and those of a pldr_gen or a session on
+ * it, are not synchronised); different contexts, of one model or of several,
+ * may run in different threads at the same time: each context has its own
+ * OpenCL command queue and kernels, and the model is read-only after load.
+ * Loading and freeing models, pldr_list_devices and pldr_log_set may be
+ * called from any thread. pldr_last_error is per thread.
+ *
+ * Environment variables are read where parameters get their defaults
+ * (pldr_model_default_params, pldr_context_default_params, pldr_select_device
+ * and the model load), never while generating: PLDR_DEVICE, PLDR_KERNEL_DIR,
+ * XDG_CACHE_HOME / HOME, PLDR_TUNING, PLDR_WG, PLDR_GEMM, PLDR_ZERO_COPY,
+ * PLDR_BUILD_LOG (model load); PLDR_PROFILE, PLDR_HOSTTIME, PLDR_PIPELINE
+ * (context creation). docs/engine.md describes each. */
+
+typedef enum pldr_log_level {
+    PLDR_LOG_WARN = 1, /* something was ignored: one line, no trailing newline */
+    PLDR_LOG_INFO = 2  /* diagnostics asked for: text to show as is (may hold newlines) */
+} pldr_log_level;
+
+typedef void (*pldr_log_fn)(pldr_log_level level, const char *message, void *user);
+/* Sets the callback (NULL: drop the messages). */
+void pldr_log_set(pldr_log_fn fn, void *user);
+
 /* Short fixed description of a status code. */
 const char *pldr_status_string(pldr_status status);
 /* Detailed message of the last failure on this thread ("" if none). */
@@ -152,7 +185,26 @@ pldr_status pldr_config_load(const char *path, pldr_config *config);
 typedef struct pldr_model pldr_model;
 typedef struct pldr_context pldr_context;
 
-typedef enum pldr_dtype { PLDR_DTYPE_F32 = 0, PLDR_DTYPE_F16 = 1 } pldr_dtype;
+/* Storage of the large weight matrices (attention projections, FFN, final
+ * layer, embedding) on the device; LayerNorms, biases, the metric learner and
+ * the PLGA tensors stay float32, and so does all arithmetic. BF16 keeps the
+ * upper half of each float32 (rounded to nearest even); Q8_0 and Q4_0 are
+ * llama.cpp's blocks of 32 weights with one half scale each (8.5 and 4.5 bits
+ * per weight), quantized at load from the checkpoint's values. */
+typedef enum pldr_dtype {
+    PLDR_DTYPE_F32 = 0,
+    PLDR_DTYPE_F16 = 1,
+    PLDR_DTYPE_BF16 = 2,
+    PLDR_DTYPE_Q8_0 = 3,
+    PLDR_DTYPE_Q4_0 = 4
+} pldr_dtype;
+#define PLDR_DTYPE_COUNT 5
+
+/* "f32", "f16", "bf16", "q8_0", "q4_0"; NULL for a value outside the enum. */
+const char *pldr_dtype_name(pldr_dtype dtype);
+/* The dtype of one of those names (case-insensitive); PLDR_ERR_INVALID_ARGUMENT
+ * for any other string. */
+pldr_status pldr_dtype_from_name(const char *name, pldr_dtype *dtype);
 
 typedef enum pldr_cache_mode {
     PLDR_CACHE_NONE = 0, /* every step recomputes the whole sequence */
@@ -218,6 +270,11 @@ const char *pldr_model_kernel_notes(const pldr_model *model);
 /* 1 when the work-group shapes `pldr tune` stored for this device, model and
  * weight dtype were applied at load (see pldr_model_params.work_groups). */
 int pldr_model_decode_tuned(const pldr_model *model);
+/* The storage dtype of the large matrices (pldr_model_params.weight_dtype). */
+pldr_dtype pldr_model_weight_dtype(const pldr_model *model);
+/* Seconds pldr_model_load spent converting the large matrices to the weight
+ * dtype (rounding to BF16, quantizing to Q8_0 / Q4_0); 0 for F32 and F16. */
+double pldr_model_quantize_seconds(const pldr_model *model);
 /* Seconds the load spent building the kernels: compiling them on a first
  * start, reading the compiled binaries from the cache later. Some drivers
  * (PoCL) compile further at each kernel's first launch: see

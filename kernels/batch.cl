@@ -7,19 +7,19 @@
  * The products of a step are batched GEMVs (batch_gemv below, or the GEMMs of
  * src/engine/gemm.c): each weight is read once for all B rows. */
 
-/* One float4 of row `row` of a weight matrix, at vector index i: the only
- * place the batched products read weights (a quantized format replaces
- * this). */
-inline float4 batch_w4(__global const WT *row, const int i)
+/* One float4 of row `row` (its scales at srow: kernels/common.cl) of a
+ * weight matrix, at vector index i: the only place the batched products read
+ * weights. */
+inline float4 batch_w4(__global const WT *row, __global const half *srow, const int i)
 {
-    return LOAD_ROW4(row, i);
+    return LOAD_ROW4(row, srow, i);
 }
 
 /* Element k of the same row (the tail of a row whose length is not a
  * multiple of 4). */
-inline float batch_w1(__global const WT *row, const int k)
+inline float batch_w1(__global const WT *row, __global const half *srow, const int k)
 {
-    return LOAD_W(row, k);
+    return LOAD_W(row, srow, k);
 }
 
 /* C[M, N] = A[M, K] . W[N, K]^T for few rows M (the decode of M sequences):
@@ -30,14 +30,16 @@ inline float batch_w1(__global const WT *row, const int k)
  * row one at a time. Same arguments as gemm_cpu. */
 #define BATCH_TILE 8
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void batch_gemv(__global const float *a, const long a_off, const int lda, __global const WT *w, const int ldw,
-                __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
+void batch_gemv(__global const float *a, const long a_off, const int lda, __global const WT *w, __global const half *ws,
+                const int ldw, __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
 {
     __local float red[GEMV_WG];
     const int lid = get_local_id(0);
     const int n = get_group_id(0) * GEMV_ROWS + lid / LANES, lane = lid % LANES;
     const int live = n < N;
-    __global const WT *wr = w + (long)(live ? n : 0) * ldw;
+    const long wo = (long)(live ? n : 0) * ldw;
+    __global const WT *wr = WPTR(w, wo);
+    __global const half *sr = SPTR(ws, wo);
     const int kv = K / 4;
     for (int m0 = 0; m0 < M; m0 += BATCH_TILE) {
         float acc[BATCH_TILE];
@@ -46,7 +48,7 @@ void batch_gemv(__global const float *a, const long a_off, const int lda, __glob
             acc[i] = 0.0f;
         if (live)
             for (int k = lane; k < kv; k += LANES) {
-                const float4 wv = batch_w4(wr, k);
+                const float4 wv = batch_w4(wr, sr, k);
 #pragma unroll
                 for (int i = 0; i < BATCH_TILE; i++)
                     if (m0 + i < M)
@@ -54,7 +56,7 @@ void batch_gemv(__global const float *a, const long a_off, const int lda, __glob
             }
         if (live)
             for (int k = 4 * kv + lane; k < K; k += LANES) {
-                const float wk = batch_w1(wr, k);
+                const float wk = batch_w1(wr, sr, k);
 #pragma unroll
                 for (int i = 0; i < BATCH_TILE; i++)
                     if (m0 + i < M)

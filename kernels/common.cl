@@ -2,19 +2,75 @@
  *
  * The host passes the model's dimensions as -D defines (DMODEL, DK, HEADS,
  * FA, LN_EPS, ...), the work-group sizes it chose for the device, and
- * WEIGHT_HALF=1 when the large matrices are stored as IEEE half. Half storage
- * goes through vload_half, which needs no cl_khr_fp16: arithmetic stays f32. */
-
-#if WEIGHT_HALF
-#define WT half
-#define LOAD_W(p, i) vload_half((i), (p))
-#define LOAD_W4(p, i) vload_half4(0, (p) + (i))
-#define LOAD_W16(p, i) vload_half16(0, (p) + (i))
-#else
+ * WEIGHT_TYPE, the storage of the large matrices (pldr_dtype): 0 float32,
+ * 1 IEEE half, 2 bfloat16 (the upper half of a float32), 3 Q8_0, 4 Q4_0.
+ * Arithmetic stays f32 for all of them; half goes through vload_half, which
+ * needs no cl_khr_fp16.
+ *
+ * Q8_0 and Q4_0 (llama.cpp's blocks) split every row into blocks of 32
+ * weights with one half scale d each: Q8_0 holds x = d * q for a signed byte
+ * q; Q4_0 x = d * (q - 8) for a 4-bit q, two per byte (byte j of a block
+ * holds weights j, low nibble, and j + 16, high nibble). Quants and scales
+ * are two arrays ("structure of arrays", so that neighbouring work-items read
+ * neighbouring bytes): the weight at element offset i of a matrix whose rows
+ * are padded to a multiple of 32 elements is at quants[i] (Q4_0: the nibble
+ * of i in block i / 32) with scale ws[i / 32]. Every kernel that reads a
+ * matrix takes its scales as ws (any buffer where the type has none).
+ *
+ * WPTR(w, i) and SPTR(ws, i) move both pointers to element offset i (a
+ * multiple of 32 for the quantized types); LOAD_W(w, ws, i) reads element i,
+ * LOAD_W4 and LOAD_W16 elements i .. i+3 and i .. i+15 (i a multiple of 4,
+ * resp. 16). */
+#define WEIGHT_QUANT (WEIGHT_TYPE >= 3)
+#if WEIGHT_TYPE == 0
 #define WT float
-#define LOAD_W(p, i) ((p)[i])
-#define LOAD_W4(p, i) vload4(0, (p) + (i))
-#define LOAD_W16(p, i) vload16(0, (p) + (i))
+#elif WEIGHT_TYPE == 1
+#define WT half
+#elif WEIGHT_TYPE == 2
+#define WT ushort
+#elif WEIGHT_TYPE == 3
+#define WT char
+#else
+#define WT uchar
+#endif
+
+#if WEIGHT_TYPE == 4
+#define WPTR(w, i) ((w) + ((i) >> 1))
+#else
+#define WPTR(w, i) ((w) + (i))
+#endif
+#if WEIGHT_QUANT
+#define SPTR(s, i) ((s) + ((i) >> 5))
+#define WSCALE(s, i) vload_half((i) >> 5, (s))
+#else
+#define SPTR(s, i) (s)
+#endif
+
+#if WEIGHT_TYPE == 0
+#define LOAD_W(p, s, i) ((p)[i])
+#define LOAD_W4(p, s, i) vload4(0, (p) + (i))
+#define LOAD_W16(p, s, i) vload16(0, (p) + (i))
+#elif WEIGHT_TYPE == 1
+#define LOAD_W(p, s, i) vload_half((i), (p))
+#define LOAD_W4(p, s, i) vload_half4(0, (p) + (i))
+#define LOAD_W16(p, s, i) vload_half16(0, (p) + (i))
+#elif WEIGHT_TYPE == 2
+#define LOAD_W(p, s, i) as_float((uint)(p)[i] << 16)
+#define LOAD_W4(p, s, i) as_float4(convert_uint4(vload4(0, (p) + (i))) << 16)
+#define LOAD_W16(p, s, i) as_float16(convert_uint16(vload16(0, (p) + (i))) << 16)
+#elif WEIGHT_TYPE == 3
+#define LOAD_W(p, s, i) ((float)(p)[i] * WSCALE(s, i))
+#define LOAD_W4(p, s, i) (convert_float4(vload4(0, (p) + (i))) * WSCALE(s, i))
+#define LOAD_W16(p, s, i) (convert_float16(vload16(0, (p) + (i))) * WSCALE(s, i))
+#else
+/* the byte of element i (block i / 32, position i % 16) and its nibble */
+#define Q4_BYTE(i) ((((i) >> 5) << 4) + ((i) & 15))
+#define Q4_SHIFT(i) ((uchar)(((i) >> 2) & 4))
+#define LOAD_W(p, s, i) ((float)((int)(((p)[Q4_BYTE(i)] >> Q4_SHIFT(i)) & 15) - 8) * WSCALE(s, i))
+#define LOAD_W4(p, s, i)                                                                           \
+    ((convert_float4((vload4(0, (p) + Q4_BYTE(i)) >> Q4_SHIFT(i)) & (uchar)15) - 8.0f) * WSCALE(s, i))
+#define LOAD_W16(p, s, i)                                                                          \
+    ((convert_float16((vload16(0, (p) + Q4_BYTE(i)) >> Q4_SHIFT(i)) & (uchar)15) - 8.0f) * WSCALE(s, i))
 #endif
 
 /* Bits set in the context's flag words when a kernel meets a non-finite value. */

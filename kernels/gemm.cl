@@ -1,7 +1,8 @@
 /* Matrix products of a forward over many tokens on CPU devices:
  *   C[M, N] = A[M, K] . W[N, K]^T     (row-major; W rows padded to ldw)
- * W is a weight matrix in the weight dtype (WT: half weights are widened as
- * they are loaded, so a half model needs no float32 copy of W).
+ * W is a weight matrix in the weight dtype (WT, see kernels/common.cl: half,
+ * bfloat16 and quantized weights are widened as they are loaded, so such a
+ * model needs no float32 copy of W).
  * A work-group is one work-item computing a block of GM_BM x GM_BN register
  * tiles of GM_TM rows of A by GM_TN rows of W, walking K sixteen floats at a
  * time (one 512-bit vector on AVX-512, two 256-bit ones on AVX2): the GM_TN
@@ -21,7 +22,8 @@
 
 #if OWN_GEMM
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void gemm_cpu(__global const float *a, const int a_off, const int lda, __global const WT *w, const int ldw,
+void gemm_cpu(__global const float *a, const int a_off, const int lda, __global const WT *w, __global const half *ws,
+              const int ldw,
               __global float *c, const int c_off, const int ldc, const int M, const int N, const int K)
 {
     /* work-groups in M-major order: neighbours share their rows of W */
@@ -32,9 +34,13 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
         if (n0 >= N)
             break;
         __global const WT *wr[GM_TN];
+        __global const half *sr[GM_TN];
 #pragma unroll
-        for (int j = 0; j < GM_TN; j++)
-            wr[j] = w + (long)min(n0 + j, N - 1) * ldw;
+        for (int j = 0; j < GM_TN; j++) {
+            const long wo = (long)min(n0 + j, N - 1) * ldw;
+            wr[j] = WPTR(w, wo);
+            sr[j] = SPTR(ws, wo);
+        }
         for (int mt = 0; mt < GM_BM; mt++) {
             const int m0 = m_blk + mt * GM_TM;
             if (m0 >= M)
@@ -57,7 +63,7 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
                     av[i] = vload16(0, ar[i] + k);
 #pragma unroll
                 for (int j = 0; j < GM_TN; j++)
-                    wv[j] = LOAD_W16(wr[j], k);
+                    wv[j] = LOAD_W16(wr[j], sr[j], k);
 #pragma unroll
                 for (int i = 0; i < GM_TM; i++)
 #pragma unroll
@@ -73,7 +79,7 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
                 for (int kk = k; kk < K; kk++)
 #pragma unroll
                     for (int j = 0; j < GM_TN; j++)
-                        s[j] += ar[i][kk] * LOAD_W(wr[j], kk);
+                        s[j] += ar[i][kk] * LOAD_W(wr[j], sr[j], kk);
                 if (m0 + i < M)
                     for (int j = 0; j < GM_TN; j++)
                         if (n0 + j < N)

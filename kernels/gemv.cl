@@ -28,10 +28,26 @@
 #define LANES (GEMV_WG / GEMV_ROWS)
 #define AT(type, off) ((__global type *)(act + (off)))
 
-#if WEIGHT_HALF
-#define LOAD_ROW4(row, i) vload_half4((i), (row))
+/* Vector i (elements 4i .. 4i+3) of a row whose quants start at row and
+ * scales at srow (WPTR, SPTR). */
+#if WEIGHT_TYPE == 0
+#define LOAD_ROW4(row, srow, i) (((__global const float4 *)(row))[i])
 #else
-#define LOAD_ROW4(row, i) (((__global const float4 *)(row))[i])
+#define LOAD_ROW4(row, srow, i) LOAD_W4((row), (srow), 4 * (i))
+#endif
+
+#if WEIGHT_QUANT
+/* The unscaled products of block b of a quantized row with x0, x1 (the
+ * block's 32 values of x), lane by lane. */
+inline float16 q_block_dot(__global const WT *wr, const int b, const float16 x0, const float16 x1)
+{
+#if WEIGHT_TYPE == 3
+    return convert_float16(vload16(2 * b, wr)) * x0 + convert_float16(vload16(2 * b + 1, wr)) * x1;
+#else
+    const uchar16 q = vload16(b, wr); /* weights j (low nibbles) and j + 16 (high) */
+    return (convert_float16(q & (uchar)15) - 8.0f) * x0 + (convert_float16(q >> (uchar)4) - 8.0f) * x1;
+#endif
+}
 #endif
 
 /* x into local memory, zero beyond k_dim. */
@@ -59,14 +75,15 @@ inline void ln_keep(__local float *xs, const int n, __global const float *ln_w, 
 /* The weights do not depend on x: each work-item starts loading the first
  * GEMV_PF vectors of its rows into registers before x is ready, so that the
  * memory latency overlaps the loading (and normalising) of x. */
-inline void prefetch_w(__global const WT *wr, __global const WT *wr2, const int lane, const int kv, const int live,
-                       const int glu, float4 *wa, float4 *wb)
+inline void prefetch_w(__global const WT *wr, __global const WT *wr2, __global const half *sr,
+                       __global const half *sr2, const int lane, const int kv, const int live, const int glu,
+                       float4 *wa, float4 *wb)
 {
 #pragma unroll
     for (int v = 0; v < GEMV_PF; v++) {
         const int k = lane + v * LANES;
-        wa[v] = live && k < kv ? LOAD_ROW4(wr, k) : (float4)0.0f;
-        wb[v] = live && glu && k < kv ? LOAD_ROW4(wr2, k) : (float4)0.0f;
+        wa[v] = live && k < kv ? LOAD_ROW4(wr, sr, k) : (float4)0.0f;
+        wb[v] = live && glu && k < kv ? LOAD_ROW4(wr2, sr2, k) : (float4)0.0f;
     }
 }
 
@@ -84,7 +101,8 @@ inline float3 row_early(__global const float *bias, __global const float *residu
 /* The rest of the product of this work-group's rows with xs, the reduction
  * over lanes, and the output (early: row_early). Returns W[row] . x + b[row]
  * (before the residual) in lane 0 of each row, -INFINITY elsewhere. */
-inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const float4 *wa, const float4 *wb,
+inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global const half *sr,
+                         __global const half *sr2, const float4 *wa, const float4 *wb,
                          const float3 early, const int kv, const int n_out, __local const float *xs,
                          const int has_residual, const int glu, __global float *y, __local float *red,
                          __local float *red2)
@@ -101,7 +119,32 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
         acc2 += dot(wb[v], xv);
     }
     if (row < n_out) {
-#if LANES == 1
+#if LANES == 1 && WEIGHT_QUANT
+        /* a work-item walks its whole row of quantized blocks: the rest of
+         * the first block as vectors, then block by block 32 quants against
+         * 32 values of x with one multiply by the block's scale (the rows are
+         * whole blocks: kv is a multiple of 8) */
+        float4 a4 = 0.0f, b4 = 0.0f;
+        float16 a16 = 0.0f, b16 = 0.0f;
+        int k = GEMV_PF;
+        for (; k < kv && (k & 7); k++) {
+            const float4 xv = vload4(k, xs);
+            a4 += LOAD_ROW4(wr, sr, k) * xv;
+            b4 += glu ? LOAD_ROW4(wr2, sr2, k) * xv : (float4)0.0f;
+        }
+        if (glu) {
+            for (int b = k >> 3; b < kv >> 3; b++) {
+                const float16 x0 = vload16(2 * b, xs), x1 = vload16(2 * b + 1, xs);
+                a16 += q_block_dot(wr, b, x0, x1) * vload_half(b, sr);
+                b16 += q_block_dot(wr2, b, x0, x1) * vload_half(b, sr2);
+            }
+        } else {
+            for (int b = k >> 3; b < kv >> 3; b++)
+                a16 += q_block_dot(wr, b, vload16(2 * b, xs), vload16(2 * b + 1, xs)) * vload_half(b, sr);
+        }
+        acc += (a4.x + a4.y) + (a4.z + a4.w) + hsum16(a16);
+        acc2 += (b4.x + b4.y) + (b4.z + b4.w) + hsum16(b16);
+#elif LANES == 1
         /* a work-item walks its whole row: vector accumulators, one
          * horizontal sum at the end */
         float4 a4 = 0.0f, b4 = 0.0f;
@@ -111,15 +154,15 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
             int k = GEMV_PF;
             for (; k + 1 < kv; k += 2) {
                 const float4 xv = vload4(k, xs), xw = vload4(k + 1, xs);
-                a4 += LOAD_ROW4(wr, k) * xv;
-                b4 += LOAD_ROW4(wr2, k) * xv;
-                c4 += LOAD_ROW4(wr, k + 1) * xw;
-                d4 += LOAD_ROW4(wr2, k + 1) * xw;
+                a4 += LOAD_ROW4(wr, sr, k) * xv;
+                b4 += LOAD_ROW4(wr2, sr2, k) * xv;
+                c4 += LOAD_ROW4(wr, sr, k + 1) * xw;
+                d4 += LOAD_ROW4(wr2, sr2, k + 1) * xw;
             }
             if (k < kv) {
                 const float4 xv = vload4(k, xs);
-                a4 += LOAD_ROW4(wr, k) * xv;
-                b4 += LOAD_ROW4(wr2, k) * xv;
+                a4 += LOAD_ROW4(wr, sr, k) * xv;
+                b4 += LOAD_ROW4(wr2, sr2, k) * xv;
             }
             a4 += c4;
             b4 += d4;
@@ -128,13 +171,13 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
             float4 c4 = 0.0f, d4 = 0.0f, e4 = 0.0f;
             int k = GEMV_PF;
             for (; k + 3 < kv; k += 4) {
-                a4 += LOAD_ROW4(wr, k) * vload4(k, xs);
-                c4 += LOAD_ROW4(wr, k + 1) * vload4(k + 1, xs);
-                d4 += LOAD_ROW4(wr, k + 2) * vload4(k + 2, xs);
-                e4 += LOAD_ROW4(wr, k + 3) * vload4(k + 3, xs);
+                a4 += LOAD_ROW4(wr, sr, k) * vload4(k, xs);
+                c4 += LOAD_ROW4(wr, sr, k + 1) * vload4(k + 1, xs);
+                d4 += LOAD_ROW4(wr, sr, k + 2) * vload4(k + 2, xs);
+                e4 += LOAD_ROW4(wr, sr, k + 3) * vload4(k + 3, xs);
             }
             for (; k < kv; k++)
-                a4 += LOAD_ROW4(wr, k) * vload4(k, xs);
+                a4 += LOAD_ROW4(wr, sr, k) * vload4(k, xs);
             a4 += (c4 + d4) + e4;
         }
         acc += a4.x + a4.y + a4.z + a4.w;
@@ -144,13 +187,13 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
 #pragma unroll 4
             for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES) {
                 const float4 xv = vload4(k, xs);
-                acc += dot(LOAD_ROW4(wr, k), xv);
-                acc2 += dot(LOAD_ROW4(wr2, k), xv);
+                acc += dot(LOAD_ROW4(wr, sr, k), xv);
+                acc2 += dot(LOAD_ROW4(wr2, sr2, k), xv);
             }
         } else {
 #pragma unroll 8
             for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES)
-                acc += dot(LOAD_ROW4(wr, k), vload4(k, xs));
+                acc += dot(LOAD_ROW4(wr, sr, k), vload4(k, xs));
         }
 #endif
     }
@@ -192,12 +235,14 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, const fl
 }
 
 /* This work-item's rows: the pointers, and whether the row exists. */
-#define GEMV_SETUP(w, k_pitch, n_out)                                                              \
+#define GEMV_SETUP(w, ws, k_pitch, n_out)                                                          \
     const int row = get_group_id(0) * GEMV_ROWS + get_local_id(0) / LANES;                         \
     const int lane = get_local_id(0) % LANES;                                                      \
     const int live = row < (n_out);                                                                \
-    __global const WT *wr = (w) + (long)(live ? row : 0) * (k_pitch);                              \
-    __global const WT *wr2 = (w) + (long)(live ? row + (n_out) : 0) * (k_pitch);                   \
+    const long wo_ = (long)(live ? row : 0) * (k_pitch);                                           \
+    const long wo2_ = (long)(live ? row + (n_out) : 0) * (k_pitch);                                \
+    __global const WT *wr = WPTR(w, wo_), *wr2 = WPTR(w, wo2_);                                    \
+    __global const half *sr = SPTR(ws, wo_), *sr2 = SPTR(ws, wo2_);                                \
     float4 wa[GEMV_PF], wb[GEMV_PF]
 
 /* Greedy decoding, first half: every work-group of the final GEMV writes the
@@ -280,17 +325,18 @@ void argmax_parts(__global char *act, const int part_off, const int n_parts, con
 
 /* t = x - x0 for elements 4k .. 4k+3 of the LN input (x, or the embedding
  * row at base times scale when from_emb), zero beyond DMODEL. */
-inline float4 ln_t4(__global const float *x, __global const WT *emb, const long base, const float scale,
+inline float4 ln_t4(__global const float *x, __global const WT *emb, __global const half *es, const long base,
+                    const float scale,
                     const int from_emb, const float x0, const int k)
 {
 #if DMODEL % 4 == 0
-    const float4 v = from_emb ? LOAD_W4(emb, base + 4 * k) * scale : vload4(k, x);
+    const float4 v = from_emb ? LOAD_W4(emb, es, base + 4 * k) * scale : vload4(k, x);
     return v - x0;
 #else
     float t[4];
     for (int j = 0; j < 4; j++) {
         const int i = 4 * k + j;
-        t[j] = i < DMODEL ? (from_emb ? LOAD_W(emb, base + i) * scale : x[i]) - x0 : 0.0f;
+        t[j] = i < DMODEL ? (from_emb ? LOAD_W(emb, es, base + i) * scale : x[i]) - x0 : 0.0f;
     }
     return (float4)(t[0], t[1], t[2], t[3]);
 #endif
@@ -319,8 +365,9 @@ inline float4 ln_g4(__global const float *ln_w, const int k)
  * each live row, -INFINITY elsewhere. */
 #define FOLD_NIT ((DP4 + LANES - 1) / LANES)
 #define FOLD_PF (FOLD_NIT < 8 ? FOLD_NIT : 8)
-inline float ln_fold_rows(__global const WT *w, __global const float *sc, const int k_pitch, const int n_out,
-                          __global const float *x, __global const WT *emb, const long base, const float scale,
+inline float ln_fold_rows(__global const WT *w, __global const half *ws, __global const float *sc, const int k_pitch,
+                          const int n_out, __global const float *x, __global const WT *emb,
+                          __global const half *es, const long base, const float scale,
                           const int from_emb, __global const float *ln_w, __global const float *ln_b,
                           __global float *x_norm, const int glu, __global float *y, __global int *flags,
                           const int flag_index, __local float4 *red, __local float *stat, __local float4 *ts,
@@ -332,18 +379,20 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
     const int row = glu ? get_group_id(0) * half_rows + grp % half_rows : get_group_id(0) * GEMV_ROWS + grp;
     const int wrow = glu && grp >= half_rows ? row + n_out : row; /* the row of W (and of sc) */
     const int live = row < n_out;
-    __global const WT *wr = w + (long)(live ? wrow : 0) * k_pitch;
+    const long wo = (long)(live ? wrow : 0) * k_pitch;
+    __global const WT *wr = WPTR(w, wo);
+    __global const half *sr = SPTR(ws, wo);
     /* the row's constants, loaded now and used at the end */
     const float s_row = live ? sc[wrow] : 0.0f, c_row = live ? sc[(glu ? 2 * n_out : n_out) + wrow] : 0.0f;
     float4 wv[FOLD_PF];
 #pragma unroll
     for (int i = 0; i < FOLD_PF; i++) {
         const int k = lane + i * LANES;
-        wv[i] = DP4 % LANES == 0 || k < DP4 ? LOAD_ROW4(wr, k) : (float4)0.0f;
+        wv[i] = DP4 % LANES == 0 || k < DP4 ? LOAD_ROW4(wr, sr, k) : (float4)0.0f;
     }
-    const float x0 = from_emb ? LOAD_W(emb, base) * scale : x[0];
+    const float x0 = from_emb ? LOAD_W(emb, es, base) * scale : x[0];
     for (int k = lid; k < DP4; k += GEMV_WG) {
-        const float4 t = ln_t4(x, emb, base, scale, from_emb, x0, k);
+        const float4 t = ln_t4(x, emb, es, base, scale, from_emb, x0, k);
         ts[k] = t;
         tg[k] = t * ln_g4(ln_w, k);
     }
@@ -354,7 +403,7 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
         const int k = lane + i * LANES;
         if (DP4 % LANES == 0 || k < DP4) {
             const float4 t = ts[k];
-            acc.x += dot(i < FOLD_PF ? wv[i < FOLD_PF ? i : 0] : LOAD_ROW4(wr, k), tg[k]);
+            acc.x += dot(i < FOLD_PF ? wv[i < FOLD_PF ? i : 0] : LOAD_ROW4(wr, sr, k), tg[k]);
             acc.y += t.x + t.y + t.z + t.w;
             acc.z += dot(t, t);
         }
@@ -396,7 +445,7 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
     const int share = (DMODEL + get_num_groups(0) - 1) / get_num_groups(0);
     const int i = get_group_id(0) * share + lid;
     if (lid < share && i < DMODEL) {
-        const float xi = from_emb ? LOAD_W(emb, base + i) * scale : x[i];
+        const float xi = from_emb ? LOAD_W(emb, es, base + i) * scale : x[i];
         x_norm[i] = (xi - stat[0]) * stat[1] * ln_w[i] + ln_b[i];
     }
     if (get_group_id(0) == 0 && lid == 0)
@@ -409,7 +458,8 @@ inline float ln_fold_rows(__global const WT *w, __global const float *sc, const 
  * n_rows rows of W, sc = [s, c, b, gamma, beta] with s[r] = sum_k W[r,k]
  * gamma_k and c[r] = b[r] + sum_k W[r,k] beta_k (ln_fold_rows), b the bias,
  * and gamma, beta (DMODEL each) the LayerNorm's weights. */
-__kernel void ln_fold_consts(__global const WT *w, __global const float *bias, const int k_pitch, const int n_rows,
+__kernel void ln_fold_consts(__global const WT *w, __global const half *ws, __global const float *bias,
+                             const int k_pitch, const int n_rows,
                              __global const float *ln_w, __global const float *ln_b, __global float *sc)
 {
     const int r = get_global_id(0);
@@ -421,7 +471,7 @@ __kernel void ln_fold_consts(__global const WT *w, __global const float *bias, c
         return;
     float s = 0.0f, c = 0.0f;
     for (int k = 0; k < DMODEL; k++) {
-        const float wv = LOAD_W(w, (long)r * k_pitch + k);
+        const float wv = LOAD_W(w, ws, (long)r * k_pitch + k);
         s += wv * ln_w[k];
         c += wv * ln_b[k];
     }
@@ -435,16 +485,16 @@ __kernel void ln_fold_consts(__global const WT *w, __global const float *bias, c
     __global const float *bias = (sc) + 2 * (nt), *ln_w = (sc) + 3 * (nt), *ln_b = ln_w + DMODEL
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
+void gemv(__global const WT *w, __global const half *ws, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
           __global char *act, const int x_off, const int res_off, const int has_residual, const int glu,
           const int y_off, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
-    GEMV_SETUP(w, k_pitch, n_out);
-    prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
+    GEMV_SETUP(w, ws, k_pitch, n_out);
+    prefetch_w(wr, wr2, sr, sr2, lane, k_pitch / 4, live, glu, wa, wb);
     const float3 early = row_early(bias, AT(const float, res_off), has_residual, glu, n_out);
     load_x(xs, AT(const float, x_off), k_dim, k_pitch);
-    gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2);
+    gemv_finish(wr, wr2, sr, sr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2);
 }
 
 /* A product without a LayerNorm on a multi-lane layout (the attention and
@@ -454,7 +504,8 @@ void gemv(__global const WT *w, __global const float *bias, const int k_dim, con
  * barrier before the weights stream. */
 #define WLANES (GEMV_WG / GEMV_WROWS)
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_wide(__global const WT *w, __global const float *bias, const int k_dim, const int k_pitch,
+void gemv_wide(__global const WT *w, __global const half *ws, __global const float *bias, const int k_dim,
+               const int k_pitch,
                const int n_out, __global char *act, const int x_off, const int res_off, const int has_residual,
                const int y_off)
 {
@@ -462,7 +513,9 @@ void gemv_wide(__global const WT *w, __global const float *bias, const int k_dim
     const int lid = get_local_id(0);
     const int row = get_group_id(0) * GEMV_WROWS + lid / WLANES, lane = lid % WLANES;
     const int live = row < n_out;
-    __global const WT *wr = w + (long)(live ? row : 0) * k_pitch;
+    const long wo = (long)(live ? row : 0) * k_pitch;
+    __global const WT *wr = WPTR(w, wo);
+    __global const half *sr = SPTR(ws, wo);
     __global const float *x = AT(const float, x_off);
     const float b = live ? bias[row] : 0.0f;
     const float res = live && has_residual ? AT(const float, res_off)[row] : 0.0f;
@@ -470,11 +523,11 @@ void gemv_wide(__global const WT *w, __global const float *bias, const int k_dim
     float4 acc = 0.0f;
 #pragma unroll 4
     for (int k = lane; k < full; k += WLANES)
-        acc += LOAD_ROW4(wr, k) * vload4(k, x);
+        acc += LOAD_ROW4(wr, sr, k) * vload4(k, x);
     /* the last, partial vector (the row padding is zero, x past k_dim is not read) */
     if (full < kv && lane == full % WLANES)
         for (int i = 4 * full; i < k_dim; i++)
-            acc.x += LOAD_W(wr, i) * x[i];
+            acc.x += LOAD_W(wr, sr, i) * x[i];
     red[lid] = acc.x + acc.y + acc.z + acc.w;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int st = WLANES / 2; st > 0; st >>= 1) {
@@ -487,7 +540,7 @@ void gemv_wide(__global const WT *w, __global const float *bias, const int k_dim
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, const int k_pitch, const int n_out,
+void gemv_ln(__global const WT *w, __global const half *ws, __global const float *sc, const int k_dim, const int k_pitch, const int n_out,
              __global char *act, const int x_off, const int xn_off, const int glu, const int y_off,
              __local float *xs, const int flags_off, const int flag_index, const int argmax, const int part_off,
              const int logits_flag)
@@ -500,17 +553,17 @@ void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, co
 #if LANES > 1
     __local float4 red4[GEMV_WG], ts[DP4], tg[DP4];
     __local float stat[3 + GEMV_ROWS / 2];
-    const float v = ln_fold_rows(w, sc, k_pitch, n_out, x, (__global const WT *)w, 0, 1.0f, 0, ln_w, ln_b, x_norm,
+    const float v = ln_fold_rows(w, ws, sc, k_pitch, n_out, x, w, ws, 0, 1.0f, 0, ln_w, ln_b, x_norm,
                                  glu, y, flags, flag_index, red4, stat, ts, tg);
 #else
     __local float red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
-    GEMV_SETUP(w, k_pitch, n_out);
-    prefetch_w(wr, wr2, lane, k_pitch / 4, live, glu, wa, wb);
+    GEMV_SETUP(w, ws, k_pitch, n_out);
+    prefetch_w(wr, wr2, sr, sr2, lane, k_pitch / 4, live, glu, wa, wb);
     const float3 early = row_early(bias, bias, 0, glu, n_out);
     load_x(xs, x, k_dim, k_pitch);
     ln_keep(xs, k_dim, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    const float v = gemv_finish(wr, wr2, wa, wb, early, k_pitch / 4, n_out, xs, 0, glu, y, red, red2);
+    const float v = gemv_finish(wr, wr2, sr, sr2, wa, wb, early, k_pitch / 4, n_out, xs, 0, glu, y, red, red2);
 #endif
     if (argmax)
         argmax_part(v, n_out, AT(float, part_off), flags, logits_flag, red);
@@ -521,29 +574,29 @@ void gemv_ln(__global const WT *w, __global const float *sc, const int k_dim, co
  * in x_norm (the residual of the attention output), and y = W . x + b. One
  * launch instead of two. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_embed(__global const WT *w, __global const float *sc, const int k_pitch, const int n_out,
-                __global const WT *emb, __global char *act, const int id_off, const float scale, const int xn_off,
+void gemv_embed(__global const WT *w, __global const half *ws, __global const float *sc, const int k_pitch,
+                const int n_out, __global const WT *emb, __global const half *es, __global char *act, const int id_off, const float scale, const int xn_off,
                 const int y_off, __local float *xs, const int flags_off, const int flag_index)
 {
     SC_PARTS(sc, n_out);
-    const long base = (long)*AT(const int, id_off) * DMODEL;
+    const long base = (long)*AT(const int, id_off) * EMB_PITCH;
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);
 #if LANES > 1
     __local float4 red4[GEMV_WG], ts[DP4], tg[DP4];
     __local float stat[3 + GEMV_ROWS / 2];
-    ln_fold_rows(w, sc, k_pitch, n_out, x_norm, emb, base, scale, 1, ln_w, ln_b, x_norm, 0, y, flags, flag_index,
+    ln_fold_rows(w, ws, sc, k_pitch, n_out, x_norm, emb, es, base, scale, 1, ln_w, ln_b, x_norm, 0, y, flags, flag_index,
                  red4, stat, ts, tg);
 #else
     __local float red[GEMV_WG], red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
     const int lid = get_local_id(0);
-    GEMV_SETUP(w, k_pitch, n_out);
-    prefetch_w(wr, wr2, lane, k_pitch / 4, live, 0, wa, wb);
+    GEMV_SETUP(w, ws, k_pitch, n_out);
+    prefetch_w(wr, wr2, sr, sr2, lane, k_pitch / 4, live, 0, wa, wb);
     for (int i = lid; i < k_pitch; i += GEMV_WG)
-        xs[i] = i < DMODEL ? LOAD_W(emb, base + i) * scale : 0.0f;
+        xs[i] = i < DMODEL ? LOAD_W(emb, es, base + i) * scale : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
     ln_keep(xs, DMODEL, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    gemv_finish(wr, wr2, wa, wb, row_early(bias, bias, 0, 0, n_out), k_pitch / 4, n_out, xs, 0, 0, y, red, red2);
+    gemv_finish(wr, wr2, sr, sr2, wa, wb, row_early(bias, bias, 0, 0, n_out), k_pitch / 4, n_out, xs, 0, 0, y, red, red2);
 #endif
 }

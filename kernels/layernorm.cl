@@ -21,9 +21,10 @@ void bias_residual_layernorm(__global const float *y, __global const float *bias
         flag_if_nonfinite(stat, flags, flag_index);
 }
 
-/* Converts half weights to float for the CLBlast GEMMs of the prefill. */
-__kernel void half_to_float(__global const WT *src, __global float *dst, const uint n)
+/* Widens (dequantizes) a weight matrix of n elements to float32 for the
+ * CLBlast GEMMs of the prefill. */
+__kernel void weight_to_float(__global const WT *src, __global const half *ws, __global float *dst, const uint n)
 {
     for (uint i = get_global_id(0); i < n; i += get_global_size(0))
-        dst[i] = LOAD_W(src, i);
+        dst[i] = LOAD_W(src, ws, i);
 }

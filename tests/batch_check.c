@@ -4,7 +4,7 @@
  * start and finish at different times, reused slots, shared G-caches and
  * per-sequence states. Prints TAP lines (no plan: the driver counts).
  *
- *   batch_check MODEL_DIR f32|f16 TOL [--refuse] */
+ *   batch_check MODEL_DIR f32|f16|bf16|q8_0|q4_0 TOL [--refuse] */
 #include "pldr.h"
 
 #include <math.h>
@@ -292,6 +292,99 @@ static void check_state(void)
     pldr_context_free(c);
 }
 
+/* the scheduler: tokens of greedy requests as alone, a full queue, a
+ * cancelled waiting request, a request cancelled by its callback */
+typedef struct sreq {
+    int32_t toks[16];
+    int n, stop_after, done;
+    pldr_generate_result res;
+} sreq;
+
+static int s_on_token(const pldr_token_event *ev, void *user)
+{
+    sreq *r = user;
+    if (ev->id >= 0 && r->n < 16)
+        r->toks[r->n++] = ev->id;
+    return r->stop_after > 0 && r->n >= r->stop_after;
+}
+
+static void s_on_done(const pldr_generate_result *res, void *user)
+{
+    sreq *r = user;
+    r->res = *res;
+    r->done++;
+}
+
+static void check_scheduler(void)
+{
+    pldr_context *c = new_ctx(PLDR_CACHE_KVG, 2, PLDR_SHARED_G_NONE);
+    pldr_scheduler *s = NULL;
+    int good = c && pldr_scheduler_new(c, NULL, 2, 4, &s) == PLDR_OK;
+    enum { NR = 5 };
+    sreq rq[NR];
+    int32_t prompts[NR][6];
+    memset(rq, 0, sizeof rq);
+    uint64_t ids[NR] = {0};
+    pldr_status st[NR];
+    for (int i = 0; i < NR && good; i++) {
+        for (int k = 0; k < 6; k++)
+            prompts[i][k] = rand_id();
+        pldr_request r;
+        memset(&r, 0, sizeof r);
+        r.prompt_ids = prompts[i];
+        r.n_prompt = 3 + i % 3;
+        r.gen = pldr_generate_default_params();
+        r.gen.max_tokens = 6;
+        r.gen.ignore_eos = 1; /* every request runs to its length */
+        r.on_token = s_on_token;
+        r.on_done = s_on_done;
+        r.user = &rq[i];
+        rq[i].stop_after = i == 3 ? 2 : 0;
+        st[i] = pldr_scheduler_submit(s, &r, &ids[i]);
+    }
+    int active = -1, queued = -1;
+    if (good)
+        pldr_scheduler_stats(s, &active, &queued);
+    ok(good && st[0] == PLDR_OK && st[3] == PLDR_OK && st[4] == PLDR_ERR_BUSY && queued == 4 && active == 0,
+       "scheduler: 4 requests queued, the 5th refused with PLDR_ERR_BUSY (%s)", good ? pldr_status_string(st[4]) : "-");
+    if (good)
+        pldr_scheduler_cancel(s, ids[2]);
+    for (int step = 0; good && step < 64; step++) {
+        if (pldr_scheduler_step(s, 0) != PLDR_OK)
+            good = 0;
+        pldr_scheduler_stats(s, &active, &queued);
+        if (active == 0 && queued == 0)
+            break;
+    }
+    ok(good && rq[2].done == 1 && rq[2].res.finish == PLDR_FINISH_CANCELLED && rq[2].n == 0,
+       "scheduler: a cancelled waiting request ends cancelled without tokens");
+    ok(good && rq[3].done == 1 && rq[3].res.finish == PLDR_FINISH_CANCELLED && rq[3].n == 2,
+       "scheduler: a request whose callback returns non-zero ends cancelled after 2 tokens (%d)", rq[3].n);
+    /* the others: 6 greedy tokens each (never the end token), those of the prompt alone */
+    int same = good;
+    const int eos = pldr_model_config(model)->eos_token_id;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    for (int i = 0; i < 2 && same; i++) {
+        pldr_context *one = new_ctx(PLDR_CACHE_KVG, 1, PLDR_SHARED_G_NONE);
+        same = one && lg && rq[i].done == 1 && rq[i].res.finish == PLDR_FINISH_LENGTH && rq[i].n == 6 &&
+               pldr_eval(one, prompts[i], 3 + i % 3, lg, 0) == PLDR_OK;
+        for (int k = 0; k < 6 && same; k++) {
+            int32_t next = -1;
+            for (int v = 0; v < V; v++)
+                if (v != eos && (next < 0 || lg[v] > lg[next]))
+                    next = v;
+            same = rq[i].toks[k] == next;
+            if (k < 5)
+                same = same && pldr_eval(one, &next, 1, lg, 0) == PLDR_OK;
+        }
+        pldr_context_free(one);
+    }
+    free(lg);
+    ok(same, "scheduler: two requests decoded together give the greedy tokens of each alone");
+    pldr_scheduler_free(s);
+    pldr_context_free(c);
+}
+
 static void check_refusal(void)
 {
     pldr_context_params cp = pldr_context_default_params();
@@ -312,11 +405,14 @@ static void check_refusal(void)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: batch_check MODEL_DIR f32|f16 TOL [--refuse]\n");
+        fprintf(stderr, "usage: batch_check MODEL_DIR f32|f16|bf16|q8_0|q4_0 TOL [--refuse]\n");
         return 2;
     }
     pldr_model_params mp = pldr_model_default_params();
-    mp.weight_dtype = strcmp(argv[2], "f16") == 0 ? PLDR_DTYPE_F16 : PLDR_DTYPE_F32;
+    if (pldr_dtype_from_name(argv[2], &mp.weight_dtype) != PLDR_OK) {
+        fprintf(stderr, "batch_check: %s\n", pldr_last_error());
+        return 2;
+    }
     tol = atof(argv[3]);
     if (pldr_model_load(argv[1], &mp, &model) != PLDR_OK) {
         printf("not ok 1 - loading %s: %s\n", argv[1], pldr_last_error());
@@ -331,6 +427,7 @@ int main(int argc, char **argv)
         if (pldr_model_config(model)->g_type == PLDR_G_LEARNED)
             check_shared_g();
         check_state();
+        check_scheduler();
     }
     pldr_model_free(model);
     return n_fail ? 1 : 0;

@@ -26,7 +26,7 @@ decoder.past_G_values.
 
 CLI (mirrors the engine's parity command):
     pldr_ref.py logits -m DIR --ids 5,17,42 [--prefill N] [--cache none|kv|kvg]
-                       [--dtype f64|f32] -o FILE.npy
+                       [--dtype f64|f32] [--weights f32|f16|bf16|q8_0|q4_0] -o FILE.npy
     pldr_ref.py gcache -m DIR --ids ... -o FILE.npy   # [L, 3, H, dk, dk] = A, A_LM, G_LM
     pldr_ref.py info -m DIR
 """
@@ -141,6 +141,98 @@ def load_checkpoint(path):
         if missing:
             raise ValueError("index lists missing tensors: %s" % sorted(missing)[:5])
     return Checkpoint(path, config, tensors, dtypes)
+
+
+# --------------------------------------------------------------- weight storage dtypes
+# What the engine's --dtype bf16 / q8_0 / q4_0 store for the large matrices,
+# written from llama.cpp's reference quantizers (quantize_row_q8_0_ref,
+# quantize_row_q4_0_ref): every row is padded with zeros to a multiple of 32
+# and cut into blocks of 32; the arithmetic is float32 as there, then the
+# dequantized values (d * q, exact in float32) replace the tensor.
+
+QBLOCK = 32
+
+
+def _blocks(x):
+    """x [rows, cols] -> float32 [rows, nb, 32], zero-padded."""
+    x = np.asarray(x, dtype=np.float32)
+    rows, cols = x.shape
+    nb = (cols + QBLOCK - 1) // QBLOCK
+    out = np.zeros((rows, nb * QBLOCK), dtype=np.float32)
+    out[:, :cols] = x
+    return out.reshape(rows, nb, QBLOCK)
+
+
+def quantize_q8_0(x):
+    """Returns (q int8 [rows, nb, 32], d float16 [rows, nb])."""
+    xb = _blocks(x)
+    amax = np.max(np.abs(xb), axis=-1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+    v = (xb * inv[..., None]).astype(np.float32).astype(np.float64)
+    q = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int8)  # roundf: halves away from zero
+    return q, d.astype(np.float16)
+
+
+def quantize_q4_0(x):
+    """Returns (q uint8 in [0, 15] [rows, nb, 32], d float16 [rows, nb])."""
+    xb = _blocks(x)
+    idx = np.argmax(np.abs(xb), axis=-1)  # the first of equal magnitudes, as the C loop
+    mx = np.take_along_axis(xb, idx[..., None], axis=-1)[..., 0]
+    d = (mx / np.float32(-8)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+    v = ((xb * inv[..., None]).astype(np.float32) + np.float32(8.5)).astype(np.float32)
+    q = np.minimum(np.trunc(v), 15).astype(np.uint8)
+    return q, d.astype(np.float16)
+
+
+def to_bf16(x):
+    """float32 -> the float32 value of its bfloat16 rounding (nearest even)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return bf16_to_f32(r)
+
+
+def dequantized(x, dtype):
+    """The values the engine's kernels read for matrix x stored as dtype."""
+    x = np.asarray(x, dtype=np.float32)
+    if dtype in ("f32", None):
+        return x
+    if dtype == "f16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype == "bf16":
+        return to_bf16(x)
+    rows, cols = x.shape
+    if dtype == "q8_0":
+        q, d = quantize_q8_0(x)
+        w = q.astype(np.float32) * d.astype(np.float32)[..., None]
+    elif dtype == "q4_0":
+        q, d = quantize_q4_0(x)
+        w = (q.astype(np.float32) - np.float32(8)) * d.astype(np.float32)[..., None]
+    else:
+        raise ValueError("unknown weight dtype %s" % dtype)
+    return w.reshape(rows, -1)[:, :cols]
+
+
+def large_matrices(ckpt):
+    """Names of the matrices the engine stores in the weight dtype."""
+    names = ["decoder.embedding.weight"]
+    names += [h for h in ("final_layer.weight", "score.weight", "qa_outputs.weight") if h in ckpt]
+    L = int(ckpt.config["num_hidden_layers"])
+    for l in range(L):
+        p = "decoder.dec_layers.%d." % l
+        names += [p + "mha1.%s.weight" % w for w in ("wq", "wk", "wv", "dense")]
+        names += [p + "ffn.gluw%d.weight" % i for i in (1, 2, 3)]
+    return names
+
+
+def with_weight_dtype(ckpt, dtype):
+    """A copy of ckpt whose large matrices hold what --dtype `dtype` stores."""
+    tensors = dict(ckpt.tensors)
+    for name in large_matrices(ckpt):
+        tensors[name] = dequantized(tensors[name], dtype)
+    return Checkpoint(ckpt.path, ckpt.config, tensors, dict(ckpt.dtypes))
 
 
 # --------------------------------------------------------------- building blocks
@@ -656,6 +748,8 @@ def main(argv=None):
     lg.add_argument("--prefill", type=int)
     lg.add_argument("--cache", choices=["none", "kv", "kvg"], default="kvg")
     lg.add_argument("--dtype", choices=["f64", "f32"], default="f64")
+    lg.add_argument("--weights", choices=["f32", "f16", "bf16", "q8_0", "q4_0"], default="f32",
+                    help="the engine's --dtype: the large matrices as it stores them")
     lg.add_argument("-o", "--output", required=True)
     lg.add_argument("--compare", help="an .npy (e.g. the engine's) to compare against, prints rel_err per row")
     gc = sub.add_parser("gcache", help="A, A_LM, G_LM of one forward as [L, 3, H, dk, dk] float32")
@@ -676,7 +770,10 @@ def main(argv=None):
         return 0
 
     dtype = np.float64 if args.dtype == "f64" else np.float32
-    model = Model(load_checkpoint(args.model), dtype)
+    ckpt = load_checkpoint(args.model)
+    if getattr(args, "weights", "f32") != "f32":
+        ckpt = with_weight_dtype(ckpt, args.weights)
+    model = Model(ckpt, dtype)
     ids = _parse_ids(args.ids)
     if args.cmd == "gcache":
         np.save(args.output, g_cache(model, ids).astype(np.float32))

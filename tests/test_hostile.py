@@ -144,7 +144,8 @@ def main():
     tap.check("gcache export -o refuses a FIFO", gcache_fifo)
 
     # --------------------------------------------------------- standard output
-    for args in (["devices"], ["tokenize", "-p", "To open a file"], ["help", "logits"]):
+    for args in (["devices"], ["tokenize", "-p", "To open a file"], ["help", "logits"],
+                 ["generate", "-p", "To open a file", "-n", "2", "-q"]):
         def dev_full(args=args):
             with open("/dev/full", "wb") as full:
                 rc, _, err = run(args, stdout=full)

@@ -29,7 +29,7 @@ PROMPTS = [
     "The function returns",
     "Raises ValueError if",
 ]
-CTX = 128
+CTX = 512  # the bundled model's max_position_embeddings, the server's default context
 LOAD_SECONDS = float(os.environ.get("PLDR_SERVER_LOAD_SECONDS", "30"))
 
 
@@ -258,7 +258,7 @@ def check_errors(tap, sv):
         ("a NUL escape", "/v1/completions", "POST", b'{"prompt":"a\\u0000b"}', 400, None),
         ("deeply nested JSON", "/v1/completions", "POST", b'{"prompt":' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
          None),
-        ("prompt longer than the context", "/v1/completions", "POST", {"prompt": "word " * (CTX * 2)}, 400, "prompt"),
+        ("prompt longer than the context", "/v1/completions", "POST", {"prompt": "word " * (CTX + 10)}, 400, "prompt"),
         ("chat completions", "/v1/chat/completions", "POST", {"messages": [{"role": "user", "content": "hi"}]}, 400,
          None),
         ("unknown path", "/v2/nothing", "GET", None, 404, None),
@@ -283,7 +283,7 @@ def check_errors(tap, sv):
         tap.check("error: %s" % desc, one)
 
     def context_numbers():
-        code, body = sv.complete({"prompt": "word " * (CTX * 2)})
+        code, body = sv.complete({"prompt": "word " * (CTX + 10)})
         m = err_field(body).get("message", "")
         return code == 400 and str(CTX) in m and err_field(body).get("code") == "context_length_exceeded", m
     tap.check("a prompt longer than the context is refused with the numbers", context_numbers)
@@ -410,7 +410,9 @@ def check_load(tap, sv):
                                                                        stats["other"]),
            "\n".join(stats["errors"][:10]))
     warm, end = rss.get("warm", 0), rss["end"]
-    tap.ok(warm > 0 and end <= warm * 1.10 + 16384,
+    # under AddressSanitizer freed memory stays in its quarantine (256 MiB by default) for a while
+    slack = 300 * 1024 if "ASAN_OPTIONS" in os.environ else 16384
+    tap.ok(warm > 0 and end <= warm * 1.10 + slack,
            "load: resident memory flat after the warm-up (%d -> %d KiB)" % (warm, end))
     code, _, data = sv.get("/health")
     tap.ok(code == 200 and json.loads(data)["slots_processing"] == 0, "load: every slot idle afterwards",
@@ -418,7 +420,7 @@ def check_load(tap, sv):
 
 
 def check_queue_full(tap):
-    sv = st.Server(["-m", MODEL, "--parallel", "1", "--max-queue", "0", "--ctx", CTX], name="queue")
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--max-queue", "1"], name="queue")
     try:
         def full():
             c = sv.conn()
@@ -426,11 +428,44 @@ def check_queue_full(tap):
                                                                   "ignore_eos": True, "stream": True}))
             r = c.getresponse()
             next(st.read_events(r))
+            # the queue holds one: the first waits, the second is refused
+            w = socket.create_connection(("127.0.0.1", sv.port))
+            body = json.dumps({"prompt": "x", "max_tokens": 4}).encode()
+            w.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            t_end = time.time() + 5
+            while time.time() < t_end and sv.metrics().get("pldr_queue_length", 0) < 1:
+                time.sleep(0.02)
             code, hdr, data = sv.post("/v1/completions", {"prompt": "x", "max_tokens": 4})
             c.close()
+            w.close()
             return (code == 503 and "retry-after" in hdr and json.loads(data)["error"]["message"],
                     "HTTP %d Retry-After %s" % (code, hdr.get("retry-after")), data)
         tap.check("503 with Retry-After when every slot is busy and the queue is full", full)
+
+        def queued_gone():
+            t_end = time.time() + 10
+            while time.time() < t_end and json.loads(sv.get("/health")[2])["slots_idle"] < 1:
+                time.sleep(0.05)
+            c = sv.conn()
+            c.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[0], "max_tokens": 500,
+                                                                  "ignore_eos": True, "stream": True}))
+            r = c.getresponse()
+            next(st.read_events(r))
+            s = socket.create_connection(("127.0.0.1", sv.port))
+            body = json.dumps({"prompt": PROMPTS[1], "max_tokens": 5}).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.1)
+            s.close()
+            time.sleep(0.2)
+            c.close()
+            t_end = time.time() + 5
+            while time.time() < t_end and sv.busy_slots() > 0:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            n_b = len(json.loads(sv.post("/tokenize", {"content": PROMPTS[1]})[2])["tokens"])
+            gone = [ln for ln in sv.stderr().splitlines() if " 499 prompt=%d generated=0 " % n_b in ln]
+            return len(gone) == 1, gone[0] if gone else "", sv.stderr()[-1500:]
+        tap.check("a waiting client that goes away is never run (logged as 499)", queued_gone)
     finally:
         tap.ok(sv.stop() == 0, "the queue test server exits with 0 on SIGTERM")
 
@@ -474,7 +509,7 @@ def check_loading(tap):
         code, _, data = sv.get("/health", timeout=10)
         code2, _, _ = sv.post("/v1/completions", {"prompt": "x"}, timeout=10)
         with open(fifo, "w") as f:
-            f.write('{"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}')
+            f.write('{"add_bos_token": true, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}')
         sv.wait_ready()
         code3, _, data3 = sv.get("/health")
         code4, _, data4 = sv.post("/v1/chat/completions", {"messages": []})
@@ -484,6 +519,15 @@ def check_loading(tap):
                "%d %s / %d / %d %s" % (code, data, code2, code3, data3))
         tap.ok(code4 == 400 and "{% for m in messages %}" in msg and "/v1/completions" in msg,
                "a chat template in tokenizer_config.json is named in the refusal", msg)
+        code5, body5 = sv.complete({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0})
+        os.unlink(fifo)
+        with open(fifo, "w") as f:
+            f.write('{"add_bos_token": true}')
+        want = st.generate_text(PROMPTS[0], 24, model=d)
+        n_plain = len(json.loads(sv.post("/tokenize", {"content": PROMPTS[0]})[2])["tokens"])
+        tap.ok(code5 == 200 and body5["choices"][0]["text"] == want and body5["usage"]["prompt_tokens"] == n_plain + 1,
+               "add_bos_token in tokenizer_config.json: BOS before the prompt, as pldr generate does",
+               "%s\nwant %r" % (body5, want))
     finally:
         sv.stop()
 
@@ -536,7 +580,7 @@ def main():
     if not pt.have_pldr():
         tap.skip("pldr serve", "pldr binary not found")
         return tap.done()
-    sv = st.Server(["-m", MODEL, "--parallel", "4", "--ctx", CTX, "--max-body", "65536", "--timeout", "3",
+    sv = st.Server(["-m", MODEL, "--parallel", "4", "--max-body", "65536", "--timeout", "3",
                     "--max-queue", "200"])
     try:
         tap.ok(sv.ready_line.startswith("pldr serve: listening on http://127.0.0.1:%d" % sv.port),

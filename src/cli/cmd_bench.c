@@ -35,7 +35,7 @@ static const char help[] =
     "  -n, --n-gen L     decode lengths, comma-separated (default 128; 0 skips)\n"
     "  -r, --repetitions N  (default 5)\n"
     "      --cache L     cache modes among none,kv,kvg (default kvg)\n"
-    "      --dtype L     weight storage among f32,f16 (default f32)\n"
+    "      --dtype L     weight storage among f32,f16,bf16,q8_0,q4_0 (default f32)\n"
     "      --device SPEC device spec, or 'all' for every device (default: the default device)\n"
     "  -o, --output F    md (default), json or csv\n"
     "      --seed S      seed of the random token ids (default 1)\n"
@@ -182,19 +182,20 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
-/* by pldr_dtype */
-static const char *const dtype_names[2] = {"f32", "f16"};
+/* by pldr_dtype (pldr_dtype_name) */
+static const char *const dtype_names[PLDR_DTYPE_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
 
 typedef struct device_run {
     pldr_device_info dev;
     double bandwidth;
-    uint64_t decode_bytes[2];
-    uint64_t weight_bytes[2], context_bytes;
-    uint64_t zero_copy_bytes[2]; /* of weight_bytes: read in place from the checkpoint's mapping */
-    double load_s[2];            /* seconds pldr_model_load took, per dtype (0: not run) */
-    char kernel_options[2][1024]; /* per dtype, pldr_model_kernel_options ("": not run) */
-    char kernel_notes[2][1024];   /* per dtype, pldr_model_kernel_notes ("": nothing changed) */
-    int decode_tuned[2];          /* per dtype, pldr_model_decode_tuned */
+    uint64_t decode_bytes[PLDR_DTYPE_COUNT]; /* weight bytes a decode step reads (the roofline's) */
+    uint64_t weight_bytes[PLDR_DTYPE_COUNT], context_bytes;
+    uint64_t zero_copy_bytes[PLDR_DTYPE_COUNT]; /* of weight_bytes: read in place from the checkpoint's mapping */
+    double load_s[PLDR_DTYPE_COUNT];            /* seconds pldr_model_load took, per dtype (0: not run) */
+    double quantize_s[PLDR_DTYPE_COUNT];        /* of load_s: converting to the dtype (bf16, q8_0, q4_0) */
+    char kernel_options[PLDR_DTYPE_COUNT][1024]; /* per dtype, pldr_model_kernel_options ("": not run) */
+    char kernel_notes[PLDR_DTYPE_COUNT][1024];   /* per dtype, pldr_model_kernel_notes ("": nothing changed) */
+    int decode_tuned[PLDR_DTYPE_COUNT];          /* per dtype, pldr_model_decode_tuned */
     result *res;
     int n_res;
 } device_run;
@@ -221,12 +222,14 @@ static void print_md(const char *model_name, uint64_t n_params, const device_run
            rss_after_load_kib / 1024.0, (rss_after_load_kib - rss_file_after_load_kib) / 1024.0,
            rss_file_after_load_kib / 1024.0, peak_rss_kib() / 1024.0);
     for (int d = 0; d < n_runs; d++)
-        for (int t = 0; t < 2; t++)
+        for (int t = 0; t < PLDR_DTYPE_COUNT; t++)
             if (runs[d].load_s[t] > 0.0)
                 printf("device %d, %s weights: %.1f MiB (%.1f MiB of them zero-copy, read in place from the "
-                       "checkpoint's mapping), context %.1f MiB, model load %.2f s%s\n",
+                       "checkpoint's mapping), %.1f MiB read per decode step, context %.1f MiB, model load %.2f s "
+                       "(%.2f s converting the weights)%s\n",
                        runs[d].dev.index, dtype_names[t], runs[d].weight_bytes[t] / 1048576.0,
-                       runs[d].zero_copy_bytes[t] / 1048576.0, runs[d].context_bytes / 1048576.0, runs[d].load_s[t],
+                       runs[d].zero_copy_bytes[t] / 1048576.0, runs[d].decode_bytes[t] / 1048576.0,
+                       runs[d].context_bytes / 1048576.0, runs[d].load_s[t], runs[d].quantize_s[t],
                        runs[d].decode_tuned[t] ? ", decode work-group shapes from pldr tune" : "");
 }
 
@@ -274,19 +277,25 @@ static void print_json(const char *model_name, uint64_t n_params, const device_r
         printf("     \"unified_memory\": %s, \"mem_base_align_bytes\": %u, \"zero_copy_weight_bytes\": %llu,\n",
                dr->dev.unified_memory ? "true" : "false", dr->dev.mem_base_align,
                (unsigned long long)(dr->zero_copy_bytes[0] + dr->zero_copy_bytes[1]));
-        printf("     \"load_seconds\": {\"f32\": %.3f, \"f16\": %.3f},\n", dr->load_s[0], dr->load_s[1]);
-        printf("     \"kernel_options\": {\"f32\": ");
-        json_str(stdout, dr->kernel_options[0]);
-        printf(", \"f16\": ");
-        json_str(stdout, dr->kernel_options[1]);
-        printf("},\n");
-        printf("     \"kernel_notes\": {\"f32\": ");
-        json_str(stdout, dr->kernel_notes[0]);
-        printf(", \"f16\": ");
-        json_str(stdout, dr->kernel_notes[1]);
-        printf("},\n");
-        printf("     \"decode_tuned\": {\"f32\": %s, \"f16\": %s},\n", dr->decode_tuned[0] ? "true" : "false",
-               dr->decode_tuned[1] ? "true" : "false");
+        /* per dtype (every one, 0 / "" / false where not run) */
+        const char *fields[] = {"load_seconds", "quantize_seconds", "weight_device_bytes", "decode_weight_bytes",
+                                "kernel_options", "kernel_notes", "decode_tuned"};
+        for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
+            printf("     \"%s\": {", fields[f]);
+            for (int t = 0; t < PLDR_DTYPE_COUNT; t++) {
+                printf("%s\"%s\": ", t ? ", " : "", dtype_names[t]);
+                switch (f) {
+                case 0: printf("%.3f", dr->load_s[t]); break;
+                case 1: printf("%.3f", dr->quantize_s[t]); break;
+                case 2: printf("%llu", (unsigned long long)dr->weight_bytes[t]); break;
+                case 3: printf("%llu", (unsigned long long)dr->decode_bytes[t]); break;
+                case 4: json_str(stdout, dr->kernel_options[t]); break;
+                case 5: json_str(stdout, dr->kernel_notes[t]); break;
+                default: printf("%s", dr->decode_tuned[t] ? "true" : "false"); break;
+                }
+            }
+            printf("},\n");
+        }
         printf("     \"results\": [\n");
         for (int i = 0; i < dr->n_res; i++) {
             const result *r = &dr->res[i];
@@ -350,8 +359,8 @@ int cmd_bench(int argc, char **argv)
                 return cli_usage_error("bench", "--cache must list none, kv, kvg, not '%s'", optarg);
             break;
         case O_DTYPE:
-            if (parse_names(optarg, dtype_names, 2, dtypes, &n_dtypes))
-                return cli_usage_error("bench", "--dtype must list f32, f16, not '%s'", optarg);
+            if (parse_names(optarg, dtype_names, PLDR_DTYPE_COUNT, dtypes, &n_dtypes))
+                return cli_usage_error("bench", "--dtype must list f32, f16, bf16, q8_0, q4_0, not '%s'", optarg);
             break;
         case O_DEVICE: device = optarg; break;
         case O_SEED:
@@ -452,6 +461,7 @@ int cmd_bench(int argc, char **argv)
                      pldr_model_kernel_options(model));
             snprintf(dr->kernel_notes[dtypes[di]], sizeof dr->kernel_notes[0], "%s", pldr_model_kernel_notes(model));
             dr->decode_tuned[dtypes[di]] = pldr_model_decode_tuned(model);
+            dr->quantize_s[dtypes[di]] = pldr_model_quantize_seconds(model);
             long rss_file, rss = rss_kib(&rss_file);
             if (rss > rss_after_load_kib) {
                 rss_after_load_kib = rss;

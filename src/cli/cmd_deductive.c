@@ -18,7 +18,7 @@
 
 static const char help[] =
     "usage: pldr deductive [-m DIR] (-p PROMPT | -f FILE) [-n N] [--json]\n"
-    "                      [--device SPEC] [--dtype f32|f16]\n"
+    "                      [--device SPEC] [--dtype T]\n"
     "       pldr deductive --g-cache FILE [--json]\n"
     "\n"
     "Reports, per layer and head, for A (the metric learner's output), A_LM and\n"
@@ -41,7 +41,7 @@ static const char help[] =
     "      --json        print the report as JSON (non-finite numbers as null)\n"
     "      --device SPEC OpenCL device: index, platform:device, type (cpu, gpu,\n"
     "                    accelerator) or name substring\n"
-    "      --dtype T     weight storage on the device: f32 (default) or f16\n";
+    "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 static const char *const TENSOR_NAMES[3] = {"A", "A_LM", "G_LM"};
 
@@ -521,7 +521,7 @@ int cmd_deductive(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &o.dtype))
-                return cli_usage_error("deductive", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("deductive", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("deductive", "option '%s' needs a value", argv[optind - 1]);

@@ -11,7 +11,7 @@
 
 static const char help[] =
     "usage: pldr gcache export [-m DIR] (-p PROMPT | -f FILE | --ids LIST) -o FILE\n"
-    "                          [--device SPEC] [--dtype f32|f16]\n"
+    "                          [--device SPEC] [--dtype T]\n"
     "\n"
     "Runs the prompt through a context with KV- and G-cache (one prefill forward)\n"
     "and writes its G-cache as a safetensors file: tensors A, A_LM and G_LM, each\n"
@@ -29,7 +29,7 @@ static const char help[] =
     "                    replaced only on success)\n"
     "      --device SPEC OpenCL device: index, platform:device, type (cpu, gpu,\n"
     "                    accelerator) or name substring\n"
-    "      --dtype T     weight storage on the device: f32 (default) or f16\n";
+    "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 int cli_apply_gcache(pldr_context *ctx, const pldr_model *model, const char *path)
 {
@@ -140,7 +140,7 @@ int cmd_gcache(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &dtype))
-                return cli_usage_error("gcache", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("gcache", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("gcache", "option '%s' needs a value", argv[optind - 1]);

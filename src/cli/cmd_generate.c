@@ -27,7 +27,7 @@ static const char help[] =
     "                     [--stop TEXT]... [--ignore-eos] [--logprobs N] [-o text|json]\n"
     "                     [--cache none|kv|kvg] [--ctx N] [--g-cache FILE]\n"
     "                     [--save-session FILE] [--load-session FILE]\n"
-    "                     [--device SPEC] [--dtype f32|f16]\n"
+    "                     [--device SPEC] [--dtype T]\n"
     "\n"
     "Generates text from a prompt. The prompt is encoded without BOS or EOS; text\n"
     "streams to stdout as tokens are produced; generation stops at [END], at a stop\n"
@@ -77,7 +77,8 @@ static const char help[] =
     "                    Greedy decoding gives exactly the tokens of an uninterrupted run;\n"
     "                    sampling starts from a fresh --seed\n"
     "      --device SPEC OpenCL device: index, platform:device or name substring\n"
-    "      --dtype T     weight storage on the device: f32 (default, or the session's) or f16\n"
+    "      --dtype T     weight storage on the device: f32 (default, or the session's), f16,\n"
+    "                    bf16, q8_0 or q4_0\n"
     "      --tune        tune CLBlast and the decode work-group shapes for this model on the\n"
     "                    device first, unless already done (see pldr tune)\n"
     "  -q, --quiet       no summary on stderr\n";
@@ -212,7 +213,7 @@ static int parse_options(int argc, char **argv, gen_opts *o)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &o->dtype))
-                return cli_usage_error("generate", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("generate", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             o->dtype_set = 1;
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;

@@ -230,7 +230,7 @@ static void print_labels_json(const head_run *r, const double *p, const int *ord
 
 static const char classify_help[] =
     "usage: pldr classify [-m DIR] (-p TEXT | -f FILE) [--json] [--top N]\n"
-    "                     [--device SPEC] [--dtype f32|f16]\n"
+    "                     [--device SPEC] [--dtype T]\n"
     "\n"
     "Runs a classification checkpoint on each non-empty line of the input.\n"
     "PldrllmForSequenceClassification: the line's label and every label's probability\n"
@@ -246,7 +246,7 @@ static const char classify_help[] =
     "      --top N       show the N most probable labels (default: every label for\n"
     "                    sequences, 1 per token)\n"
     "      --device SPEC OpenCL device: index, platform:device or name substring\n"
-    "      --dtype T     weight storage on the device: f32 (default) or f16\n";
+    "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 static int classify_sequence(head_run *r, const char *line, const float *row, int top, int json)
 {
@@ -404,7 +404,7 @@ int cmd_classify(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &dtype))
-                return cli_usage_error("classify", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("classify", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(classify_help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("classify", "option '%s' needs a value", argv[optind - 1]);
@@ -464,7 +464,7 @@ int cmd_classify(int argc, char **argv)
 
 static const char qa_help[] =
     "usage: pldr qa [-m DIR] --question Q --context C [--max-answer N] [--json]\n"
-    "               [--device SPEC] [--dtype f32|f16]\n"
+    "               [--device SPEC] [--dtype T]\n"
     "\n"
     "Runs a PldrllmForQuestionAnswering checkpoint on the question's tokens followed\n"
     "by the context's and prints the best answer span within the context: the span\n"
@@ -477,7 +477,7 @@ static const char qa_help[] =
     "      --max-answer N  longest answer in tokens (default 30)\n"
     "      --json          a JSON object instead of text\n"
     "      --device SPEC   OpenCL device: index, platform:device or name substring\n"
-    "      --dtype T       weight storage on the device: f32 (default) or f16\n";
+    "      --dtype T       weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 int cmd_qa(int argc, char **argv)
 {
@@ -509,7 +509,7 @@ int cmd_qa(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &dtype))
-                return cli_usage_error("qa", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("qa", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(qa_help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("qa", "option '%s' needs a value", argv[optind - 1]);
@@ -618,7 +618,7 @@ int cmd_qa(int argc, char **argv)
 
 static const char embed_help[] =
     "usage: pldr embed [-m DIR] (-p TEXT | -f FILE) [--pool last|mean] [-o npy|json]\n"
-    "                  [--device SPEC] [--dtype f32|f16]\n"
+    "                  [--device SPEC] [--dtype T]\n"
     "\n"
     "Writes one embedding per non-empty input line to standard output: the decoder's\n"
     "last hidden state (before any head), pooled over the line's tokens, for every\n"
@@ -631,7 +631,7 @@ static const char embed_help[] =
     "  -o, --output F    npy (default): a float32 .npy array [lines, hidden_size];\n"
     "                    json: {\"embeddings\": [[...], ...]}\n"
     "      --device SPEC OpenCL device: index, platform:device or name substring\n"
-    "      --dtype T     weight storage on the device: f32 (default) or f16\n";
+    "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n";
 
 int cmd_embed(int argc, char **argv)
 {
@@ -667,7 +667,7 @@ int cmd_embed(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &dtype))
-                return cli_usage_error("embed", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("embed", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(embed_help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("embed", "option '%s' needs a value", argv[optind - 1]);

@@ -14,7 +14,7 @@
 
 static const char help[] =
     "usage: pldr logits [-m DIR] --ids ID,ID,... [--prefill N] [--cache none|kv|kvg]\n"
-    "                   [--g-cache FILE] [--device SPEC] [--dtype f32|f16] -o FILE.npy\n"
+    "                   [--g-cache FILE] [--device SPEC] [--dtype T] -o FILE.npy\n"
     "\n"
     "Writes float32 logits of shape [len(ids), vocab] as a NumPy .npy file.\n"
     "On other checkpoint classes, the rows are the head's outputs: hidden states\n"
@@ -33,7 +33,7 @@ static const char help[] =
     "                      'pldr gcache export') instead of the metric learner, in every row\n"
     "      --device SPEC   OpenCL device: index, platform:device, type (cpu, gpu,\n"
     "                      accelerator) or name substring\n"
-    "      --dtype T       weight storage on the device: f32 (default) or f16\n"
+    "      --dtype T       weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n"
     "  -o, --output FILE   the .npy file to write ('-': standard output); written\n"
     "                      atomically, an existing file is replaced only on success\n";
 
@@ -72,7 +72,7 @@ int cmd_logits(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &dtype))
-                return cli_usage_error("logits", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("logits", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("logits", "option '%s' needs a value", argv[optind - 1]);

@@ -24,7 +24,7 @@
 static const char help[] =
     "usage: pldr perplexity [-m DIR] -f FILE [--ctx N] [--stride S] [--cache none|kv|kvg]\n"
     "                       [--all-rows] [--g-cache FILE] [--json] [--device SPEC]\n"
-    "                       [--dtype f32|f16]\n"
+    "                       [--dtype T]\n"
     "\n"
     "Reports the mean negative log-likelihood per token (natural log, nats) and the\n"
     "perplexity exp(mean NLL) of a text. The whole file is tokenized (no BOS/EOS)\n"
@@ -63,7 +63,7 @@ static const char help[] =
     "      --json        print the result as JSON\n"
     "      --device SPEC OpenCL device: index, platform:device, type (cpu, gpu,\n"
     "                    accelerator) or name substring\n"
-    "      --dtype T     weight storage on the device: f32 (default) or f16\n"
+    "      --dtype T     weight storage on the device: f32 (default), f16, bf16, q8_0, q4_0\n"
     "Progress goes to stderr when it is a terminal.\n";
 
 typedef struct ppl_opts {
@@ -310,7 +310,7 @@ static int parse_options(int argc, char **argv, ppl_opts *o)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &o->dtype))
-                return cli_usage_error("perplexity", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("perplexity", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
         case ':': return cli_usage_error("perplexity", "option '%s' needs a value", argv[optind - 1]);

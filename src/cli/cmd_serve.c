@@ -13,7 +13,7 @@
 
 static const char help[] =
     "usage: pldr serve [-m DIR] [--host ADDR] [--port N] [--parallel P] [--ctx N]\n"
-    "                  [--device SPEC[,SPEC...]|all] [--dtype f32|f16] [--cache kv|kvg]\n"
+    "                  [--device SPEC[,SPEC...]|all] [--dtype T] [--cache kv|kvg]\n"
     "                  [--g-cache FILE] [--api-key KEY | --api-key-file FILE]\n"
     "                  [--max-queue Q] [--timeout S] [--max-body BYTES]\n"
     "\n"
@@ -38,9 +38,12 @@ static const char help[] =
     "                      (index, platform:device or name substring), or 'all' for every\n"
     "                      device (default: the default device); a device named twice\n"
     "                      holds two replicas\n"
-    "      --dtype T       weight storage on the devices: f32 (default) or f16\n"
+    "      --dtype T       weight storage on the devices: f32 (default), f16, bf16,\n"
+    "                      q8_0 or q4_0\n"
     "      --cache MODE    kv or kvg (default kvg)\n"
-    "      --g-cache FILE  a G-cache file (see pldr gcache) used for every request\n"
+    "      --g-cache FILE  a G-cache file (see pldr gcache) used for every request; 'first':\n"
+    "                      the first prompt's G-cache serves every later one (the paper's\n"
+    "                      once-inferred G_LM)\n"
     "      --api-key KEY   require 'Authorization: Bearer KEY' (all but /health; else 401)\n"
     "      --api-key-file F  the same, with the key read from the first line of F\n"
     "      --max-queue Q   sequences that may wait for a slot, over all replicas (default 64)\n"
@@ -157,7 +160,12 @@ int cmd_serve(int argc, char **argv)
         case 'm': o.model_dir = optarg; break;
         case O_HOST: o.host = optarg; break;
         case O_DEVICE: device = optarg; break;
-        case O_GCACHE: o.gcache = optarg; break;
+        case O_GCACHE:
+            if (strcmp(optarg, "first") == 0)
+                o.gcache_first = 1;
+            else
+                o.gcache = optarg;
+            break;
         case O_KEY: o.api_key = optarg; break;
         case O_KEYFILE: key_file = optarg; break;
         case O_PORT:
@@ -200,7 +208,7 @@ int cmd_serve(int argc, char **argv)
             break;
         case O_DTYPE:
             if (cli_parse_dtype(optarg, &o.dtype))
-                return cli_usage_error("serve", "--dtype must be f32 or f16, not '%s'", optarg);
+                return cli_usage_error("serve", "--dtype must be f32, f16, bf16, q8_0 or q4_0, not '%s'", optarg);
             break;
         case O_CACHE:
             if (cli_parse_cache(optarg, &o.cache) || o.cache == PLDR_CACHE_NONE)

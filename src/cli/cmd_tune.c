@@ -17,7 +17,7 @@
 static const char help[] =
     "usage: pldr tune [-m DIR] [--device SPEC] [--stage gemm|decode|all] [--budget SECONDS]\n"
     "                 [--shapes prefill|all] [--max-candidates N] [--seed S]\n"
-    "                 [--dtype f32|f16] [--steps N] [--runs N] [--if-missing] [-q]\n"
+    "                 [--dtype T] [--steps N] [--runs N] [--if-missing] [-q]\n"
     "       pldr tune --path [--device SPEC] [--stage gemm|decode]\n"
     "       pldr tune --check [--device SPEC]\n"
     "\n"
@@ -55,7 +55,8 @@ static const char help[] =
     "                         layer in 64-row chunks (logits of every row, perplexity)\n"
     "      --max-candidates N try at most N parameter sets besides the defaults\n"
     "      --seed S           seed of the search (default 1)\n"
-    "      --dtype T          decode stage: weight storage tuned for, f32 (default) or f16\n"
+    "      --dtype T          decode stage: weight storage tuned for: f32 (default), f16, bf16,\n"
+    "                         q8_0 or q4_0\n"
     "      --steps N          decode stage: greedy steps timed per run (default 32)\n"
     "      --runs N           decode stage: timed runs per candidate after a warm-up run, the\n"
     "                         fastest counts (default 3; more until 0.5 s were timed)\n"
@@ -186,12 +187,8 @@ int cmd_tune(int argc, char **argv)
             stage_set = 1;
             break;
         case O_DTYPE:
-            if (strcmp(optarg, "f32") == 0)
-                dp.dtype = PLDR_DTYPE_F32;
-            else if (strcmp(optarg, "f16") == 0)
-                dp.dtype = PLDR_DTYPE_F16;
-            else
-                return cli_usage_error("tune", "--dtype must be f32 or f16");
+            if (cli_parse_dtype(optarg, &dp.dtype))
+                return cli_usage_error("tune", "--dtype must be f32, f16, bf16, q8_0 or q4_0");
             break;
         case O_STEPS:
             if (cli_parse_int(optarg, 1, 100000, &v))

@@ -372,13 +372,7 @@ int cli_parse_cache(const char *s, pldr_cache_mode *mode)
 
 int cli_parse_dtype(const char *s, pldr_dtype *dtype)
 {
-    if (strcmp(s, "f32") == 0)
-        *dtype = PLDR_DTYPE_F32;
-    else if (strcmp(s, "f16") == 0)
-        *dtype = PLDR_DTYPE_F16;
-    else
-        return -1;
-    return 0;
+    return pldr_dtype_from_name(s, dtype) == PLDR_OK ? 0 : -1;
 }
 
 const char *cli_command = "";
@@ -448,8 +442,19 @@ static int run_command(int argc, char **argv)
     return EXIT_USAGE;
 }
 
+/* The library's warnings and diagnostics, on stderr. */
+static void log_to_stderr(pldr_log_level level, const char *msg, void *user)
+{
+    (void)user;
+    if (level == PLDR_LOG_WARN)
+        fprintf(stderr, "pldr: warning: %s\n", msg);
+    else
+        fputs(msg, stderr);
+}
+
 int main(int argc, char **argv)
 {
+    pldr_log_set(log_to_stderr, NULL);
     int rc = run_command(argc, argv);
     /* results on standard output count only once they were written */
     int out = cli_stdout_check();

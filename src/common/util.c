@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,36 @@ const char *pldr_status_string(pldr_status status)
 }
 
 const char *pldr_last_error(void) { return last_error; }
+
+/* The log callback: set rarely, read under the lock so that a message never
+ * meets a half-changed pair. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pldr_log_fn log_fn;
+static void *log_user;
+
+void pldr_log_set(pldr_log_fn fn, void *user)
+{
+    pthread_mutex_lock(&log_lock);
+    log_fn = fn;
+    log_user = user;
+    pthread_mutex_unlock(&log_lock);
+}
+
+void pldr_log(pldr_log_level level, const char *fmt, ...)
+{
+    pthread_mutex_lock(&log_lock);
+    pldr_log_fn fn = log_fn;
+    void *user = log_user;
+    pthread_mutex_unlock(&log_lock);
+    if (!fn)
+        return;
+    char msg[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fn(level, msg, user);
+}
 
 void pldr_clear_error(void) { last_error[0] = '\0'; }
 

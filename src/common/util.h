@@ -19,6 +19,8 @@ pldr_status pldr_fail(pldr_status status, const char *fmt, ...) PLDR_PRINTF(2, 3
 /* Prepends "prefix: " to the current last error message (keeps the status). */
 pldr_status pldr_fail_prefix(pldr_status status, const char *fmt, ...) PLDR_PRINTF(2, 3);
 void pldr_clear_error(void);
+/* Hands a message to the log callback (pldr_log_set), if any. */
+void pldr_log(pldr_log_level level, const char *fmt, ...) PLDR_PRINTF(2, 3);
 
 /* Opens an existing regular file for reading. FIFOs, sockets, devices and
  * directories are refused (PLDR_ERR_IO) without blocking; size may be NULL. */

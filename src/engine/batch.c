@@ -32,7 +32,7 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
         info[3 * r + 2] = (int)((size_t)s * c->kv_rows);
         ids[r] = e[rows[r]].ids[0];
     }
-    cl_command_queue q = m->ocl.queue;
+    cl_command_queue q = c->queue;
     cl_int err = clEnqueueWriteBuffer(q, c->seqinfo, CL_TRUE, 0, b * 3 * sizeof(int), info, 0, NULL, NULL);
     if (err == CL_SUCCESS)
         err = clEnqueueWriteBuffer(q, c->ids, CL_TRUE, 0, b * sizeof(int), ids, 0, NULL, NULL);
@@ -40,11 +40,12 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
         return pldr_cl_fail(&m->ocl, err, "uploading the batch");
     TRY(engine_clear_flags(c));
     c->next_on_device = 0;
-    TRY(LAUNCH(c, embed, b * rw, rw, A_MEM(c->ids), A_INT(0), A_MEM(m->emb), A_FLT((float)sqrt((double)d)),
+    TRY(LAUNCH(c, embed, b * rw, rw, A_MEM(c->ids), A_INT(0), A_MEM(m->emb.data), A_SCALES(&m->emb),
+               A_FLT((float)sqrt((double)d)),
                A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags), A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
         const pldr_layer *ly = &m->layers[l];
-        TRY(engine_gemm_rows(c, b, 3 * d, d, c->x, ly->wqkv, dp, c->qkv));
+        TRY(engine_gemm_rows(c, b, 3 * d, d, c->x, &ly->wqkv, dp, c->qkv));
         TRY(LAUNCH(c, batch_qkv_rope, b * H * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv), A_MEM(ly->bqkv),
                    A_MEM(c->rope), A_MEM(c->q), A_MEM(c->k_all[l]), A_MEM(c->v_all[l]), A_MEM(c->seqinfo)));
         if (c->p.cache_mode == PLDR_CACHE_KV) /* G_LM again from each sequence's cached A */
@@ -55,25 +56,25 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
         TRY(LAUNCH(c, batch_attention, b * H * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->q),
                    A_MEM(c->gg_all[l]), A_LONG((cl_long)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]),
                    A_MEM(c->v_all[l]), A_MEM(c->seqinfo), A_MEM(c->att)));
-        TRY(engine_gemm_rows(c, b, d, d, c->att, ly->wo, dp, c->o));
+        TRY(engine_gemm_rows(c, b, d, d, c->att, &ly->wo, dp, c->o));
         TRY(LAUNCH(c, brln, b * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x), A_MEM(ly->ln1_w),
                    A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
-        TRY(engine_gemm_rows(c, b, 2 * F, d, c->x1, ly->w12, dp, c->h));
+        TRY(engine_gemm_rows(c, b, 2 * F, d, c->x1, &ly->w12, dp, c->h));
         TRY(LAUNCH(c, glu, b * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
-        TRY(engine_gemm_rows(c, b, d, F, c->g, ly->w3, fp, c->o));
+        TRY(engine_gemm_rows(c, b, d, F, c->g, &ly->w3, fp, c->o));
         TRY(LAUNCH(c, brln, b * rw, rw, A_MEM(c->o), A_MEM(ly->b3), A_MEM(c->x1), A_MEM(ly->ln2_w),
                    A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags), A_INT(flag_ffn(l))));
     }
     /* the logits, LOGIT_CHUNK rows at a time */
     for (int r0 = 0; r0 < B; r0 += LOGIT_CHUNK) {
         const size_t n = (size_t)(B - r0 < LOGIT_CHUNK ? B - r0 : LOGIT_CHUNK);
-        if (m->own_gemm || n > 32 || m->weight_half) {
-            TRY(engine_gemm(c, n, V, d, c->x, (size_t)r0 * d, m->wf, dp, c->logits, 0));
+        if (m->own_gemm || n > 32 || m->wtype != PLDR_DTYPE_F32) {
+            TRY(engine_gemm(c, n, V, d, c->x, (size_t)r0 * d, &m->wf, dp, c->logits, 0));
         } else {
             cl_int e2 = clEnqueueCopyBuffer(q, c->x, c->x1, (size_t)r0 * d * 4, 0, n * d * 4, 0, NULL, NULL);
             if (e2 != CL_SUCCESS)
                 return pldr_cl_fail(&m->ocl, e2, "copying the batch's hidden rows");
-            TRY(engine_gemm_rows(c, n, V, d, c->x1, m->wf, dp, c->logits));
+            TRY(engine_gemm_rows(c, n, V, d, c->x1, &m->wf, dp, c->logits));
         }
         TRY(LAUNCH(c, bias_rows, n * V, 0, A_MEM(c->logits), A_MEM(m->bf), A_INT((int)V), A_MEM(c->flags),
                    A_INT(flag_logits(c))));

@@ -91,7 +91,7 @@ static pldr_status make_kernels(pldr_context *c)
         int used;
     } list[] = {
         {&c->k.embed, "embed_tokens", 1},          {&c->k.brln, "bias_residual_layernorm", 1},
-        {&c->k.half2f, "half_to_float", 1},        {&c->k.gemm_cpu, "gemm_cpu", m->own_gemm},
+        {&c->k.w2f, "weight_to_float", 1}   ,        {&c->k.gemm_cpu, "gemm_cpu", m->own_gemm},
         {&c->k.qkv_rope, "qkv_rope", 1},           {&c->k.metric, "metric_tensor", wg},
         {&c->k.learner, "metric_learner", wg},     {&c->k.learner_cpu, "metric_learner_cpu", cpu},
         {&c->k.metric_cpu, "metric_tensor_cpu", cpu}, {&c->k.att_prefill_cpu, "attention_prefill_cpu", cpu},
@@ -197,7 +197,7 @@ static pldr_status make_act(pldr_context *c, size_t T)
             return pldr_cl_fail(&m->ocl, err, "creating a region of the decode-step buffer");
     }
     const cl_uchar zero = 0;
-    cl_int err = clEnqueueFillBuffer(m->ocl.queue, c->act, &zero, 1, 0, total, 0, NULL, NULL);
+    cl_int err = clEnqueueFillBuffer(c->queue, c->act, &zero, 1, 0, total, 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing the decode-step buffer");
 }
 
@@ -226,7 +226,7 @@ static pldr_status upload_rope(pldr_context *c)
             tab[((size_t)p * half + i) * 2 + 1] = (float)(att == 1.0 ? sin(ang) : att * sin(ang));
         }
     free(inv);
-    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
+    cl_int err = clEnqueueWriteBuffer(c->queue, c->rope, CL_TRUE, 0, n * sizeof *tab, tab, 0, NULL, NULL);
     free(tab);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading the RoPE table");
 }
@@ -243,7 +243,7 @@ pldr_status engine_fill_predefined_g(pldr_context *c, int first, int last)
         const pldr_seq *sq = &c->seq[q];
         cl_mem dst[3] = {sq->g_a[l], sq->g_alm[l], sq->g_g[l]};
         for (int i = 0; i < 3; i++) {
-            cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
+            cl_int err = clEnqueueCopyBuffer(c->queue, c->m->layers[l].past_g, dst[i], (size_t)i * hdd, 0,
                                              hdd, 0, NULL, NULL);
             if (err != CL_SUCCESS)
                 return pldr_cl_fail(&c->m->ocl, err, "copying the predefined G_LM");
@@ -295,7 +295,7 @@ static pldr_status context_alloc(pldr_context *c)
     /* what the context will need, checked before anything is allocated */
     const uint64_t per_seq = 2 * L * c->kv_rows * d * 4 + 3 * L * c->g_stride * 4;
     uint64_t need = S * per_seq + T * (size_t)cf->head_dim * 4 + R * (2 * d + 3 * d + 4 * d + 2 * F + F) * 4 +
-                    LOGIT_CHUNK * V * 4 + (m->weight_half ? m->max_matrix_elems * 4 : 0);
+                    LOGIT_CHUNK * V * 4 + (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm ? m->max_matrix_elems * 4 : 0);
     uint64_t have = m->ocl.info.global_mem_bytes;
     if (need + m->device_bytes > have) {
         if (S > 1)
@@ -309,7 +309,7 @@ static pldr_status context_alloc(pldr_context *c)
                          "a context of %d tokens needs %.1f MiB of device memory beside the %.1f MiB of weights, "
                          "but %s has %.1f MiB (try a smaller --ctx%s)",
                          c->n_ctx, need / 1048576.0, m->device_bytes / 1048576.0, m->ocl.info.name,
-                         have / 1048576.0, m->weight_half ? "" : ", or --dtype f16");
+                         have / 1048576.0, m->wtype == PLDR_DTYPE_F32 ? ", or --dtype f16 or q8_0" : "");
     }
 
     c->seq = calloc(S, sizeof *c->seq);
@@ -370,8 +370,8 @@ static pldr_status context_alloc(pldr_context *c)
     TRY(ctx_buffer(c, &c->a_p, hdd * 4, "the metric tensor"));
     TRY(ctx_buffer(c, &c->seqinfo, S * 3 * 4, "the batch description"));
     TRY(ctx_buffer(c, &c->batch_ids, S * 4, "the batch's greedy tokens"));
-    if (m->weight_half && !m->own_gemm)
-        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the f16 weight scratch"));
+    if (m->wtype != PLDR_DTYPE_F32 && !m->own_gemm)
+        TRY(ctx_buffer(c, &c->w_scratch, m->max_matrix_elems * 4, "the float32 weight scratch"));
     return PLDR_OK;
 }
 
@@ -400,6 +400,12 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     c->n_seq = params->n_seq;
     cl_command_queue_properties qp = 0;
     clGetCommandQueueInfo(m->ocl.queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+    cl_int qerr;
+    c->queue = clCreateCommandQueue(m->ocl.context, m->ocl.device, qp, &qerr);
+    if (!c->queue) {
+        free(c);
+        return pldr_cl_fail(&m->ocl, qerr, "creating the context's command queue");
+    }
     if (qp & CL_QUEUE_PROFILING_ENABLE) {
         c->cap_events = 4096;
         c->events = calloc((size_t)c->cap_events, sizeof *c->events);
@@ -417,7 +423,7 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     if (st == PLDR_OK)
         st = engine_fill_predefined_g(c, 0, c->n_seq);
     if (st == PLDR_OK) {
-        cl_int err = clFinish(m->ocl.queue);
+        cl_int err = clFinish(c->queue);
         if (err != CL_SUCCESS)
             st = pldr_cl_fail(&m->ocl, err, "preparing the context");
     }
@@ -436,13 +442,13 @@ void pldr_context_free(pldr_context *c)
     if (!c)
         return;
     engine_ahead_cancel(c);
-    clFinish(c->m->ocl.queue);
+    clFinish(c->queue);
     if (c->host_timing) {
-        fprintf(stderr, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing, "
+        pldr_log(PLDR_LOG_INFO, "pldr host time: %ld launches, %.3f ms setting arguments, %.3f ms enqueueing, "
                 "%.3f ms waiting for greedy tokens\n", c->host_launches, c->host_arg_ms, c->host_enq_ms,
                 c->host_wait_ms);
         for (int i = 0; i < c->n_prof; i++)
-            fprintf(stderr, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
+            pldr_log(PLDR_LOG_INFO, "  enqueue %-24s %8.2f us/call, %ld calls\n", c->prof[i].name,
                     1000.0 * c->prof[i].ms / (double)c->prof[i].count, c->prof[i].count);
     }
     if (c->profile) {
@@ -482,10 +488,11 @@ void pldr_context_free(pldr_context *c)
         if (ks[i])
             clReleaseKernel(ks[i]);
     if (c->stage_ptr) {
-        clEnqueueUnmapMemObject(c->m->ocl.queue, c->stage, c->stage_ptr, 0, NULL, NULL);
-        clFinish(c->m->ocl.queue);
+        clEnqueueUnmapMemObject(c->queue, c->stage, c->stage_ptr, 0, NULL, NULL);
+        clFinish(c->queue);
     }
     pldr_release_mem(&c->stage);
+    clReleaseCommandQueue(c->queue);
     free(c);
 }
 

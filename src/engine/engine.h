@@ -15,7 +15,7 @@
 #define LOGIT_CHUNK 64 /* rows of logits computed and read back at a time */
 
 typedef struct kernels {
-    cl_kernel embed, brln, half2f, qkv_rope, metric, learner, potential, energy;
+    cl_kernel embed, brln, w2f, qkv_rope, metric, learner, potential, energy;
     cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
     cl_kernel apply_g, att_prefill, att_decode, att_combine, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax, argmax_parts;
@@ -35,6 +35,7 @@ typedef struct pldr_seq {
 
 struct pldr_context {
     pldr_model *m;
+    cl_command_queue queue; /* the context's own: contexts of one model may run in different threads */
     pldr_context_params p;
     int n_ctx;
     int n_past;
@@ -65,7 +66,7 @@ struct pldr_context {
     cl_mem a0, a_p;              /* [H, dk, dk] */
     cl_mem logits;               /* [LOGIT_CHUNK, V] */
     cl_mem flags;                /* non-finite flags, see flag_* */
-    cl_mem w_scratch;            /* float32 copy of a half matrix for CLBlast (not with own_gemm) */
+    cl_mem w_scratch;            /* float32 copy of a matrix not stored as float32, for CLBlast (not with own_gemm) */
     /* The decode-step vectors, the flags, the token ids, the RoPE table and
      * the logits are regions of one buffer, act, so that decode kernels take
      * it once with byte offsets (kernels/gemv.cl); the regions that other code
@@ -150,6 +151,8 @@ typedef struct arg {
 #define A_UINT(v) ((arg){sizeof(cl_uint), &(cl_uint){(v)}})
 #define A_LONG(v) ((arg){sizeof(cl_long), &(cl_long){(v)}})
 #define A_LOCAL(n) ((arg){(n), NULL})
+/* the scales argument of a kernel reading weight matrix *w (pldr_scales) */
+#define A_SCALES(w) ((arg){sizeof(cl_mem), &(cl_mem){pldr_scales(w)}})
 
 pldr_status engine_launch(pldr_context *c, cl_kernel k, const char *name, size_t offset, size_t global,
                           size_t local, int n_args, const arg *args);
@@ -166,7 +169,7 @@ void engine_prof_print(pldr_context *c);
 
 /* y = W . xin + b with the options of the gemv kernel (see kernels/gemv.cl). */
 typedef struct gemv_op {
-    cl_mem w;
+    const pldr_weight *w;
     cl_mem bias; /* not with ln_in: sc holds the bias then */
     int k_dim, n_out;
     int x; /* vectors: byte offsets in c->act */
@@ -201,7 +204,7 @@ static inline int pitch_of(const pldr_model *m, int k_dim)
     return k_dim == m->cfg.d_model ? m->d_pitch : m->f_pitch;
 }
 
-pldr_status engine_gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
+pldr_status engine_gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, const pldr_weight *w,
                         size_t w_pitch, cl_mem out, size_t out_off);
 pldr_status engine_gemv(pldr_context *c, const gemv_op *op);
 
@@ -226,7 +229,7 @@ void engine_reset_bound(pldr_context *c);
 /* Makes sequence s the one the single-sequence fields describe. */
 void engine_seq_bind(pldr_context *c, int s);
 /* C[M, N] = A[M, K] . W[N, K]^T for the few rows of a batched decode step. */
-pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, cl_mem w, size_t w_pitch,
+pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, const pldr_weight *w, size_t w_pitch,
                              cl_mem out);
 pldr_status engine_clear_flags(pldr_context *c);
 pldr_status engine_fetch_flags(pldr_context *c, int words, cl_bool blocking);

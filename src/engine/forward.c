@@ -24,7 +24,7 @@
 
 static pldr_status write_ids(pldr_context *c, const int32_t *ids, int n)
 {
-    cl_int err = clEnqueueWriteBuffer(c->m->ocl.queue, c->ids, CL_TRUE, 0, (size_t)n * sizeof(cl_int), ids, 0,
+    cl_int err = clEnqueueWriteBuffer(c->queue, c->ids, CL_TRUE, 0, (size_t)n * sizeof(cl_int), ids, 0,
                                       NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "uploading token ids");
 }
@@ -42,7 +42,8 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
     const size_t d = (size_t)cf->d_model, F = (size_t)cf->d_ff, H = (size_t)cf->n_heads;
     const float scale = (float)(1.0 / sqrt((double)cf->head_dim));
     TRY(write_ids(c, ids, T));
-    TRY(LAUNCH(c, embed, (size_t)T * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb),
+    TRY(LAUNCH(c, embed, (size_t)T * (size_t)m->row_wg, (size_t)m->row_wg, A_MEM(c->ids), A_INT(0), A_MEM(m->emb.data),
+               A_SCALES(&m->emb),
                A_FLT((float)sqrt((double)d)), A_MEM(m->ln0_w), A_MEM(m->ln0_b), A_MEM(c->x), A_MEM(c->flags),
                A_INT(flag_embed(c))));
     for (int l = 0; l < cf->n_layers; l++) {
@@ -50,7 +51,7 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
         const size_t dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch;
         const size_t t = (size_t)T, r0 = l == cf->n_layers - 1 && keep > 0 && keep < T ? (size_t)(T - keep) : 0;
         const size_t n = t - r0, rw = (size_t)m->row_wg;
-        TRY(engine_gemm(c, t, 3 * d, d, c->x, 0, ly->wqkv, dp, c->qkv, 0));
+        TRY(engine_gemm(c, t, 3 * d, d, c->x, 0, &ly->wqkv, dp, c->qkv, 0));
         TRY(LAUNCH(c, qkv_rope, t * H * (size_t)cf->head_dim / 2, 0, A_MEM(c->qkv), A_MEM(ly->bqkv), A_MEM(c->rope),
                    A_MEM(c->q), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_INT(pos0)));
         TRY(engine_layer_g(c, l, T, full));
@@ -63,12 +64,12 @@ static pldr_status forward_tokens(pldr_context *c, const int32_t *ids, int T, in
         else
             TRY(LAUNCH_FROM(c, att_prefill_cpu, "att_prefill", r0 * H, n * H, 1, A_MEM(c->qg), A_MEM(c->k_cache[l]),
                             A_MEM(c->v_cache[l]), A_INT(pos0), A_MEM(c->att)));
-        TRY(engine_gemm(c, n, d, d, c->att, r0 * d, ly->wo, dp, c->o, r0 * d));
+        TRY(engine_gemm(c, n, d, d, c->att, r0 * d, &ly->wo, dp, c->o, r0 * d));
         TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x),
                         A_MEM(ly->ln1_w), A_MEM(ly->ln1_b), A_MEM(c->x1), A_MEM(c->flags), A_INT(flag_att(l))));
-        TRY(engine_gemm(c, n, 2 * F, d, c->x1, r0 * d, ly->w12, dp, c->h, r0 * 2 * F));
+        TRY(engine_gemm(c, n, 2 * F, d, c->x1, r0 * d, &ly->w12, dp, c->h, r0 * 2 * F));
         TRY(LAUNCH_FROM(c, glu, "glu", r0 * F, n * F, 0, A_MEM(c->h), A_MEM(ly->b12), A_MEM(c->g)));
-        TRY(engine_gemm(c, n, d, F, c->g, r0 * F, ly->w3, fp, c->o, r0 * d));
+        TRY(engine_gemm(c, n, d, F, c->g, r0 * F, &ly->w3, fp, c->o, r0 * d));
         TRY(LAUNCH_FROM(c, brln, "brln", r0 * rw, n * rw, rw, A_MEM(c->o), A_MEM(ly->b3), A_MEM(c->x1),
                         A_MEM(ly->ln2_w), A_MEM(ly->ln2_b), A_MEM(c->x), A_MEM(c->flags), A_INT(flag_ffn(l))));
     }
@@ -88,7 +89,7 @@ pldr_status engine_decode_token(pldr_context *c, int32_t id, int pos, int chaine
     int id_off = chained ? o->flags + c->n_flags * (int)sizeof(cl_int) : o->ids;
     if (!chained) {
         c->id_host = id; /* stays valid until the step ends: the write need not block */
-        cl_int err = clEnqueueWriteBuffer(m->ocl.queue, c->ids, CL_FALSE, 0, sizeof(cl_int), &c->id_host, 0, NULL,
+        cl_int err = clEnqueueWriteBuffer(c->queue, c->ids, CL_FALSE, 0, sizeof(cl_int), &c->id_host, 0, NULL,
                                           NULL);
         if (err != CL_SUCCESS)
             return pldr_cl_fail(&m->ocl, err, "uploading the token id");
@@ -98,13 +99,14 @@ pldr_status engine_decode_token(pldr_context *c, int32_t id, int pos, int chaine
         if (l == 0) {
             /* the embedding and its LayerNorm are done by the first projection */
             const size_t groups = ((size_t)(3 * d) + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
-            TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv),
-                       A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d), A_MEM(m->emb), A_MEM(c->act),
+            TRY(LAUNCH(c, gemv_embed, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(ly->wqkv.data),
+                       A_SCALES(&ly->wqkv), A_MEM(ly->qkv_sc), A_INT(m->d_pitch), A_INT(3 * d),
+                       A_MEM(m->emb.data), A_SCALES(&m->emb), A_MEM(c->act),
                        A_INT(id_off), A_FLT((float)sqrt((double)d)), A_INT(o->xn), A_INT(o->qkv),
                        A_LOCAL(ln_x_local(m, m->d_pitch)), A_INT(o->flags), A_INT(flag_embed(c))));
         } else {
             /* later layers normalise the previous layer's FFN sum on load into xn */
-            gemv_op qkv = {.w = ly->wqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d,
+            gemv_op qkv = {.w = &ly->wqkv, .sc = ly->qkv_sc, .name = "gemv_ln (Q/K/V)", .k_dim = d,
                            .n_out = 3 * d, .x = o->s2, .ln_in = 1, .x_norm = o->xn, .residual = -1, .y = o->qkv,
                            .flag_index = flag_ffn(l - 1)};
             TRY(engine_gemv(c, &qkv));
@@ -119,14 +121,14 @@ pldr_status engine_decode_token(pldr_context *c, int32_t id, int pos, int chaine
         if (n_split > 1)
             TRY(LAUNCH(c, att_combine, (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->act),
                        A_INT(n_split), A_INT(o->att_part), A_INT(o->att)));
-        gemv_op proj = {.w = ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
+        gemv_op proj = {.w = &ly->wo, .bias = ly->bo, .name = "gemv (attention out)", .k_dim = d, .n_out = d,
                         .x = o->att, .residual = o->xn, .y = o->s1, .wide = 1};
         TRY(engine_gemv(c, &proj));
-        gemv_op up = {.w = ly->w12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
+        gemv_op up = {.w = &ly->w12, .sc = ly->up_sc, .name = "gemv_ln (FFN in)", .k_dim = d,
                       .n_out = F, .x = o->s1, .ln_in = 1, .x_norm = o->x1n,
                       .residual = -1, .glu = 1, .y = o->g, .flag_index = flag_att(l)};
         TRY(engine_gemv(c, &up));
-        gemv_op down = {.w = ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
+        gemv_op down = {.w = &ly->w3, .bias = ly->b3, .name = "gemv (FFN out)", .k_dim = F, .n_out = d, .x = o->g,
                         .residual = o->x1n, .y = o->s2, .wide = 1};
         TRY(engine_gemv(c, &down));
     }
@@ -139,7 +141,7 @@ pldr_status engine_final_from_decode(pldr_context *c, int argmax)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     /* the last layer's output norm comes with wf_sc */
-    gemv_op fin = {.w = m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
+    gemv_op fin = {.w = &m->wf, .sc = m->wf_sc, .name = "gemv_ln (logits)", .k_dim = cf->d_model,
                    .n_out = cf->n_outputs, .x = c->off.s2, .ln_in = 1, .x_norm = c->off.xn, .residual = -1,
                    .y = c->off.logits, .flag_index = flag_ffn(cf->n_layers - 1), .argmax = argmax};
     TRY(engine_gemv(c, &fin));
@@ -157,10 +159,10 @@ pldr_status engine_final_row(pldr_context *c, int row)
     pldr_model *m = c->m;
     const pldr_config *cf = &m->cfg;
     const size_t d = (size_t)cf->d_model;
-    cl_int err = clEnqueueCopyBuffer(m->ocl.queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
+    cl_int err = clEnqueueCopyBuffer(c->queue, c->x, c->xn, (size_t)row * d * 4, 0, d * 4, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&m->ocl, err, "copying the last hidden row");
-    gemv_op fin = {.w = m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
+    gemv_op fin = {.w = &m->wf, .bias = m->bf, .name = "gemv (logits)", .k_dim = cf->d_model,
                    .n_out = cf->n_outputs, .x = c->off.xn, .residual = -1, .y = c->off.logits};
     return engine_gemv(c, &fin);
 }
@@ -169,7 +171,7 @@ pldr_status engine_final_row(pldr_context *c, int row)
  * or not: a later blocking read in the same in-order queue completes it. */
 pldr_status engine_fetch_flags(pldr_context *c, int words, cl_bool blocking)
 {
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, blocking, 0, (size_t)words * sizeof(int),
+    cl_int err = clEnqueueReadBuffer(c->queue, c->flags, blocking, 0, (size_t)words * sizeof(int),
                                      c->flags_host, 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "reading the non-finite flags");
 }
@@ -208,7 +210,7 @@ pldr_status engine_clear_flags(pldr_context *c)
         return PLDR_OK;
     c->flags_dirty = 0;
     const cl_int zero = 0;
-    cl_int err = clEnqueueFillBuffer(c->m->ocl.queue, c->flags, &zero, sizeof zero, 0,
+    cl_int err = clEnqueueFillBuffer(c->queue, c->flags, &zero, sizeof zero, 0,
                                      (size_t)c->n_flags * sizeof(int), 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "clearing the flags");
 }
@@ -217,7 +219,7 @@ static pldr_status read_logits(pldr_context *c, float *dst, size_t rows)
 {
     const size_t bytes = rows * (size_t)c->m->cfg.n_outputs * sizeof(float);
     /* one row (a decode step) goes through the page-locked stage */
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
+    cl_int err = clEnqueueReadBuffer(c->queue, c->logits, CL_TRUE, 0, bytes, rows == 1 ? c->logit_row : dst,
                                      0, NULL, NULL);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&c->m->ocl, err, "reading the logits");
@@ -233,7 +235,7 @@ static pldr_status logits_rows(pldr_context *c, int first, int n, float *dst)
     const size_t d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.n_outputs;
     for (int r = 0; r < n; r += LOGIT_CHUNK) {
         size_t rows = (size_t)(n - r < LOGIT_CHUNK ? n - r : LOGIT_CHUNK);
-        TRY(engine_gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, m->wf, (size_t)m->d_pitch, c->logits, 0));
+        TRY(engine_gemm(c, rows, V, d, c->x, (size_t)(first + r) * d, &m->wf, (size_t)m->d_pitch, c->logits, 0));
         TRY(LAUNCH(c, bias_rows, rows * V, 0, A_MEM(c->logits), A_MEM(m->bf), A_INT((int)V), A_MEM(c->flags),
                    A_INT(flag_logits(c))));
         TRY(read_logits(c, dst + (size_t)r * V, rows));
@@ -339,9 +341,9 @@ pldr_status pldr_eval_hidden(pldr_context *c, const int32_t *ids, int n, float *
     if (rows_at < 0) {
         /* a decode step: the last layer's output norm lands in xn on the way to the head */
         TRY(engine_final_from_decode(c, 0));
-        err = clEnqueueReadBuffer(c->m->ocl.queue, c->xn, CL_TRUE, 0, d * 4, hidden, 0, NULL, NULL);
+        err = clEnqueueReadBuffer(c->queue, c->xn, CL_TRUE, 0, d * 4, hidden, 0, NULL, NULL);
     } else {
-        err = clEnqueueReadBuffer(c->m->ocl.queue, c->x, CL_TRUE, (size_t)rows_at * d * 4, (size_t)n * d * 4, hidden, 0,
+        err = clEnqueueReadBuffer(c->queue, c->x, CL_TRUE, (size_t)rows_at * d * 4, (size_t)n * d * 4, hidden, 0,
                                   NULL, NULL);
     }
     if (err != CL_SUCCESS)

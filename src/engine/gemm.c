@@ -13,23 +13,24 @@
 
 /* C[M, N] = A[M, K] . W[N, K]^T (row-major): through CLBlast, or on CPU
  * devices through the engine's own kernel (kernels/gemm.cl). */
-pldr_status engine_gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off, cl_mem w,
-                        size_t w_pitch, cl_mem out, size_t out_off)
+pldr_status engine_gemm(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, size_t a_off,
+                        const pldr_weight *wt, size_t w_pitch, cl_mem out, size_t out_off)
 {
     pldr_model *m = c->m;
-    if (m->weight_half && !m->own_gemm) { /* kernels/gemm.cl reads half weights itself */
-        TRY(LAUNCH(c, half2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_MEM(c->w_scratch),
-                   A_UINT((cl_uint)(N * w_pitch))));
-        w = c->w_scratch;
-    }
-    if (m->own_gemm) {
+    cl_mem w = wt->data;
+    if (m->own_gemm) { /* kernels/gemm.cl widens every weight dtype as it loads */
         const size_t bm = (M + PLDR_GEMM_CPU_ROWS - 1) / PLDR_GEMM_CPU_ROWS,
                      bn = (N + PLDR_GEMM_CPU_COLS - 1) / PLDR_GEMM_CPU_COLS;
         return LAUNCH_AS(c, gemm_cpu, "gemm_cpu", bm * bn, 1, A_MEM(a), A_INT((int)a_off), A_INT((int)K),
-                         A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_INT((int)out_off), A_INT((int)N),
+                         A_MEM(w), A_SCALES(wt), A_INT((int)w_pitch), A_MEM(out), A_INT((int)out_off), A_INT((int)N),
                          A_INT((int)M), A_INT((int)N), A_INT((int)K));
     }
-    cl_command_queue q = m->ocl.queue;
+    if (wt->type != PLDR_DTYPE_F32) { /* CLBlast reads float32: widened into the scratch first */
+        TRY(LAUNCH(c, w2f, (size_t)c->m->ocl.info.compute_units * 1024, 0, A_MEM(w), A_SCALES(wt),
+                   A_MEM(c->w_scratch), A_UINT((cl_uint)(N * w_pitch))));
+        w = c->w_scratch;
+    }
+    cl_command_queue q = c->queue;
     double t0 = 0.0;
     if (c->profile) {
         clFinish(q);
@@ -58,7 +59,8 @@ pldr_status engine_gemv(pldr_context *c, const gemv_op *op)
     size_t groups = ((size_t)op->n_out + rows - 1) / rows;
     const int pitch = pitch_of(m, op->k_dim);
     if (op->ln_in) /* never with a residual */
-        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+        return LAUNCH_AS(c, gemv_ln, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w->data),
+                         A_SCALES(op->w),
                          A_MEM(op->sc), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
                          A_INT(op->x), A_INT(op->x_norm), A_INT(op->glu), A_INT(op->y),
                          A_LOCAL(ln_x_local(m, pitch)), A_INT(c->off.flags), A_INT(op->flag_index),
@@ -66,11 +68,13 @@ pldr_status engine_gemv(pldr_context *c, const gemv_op *op)
     const int has_res = op->residual >= 0, res = has_res ? op->residual : op->x; /* any valid offset */
     if (multi_lane(m) && op->wide) {
         const size_t wgroups = ((size_t)op->n_out + (size_t)m->gemv_wrows - 1) / (size_t)m->gemv_wrows;
-        return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+        return LAUNCH_AS(c, gemv_wide, op->name, wgroups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w->data),
+                         A_SCALES(op->w),
                          A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act),
                          A_INT(op->x), A_INT(res), A_INT(has_res), A_INT(op->y));
     }
-    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w),
+    return LAUNCH_AS(c, gemv, op->name, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(op->w->data),
+                     A_SCALES(op->w),
                      A_MEM(op->bias), A_INT(op->k_dim), A_INT(pitch), A_INT(op->n_out), A_MEM(c->act), A_INT(op->x),
                      A_INT(res), A_INT(has_res), A_INT(op->glu), A_INT(op->y),
                      A_LOCAL((size_t)pitch * sizeof(float)));
@@ -80,15 +84,16 @@ pldr_status engine_gemv(pldr_context *c, const gemv_op *op)
  * rows): on CPU devices the engine's GEMM, whose work-groups of 64 rows read
  * each weight once for all of them; elsewhere kernels/batch.cl's batch_gemv
  * (each weight loaded once into registers for every row) up to 32 rows or
- * with half weights (CLBlast would need them widened first), CLBlast above. */
-pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, cl_mem w, size_t w_pitch,
-                             cl_mem out)
+ * with weights not stored as float32 (CLBlast would need them widened first), CLBlast above. */
+pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_mem a, const pldr_weight *w,
+                             size_t w_pitch, cl_mem out)
 {
     const pldr_model *m = c->m;
-    if (m->own_gemm || (M > 32 && !m->weight_half))
+    if (m->own_gemm || (M > 32 && w->type == PLDR_DTYPE_F32))
         return engine_gemm(c, M, N, K, a, 0, w, w_pitch, out, 0);
     const size_t groups = (N + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
     return LAUNCH(c, batch_gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(a), A_LONG(0),
-                  A_INT((int)K), A_MEM(w), A_INT((int)w_pitch), A_MEM(out), A_LONG(0), A_INT((int)N), A_INT((int)M),
+                  A_INT((int)K), A_MEM(w->data), A_SCALES(w), A_INT((int)w_pitch), A_MEM(out), A_LONG(0), A_INT((int)N),
+                  A_INT((int)M),
                   A_INT((int)N), A_INT((int)K));
 }

@@ -33,11 +33,11 @@ void engine_ahead_cancel(pldr_context *c)
 static pldr_status read_slot(pldr_context *c)
 {
     const int slot = c->slot ^ 1;
-    cl_int err = clEnqueueReadBuffer(c->m->ocl.queue, c->flags, CL_FALSE, 0, ((size_t)c->n_flags + 1) * sizeof(int),
+    cl_int err = clEnqueueReadBuffer(c->queue, c->flags, CL_FALSE, 0, ((size_t)c->n_flags + 1) * sizeof(int),
                                      c->slot_host[slot], 0, NULL, &c->slot_ev[slot]);
     if (err != CL_SUCCESS)
         return pldr_cl_fail(&c->m->ocl, err, "reading the greedy token");
-    clFlush(c->m->ocl.queue);
+    clFlush(c->queue);
     c->slot = slot;
     return PLDR_OK;
 }
@@ -56,7 +56,7 @@ static pldr_status ahead_enqueue(pldr_context *c)
 pldr_status pldr_context_finish(pldr_context *c)
 {
     engine_ahead_cancel(c);
-    cl_int err = clFinish(c->m->ocl.queue);
+    cl_int err = clFinish(c->queue);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&c->m->ocl, err, "waiting for the device");
 }
 

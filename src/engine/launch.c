@@ -30,7 +30,7 @@ pldr_status engine_launch(pldr_context *c, cl_kernel k, const char *name, size_t
     cl_event ev = NULL, *evp = NULL;
     if (c->profile && c->n_events < c->cap_events)
         evp = &ev;
-    cl_int err = clEnqueueNDRangeKernel(c->m->ocl.queue, k, 1, offset ? &offset : NULL, &global,
+    cl_int err = clEnqueueNDRangeKernel(c->queue, k, 1, offset ? &offset : NULL, &global,
                                         local ? &local : NULL, 0, NULL, evp);
     if (evp && err == CL_SUCCESS) {
         c->events[c->n_events] = ev;
@@ -89,12 +89,12 @@ void engine_prof_print(pldr_context *c)
     double total = 0.0;
     for (int i = 0; i < c->n_prof; i++)
         total += c->prof[i].ms;
-    fprintf(stderr, "pldr profile (device time per kernel, %s):\n", c->m->ocl.info.name);
+    pldr_log(PLDR_LOG_INFO, "pldr profile (device time per kernel, %s):\n", c->m->ocl.info.name);
     for (int i = 0; i < c->n_prof; i++)
-        fprintf(stderr, "  %-26s %9.3f ms %7ld calls %8.2f us/call %5.1f%%\n", c->prof[i].name, c->prof[i].ms,
+        pldr_log(PLDR_LOG_INFO, "  %-26s %9.3f ms %7ld calls %8.2f us/call %5.1f%%\n", c->prof[i].name, c->prof[i].ms,
                 c->prof[i].count, 1000.0 * c->prof[i].ms / (double)c->prof[i].count,
                 total > 0 ? 100.0 * c->prof[i].ms / total : 0.0);
-    fprintf(stderr, "  idle between kernels       %9.3f ms %7ld gaps  %8.2f us/gap\n", c->prof_gap_ms, c->prof_gaps,
+    pldr_log(PLDR_LOG_INFO, "  idle between kernels       %9.3f ms %7ld gaps  %8.2f us/gap\n", c->prof_gap_ms, c->prof_gaps,
             c->prof_gaps ? 1000.0 * c->prof_gap_ms / (double)c->prof_gaps : 0.0);
-    fprintf(stderr, "  host enqueue time          %9.3f ms\n", c->host_enq_ms);
+    pldr_log(PLDR_LOG_INFO, "  host enqueue time          %9.3f ms\n", c->host_enq_ms);
 }

@@ -18,8 +18,8 @@ static size_t hdd_of(const pldr_config *cf)
 
 static pldr_status copy_buffer(pldr_context *c, cl_mem b, size_t off, size_t bytes, void *host, int write)
 {
-    cl_int err = write ? clEnqueueWriteBuffer(c->m->ocl.queue, b, CL_TRUE, off, bytes, host, 0, NULL, NULL)
-                       : clEnqueueReadBuffer(c->m->ocl.queue, b, CL_TRUE, off, bytes, host, 0, NULL, NULL);
+    cl_int err = write ? clEnqueueWriteBuffer(c->queue, b, CL_TRUE, off, bytes, host, 0, NULL, NULL)
+                       : clEnqueueReadBuffer(c->queue, b, CL_TRUE, off, bytes, host, 0, NULL, NULL);
     return err == CL_SUCCESS ? PLDR_OK
                              : pldr_cl_fail(&c->m->ocl, err, write ? "writing the caches" : "reading the caches");
 }
@@ -72,7 +72,7 @@ static void bound_clear_external_g(pldr_context *c)
         c->g_valid = 0;
     } else {
         engine_fill_predefined_g(c, c->cur, c->cur + 1);
-        clFinish(c->m->ocl.queue);
+        clFinish(c->queue);
     }
     if (c->n_past > 0 && c->m->cfg.g_type == PLDR_G_LEARNED)
         c->n_past = 0; /* the caches no longer match any G_LM: start over */
@@ -227,7 +227,7 @@ pldr_status engine_share_g(pldr_context *c)
         for (int l = 0; l < c->m->cfg.n_layers; l++) {
             cl_mem src[3] = {c->g_a[l], c->g_alm[l], c->g_g[l]}, dst[3] = {sq->g_a[l], sq->g_alm[l], sq->g_g[l]};
             for (int i = 0; i < 3; i++) {
-                cl_int err = clEnqueueCopyBuffer(c->m->ocl.queue, src[i], dst[i], 0, 0, g_bytes, 0, NULL, NULL);
+                cl_int err = clEnqueueCopyBuffer(c->queue, src[i], dst[i], 0, 0, g_bytes, 0, NULL, NULL);
                 if (err != CL_SUCCESS)
                     return pldr_cl_fail(&c->m->ocl, err, "sharing the first prompt's G-cache");
             }

@@ -153,7 +153,7 @@ static pldr_status decode_header(const uint8_t *p, const char *path, header *h)
     h->payload_bytes = get_u64(p + 64);
     h->compressed_bytes = get_u64(p + 72);
     h->payload_crc = get_u32(p + 80);
-    if (dtype > PLDR_DTYPE_F16 || mode > PLDR_CACHE_KVG || (h->flags & ~(uint32_t)FLAG_KNOWN))
+    if (dtype >= PLDR_DTYPE_COUNT || mode > PLDR_CACHE_KVG || (h->flags & ~(uint32_t)FLAG_KNOWN))
         return pldr_fail(PLDR_ERR_FORMAT, "%s: bad dtype, cache mode or flags in the session header", path);
     for (int i = 0; i < 5; i++)
         if (dims[i] <= 0)
@@ -247,7 +247,7 @@ static void info_of(const pldr_model *m, pldr_context *ctx, const pldr_state *s,
     memset(in, 0, sizeof *in);
     in->version = SESSION_VERSION;
     in->fingerprint = m->fingerprint;
-    in->weight_dtype = m->weight_half ? PLDR_DTYPE_F16 : PLDR_DTYPE_F32;
+    in->weight_dtype = m->wtype;
     in->cache_mode = pldr_context_cache_mode(ctx);
     in->n_layers = cf->n_layers;
     in->d_model = cf->d_model;
@@ -362,10 +362,9 @@ static pldr_status check_fit(const header *h, const pldr_model *m, pldr_context 
         return pldr_fail(PLDR_ERR_MISMATCH,
                          "%s: the session is from another model (fingerprint %016llx, this model %016llx)", path,
                          (unsigned long long)in->fingerprint, (unsigned long long)m->fingerprint);
-    const pldr_dtype dt = m->weight_half ? PLDR_DTYPE_F16 : PLDR_DTYPE_F32;
-    if (in->weight_dtype != dt)
+    if (in->weight_dtype != m->wtype)
         return pldr_fail(PLDR_ERR_MISMATCH, "%s: the session was made with %s weights, the model is loaded with %s (--dtype)",
-                         path, in->weight_dtype == PLDR_DTYPE_F16 ? "f16" : "f32", dt == PLDR_DTYPE_F16 ? "f16" : "f32");
+                         path, pldr_dtype_name(in->weight_dtype), pldr_dtype_name(m->wtype));
     if (in->cache_mode != pldr_context_cache_mode(ctx))
         return pldr_fail(PLDR_ERR_MISMATCH, "%s: the session was made with cache mode %s, the context uses %s (--cache)",
                          path, mode_name(in->cache_mode), mode_name(pldr_context_cache_mode(ctx)));

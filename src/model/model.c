@@ -13,12 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <clblast_c.h>
 #include <zlib.h>
 
 #include "formats/checkpoint.h"
 #include "model/model.h"
+#include "model/quantize.h"
 #include "formats/safetensors.h"
 #include "tune/tune.h"
 #include "common/util.h"
@@ -45,6 +47,46 @@ int pldr_model_kernels_compiled(const pldr_model *m) { return m ? m->compiled : 
 uint64_t pldr_model_zero_copy_bytes(const pldr_model *m) { return m->zero_copy_bytes; }
 const char *pldr_model_kernel_options(const pldr_model *m) { return m->kernel_options; }
 const char *pldr_model_kernel_notes(const pldr_model *m) { return m->kernel_notes; }
+pldr_dtype pldr_model_weight_dtype(const pldr_model *m) { return m->wtype; }
+double pldr_model_quantize_seconds(const pldr_model *m) { return m->quantize_s; }
+
+static const char *const dtype_names[PLDR_DTYPE_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+
+const char *pldr_dtype_name(pldr_dtype t)
+{
+    return (unsigned)t < PLDR_DTYPE_COUNT ? dtype_names[t] : NULL;
+}
+
+pldr_status pldr_dtype_from_name(const char *name, pldr_dtype *t)
+{
+    for (int i = 0; name && i < PLDR_DTYPE_COUNT; i++)
+        if (strcasecmp(name, dtype_names[i]) == 0) {
+            *t = (pldr_dtype)i;
+            return PLDR_OK;
+        }
+    return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown weight dtype '%s' (f32, f16, bf16, q8_0 or q4_0)",
+                     name ? name : "(null)");
+}
+
+double pldr_dtype_weight_bytes(pldr_dtype t)
+{
+    switch (t) {
+    case PLDR_DTYPE_F16:
+    case PLDR_DTYPE_BF16:
+        return 2.0;
+    case PLDR_DTYPE_Q8_0:
+        return 34.0 / 32.0;
+    case PLDR_DTYPE_Q4_0:
+        return 18.0 / 32.0;
+    default:
+        return 4.0;
+    }
+}
+
+static int dtype_quantized(pldr_dtype t)
+{
+    return t == PLDR_DTYPE_Q8_0 || t == PLDR_DTYPE_Q4_0;
+}
 uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
 
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter)
@@ -76,6 +118,8 @@ typedef struct loader {
     const st_archive *ar;
     float *staging;    /* float32 of the largest tensor */
     uint16_t *hstage;  /* its half conversion */
+    unsigned char *qstage; /* a matrix in BF16, Q8_0 or Q4_0 (quants, then scales) */
+    size_t qstage_bytes;
     float *past_g;     /* decoder.past_G_values as float32 (predefined G only) */
     uLong *crc;              /* per tensor of ar: crc32 of its bytes, for the fingerprint */
     unsigned char *summed;   /* per tensor: crc is computed */
@@ -176,19 +220,60 @@ static PLDR_PRINTF(5, 6) pldr_status put(loader *ld, cl_mem buf, size_t off, int
                                                 (size_t)t->n_elements * esz, src, 0, NULL, NULL));
 }
 
-/* Writes a 2-D tensor `name` into buf with rows padded to `pitch` elements,
- * starting at row `row_off` of buf. */
-static PLDR_PRINTF(6, 7) pldr_status put_rows(loader *ld, cl_mem buf, size_t row_off, size_t pitch, int half,
-                                               const char *fmt, ...)
+/* Writes 2-D tensor `name` [R, C] (R rows of a matrix of w->pitch columns
+ * starting at row row_off) into w in w's dtype: as float32 or half directly,
+ * else converted here row by row, each row padded with zeros to the pitch
+ * (the quantized blocks of a row's end see those zeros). */
+static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t row_off, const char *fmt, ...)
 {
     FETCH_OR_RETURN(ld, fmt, t);
-    size_t esz;
-    const void *src = stored(ld, t, half, &esz);
-    const size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
-    const size_t buf_origin[3] = {0, row_off, 0}, host_origin[3] = {0, 0, 0};
-    const size_t region[3] = {cols * esz, rows, 1};
-    return uploaded(ld, t, clEnqueueWriteBufferRect(ld->m->ocl.queue, buf, CL_TRUE, buf_origin, host_origin, region,
-                                                    pitch * esz, 0, cols * esz, 0, src, 0, NULL, NULL));
+    const size_t rows = (size_t)t->shape[0], cols = t->ndim == 2 ? (size_t)t->shape[1] : 1;
+    const size_t pitch = (size_t)w->pitch;
+    if (w->type == PLDR_DTYPE_F32 || w->type == PLDR_DTYPE_F16) {
+        size_t esz;
+        const void *src = stored(ld, t, w->type == PLDR_DTYPE_F16, &esz);
+        const size_t buf_origin[3] = {0, row_off, 0}, host_origin[3] = {0, 0, 0};
+        const size_t region[3] = {cols * esz, rows, 1};
+        return uploaded(ld, t, clEnqueueWriteBufferRect(ld->m->ocl.queue, w->data, CL_TRUE, buf_origin, host_origin,
+                                                        region, pitch * esz, 0, cols * esz, 0, src, 0, NULL, NULL));
+    }
+    const double t0 = pldr_now();
+    const int q4 = w->type == PLDR_DTYPE_Q4_0, q = dtype_quantized(w->type);
+    const size_t row_bytes = w->type == PLDR_DTYPE_BF16 ? 2 * pitch : q4 ? pitch / 2 : pitch;
+    const size_t nb = pitch / PLDR_QBLOCK; /* scales per row */
+    const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0) + pitch * sizeof(float);
+    if (need > ld->qstage_bytes) {
+        free(ld->qstage);
+        if (!(ld->qstage = malloc(need))) {
+            ld->qstage_bytes = 0;
+            return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory converting %s", t->name);
+        }
+        ld->qstage_bytes = need;
+    }
+    unsigned char *data = ld->qstage;
+    uint16_t *scales = (uint16_t *)(void *)(data + rows * row_bytes);
+    float *row = (float *)(void *)(data + rows * row_bytes + (q ? rows * nb * 2 : 0));
+    for (size_t r = 0; r < rows; r++) {
+        memcpy(row, ld->staging + r * cols, cols * sizeof(float));
+        memset(row + cols, 0, (pitch - cols) * sizeof(float));
+        unsigned char *dst = data + r * row_bytes;
+        if (w->type == PLDR_DTYPE_BF16) {
+            uint16_t *h = (uint16_t *)(void *)dst;
+            for (size_t i = 0; i < pitch; i++)
+                h[i] = pldr_float_to_bf16(row[i]);
+        } else if (q4) {
+            pldr_quantize_q4_0(row, pitch, dst, scales + r * nb);
+        } else {
+            pldr_quantize_q8_0(row, pitch, (int8_t *)dst, scales + r * nb);
+        }
+    }
+    ld->m->quantize_s += pldr_now() - t0;
+    cl_int err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->data, CL_TRUE, row_off * row_bytes, rows * row_bytes, data,
+                                      0, NULL, NULL);
+    if (err == CL_SUCCESS && q)
+        err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->scales, CL_TRUE, row_off * nb * 2, rows * nb * 2, scales, 0,
+                                   NULL, NULL);
+    return uploaded(ld, t, err);
 }
 
 /* Writes 2-D tensor `name` [R, C] transposed: element (r, c) goes to
@@ -224,16 +309,26 @@ static pldr_status alloc_f32(pldr_model *m, cl_mem *b, size_t n, const char *wha
     return pldr_buffer(m, n * 4, what, b, &m->device_bytes);
 }
 
-/* A weight matrix of `rows` rows of `pitch` elements, zeroed so that the
- * padding of every row reads as 0. */
-static pldr_status alloc_w(pldr_model *m, cl_mem *b, size_t rows, size_t pitch, const char *what)
+/* A weight matrix of `rows` rows of `pitch` elements in the model's weight
+ * dtype, zeroed so that the padding of every row reads as 0. */
+static pldr_status alloc_w(pldr_model *m, pldr_weight *w, size_t rows, size_t pitch, const char *what)
 {
-    const size_t n = rows * pitch, esz = m->weight_half ? 2 : 4;
+    const size_t n = rows * pitch;
+    w->type = m->wtype;
+    w->rows = (int)rows;
+    w->pitch = (int)pitch;
     if (n > m->max_matrix_elems)
         m->max_matrix_elems = n;
-    TRY(pldr_buffer(m, n * esz, what, b, &m->device_bytes));
+    const size_t bytes = m->wtype == PLDR_DTYPE_Q4_0 ? n / 2 : m->wtype == PLDR_DTYPE_Q8_0 ? n
+                         : m->wtype == PLDR_DTYPE_F32 ? n * 4 : n * 2;
+    TRY(pldr_buffer(m, bytes, what, &w->data, &m->device_bytes));
     const cl_uchar zero = 0;
-    cl_int err = clEnqueueFillBuffer(m->ocl.queue, *b, &zero, 1, 0, n * esz, 0, NULL, NULL);
+    cl_int err = clEnqueueFillBuffer(m->ocl.queue, w->data, &zero, 1, 0, bytes, 0, NULL, NULL);
+    if (err == CL_SUCCESS && dtype_quantized(m->wtype)) {
+        const size_t sbytes = n / PLDR_QBLOCK * 2;
+        TRY(pldr_buffer(m, sbytes, what, &w->scales, &m->device_bytes));
+        err = clEnqueueFillBuffer(m->ocl.queue, w->scales, &zero, 1, 0, sbytes, 0, NULL, NULL);
+    }
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "clearing a weight buffer");
 }
 
@@ -282,7 +377,7 @@ static PLDR_PRINTF(5, 6) pldr_status load_vector(loader *ld, cl_mem *b, size_t n
 /* A weight matrix of `rows` rows of `pitch` elements holding tensor `name`
  * alone: in place where its rows need no padding and map_tensor allows (at
  * alignment `align`), else a copy in the weight dtype. */
-static PLDR_PRINTF(7, 8) pldr_status load_matrix(loader *ld, cl_mem *b, size_t rows, size_t pitch, size_t align,
+static PLDR_PRINTF(7, 8) pldr_status load_matrix(loader *ld, pldr_weight *w, size_t rows, size_t pitch, size_t align,
                                                   const char *what, const char *fmt, ...)
 {
     pldr_model *m = ld->m;
@@ -293,14 +388,18 @@ static PLDR_PRINTF(7, 8) pldr_status load_matrix(loader *ld, cl_mem *b, size_t r
     va_end(ap);
     const st_tensor *t = st_find(ld->ar, name);
     const int unpadded = t && t->ndim == 2 && (uint64_t)t->shape[1] == pitch;
-    if (unpadded && map_tensor(ld, t, rows * pitch, align, b)) {
+    if (unpadded && m->wtype == PLDR_DTYPE_F32 && map_tensor(ld, t, rows * pitch, align, &w->data)) {
+        w->type = PLDR_DTYPE_F32;
+        w->rows = (int)rows;
+        w->pitch = (int)pitch;
         if (rows * pitch > m->max_matrix_elems)
             m->max_matrix_elems = rows * pitch;
         return PLDR_OK;
     }
-    TRY(alloc_w(m, b, rows, pitch, what));
-    return unpadded ? put(ld, *b, 0, m->weight_half, "%s", name)
-                    : put_rows(ld, *b, 0, pitch, m->weight_half, "%s", name);
+    TRY(alloc_w(m, w, rows, pitch, what));
+    if (unpadded && m->wtype == PLDR_DTYPE_F32)
+        return put(ld, w->data, 0, 0, "%s", name);
+    return put_w(ld, w, 0, "%s", name);
 }
 
 static pldr_status load_layer(loader *ld, int l)
@@ -311,7 +410,6 @@ static pldr_status load_layer(loader *ld, int l)
     const size_t d = (size_t)c->d_model, F = (size_t)c->d_ff, dk = (size_t)c->head_dim;
     const size_t H = (size_t)c->n_heads, Fa = (size_t)c->a_dff;
     const size_t RD = (size_t)c->n_reslayer_a * (size_t)c->n_dense_a;
-    const int hw = m->weight_half;
     const char *p = "decoder.dec_layers";
 
     const size_t dp = (size_t)m->d_pitch, fp = (size_t)m->f_pitch;
@@ -319,7 +417,7 @@ static pldr_status load_layer(loader *ld, int l)
     TRY(alloc_f32(m, &ly->bqkv, 3 * d, "the Q/K/V projection biases"));
     const char *qkv[3] = {"wq", "wk", "wv"};
     for (int i = 0; i < 3; i++) {
-        TRY(put_rows(ld, ly->wqkv, i * d, dp, hw, "%s.%d.mha1.%s.weight", p, l, qkv[i]));
+        TRY(put_w(ld, &ly->wqkv, i * d, "%s.%d.mha1.%s.weight", p, l, qkv[i]));
         TRY(put(ld, ly->bqkv, i * d, 0, "%s.%d.mha1.%s.bias", p, l, qkv[i]));
     }
     TRY(load_matrix(ld, &ly->wo, d, dp, ld->blas_align, "the attention output weights", "%s.%d.mha1.dense.weight",
@@ -333,8 +431,8 @@ static pldr_status load_layer(loader *ld, int l)
 
     TRY(alloc_w(m, &ly->w12, 2 * F, dp, "the feed-forward input weights"));
     TRY(alloc_f32(m, &ly->b12, 2 * F, "the feed-forward input biases"));
-    TRY(put_rows(ld, ly->w12, 0, dp, hw, "%s.%d.ffn.gluw1.weight", p, l));
-    TRY(put_rows(ld, ly->w12, F, dp, hw, "%s.%d.ffn.gluw2.weight", p, l));
+    TRY(put_w(ld, &ly->w12, 0, "%s.%d.ffn.gluw1.weight", p, l));
+    TRY(put_w(ld, &ly->w12, F, "%s.%d.ffn.gluw2.weight", p, l));
     TRY(put(ld, ly->b12, 0, 0, "%s.%d.ffn.gluw1.bias", p, l));
     TRY(put(ld, ly->b12, F, 0, "%s.%d.ffn.gluw2.bias", p, l));
     TRY(load_matrix(ld, &ly->w3, d, fp, ld->blas_align, "the feed-forward output weights", "%s.%d.ffn.gluw3.weight",
@@ -400,27 +498,49 @@ static pldr_status put_host_matrix_f32(pldr_model *m, cl_mem b, const float *hos
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "uploading the head");
 }
 
-/* Writes n host floats into a weight buffer in the weight dtype. */
-static pldr_status put_host_matrix(pldr_model *m, cl_mem b, const float *host, size_t n)
+/* w (n rows) as the identity, exactly in every weight dtype: float32, half
+ * and bfloat16 hold 1 and 0 as they are; quantized rows are blocks of scale 1
+ * holding 1 at the diagonal (Q8_0: q = 1; Q4_0: q - 8 = 1) and 0 elsewhere. */
+static pldr_status put_identity(pldr_model *m, pldr_weight *w, size_t n)
 {
-    const void *src = host;
-    uint16_t *h = NULL;
-    if (m->weight_half) {
-        if (!(h = malloc(n * sizeof *h)))
-            return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
-        for (size_t i = 0; i < n; i++)
-            h[i] = pldr_float_to_half(host[i]);
-        src = h;
+    const size_t pitch = (size_t)w->pitch, elems = n * pitch;
+    const int q = dtype_quantized(w->type);
+    const size_t bytes = w->type == PLDR_DTYPE_F32 ? elems * 4 : w->type == PLDR_DTYPE_Q8_0 ? elems
+                         : w->type == PLDR_DTYPE_Q4_0 ? elems / 2 : elems * 2;
+    const size_t sbytes = q ? elems / PLDR_QBLOCK * 2 : 0;
+    unsigned char *data = calloc(bytes + sbytes + 1, 1);
+    if (!data)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
+    if (w->type == PLDR_DTYPE_Q4_0)
+        memset(data, 0x88, bytes); /* q = 8: zero */
+    for (size_t i = 0; i < n; i++) {
+        const size_t e = i * pitch + i;
+        const float one = 1.0f;
+        switch (w->type) {
+        case PLDR_DTYPE_F32: memcpy(data + 4 * e, &one, 4); break;
+        case PLDR_DTYPE_F16: memcpy(data + 2 * e, &(uint16_t){pldr_float_to_half(1.0f)}, 2); break;
+        case PLDR_DTYPE_BF16: memcpy(data + 2 * e, &(uint16_t){pldr_float_to_bf16(1.0f)}, 2); break;
+        case PLDR_DTYPE_Q8_0: data[e] = 1; break;
+        default: { /* Q4_0: the nibble of weight e in its block (kernels/common.cl) */
+            unsigned char *byte = data + e / PLDR_QBLOCK * 16 + e % 16;
+            *byte = (e % PLDR_QBLOCK) < 16 ? (unsigned char)((*byte & 0xf0) | 9) : (unsigned char)((*byte & 0x0f) | 0x90);
+        }
+        }
     }
-    cl_int err = clEnqueueWriteBuffer(m->ocl.queue, b, CL_TRUE, 0, n * (m->weight_half ? 2 : 4), src, 0, NULL, NULL);
-    free(h);
+    uint16_t *scales = (uint16_t *)(void *)(data + bytes);
+    for (size_t b = 0; b < sbytes / 2; b++)
+        scales[b] = pldr_float_to_half(1.0f);
+    cl_int err = clEnqueueWriteBuffer(m->ocl.queue, w->data, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
+    if (err == CL_SUCCESS && q)
+        err = clEnqueueWriteBuffer(m->ocl.queue, w->scales, CL_TRUE, 0, sbytes, scales, 0, NULL, NULL);
+    free(data);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "uploading the head");
 }
 
 /* The class's head becomes the engine's output layer wf, bf [n_outputs, d]:
  * final_layer, score (sequence classification has no bias: zeros), qa_outputs,
  * and for PldrllmModel the identity, whose product is the hidden state itself
- * (x * 1 + 0 exactly, in either weight dtype). */
+ * (x * 1 + 0 exactly, in every weight dtype: put_identity). */
 static pldr_status load_head(loader *ld)
 {
     pldr_model *m = ld->m;
@@ -436,20 +556,18 @@ static pldr_status load_head(loader *ld)
         TRY(load_matrix(ld, &m->wf, n, pitch, ld->blas_align, "the output layer", "%s.weight", names[c->arch]));
     if (c->arch != PLDR_ARCH_MODEL && c->arch != PLDR_ARCH_SEQUENCE_CLASSIFICATION)
         return load_vector(ld, &m->bf, n, "the output layer bias", "%s.bias", names[c->arch]);
-    float *host = calloc(c->arch == PLDR_ARCH_MODEL ? n * pitch : n, sizeof *host);
+    float *host = calloc(n, sizeof *host);
     if (!host)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
     pldr_status st = alloc_f32(m, &m->bf, n, "the output layer bias");
     if (st == PLDR_OK)
         st = put_host_matrix_f32(m, m->bf, host, n);
+    free(host);
     if (st == PLDR_OK && c->arch == PLDR_ARCH_MODEL) {
-        for (size_t i = 0; i < n; i++)
-            host[i * pitch + i] = 1.0f;
         st = alloc_w(m, &m->wf, n, pitch, "the identity output layer");
         if (st == PLDR_OK)
-            st = put_host_matrix(m, m->wf, host, n * pitch);
+            st = put_identity(m, &m->wf, n);
     }
-    free(host);
     return st;
 }
 
@@ -458,7 +576,8 @@ static pldr_status load_weights(loader *ld)
     pldr_model *m = ld->m;
     const pldr_config *c = &m->cfg;
     const size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size;
-    TRY(load_matrix(ld, &m->emb, V, d, ld->align, "the token embedding", "decoder.embedding.weight"));
+    TRY(load_matrix(ld, &m->emb, V, (size_t)m->emb_pitch, ld->align, "the token embedding",
+                    "decoder.embedding.weight"));
     TRY(load_vector(ld, &m->ln0_w, d, "the embedding layer norm", "decoder.layernorm1.weight"));
     TRY(load_vector(ld, &m->ln0_b, d, "the embedding layer norm", "decoder.layernorm1.bias"));
     if (c->g_type != PLDR_G_LEARNED) {
@@ -478,18 +597,20 @@ static pldr_status load_weights(loader *ld)
 
 /* The constants of each decode product that has a LayerNorm folded in
  * (kernels/gemv.cl, ln_fold_consts), from the weights as stored. */
-static pldr_status fold_one(pldr_model *m, cl_kernel k, cl_mem w, cl_mem bias, size_t rows, cl_mem ln_w,
+static pldr_status fold_one(pldr_model *m, cl_kernel k, const pldr_weight *w, cl_mem bias, size_t rows, cl_mem ln_w,
                             cl_mem ln_b, cl_mem *sc)
 {
     TRY(alloc_f32(m, sc, 3 * rows + 2 * (size_t)m->cfg.d_model, "the folded layer-norm constants"));
     const cl_int pitch = m->d_pitch, n = (cl_int)rows;
-    cl_int err = clSetKernelArg(k, 0, sizeof w, &w);
-    err |= clSetKernelArg(k, 1, sizeof bias, &bias);
-    err |= clSetKernelArg(k, 2, sizeof pitch, &pitch);
-    err |= clSetKernelArg(k, 3, sizeof n, &n);
-    err |= clSetKernelArg(k, 4, sizeof ln_w, &ln_w);
-    err |= clSetKernelArg(k, 5, sizeof ln_b, &ln_b);
-    err |= clSetKernelArg(k, 6, sizeof *sc, sc);
+    const cl_mem ws = pldr_scales(w);
+    cl_int err = clSetKernelArg(k, 0, sizeof w->data, &w->data);
+    err |= clSetKernelArg(k, 1, sizeof ws, &ws);
+    err |= clSetKernelArg(k, 2, sizeof bias, &bias);
+    err |= clSetKernelArg(k, 3, sizeof pitch, &pitch);
+    err |= clSetKernelArg(k, 4, sizeof n, &n);
+    err |= clSetKernelArg(k, 5, sizeof ln_w, &ln_w);
+    err |= clSetKernelArg(k, 6, sizeof ln_b, &ln_b);
+    err |= clSetKernelArg(k, 7, sizeof *sc, sc);
     size_t local = 64, kwg = 0;
     if (clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) == CL_SUCCESS &&
         kwg > 0 && kwg < local)
@@ -513,13 +634,13 @@ static pldr_status fold_layer_norms(pldr_model *m)
         pldr_layer *ly = &m->layers[l];
         /* Q/K/V read the previous layer's output norm (the embedding's for layer 0) */
         cl_mem ln_w = l ? m->layers[l - 1].ln2_w : m->ln0_w, ln_b = l ? m->layers[l - 1].ln2_b : m->ln0_b;
-        st = fold_one(m, k, ly->wqkv, ly->bqkv, 3 * d, ln_w, ln_b, &ly->qkv_sc);
+        st = fold_one(m, k, &ly->wqkv, ly->bqkv, 3 * d, ln_w, ln_b, &ly->qkv_sc);
         if (st == PLDR_OK)
-            st = fold_one(m, k, ly->w12, ly->b12, 2 * F, ly->ln1_w, ly->ln1_b, &ly->up_sc);
+            st = fold_one(m, k, &ly->w12, ly->b12, 2 * F, ly->ln1_w, ly->ln1_b, &ly->up_sc);
     }
     const pldr_layer *last = &m->layers[c->n_layers - 1];
     if (st == PLDR_OK)
-        st = fold_one(m, k, m->wf, m->bf, (size_t)c->n_outputs, last->ln2_w, last->ln2_b, &m->wf_sc);
+        st = fold_one(m, k, &m->wf, m->bf, (size_t)c->n_outputs, last->ln2_w, last->ln2_b, &m->wf_sc);
     if (st == PLDR_OK && (err = clFinish(m->ocl.queue)) != CL_SUCCESS)
         st = pldr_cl_fail(&m->ocl, err, "folding the layer norms");
     clReleaseKernel(k);
@@ -593,7 +714,7 @@ static void apply_wg_items(pldr_model *m, const char *items, const char *source,
             break;
         }
         if (why && len > 0)
-            fprintf(stderr, "pldr: warning: ignoring %s item '%.*s' (%s)\n", source, (int)len, p, why);
+            pldr_log(PLDR_LOG_WARN, "ignoring %s item '%.*s' (%s)", source, (int)len, p, why);
         p += len + (p[len] == ',');
     }
 }
@@ -626,7 +747,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     const char *ge = getenv("PLDR_GEMM");
     m->own_gemm = ge && strcmp(ge, "own") == 0 ? 1 : ge && strcmp(ge, "clblast") == 0 ? 0 : cpu;
     if (ge && *ge && strcmp(ge, "own") != 0 && strcmp(ge, "clblast") != 0)
-        fprintf(stderr, "pldr: warning: ignoring PLDR_GEMM=%s (use clblast or own)\n", ge);
+        pldr_log(PLDR_LOG_WARN, "ignoring PLDR_GEMM=%s (use clblast or own)", ge);
     /* on CPUs the metric tensor, the metric learner and the prefill attention
      * run as one work-item per piece of work, without barriers (the *_cpu
      * kernels); PLDR_WG's gpu=1 forces the work-group forms */
@@ -651,7 +772,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     } else {
         char tuned[PLDR_WG_ITEMS_MAX];
         if (pldr_decode_tuning_lookup(&m->ocl.info, params->cache_dir, &m->cfg,
-                                      m->weight_half ? PLDR_DTYPE_F16 : PLDR_DTYPE_F32, tuned, sizeof tuned) &&
+                                      m->wtype, tuned, sizeof tuned) &&
             *tuned) {
             apply_wg_items(m, tuned, "the decode tuning file", lim);
             m->wg_tuned = 1;
@@ -708,11 +829,11 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
     char *options = m->kernel_options;
     snprintf(options, sizeof m->kernel_options,
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
-             "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_HALF=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
+             "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_TYPE=%d -DEMB_PITCH=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
              "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d",
              getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
-             c->layer_norm_eps, c->reference_rope ? 1 : 0, m->weight_half, m->row_wg, m->att_wg,
+             c->layer_norm_eps, c->reference_rope ? 1 : 0, (int)m->wtype, m->emb_pitch, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
              PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm);
     int compiled = 0;
@@ -838,7 +959,7 @@ static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
         return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
                          "the weights need %.1f MiB but %s has %.1f MiB of global memory%s",
                          weight_bytes / 1048576.0, d->name, d->global_mem_bytes / 1048576.0,
-                         m->weight_half ? "" : " (try --dtype f16)");
+                         m->wtype == PLDR_DTYPE_F32 ? " (try --dtype f16 or q8_0)" : "");
     return PLDR_OK;
 }
 
@@ -853,7 +974,8 @@ static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
 static void zero_copy_alignment(const pldr_model *m, const pldr_model_params *params, loader *ld)
 {
     const char *env = getenv("PLDR_ZERO_COPY");
-    if (!params->zero_copy || (env && strcmp(env, "0") == 0) || !m->ocl.info.unified_memory || m->weight_half)
+    if (!params->zero_copy || (env && strcmp(env, "0") == 0) || !m->ocl.info.unified_memory ||
+        m->wtype != PLDR_DTYPE_F32)
         return;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     const size_t base = m->ocl.info.mem_base_align < 64 ? m->ocl.info.mem_base_align : 64;
@@ -916,6 +1038,7 @@ static void free_loader(loader *ld)
 {
     free(ld->staging);
     free(ld->hstage);
+    free(ld->qstage);
     free(ld->past_g);
     free(ld->crc);
     free(ld->summed);
@@ -954,9 +1077,16 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     if (st != PLDR_OK)
         goto fail;
     pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters (src/tune/tune.c) */
-    m->weight_half = params->weight_dtype == PLDR_DTYPE_F16;
-    m->d_pitch = (m->cfg.d_model + 3) & ~3;
-    m->f_pitch = (m->cfg.d_ff + 3) & ~3;
+    if ((unsigned)params->weight_dtype >= PLDR_DTYPE_COUNT) {
+        st = pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown weight dtype %d", (int)params->weight_dtype);
+        goto fail;
+    }
+    m->wtype = params->weight_dtype;
+    /* quantized rows are whole blocks */
+    const int row_align = dtype_quantized(m->wtype) ? PLDR_QBLOCK : 4;
+    m->d_pitch = (m->cfg.d_model + row_align - 1) / row_align * row_align;
+    m->f_pitch = (m->cfg.d_ff + row_align - 1) / row_align * row_align;
+    m->emb_pitch = dtype_quantized(m->wtype) ? m->d_pitch : m->cfg.d_model;
     choose_work_groups(m, params);
 
     const pldr_config *c = &m->cfg;
@@ -975,7 +1105,8 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     const uint64_t d = (uint64_t)c->d_model, F = (uint64_t)c->d_ff;
     uint64_t matrix_elems = ((uint64_t)c->vocab_size + (uint64_t)c->n_outputs) * d +
                             (uint64_t)c->n_layers * (4 * d * d + 3 * F * d);
-    uint64_t weight_bytes = m->n_params * 4 - (m->weight_half ? matrix_elems * 2 : 0);
+    uint64_t weight_bytes = m->n_params * 4 - matrix_elems * 4 +
+                            (uint64_t)((double)matrix_elems * pldr_dtype_weight_bytes(m->wtype));
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
         goto fail;
 
@@ -989,7 +1120,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     ld.m = m;
     ld.ar = &ar;
     ld.staging = malloc(max_elems * sizeof(float));
-    ld.hstage = m->weight_half ? malloc(max_elems * sizeof(uint16_t)) : NULL;
+    ld.hstage = m->wtype == PLDR_DTYPE_F16 ? malloc(max_elems * sizeof(uint16_t)) : NULL;
     ld.crc = calloc(ar.n_tensors ? ar.n_tensors : 1, sizeof *ld.crc);
     ld.summed = calloc(ar.n_tensors ? ar.n_tensors : 1, 1);
     ld.in_place = calloc(ar.n_files ? (size_t)ar.n_files : 1, 1);
@@ -997,7 +1128,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     ld.progress = params->progress;
     ld.progress_user = params->progress_user;
     zero_copy_alignment(m, params, &ld);
-    if (!m->layers || !ld.staging || (m->weight_half && !ld.hstage) || !ld.crc || !ld.summed || !ld.in_place) {
+    if (!m->layers || !ld.staging || (m->wtype == PLDR_DTYPE_F16 && !ld.hstage) || !ld.crc || !ld.summed || !ld.in_place) {
         st = pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory while loading %s", dir);
         goto fail;
     }
@@ -1030,6 +1161,12 @@ void pldr_release_mem(cl_mem *b)
     *b = NULL;
 }
 
+void pldr_release_weight(pldr_weight *w)
+{
+    pldr_release_mem(&w->data);
+    pldr_release_mem(&w->scales);
+}
+
 void pldr_model_free(pldr_model *m)
 {
     if (!m)
@@ -1037,8 +1174,12 @@ void pldr_model_free(pldr_model *m)
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             pldr_layer *ly = &m->layers[l];
-            cl_mem *all[] = {&ly->wqkv, &ly->bqkv, &ly->wo, &ly->bo, &ly->ln1_w, &ly->ln1_b,
-                             &ly->ln2_w, &ly->ln2_b, &ly->w12, &ly->b12, &ly->w3, &ly->b3,
+            pldr_release_weight(&ly->wqkv);
+            pldr_release_weight(&ly->wo);
+            pldr_release_weight(&ly->w12);
+            pldr_release_weight(&ly->w3);
+            cl_mem *all[] = {&ly->bqkv, &ly->bo, &ly->ln1_w, &ly->ln1_b,
+                             &ly->ln2_w, &ly->ln2_b, &ly->b12, &ly->b3,
                              &ly->a_ln_w, &ly->a_ln_b, &ly->ml_w12, &ly->ml_b12, &ly->ml_w3,
                              &ly->ml_b3, &ly->ml_ln_w, &ly->ml_ln_b, &ly->plga, &ly->past_g,
                              &ly->qkv_sc, &ly->up_sc};
@@ -1047,10 +1188,10 @@ void pldr_model_free(pldr_model *m)
         }
         free(m->layers);
     }
-    pldr_release_mem(&m->emb);
+    pldr_release_weight(&m->emb);
     pldr_release_mem(&m->ln0_w);
     pldr_release_mem(&m->ln0_b);
-    pldr_release_mem(&m->wf);
+    pldr_release_weight(&m->wf);
     pldr_release_mem(&m->bf);
     pldr_release_mem(&m->wf_sc);
     pldr_config_extra_free(&m->cfg_extra);
@@ -1077,9 +1218,10 @@ void pldr_model_free(pldr_model *m)
 
 uint64_t pldr_model_decode_bytes(const pldr_model *m)
 {
-    const uint64_t esz = m->weight_half ? 2 : 4;
-    const uint64_t emb = (uint64_t)m->cfg.vocab_size * (uint64_t)m->cfg.d_model * esz;
-    return m->device_bytes - emb + (uint64_t)m->cfg.d_model * esz;
+    /* the embedding's bytes (scales included), less one row */
+    const double esz = pldr_dtype_weight_bytes(m->emb.type);
+    const uint64_t row = (uint64_t)((double)m->emb.pitch * esz);
+    return m->device_bytes - (uint64_t)m->emb.rows * row + row;
 }
 
 /* Best rate of one probe (bytes moved per run / seconds), repeated for at

@@ -6,14 +6,31 @@
 #include "runtime/ocl.h"
 #include "pldr.h"
 
+/* A weight matrix on the device: `rows` rows of `pitch` elements (the row
+ * length padded with zeros: to a multiple of 4, of 32 for the quantized
+ * types) in the model's weight dtype (kernels/common.cl describes the
+ * layouts). Q8_0 and Q4_0 keep their quants in data and one half scale per
+ * block of 32 in scales (structure of arrays); the other types have no
+ * scales (NULL). Kernels that read a matrix take both buffers (pldr_scales). */
+typedef struct pldr_weight {
+    cl_mem data;
+    cl_mem scales;
+    pldr_dtype type;
+    int rows, pitch;
+} pldr_weight;
+
 /* Device weights of one decoder layer. The large matrices (wqkv, wo, w12,
  * w3) are in the model's weight dtype; everything else is float32. */
 typedef struct pldr_layer {
-    cl_mem wqkv, bqkv; /* [3d, d] = wq; wk; wv, and [3d] */
-    cl_mem wo, bo;     /* mha1.dense [d, d], [d] */
+    pldr_weight wqkv;  /* [3d, d] = wq; wk; wv */
+    cl_mem bqkv;       /* [3d] */
+    pldr_weight wo;    /* mha1.dense [d, d] */
+    cl_mem bo;         /* [d] */
     cl_mem ln1_w, ln1_b, ln2_w, ln2_b; /* layer.layernorm1/2 [d] */
-    cl_mem w12, b12;   /* ffn.gluw1; gluw2 [2F, d], [2F] */
-    cl_mem w3, b3;     /* ffn.gluw3 [d, F], [d] */
+    pldr_weight w12;   /* ffn.gluw1; gluw2 [2F, d] */
+    cl_mem b12;        /* [2F] */
+    pldr_weight w3;    /* ffn.gluw3 [d, F] */
+    cl_mem b3;         /* [d] */
     /* the per-row data of the decode products that read a LayerNorm's output
      * (kernels/gemv.cl, ln_fold_consts): [3, 3d] for Q/K/V, [3, 2F] for
      * gluw1|2 (folded constants and the bias), then the LayerNorm's weights */
@@ -34,11 +51,13 @@ struct pldr_model {
     cl_program program;
     double build_s; /* seconds pldr_ocl_build took (compiling, or reading the binary cache) */
     int compiled;   /* the kernels were compiled from source at this load */
-    int weight_half;
-    cl_mem emb;            /* [V, d], weight dtype */
+    pldr_dtype wtype;      /* storage of the large matrices (pldr_weight) */
+    double quantize_s;     /* seconds spent converting them at load (not f32, f16) */
+    pldr_weight emb;       /* [V, d] (pitch emb_pitch) */
     cl_mem ln0_w, ln0_b;   /* decoder.layernorm1 */
-    cl_mem wf, bf;         /* the output layer [n_outputs, d] (weight dtype), [n_outputs]: final_layer,
-                              the class's head, or the identity for PldrllmModel */
+    pldr_weight wf;        /* the output layer [n_outputs, d]: final_layer, the class's head, or
+                              the identity for PldrllmModel */
+    cl_mem bf;             /* [n_outputs] */
     cl_mem wf_sc;          /* [3, V] and the last LayerNorm, as pldr_layer.qkv_sc */
     pldr_layer *layers;
     uint64_t n_params;
@@ -51,11 +70,12 @@ struct pldr_model {
         size_t size;
     } *maps;
     int n_maps;
-    size_t max_matrix_elems; /* largest weight matrix, for the f16 prefill scratch */
+    size_t max_matrix_elems; /* largest weight matrix, for the float32 prefill scratch */
     /* rows of the weight matrices are padded to a multiple of 4 elements so
-     * that GEMV kernels read them as aligned vectors: d_pitch for rows of
-     * length d, f_pitch for rows of length F */
-    int d_pitch, f_pitch;
+     * that GEMV kernels read them as aligned vectors (of 32 for the quantized
+     * types, whole blocks): d_pitch for rows of length d, f_pitch for rows of
+     * length F; emb_pitch for the embedding's rows (d unless quantized) */
+    int d_pitch, f_pitch, emb_pitch;
     /* work-group sizes chosen for the device (also passed as -D defines) */
     int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf, gemv_wrows;
     int wg_forms; /* the prefill's work-group kernels (else the one-work-item CPU forms) */
@@ -76,6 +96,18 @@ struct pldr_model {
 
 /* Releases *b if set and clears it. */
 void pldr_release_mem(cl_mem *b);
+void pldr_release_weight(pldr_weight *w);
+
+/* The buffer a kernel's scales argument (ws in kernels/common.cl) is bound
+ * to: w's scales, or its data where the type has none (never read then). */
+static inline cl_mem pldr_scales(const pldr_weight *w)
+{
+    return w->scales ? w->scales : w->data;
+}
+
+/* Bytes of one weight of type t on the device, scales included (Q8_0:
+ * 34 bytes per 32 weights, Q4_0: 18). */
+double pldr_dtype_weight_bytes(pldr_dtype t);
 
 /* Creates a device buffer, recording its size in *counter when given. */
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter);

@@ -154,8 +154,8 @@ static void warn_cache_dir(const char *dir, const char *why)
     static _Atomic int warned;
     if (warned++)
         return;
-    fprintf(stderr, "pldr: warning: %s: %s; the kernels will be compiled at every start (set XDG_CACHE_HOME to a "
-                    "writable directory)\n", dir, why);
+    pldr_log(PLDR_LOG_WARN, "%s: %s; the kernels will be compiled at every start (set XDG_CACHE_HOME to a "
+                    "writable directory)", dir, why);
 }
 
 /* Whether dir can hold cache entries; warns when not. */
@@ -275,7 +275,7 @@ pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kerne
                 if (log && clGetProgramBuildInfo(prog, ocl->device, CL_PROGRAM_BUILD_LOG, log_len, log, NULL) ==
                                CL_SUCCESS) {
                     log[log_len] = '\0';
-                    fprintf(stderr, "pldr: build log for %s:\n%s\n", ocl->info.name, log);
+                    pldr_log(PLDR_LOG_INFO, "pldr: build log for %s:\n%s\n", ocl->info.name, log);
                 }
                 free(log);
             }

@@ -210,7 +210,7 @@ static int add_prompt(completion_request *r, int i, json_t *v, const api_limits 
         size_t n_ids = 0;
         const char *text = json_string_value(v);
         const size_t len = json_string_length(v);
-        if (pldr_tokenize(lim->tok, text, len, &r->prompt_ids[i], &n_ids) != PLDR_OK)
+        if (pldr_tokenize_prompt(lim->tok, lim->tc, lim->cfg, text, len, &r->prompt_ids[i], &n_ids) != PLDR_OK)
             return oom(e);
         if (n_ids > (size_t)lim->n_ctx) {
             e->code = "context_length_exceeded";

@@ -27,6 +27,8 @@ json_t *api_error_json(const api_error *e);
 /* What validation needs to know of the served model. */
 typedef struct api_limits {
     const pldr_tokenizer *tok;
+    const pldr_tokenizer_config *tc; /* BOS and EOS around prompts */
+    const pldr_config *cfg;
     int n_ctx, n_vocab;
     int max_seqs; /* prompts x n at most */
 } api_limits;

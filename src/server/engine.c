@@ -128,8 +128,8 @@ typedef struct qitem {
 
 /* A slot: one context and the sequence it is generating. */
 typedef struct slot {
-    pldr_context *ctx;
-    job *j; /* NULL: idle */
+    int seq; /* its sequence in the replica's context */
+    job *j;  /* NULL: idle */
     int s;
     pldr_gen *gen; /* sampling, penalties, stop strings, detokenization */
     int needs_logits;
@@ -151,7 +151,11 @@ typedef struct replica {
     pthread_t thread;
     int started;
     pthread_cond_t cv; /* work arrived or stop */
-    float *logits;
+    pldr_context *ctx; /* one sequence per slot */
+    pldr_batch_entry *entries;
+    int *rows, *n_fed;
+    int32_t *ids;
+    float *logits; /* [slots, vocab] */
     uint64_t prompt_tokens, generated_tokens, sequences;
 } replica;
 
@@ -165,6 +169,8 @@ struct engine {
     int stop;
     char model_name[256];
     char *chat_template;
+    pldr_tokenizer_config tc;
+    pldr_config cfg;
     uint64_t n_params;
 };
 
@@ -177,6 +183,8 @@ uint64_t engine_n_params(const engine *e) { return e->n_params; }
 void engine_limits(const engine *e, api_limits *lim)
 {
     lim->tok = e->tok;
+    lim->tc = &e->tc;
+    lim->cfg = &e->cfg;
     lim->n_ctx = e->n_ctx;
     lim->n_vocab = e->n_vocab;
     int slots = e->n_reps * e->o->parallel;
@@ -207,44 +215,66 @@ int engine_in_flight(engine *e)
     return n;
 }
 
-/* The chat template of tokenizer_config.json, if the checkpoint has one:
- * a string, or a list of {name, template} (then the names). */
-static char *read_chat_template(const char *dir)
+/* tokenizer_config.json, read once: its add_bos_token and add_eos_token (for
+ * pldr_tokenize_prompt, as pldr generate tokenizes) and its chat template,
+ * if any: a string, or a list of {name, template} (then the names).
+ * Returns 0, or -1 when the file exists but is not a JSON object with
+ * boolean flags. */
+static int read_tokenizer_config(const char *dir, pldr_tokenizer_config *tc, char **chat_template)
 {
+    memset(tc, 0, sizeof *tc);
+    *chat_template = NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    if (access(path, R_OK) != 0)
-        return NULL;
-    json_t *root = json_load_file(path, 0, NULL);
-    if (!root)
-        return NULL;
+    if (access(path, F_OK) != 0)
+        return 0;
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!json_is_object(root)) {
+        fprintf(stderr, "pldr serve: %s: not a JSON object%s%s\n", path, root ? "" : ": ", root ? "" : err.text);
+        json_decref(root);
+        return -1;
+    }
+    const char *flags[] = {"add_bos_token", "add_eos_token"};
+    int *out[] = {&tc->add_bos_token, &tc->add_eos_token};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(root, flags[i]);
+        if (v && !json_is_null(v) && !json_is_boolean(v)) {
+            fprintf(stderr, "pldr serve: %s: key \"%s\" must be true or false\n", path, flags[i]);
+            json_decref(root);
+            return -1;
+        }
+        *out[i] = json_is_true(v);
+    }
+    tc->present = 1;
     json_t *t = json_object_get(root, "chat_template");
-    char *out = NULL;
+    char *tmpl = NULL;
     if (json_is_string(t)) {
-        out = strdup(json_string_value(t));
+        tmpl = strdup(json_string_value(t));
     } else if (json_is_array(t)) {
         size_t cap = 256, len = 0;
-        out = calloc(1, cap);
+        tmpl = calloc(1, cap);
         size_t i;
         json_t *v;
         json_array_foreach(t, i, v)
         {
             const char *name = json_string_value(json_object_get(v, "name"));
-            if (!name || !out)
+            if (!name || !tmpl)
                 continue;
             size_t n = strlen(name);
             if (len + n + 3 > cap) {
                 cap = 2 * (len + n + 3);
-                char *b = realloc(out, cap);
+                char *b = realloc(tmpl, cap);
                 if (!b)
                     break;
-                out = b;
+                tmpl = b;
             }
-            len += (size_t)sprintf(out + len, "%s%s", len ? ", " : "", name);
+            len += (size_t)sprintf(tmpl + len, "%s%s", len ? ", " : "", name);
         }
     }
+    *chat_template = tmpl;
     json_decref(root);
-    return out;
+    return 0;
 }
 
 static void progress(const char *what, uint64_t done, uint64_t total, void *user)
@@ -289,22 +319,29 @@ static int replica_load(engine *e, replica *r, const char *device)
     }
     r->n_slots = o->parallel;
     r->slots = calloc((size_t)r->n_slots, sizeof *r->slots);
-    r->logits = malloc((size_t)cfg->vocab_size * sizeof *r->logits);
-    if (!r->slots || !r->logits)
+    r->logits = malloc((size_t)r->n_slots * (size_t)cfg->vocab_size * sizeof *r->logits);
+    r->entries = calloc((size_t)r->n_slots, sizeof *r->entries);
+    r->rows = calloc((size_t)r->n_slots, sizeof *r->rows);
+    r->n_fed = calloc((size_t)r->n_slots, sizeof *r->n_fed);
+    r->ids = calloc((size_t)r->n_slots, sizeof *r->ids);
+    if (!r->slots || !r->logits || !r->entries || !r->rows || !r->n_fed || !r->ids)
         return report(PLDR_ERR_HOST_MEMORY);
+    for (int i = 0; i < r->n_slots; i++)
+        r->slots[i].seq = i;
     pldr_context_params cp = pldr_context_default_params();
     cp.n_ctx = o->n_ctx;
     cp.cache_mode = o->cache;
-    for (int i = 0; i < r->n_slots; i++) {
-        if ((st = pldr_context_new(r->model, &cp, &r->slots[i].ctx)) != PLDR_OK)
-            return report(st);
-        if (o->gcache && (st = pldr_context_load_gcache(r->slots[i].ctx, r->model, o->gcache)) != PLDR_OK)
-            return report(st);
-    }
-    e->n_ctx = pldr_context_n_ctx(r->slots[0].ctx);
+    cp.n_seq = r->n_slots;
+    cp.shared_g = o->gcache_first ? PLDR_SHARED_G_FIRST : o->gcache ? PLDR_SHARED_G_EXTERNAL : PLDR_SHARED_G_NONE;
+    if ((st = pldr_context_new(r->model, &cp, &r->ctx)) != PLDR_OK)
+        return report(st);
+    if (o->gcache && (st = pldr_context_load_gcache(r->ctx, r->model, o->gcache)) != PLDR_OK)
+        return report(st);
+    e->n_ctx = pldr_context_n_ctx(r->ctx);
     e->n_vocab = cfg->vocab_size;
     e->eos = cfg->eos_token_id;
     e->n_params = pldr_model_n_params(r->model);
+    e->cfg = *cfg;
     pthread_cond_init(&r->cv, NULL);
     return 0;
 }
@@ -323,7 +360,10 @@ int engine_new(const server_options *o, engine **out)
     size_t n = strlen(e->model_name);
     while (n > 1 && e->model_name[n - 1] == '/')
         e->model_name[--n] = '\0';
-    e->chat_template = read_chat_template(o->model_dir);
+    if (read_tokenizer_config(o->model_dir, &e->tc, &e->chat_template) != 0) {
+        *out = e;
+        return 3;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.model", o->model_dir);
     pldr_status st = pldr_tokenizer_load(path, &e->tok);
@@ -478,12 +518,12 @@ static int slot_prepare(replica *r, slot *sl, const int32_t **feed, int *n_feed,
         return 1;
     }
     if (!sl->prefilled) {
-        pldr_context_reset(sl->ctx);
+        pldr_seq_reset(r->ctx, sl->seq);
         *feed = sl->prompt;
         *n_feed = sl->n_prompt;
         return 0;
     }
-    if (pldr_context_n_past(sl->ctx) + 1 > pldr_context_n_ctx(sl->ctx)) {
+    if (pldr_seq_n_past(r->ctx, sl->seq) + 1 > pldr_context_n_ctx(r->ctx)) {
         if (pldr_gen_finish(sl->gen, PLDR_FINISH_CONTEXT, &ev) == PLDR_OK)
             slot_emit(r, sl, &ev);
         *finish = SEQ_LENGTH;
@@ -542,10 +582,13 @@ static void slot_end(replica *r, slot *sl, seq_finish why, const char *error)
     pthread_mutex_unlock(&r->e->mu);
 }
 
-/* One round: every busy slot is fed (its prompt, or its last token) and
- * picks its next token. */
+/* One round: every busy slot is fed (its prompt, or its last token) in one
+ * batch (new prompts prefilled, the decoding sequences through the layers
+ * together) and picks its next token. */
 static void replica_round(replica *r, int stopping)
 {
+    const int V = r->e->n_vocab;
+    int n = 0, any_logits = 0;
     for (int i = 0; i < r->n_slots; i++) {
         slot *sl = &r->slots[i];
         if (!sl->j)
@@ -553,22 +596,29 @@ static void replica_round(replica *r, int stopping)
         if (stopping)
             job_cancel(sl->j);
         seq_finish why;
-        const char *err = NULL;
-        const int32_t *feed;
-        int n_feed;
-        if (slot_prepare(r, sl, &feed, &n_feed, &why)) {
+        if (slot_prepare(r, sl, &r->entries[n].ids, &r->entries[n].n, &why)) {
             slot_end(r, sl, why, NULL);
             continue;
         }
-        int32_t id = -1;
-        pldr_status st = sl->needs_logits ? pldr_eval(sl->ctx, feed, n_feed, r->logits, 0)
-                                          : pldr_eval_greedy(sl->ctx, feed, n_feed, &id);
-        if (st != PLDR_OK) {
-            slot_end(r, sl, SEQ_CANCELLED, pldr_last_error());
-            continue;
-        }
-        if (slot_pick(r, sl, n_feed, r->logits, id, &why, &err))
+        r->entries[n].seq = sl->seq;
+        r->n_fed[n] = r->entries[n].n;
+        r->rows[n++] = i;
+        any_logits |= sl->needs_logits;
+    }
+    if (n == 0)
+        return;
+    pldr_status st = pldr_eval_batch(r->ctx, r->entries, n, any_logits ? r->logits : NULL, r->ids);
+    const char *failure = st == PLDR_OK ? NULL : pldr_last_error();
+    for (int k = 0; k < n; k++) {
+        slot *sl = &r->slots[r->rows[k]];
+        seq_finish why;
+        const char *err = NULL;
+        if (failure) {
+            pldr_seq_reset(r->ctx, sl->seq);
+            slot_end(r, sl, SEQ_CANCELLED, failure);
+        } else if (slot_pick(r, sl, r->n_fed[k], r->logits + (size_t)k * (size_t)V, r->ids[k], &why, &err)) {
             slot_end(r, sl, why, err);
+        }
     }
 }
 
@@ -734,10 +784,13 @@ void engine_free(engine *e)
     engine_stop(e);
     for (int i = 0; i < e->n_reps; i++) {
         replica *r = &e->reps[i];
-        for (int k = 0; r->slots && k < r->n_slots; k++) {
-            pldr_context_free(r->slots[k].ctx);
+        for (int k = 0; r->slots && k < r->n_slots; k++)
             pldr_gen_free(r->slots[k].gen);
-        }
+        pldr_context_free(r->ctx);
+        free(r->entries);
+        free(r->rows);
+        free(r->n_fed);
+        free(r->ids);
         free(r->slots);
         free(r->logits);
         pldr_model_free(r->model);

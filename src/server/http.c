@@ -809,7 +809,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         sv->generated_tokens += (uint64_t)n_gen;
         pthread_mutex_unlock(&sv->mu);
     }
-    int status = rq->status ? rq->status : 0;
+    /* no answer sent: the client went away first (nginx's 499) or the connection broke */
+    int status = rq->status ? rq->status : 499;
     count_status(sv, status, dt);
     fprintf(stderr, "pldr serve: %s %s %s %d prompt=%d generated=%d %.3f s%s\n", rq->ip, rq->method, rq->path,
             status, n_prompt, n_gen, dt,

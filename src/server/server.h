@@ -27,6 +27,7 @@ typedef struct server_options {
     pldr_dtype dtype;
     pldr_cache_mode cache;
     const char *gcache;  /* G-cache file for every request, or NULL */
+    int gcache_first;    /* the first prompt's G-cache serves every later one */
     const char *api_key; /* NULL: no authentication */
     int max_queue;       /* sequences waiting for a slot, over all replicas */
     double timeout_s;    /* idle connection timeout and shutdown grace */

@@ -361,7 +361,8 @@ static pldr_status release_text(pldr_gen *g, int final, int *stopped)
     }
     if (emit > 0 && !pldr_bytes_append(&g->out, h->data, emit))
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
-    memmove(h->data, h->data + keep_from, h->len - keep_from);
+    if (keep_from > 0 && h->len > keep_from) /* h->data is NULL while nothing was held */
+        memmove(h->data, h->data + keep_from, h->len - keep_from);
     h->len -= keep_from;
     return PLDR_OK;
 }

@@ -410,7 +410,7 @@ static pldr_status read_tuning(const pldr_ocl *o, const char *cache_dir, tuning 
     if (!path)
         return PLDR_OK; /* no cache directory: nothing to read */
     struct stat sb;
-    if (stat(path, &sb) != 0 && errno == ENOENT) {
+    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
         free(path);
         return PLDR_OK;
     }
@@ -484,7 +484,7 @@ pldr_status pldr_tuning_apply(struct pldr_ocl *ocl, const char *cache_dir)
 {
     pldr_status st = pldr_tuning_load(ocl, cache_dir, NULL);
     if (st != PLDR_OK) {
-        fprintf(stderr, "pldr: warning: ignoring the GEMM tuning file: %s (run 'pldr tune' to rewrite it)\n",
+        pldr_log(PLDR_LOG_WARN, "ignoring the GEMM tuning file: %s (run 'pldr tune' to rewrite it)",
                 pldr_last_error());
         pldr_clear_error();
     }

@@ -28,7 +28,7 @@
  * attpre is a switch (0 or 1). */
 static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att", "pf", "attpre"};
 
-static const char *dtype_name(pldr_dtype d) { return d == PLDR_DTYPE_F16 ? "f16" : "f32"; }
+static const char *dtype_name(pldr_dtype d) { return pldr_dtype_name(d); }
 
 /* ------------------------------------------------------------ the file */
 
@@ -89,7 +89,7 @@ static pldr_status read_file(const char *path, const pldr_device_info *info, jso
 {
     *root = NULL;
     struct stat sb;
-    if (stat(path, &sb) != 0 && errno == ENOENT)
+    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR))
         return PLDR_OK;
     unsigned char *text = NULL;
     size_t len = 0;
@@ -148,8 +148,8 @@ int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_di
     pldr_status st = read_file(path, info, &root);
     free(path);
     if (st != PLDR_OK) {
-        fprintf(stderr, "pldr: warning: ignoring the decode tuning file: %s (run 'pldr tune --stage decode' to "
-                        "rewrite it)\n", pldr_last_error());
+        pldr_log(PLDR_LOG_WARN, "ignoring the decode tuning file: %s (run 'pldr tune --stage decode' to "
+                        "rewrite it)", pldr_last_error());
         pldr_clear_error();
         return 0;
     }
