@@ -134,6 +134,18 @@ def main():
     for name, rs, top in scalings:
         model = make("rope-" + name, rope_scaling=rs, extra_config=top)
         parity(t, "rope_scaling %s matches the reference" % name, model, differs_from=plain)
+    # transformers 5's "rope_parameters" (rope_theta inside it) reads as rope_scaling does
+    params = make("rope-parameters", extra_config={"rope_parameters": {"rope_type": "linear", "factor": 4.0,
+                                                                       "rope_theta": 10000.0}})
+
+    def same_as_linear():
+        rc, got, se = engine(params)
+        if rc != 0:
+            return False, "exit %d" % rc, se
+        _, linear, _ = engine(os.path.join(WORK, "rope-linear"))
+        e, d = pt.rel_err(got, linear), pt.rel_err(got, plain)
+        return e <= 1e-6 and d > 1e-3, "rel err to rope_scaling linear %.2g, to unscaled %.2g" % (e, d)
+    t.check("rope_parameters (transformers 5) applies its scaling like rope_scaling", same_as_linear)
     # dynamic NTK changes nothing inside max_position_embeddings, where the engine's contexts end
     parity(t, "rope_scaling dynamic matches the reference (unscaled within max_position_embeddings)",
            make("rope-dynamic", rope_scaling={"rope_type": "dynamic", "factor": 4.0}))

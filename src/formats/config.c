@@ -588,8 +588,23 @@ static pldr_status read_rope_scaling(const cfg_reader *r, pldr_config *c)
     c->rope_factor = c->rope_attention_factor = 1.0;
     json_t *rs = NULL;
     pldr_status st = get_value(r, "rope_scaling", 0, &rs);
-    if (st != PLDR_OK || !rs)
+    if (st != PLDR_OK)
         return st;
+    if (!rs) {
+        /* transformers 5 writes the same object as "rope_parameters", with
+         * rope_theta inside it; read it rather than ignore a scaling there */
+        if ((st = get_value(r, "rope_parameters", 0, &rs)) != PLDR_OK || !rs)
+            return st;
+        if (!json_is_object(rs))
+            return pldr_fail(PLDR_ERR_FORMAT, "%s: key \"rope_parameters\" must be an object or null", r->path);
+        json_t *theta = json_object_get(rs, "rope_theta");
+        if (theta && !json_is_null(theta)) {
+            if (!json_is_number(theta) || !(json_number_value(theta) > 1.0))
+                return pldr_fail(PLDR_ERR_FORMAT, "%s: rope_parameters' \"rope_theta\" must be a number above 1",
+                                 r->path);
+            c->rope_theta = json_number_value(theta);
+        }
+    }
     if (!json_is_object(rs))
         return pldr_fail(PLDR_ERR_FORMAT, "%s: key \"rope_scaling\" must be an object or null", r->path);
     json_t *t = json_object_get(rs, "rope_type");
