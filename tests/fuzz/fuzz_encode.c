@@ -3,7 +3,7 @@
  *
  * Models: $PLDR_FUZZ_TOKENIZERS (paths separated by ':'), else the bundled
  * models/pldr-tiny-pydocs/tokenizer.model and
- * ../shared/data/tokenizer/pldr-refinedweb-32k.model, both relative to
+ * tests/data/tokenizer/pldr-refinedweb-32k.model, both relative to
  * $PLDR_SRCDIR (default: the source tree this was built from). A missing
  * shared model is skipped with a note; no model at all is an error.
  *
@@ -61,7 +61,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         char path[4096];
         snprintf(path, sizeof path, "%s/models/pldr-tiny-pydocs/tokenizer.model", srcdir);
         load_model(path, 1);
-        snprintf(path, sizeof path, "%s/../shared/data/tokenizer/pldr-refinedweb-32k.model", srcdir);
+        snprintf(path, sizeof path, "%s/tests/data/tokenizer/pldr-refinedweb-32k.model", srcdir);
         load_model(path, 0);
     }
     if (n_models == 0) {

@@ -18,7 +18,7 @@
 #   FUZZ_JOBS      targets run at the same time (default 2)
 #   FUZZ_ARGS      extra libFuzzer options, e.g. "-jobs=1 -seed=1"
 #   PLDR_SRCDIR    source tree (default: the one of this script); the shared
-#                  tokenizer is taken from $PLDR_SRCDIR/../shared when present
+#                  the 32k tokenizer is $PLDR_SRCDIR/tests/data/tokenizer
 set -u
 
 SECONDS_PER_TARGET=${1:-60}
@@ -37,7 +37,7 @@ mkdir -p "$WORK/artifacts" || exit 2
 
 # The tokenizer models the tokenizer_model target checks first.
 TOKENIZER_MODELS="$SRCDIR/models/pldr-tiny-pydocs/tokenizer.model"
-SHARED_MODEL=$SRCDIR/../shared/data/tokenizer/pldr-refinedweb-32k.model
+SHARED_MODEL=$SRCDIR/tests/data/tokenizer/pldr-refinedweb-32k.model
 [ -f "$SHARED_MODEL" ] && TOKENIZER_MODELS="$TOKENIZER_MODELS $SHARED_MODEL"
 
 run_target() {
