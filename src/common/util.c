@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -475,4 +476,23 @@ double pldr_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Weight dtype names, as --dtype and the files that record a dtype spell them. */
+static const char *const dtype_names[PLDR_DTYPE_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+
+const char *pldr_dtype_name(pldr_dtype t)
+{
+    return (unsigned)t < PLDR_DTYPE_COUNT ? dtype_names[t] : NULL;
+}
+
+pldr_status pldr_dtype_from_name(const char *name, pldr_dtype *t)
+{
+    for (int i = 0; name && i < PLDR_DTYPE_COUNT; i++)
+        if (strcasecmp(name, dtype_names[i]) == 0) {
+            *t = (pldr_dtype)i;
+            return PLDR_OK;
+        }
+    return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown weight dtype '%s' (f32, f16, bf16, q8_0 or q4_0)",
+                     name ? name : "(null)");
 }

@@ -357,6 +357,7 @@ static pldr_status read_labels(const cfg_reader *r, pldr_config *c)
     if (!labels)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
     r->extra->labels = labels;
+    r->extra->n_labels = n;
     c->num_labels = (int)n;
     const char *key;
     json_t *val;
@@ -778,8 +779,8 @@ void pldr_config_extra_free(pldr_config_extra *x)
     if (!x)
         return;
     if (x->labels) {
-        /* the array is as long as the labels read; NULL-terminated by calloc's spare slot */
-        for (size_t i = 0; x->labels[i]; i++)
+        /* every entry: a read that failed half-way leaves NULL gaps before set ones */
+        for (size_t i = 0; i < x->n_labels; i++)
             free(x->labels[i]);
         free(x->labels);
     }

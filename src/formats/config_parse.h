@@ -15,6 +15,7 @@ pldr_status pldr_config_parse(const char *json, size_t len, const char *label, p
 /* What a config holds beyond pldr_config's fixed fields. */
 typedef struct pldr_config_extra {
     char **labels;        /* [num_labels] label names by id (classifiers), else NULL */
+    size_t n_labels;      /* entries of labels, set or not (a failed read leaves gaps) */
     double *short_factor; /* longrope: [head_dim / 2] each, else NULL */
     double *long_factor;
     double beta_fast, beta_slow; /* yarn (defaults 32 and 1) */

@@ -50,24 +50,6 @@ const char *pldr_model_kernel_notes(const pldr_model *m) { return m->kernel_note
 pldr_dtype pldr_model_weight_dtype(const pldr_model *m) { return m->wtype; }
 double pldr_model_quantize_seconds(const pldr_model *m) { return m->quantize_s; }
 
-static const char *const dtype_names[PLDR_DTYPE_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
-
-const char *pldr_dtype_name(pldr_dtype t)
-{
-    return (unsigned)t < PLDR_DTYPE_COUNT ? dtype_names[t] : NULL;
-}
-
-pldr_status pldr_dtype_from_name(const char *name, pldr_dtype *t)
-{
-    for (int i = 0; name && i < PLDR_DTYPE_COUNT; i++)
-        if (strcasecmp(name, dtype_names[i]) == 0) {
-            *t = (pldr_dtype)i;
-            return PLDR_OK;
-        }
-    return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown weight dtype '%s' (f32, f16, bf16, q8_0 or q4_0)",
-                     name ? name : "(null)");
-}
-
 double pldr_dtype_weight_bytes(pldr_dtype t)
 {
     switch (t) {

@@ -83,7 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m.cfg.head_dim = (int)u32(data + 44);
     m.cfg.vocab_size = (int)u32(data + 48);
     m.fingerprint = info.fingerprint;
-    m.weight_half = info.weight_dtype == PLDR_DTYPE_F16;
+    m.wtype = info.weight_dtype;
     cur_model = &m;
     pldr_context ctx = {info.cache_mode};
     pldr_session s;
