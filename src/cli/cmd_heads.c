@@ -146,11 +146,13 @@ int cli_check_class(const char *cmd, const char *dir, unsigned archs)
     return EXIT_INPUT;
 }
 
-/* Splits text into its non-empty lines (in place); returns how many. */
-static size_t split_lines(char *text, char ***lines)
+/* Splits text into its non-empty lines (in place): *n of them in *lines;
+ * 0 when out of memory. */
+static int split_lines(char *text, char ***lines, size_t *n)
 {
-    size_t n = 0, cap = 0;
+    size_t cap = 0;
     *lines = NULL;
+    *n = 0;
     for (char *p = text; p && *p;) {
         char *end = strchr(p, '\n');
         if (end)
@@ -159,31 +161,47 @@ static size_t split_lines(char *text, char ***lines)
         if (len && p[len - 1] == '\r')
             p[--len] = '\0';
         if (len) {
-            if (n == cap) {
+            if (*n == cap) {
                 cap = cap ? 2 * cap : 16;
                 char **grown = realloc(*lines, cap * sizeof *grown);
                 if (!grown)
-                    return n;
+                    return 0;
                 *lines = grown;
             }
-            (*lines)[n++] = p;
+            (*lines)[(*n)++] = p;
         }
         p = end ? end + 1 : NULL;
     }
-    return n;
+    return 1;
 }
 
-/* Reads -p TEXT or -f FILE into a malloc'ed, writable copy. */
-static int read_input(const char *cmd, const char *prompt, const char *file, char **text)
+/* Reads -p TEXT or -f FILE into a malloc'ed, writable copy and splits it into
+ * its non-empty lines (at least one); on EXIT_OK free *lines, then *text. */
+static int read_lines(const char *cmd, const char *prompt, const char *file, char **text, char ***lines,
+                      size_t *n_lines)
 {
+    *text = NULL;
+    *lines = NULL;
     if (!prompt == !file)
         return cli_usage_error(cmd, "give exactly one of -p TEXT and -f FILE");
+    int rc = EXIT_OK;
     if (prompt) {
-        *text = strdup(prompt);
-        return *text ? EXIT_OK : cli_report(PLDR_ERR_HOST_MEMORY);
+        if (!(*text = strdup(prompt)))
+            return cli_report(PLDR_ERR_HOST_MEMORY);
+    } else {
+        size_t len;
+        if ((rc = cli_read_text(file, CLI_TEXT_LIMIT, text, &len)) != EXIT_OK)
+            return rc;
     }
-    size_t len;
-    return cli_read_text(file, CLI_TEXT_LIMIT, text, &len);
+    if (!split_lines(*text, lines, n_lines))
+        rc = cli_report(PLDR_ERR_HOST_MEMORY);
+    else if (*n_lines == 0)
+        rc = cli_usage_error(cmd, "the input has no non-empty line");
+    if (rc != EXIT_OK) {
+        free(*lines);
+        free(*text);
+    }
+    return rc;
 }
 
 /* Softmax of n logits into p (float64). */
@@ -415,16 +433,11 @@ int cmd_classify(int argc, char **argv)
         return cli_usage_error("classify", "unexpected argument '%s'", argv[optind]);
     if (!model_dir)
         model_dir = cli_default_model_dir();
-    char *text = NULL;
-    int rc = read_input("classify", prompt, file, &text);
+    char *text, **lines;
+    size_t n_lines;
+    int rc = read_lines("classify", prompt, file, &text, &lines, &n_lines);
     if (rc != EXIT_OK)
         return rc;
-    char **lines = NULL;
-    size_t n_lines = split_lines(text, &lines);
-    if (n_lines == 0) {
-        free(text);
-        return cli_usage_error("classify", "the input has no non-empty line");
-    }
     head_run r = {0};
     rc = cli_check_class("classify", model_dir,
                          1u << PLDR_ARCH_TOKEN_CLASSIFICATION | 1u << PLDR_ARCH_SEQUENCE_CLASSIFICATION);
@@ -678,16 +691,11 @@ int cmd_embed(int argc, char **argv)
         return cli_usage_error("embed", "unexpected argument '%s'", argv[optind]);
     if (!model_dir)
         model_dir = cli_default_model_dir();
-    char *text = NULL;
-    int rc = read_input("embed", prompt, file, &text);
+    char *text, **lines;
+    size_t n_lines;
+    int rc = read_lines("embed", prompt, file, &text, &lines, &n_lines);
     if (rc != EXIT_OK)
         return rc;
-    char **lines = NULL;
-    size_t n_lines = split_lines(text, &lines);
-    if (n_lines == 0) {
-        free(text);
-        return cli_usage_error("embed", "the input has no non-empty line");
-    }
     head_run r = {0};
     rc = open_run(&r, "embed", model_dir, device, dtype);
     const size_t d = rc == EXIT_OK ? (size_t)r.cfg->d_model : 0;
