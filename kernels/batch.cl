@@ -94,19 +94,7 @@ __kernel void batch_qkv_rope(__global const float *qkv, __global const float *bi
     const int pos = seq[3 * t + 1], base = seq[3 * t + 2];
     const int2 p = rope_pair(i);
     const float2 cs = rope[(long)pos * (DK / 2) + i];
-    const long in = (long)t * 3 * DMODEL + h * DK;
-    const int off = h * DK;
-    const float q0 = qkv[in + p.x] + bias[off + p.x], q1 = qkv[in + p.y] + bias[off + p.y];
-    const float k0 = qkv[in + DMODEL + p.x] + bias[DMODEL + off + p.x];
-    const float k1 = qkv[in + DMODEL + p.y] + bias[DMODEL + off + p.y];
-    const long qo = (long)t * DMODEL + off;
-    q_out[qo + p.x] = q0 * cs.x - q1 * cs.y;
-    q_out[qo + p.y] = q1 * cs.x + q0 * cs.y;
-    const long ko = (long)(base + pos) * DMODEL + off;
-    k_cache[ko + p.x] = k0 * cs.x - k1 * cs.y;
-    k_cache[ko + p.y] = k1 * cs.x + k0 * cs.y;
-    v_cache[ko + p.x] = qkv[in + 2 * DMODEL + p.x] + bias[2 * DMODEL + off + p.x];
-    v_cache[ko + p.y] = qkv[in + 2 * DMODEL + p.y] + bias[2 * DMODEL + off + p.y];
+    rope_qkv_pair(qkv, bias, cs, t, h, p, q_out, k_cache, v_cache, (long)(base + pos) * DMODEL + h * DK);
 }
 
 /* Attention of row t (one work-group per (row, head)): q @ G_LM of the row's
@@ -146,24 +134,6 @@ void batch_argmax(__global const float *logits, const int n, __global int *out, 
 {
     __local float best_v[ROW_WG];
     __local int best_i[ROW_WG];
-    const int lid = get_local_id(0), r = get_group_id(0);
-    __global const float *lr = logits + (long)r * n;
-    float bv = -INFINITY;
-    int bi = n;
-    int bad = 0;
-    for (int i = lid; i < n; i += ROW_WG) {
-        const float v = lr[i];
-        bad |= !isfinite(v);
-        if (v > bv || (v == bv && i < bi)) {
-            bv = v;
-            bi = i;
-        }
-    }
-    if (bad)
-        atomic_or(flags + flag_index, FLAG_NONFINITE);
-    best_v[lid] = bv;
-    best_i[lid] = bi;
-    wg_argmax(best_v, best_i);
-    if (lid == 0)
-        out[out_off + r] = best_i[0] < n ? best_i[0] : 0;
+    const int r = get_group_id(0);
+    row_argmax(logits + (long)r * n, n, flags, flag_index, best_v, best_i, out + out_off + r);
 }

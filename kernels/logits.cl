@@ -9,21 +9,18 @@ __kernel void add_bias_rows(__global float *y, __global const float *bias, const
     flag_if_nonfinite(v, flags, flag_index);
 }
 
-/* Greedy decoding on the device: the index of the largest logit (the lowest
- * index among equals), one work-group of ROW_WG, written to flags[out_index]
- * so that one read returns it with the non-finite flags. */
-__kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
-void argmax(__global const float *logits, const int n, __global int *flags, const int flag_index,
-            const int out_index)
+/* One work-group's argmax of row[0 .. n): the index of the largest value (the
+ * lowest among equals) written by work-item 0 to *out; a non-finite value
+ * raises FLAG_NONFINITE in flags[flag_index]. best_v and best_i hold ROW_WG. */
+inline void row_argmax(__global const float *row, const int n, __global int *flags, const int flag_index,
+                       __local float *best_v, __local int *best_i, __global int *out)
 {
-    __local float best_v[ROW_WG];
-    __local int best_i[ROW_WG];
     const int lid = get_local_id(0);
     float bv = -INFINITY;
     int bi = n;
     int bad = 0;
     for (int i = lid; i < n; i += ROW_WG) {
-        const float v = logits[i];
+        const float v = row[i];
         bad |= !isfinite(v);
         if (v > bv || (v == bv && i < bi)) {
             bv = v;
@@ -36,5 +33,17 @@ void argmax(__global const float *logits, const int n, __global int *flags, cons
     best_i[lid] = bi;
     wg_argmax(best_v, best_i);
     if (lid == 0)
-        flags[out_index] = best_i[0] < n ? best_i[0] : 0;
+        *out = best_i[0] < n ? best_i[0] : 0;
+}
+
+/* Greedy decoding on the device: the index of the largest logit (the lowest
+ * index among equals), one work-group of ROW_WG, written to flags[out_index]
+ * so that one read returns it with the non-finite flags. */
+__kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
+void argmax(__global const float *logits, const int n, __global int *flags, const int flag_index,
+            const int out_index)
+{
+    __local float best_v[ROW_WG];
+    __local int best_i[ROW_WG];
+    row_argmax(logits, n, flags, flag_index, best_v, best_i, flags + out_index);
 }

@@ -13,6 +13,27 @@ inline int2 rope_pair(const int i)
 #endif
 }
 
+/* Pair p of head h of projection row t (q | k | v, bias added): q rotated
+ * into q_out's row t, k rotated and v as it is into the caches' row at ko
+ * (an offset in floats). Prefill and batched decode share it. */
+inline void rope_qkv_pair(__global const float *qkv, __global const float *bias, const float2 cs, const int t,
+                          const int h, const int2 p, __global float *q_out, __global float *k_cache,
+                          __global float *v_cache, const long ko)
+{
+    const long in = (long)t * 3 * DMODEL + h * DK;
+    const int off = h * DK;
+    const float q0 = qkv[in + p.x] + bias[off + p.x], q1 = qkv[in + p.y] + bias[off + p.y];
+    const float k0 = qkv[in + DMODEL + p.x] + bias[DMODEL + off + p.x];
+    const float k1 = qkv[in + DMODEL + p.y] + bias[DMODEL + off + p.y];
+    const long qo = (long)t * DMODEL + off;
+    q_out[qo + p.x] = q0 * cs.x - q1 * cs.y;
+    q_out[qo + p.y] = q1 * cs.x + q0 * cs.y;
+    k_cache[ko + p.x] = k0 * cs.x - k1 * cs.y;
+    k_cache[ko + p.y] = k1 * cs.x + k0 * cs.y;
+    v_cache[ko + p.x] = qkv[in + 2 * DMODEL + p.x] + bias[2 * DMODEL + off + p.x];
+    v_cache[ko + p.y] = qkv[in + 2 * DMODEL + p.y] + bias[2 * DMODEL + off + p.y];
+}
+
 /* Prefill: qkv is the raw [T, 3*DMODEL] projection output (q | k | v per row).
  * Writes rotated q to q_out [T, DMODEL] and rotated k and v to the caches at
  * positions pos0 .. pos0+T-1. Global size: T * HEADS * DK/2. */
@@ -25,17 +46,5 @@ __kernel void qkv_rope(__global const float *qkv, __global const float *bias, __
     const int t = gid / (DK / 2 * HEADS);
     const int2 p = rope_pair(i);
     const float2 cs = rope[(long)(pos0 + t) * (DK / 2) + i];
-    const long in = (long)t * 3 * DMODEL + h * DK;
-    const int off = h * DK;
-    const float q0 = qkv[in + p.x] + bias[off + p.x], q1 = qkv[in + p.y] + bias[off + p.y];
-    const float k0 = qkv[in + DMODEL + p.x] + bias[DMODEL + off + p.x];
-    const float k1 = qkv[in + DMODEL + p.y] + bias[DMODEL + off + p.y];
-    const long qo = (long)t * DMODEL + off;
-    q_out[qo + p.x] = q0 * cs.x - q1 * cs.y;
-    q_out[qo + p.y] = q1 * cs.x + q0 * cs.y;
-    const long ko = (long)(pos0 + t) * DMODEL + off;
-    k_cache[ko + p.x] = k0 * cs.x - k1 * cs.y;
-    k_cache[ko + p.y] = k1 * cs.x + k0 * cs.y;
-    v_cache[ko + p.x] = qkv[in + 2 * DMODEL + p.x] + bias[2 * DMODEL + off + p.x];
-    v_cache[ko + p.y] = qkv[in + 2 * DMODEL + p.y] + bias[2 * DMODEL + off + p.y];
+    rope_qkv_pair(qkv, bias, cs, t, h, p, q_out, k_cache, v_cache, (long)(pos0 + t) * DMODEL + h * DK);
 }
