@@ -144,6 +144,45 @@ def check_choices(tap, sv, want):
     tap.check("sampling with a seed repeats", sampled_seed)
 
 
+def prompt_steps(sv, prompts):
+    """Batched steps one request of several prompts (one token each) takes on an idle server."""
+    key = [k for k in sv.metrics() if k.startswith("pldr_device_steps_total{")]
+    before = sum(sv.metrics()[k] for k in key)
+    code, body = sv.complete({"prompt": prompts, "max_tokens": 1, "temperature": 0})
+    after = sum(sv.metrics()[k] for k in key)
+    return (after - before if code == 200 and len(body["choices"]) == len(prompts) else -1), key
+
+
+def check_prefill_batch(tap, sv, want):
+    """--prefill-batch bounds the prompt tokens prefilled per step: with the
+    default (256) four short prompts submitted together are prefilled in one
+    step; with 1 in four steps, first come, first served, while the running
+    sequences go on decoding. Greedy texts stay those of pldr generate."""
+    steps, key = prompt_steps(sv, PROMPTS[:4])
+    tap.ok(steps == 1 and len(key) == 1, "default --prefill-batch: four short prompts prefilled in one step "
+           "(pldr_device_steps_total +%d)" % steps)
+    sv1 = st.Server(["-m", MODEL, "--parallel", "4", "--prefill-batch", "1"], name="prefill")
+    try:
+        steps, _ = prompt_steps(sv1, PROMPTS[:4])
+        tap.ok(steps == 4, "--prefill-batch 1: four prompts prefilled in four steps (+%d)" % steps)
+        got = [None] * 8
+
+        def client(i):
+            p = PROMPTS[i % 4]
+            code, chunks, done = sv1.stream({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got[i] = st.joined_text(chunks)[0][0] if code == 200 and done else "HTTP %d" % code
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bad = ["%r: %r != %r" % (PROMPTS[i % 4], got[i], want[PROMPTS[i % 4]]) for i in range(8)
+               if got[i] != want[PROMPTS[i % 4]]]
+        tap.ok(not bad, "--prefill-batch 1: 8 concurrent greedy streams equal pldr generate's text", "\n".join(bad))
+    finally:
+        tap.ok(sv1.stop() == 0, "the --prefill-batch server exits with 0 on SIGTERM")
+
+
 def check_sampling(tap, sv, want):
     p0, w0 = PROMPTS[0], want[PROMPTS[0]]
 
@@ -648,6 +687,7 @@ def main():
         want = check_greedy(tap, sv)
         check_concurrent(tap, sv)
         check_choices(tap, sv, want)
+        check_prefill_batch(tap, sv, want)
         check_sampling(tap, sv, want)
         check_disconnect(tap, sv)
         check_errors(tap, sv)
