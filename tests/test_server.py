@@ -3,7 +3,8 @@
 curl) on the bundled model: greedy completions equal `pldr generate`'s text,
 streams equal whole answers, concurrent clients equal their sequential runs,
 n > 1, a client that goes away frees its slot, every error answer, hostile
-input, a bounded load test, /health while loading, and shutdown. TAP output."""
+input, a bounded load test, /health while loading, shutdown, and the shared
+G-cache (--g-cache FILE and first). TAP output."""
 
 import json
 import os
@@ -575,6 +576,65 @@ def check_shutdown(tap):
            "rc %s, %s" % (rc, body))
 
 
+def check_gcache(tap):
+    """--g-cache first: the first prompt's G-cache serves every later prompt,
+    on every replica, as `pldr generate --g-cache` with the G-cache that
+    `pldr gcache export` writes for that prompt; --g-cache FILE the same with
+    a file. The later prompts are ones whose greedy text changes under the
+    first prompt's G-cache, so a server that ignored it would fail."""
+    gfile = os.path.join(pt.TESTTMP, "server-first.g.safetensors")
+    rc, _, err = pt.run_pldr(["gcache", "export", "-p", PROMPTS[0], "-o", gfile])
+    if rc != 0:
+        tap.ok(False, "pldr gcache export for the G-cache tests", err)
+        return
+    later = [PROMPTS[5], PROMPTS[2]]
+    n = 40
+    own = {p: st.generate_text(p, n) for p in [PROMPTS[0]] + later}
+    shared = {}
+    for p in later:
+        r, out, err = pt.run_pldr(["generate", "-p", p, "-n", n, "-q", "--g-cache", gfile])
+        shared[p] = out[len(p):-1] if r == 0 else err
+    tap.ok(all(shared[p] != own[p] for p in later), "the later prompts' greedy texts change under the first's G-cache",
+           json.dumps([own, shared]))
+
+    # two replicas of two slots: after the first request, four concurrent ones
+    # are spread over both replicas (the ones with the most free slots)
+    sv = st.Server(["-m", MODEL, "--device", "0,0", "--parallel", "2", "--g-cache", "first"], name="gfirst")
+    try:
+        code, body = sv.complete({"prompt": PROMPTS[0], "max_tokens": n, "temperature": 0})
+        first = body["choices"][0]["text"] if code == 200 else body
+        out = [None] * 4
+
+        def client(i):
+            c, b = sv.complete({"prompt": later[i % 2], "max_tokens": n, "temperature": 0})
+            out[i] = b["choices"][0]["text"] if c == 200 else b
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seqs = [v for k, v in sorted(sv.metrics().items()) if k.startswith("pldr_device_sequences_total{")]
+        bad = ["%r: %r != %r" % (later[i % 2], out[i], shared[later[i % 2]]) for i in range(4)
+               if out[i] != shared[later[i % 2]]]
+        tap.ok(first == own[PROMPTS[0]], "--g-cache first: the first request's text is its own (pldr generate)",
+               "%r != %r" % (first, own[PROMPTS[0]]))
+        tap.ok(not bad and len(seqs) == 2 and min(seqs) > 0,
+               "--g-cache first: later requests on both replicas equal pldr generate --g-cache with the first "
+               "prompt's exported G-cache (sequences per replica %s)" % seqs, "\n".join(bad))
+    finally:
+        tap.ok(sv.stop() == 0, "the --g-cache first server exits with 0 on SIGTERM")
+
+    sv = st.Server(["-m", MODEL, "--parallel", "2", "--g-cache", gfile], name="gfile")
+    try:
+        got = [sv.complete({"prompt": p, "max_tokens": n, "temperature": 0})[1] for p in [PROMPTS[0]] + later]
+        texts = [b["choices"][0]["text"] if isinstance(b, dict) and "choices" in b else b for b in got]
+        want = [own[PROMPTS[0]]] + [shared[p] for p in later]
+        tap.ok(texts == want, "--g-cache FILE: every request equals pldr generate --g-cache FILE",
+               json.dumps([texts, want]))
+    finally:
+        sv.stop()
+
+
 def main():
     tap = pt.Tap()
     if not pt.have_pldr():
@@ -615,6 +675,7 @@ def main():
     check_loading(tap)
     check_replicas(tap, want)
     check_shutdown(tap)
+    check_gcache(tap)
     return tap.done()
 
 
