@@ -674,6 +674,47 @@ def check_gcache(tap):
         sv.stop()
 
 
+def check_command_line(tap):
+    """Bad command lines: a one-line message naming the option, the
+    documented exit code, nothing on stdout, no server left running."""
+    keyfile = os.path.join(pt.TESTTMP, "server-empty-key")
+    with open(keyfile, "w") as f:
+        f.write("\n  \n")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = [
+        (["--port", "70000"], 2, "--port"),
+        (["--port"], 2, "--port"),
+        (["--parallel", "0"], 2, "--parallel"),
+        (["--prefill-batch", "0"], 2, "--prefill-batch"),
+        (["--cache", "none"], 2, "--cache"),
+        (["--dtype", "q9"], 2, "--dtype"),
+        (["--timeout", "0"], 2, "--timeout"),
+        (["--max-body", "10"], 2, "--max-body"),
+        (["--max-queue", "-1"], 2, "--max-queue"),
+        (["--api-key", "k", "--api-key-file", keyfile], 2, "--api-key-file"),
+        (["--api-key="], 2, "--api-key"),
+        (["--frob"], 2, "--frob"),
+        (["extra"], 2, "extra"),
+        (["--api-key-file", keyfile], 3, keyfile),
+        (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
+        (["-m", os.path.join(pt.TESTTMP, "no-such-model")], 3, "no-such-model"),
+        (["--device", "nosuchdevice", "--port", "0"], 4, "nosuchdevice"),
+        (["--port", str(busy.getsockname()[1])], 1, "Address already in use"),
+    ]
+    try:
+        for args, want, needle in cases:
+            def one(args=args, want=want, needle=needle):
+                rc, out, err = pt.run_pldr(["serve"] + args, timeout=120)
+                lines = [ln for ln in err.splitlines() if ln.startswith("pldr")]
+                last = lines[-1] if lines else ""
+                return rc == want and out == "" and needle in last, "exit %d: %s" % (rc, last), err
+            tap.check("pldr serve %s: exit %d with a message" % (" ".join(args), want), one)
+    finally:
+        busy.close()
+
+
 def main():
     tap = pt.Tap()
     if not pt.have_pldr():
@@ -716,6 +757,7 @@ def main():
     check_replicas(tap, want)
     check_shutdown(tap)
     check_gcache(tap)
+    check_command_line(tap)
     return tap.done()
 
 
