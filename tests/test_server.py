@@ -183,6 +183,50 @@ def check_prefill_batch(tap, sv, want):
         tap.ok(sv1.stop() == 0, "the --prefill-batch server exits with 0 on SIGTERM")
 
 
+def check_shape(tap, sv):
+    """The fields of OpenAI's completion object, whole and streamed, and the
+    usage chunk of stream_options.include_usage."""
+    p = PROMPTS[3]
+    n_prompt = len(json.loads(sv.post("/tokenize", {"content": p})[2])["tokens"])
+    body = {"prompt": p, "max_tokens": 8, "ignore_eos": True, "temperature": 0}
+
+    def whole():
+        t0 = time.time()
+        code, a = sv.complete(body)
+        code2, b = sv.complete(dict(body, n=2))
+        t1 = time.time()
+        ok = code == 200 and code2 == 200
+        for r, n in ((a, 1), (b, 2)):
+            ok = ok and r["id"].startswith("cmpl-") and r["object"] == "text_completion"
+            ok = ok and isinstance(r["created"], int) and t0 - 2 <= r["created"] <= t1 + 2
+            ok = ok and r["model"] == os.path.basename(MODEL)
+            ok = ok and [sorted(c) for c in r["choices"]] == [["finish_reason", "index", "logprobs", "text"]] * n
+            ok = ok and all(c["finish_reason"] == "length" and c["logprobs"] is None for c in r["choices"])
+            ok = ok and r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 8 * n,
+                                       "total_tokens": n_prompt + 8 * n}
+        return ok and a["id"] != b["id"], "ids %s, %s" % (a.get("id"), b.get("id")), json.dumps([a, b])
+    tap.check("a completion has id, object, created, model, choices and usage (n = 2: twice the tokens)", whole)
+
+    def streamed():
+        code, whole_body = sv.complete(body)
+        code2, chunks, done = sv.stream(dict(body, n=2, stream_options={"include_usage": True}))
+        code3, plain, _ = sv.stream(body)
+        last = chunks[-1] if chunks else {}
+        ids = {c.get("id") for c in chunks}
+        ok = code == 200 and code2 == 200 and done and len(ids) == 1 and ids.pop().startswith("cmpl-")
+        ok = ok and all(c["object"] == "text_completion" and c["model"] == os.path.basename(MODEL) and
+                        isinstance(c["created"], int) for c in chunks)
+        ok = ok and last.get("choices") == [] and last.get("usage") == {
+            "prompt_tokens": n_prompt, "completion_tokens": 16, "total_tokens": n_prompt + 16}
+        texts, finish = st.joined_text(chunks[:-1], 2)
+        want = whole_body["choices"][0]["text"]
+        ok = ok and texts == [want, want] and finish == ["length", "length"]
+        ok = ok and code3 == 200 and all("usage" not in c for c in plain)
+        return ok, "%d chunks, usage %s" % (len(chunks), last.get("usage")), json.dumps(chunks[-3:])
+    tap.check("stream chunks share one id; stream_options.include_usage adds a usage chunk (and only then)",
+              streamed)
+
+
 def check_sampling(tap, sv, want):
     p0, w0 = PROMPTS[0], want[PROMPTS[0]]
 
@@ -729,6 +773,7 @@ def main():
         check_concurrent(tap, sv)
         check_choices(tap, sv, want)
         check_prefill_batch(tap, sv, want)
+        check_shape(tap, sv)
         check_sampling(tap, sv, want)
         check_disconnect(tap, sv)
         check_errors(tap, sv)
