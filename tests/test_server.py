@@ -9,6 +9,7 @@ G-cache (--g-cache FILE and first). TAP output."""
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -659,6 +660,43 @@ def check_shutdown(tap):
            "rc %s, %s" % (rc, body))
 
 
+def check_shutdown_timeout(tap):
+    """SIGINT with more work than --timeout allows: the server stops within
+    the timeout, answers what it has (the unfinished choices without a
+    finish_reason, the stream closed with [DONE]) and exits with 0."""
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--timeout", "1"], name="shutdown-timeout")
+    result = {}
+    # 8 + 8 sequences of CTX - 10 tokens through one slot: many seconds of work
+    body = {"prompt": PROMPTS[0], "max_tokens": CTX - 10, "ignore_eos": True, "temperature": 0, "n": 8}
+
+    def whole():
+        result["whole"] = sv.complete(body)
+
+    def streamed():
+        result["stream"] = sv.stream(body)
+    threads = [threading.Thread(target=whole), threading.Thread(target=streamed)]
+    for t in threads:
+        t.start()
+    t_end = time.time() + 30
+    while time.time() < t_end and sum(v for k, v in sv.metrics().items()
+                                      if k.startswith("pldr_device_generated_tokens_total")) < 10:
+        time.sleep(0.02)
+    t0 = time.time()
+    sv.proc.send_signal(signal.SIGINT)
+    rc = sv.stop()
+    dt = time.time() - t0
+    for t in threads:
+        t.join()
+    code, b = result.get("whole", (0, {}))
+    scode, chunks, done = result.get("stream", (0, [], False))
+    finish = [c["finish_reason"] for c in b.get("choices", [])] if code == 200 else []
+    sfinish = st.joined_text(chunks, 8)[1] if scode == 200 else []
+    tap.ok(rc == 0 and dt < 5 and code == 200 and len(finish) == 8 and None in finish and scode == 200 and done and
+           None in sfinish and "SIGINT" in sv.stderr(),
+           "SIGINT past --timeout 1: stopped in %.1f s, exit %s, unfinished choices answered without a "
+           "finish_reason (%s / %s)" % (dt, rc, finish, sfinish), sv.stderr()[-1500:])
+
+
 def check_gcache(tap):
     """--g-cache first: the first prompt's G-cache serves every later prompt,
     on every replica, as `pldr generate --g-cache` with the G-cache that
@@ -801,6 +839,7 @@ def main():
     check_loading(tap)
     check_replicas(tap, want)
     check_shutdown(tap)
+    check_shutdown_timeout(tap)
     check_gcache(tap)
     check_command_line(tap)
     return tap.done()
