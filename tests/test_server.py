@@ -697,6 +697,47 @@ def check_shutdown_timeout(tap):
            "finish_reason (%s / %s)" % (dt, rc, finish, sfinish), sv.stderr()[-1500:])
 
 
+def check_all_devices(tap, want):
+    """--device all: a replica on every device `pldr devices` lists, each in
+    /metrics and /v1/models; --api-key given on the command line."""
+    rc, out, _ = pt.run_pldr(["devices"])
+    n_dev = len([ln for ln in out.splitlines()[1:] if ln.strip() and ln.split()[0].isdigit()])
+    sv = st.Server(["-m", MODEL, "--device", "all", "--parallel", "1", "--api-key", "k3y"], name="all")
+    try:
+        auth = {"Authorization": "Bearer k3y"}
+        code, _, data = sv.get("/v1/models", headers=auth)
+        code401, _, _ = sv.get("/v1/models")
+        reps = json.loads(data)["data"][0]["meta"]["replicas"] if code == 200 else -1
+        code2, body = sv.complete({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0}, headers=auth)
+        _, _, mdata = sv.get("/metrics", headers=auth)
+        slots = [ln for ln in mdata.decode().splitlines() if ln.startswith("pldr_slots{")]
+        tap.ok(rc == 0 and n_dev >= 1 and reps == n_dev and len(slots) == n_dev and code401 == 401 and code2 == 200 and
+               body["choices"][0]["text"] == want[PROMPTS[0]],
+               "--device all: %d replica(s) for %d device(s), in /metrics; --api-key: 401 without it, the greedy "
+               "text with it" % (reps, n_dev), "\n".join(slots))
+    finally:
+        sv.stop()
+
+
+def check_dtype_cache(tap):
+    """--dtype and --cache reach the replicas: greedy texts equal pldr
+    generate's with the same options."""
+    sv = st.Server(["-m", MODEL, "--parallel", "2", "--dtype", "f16", "--cache", "kv"], name="f16kv")
+    try:
+        bad = []
+        for p in PROMPTS[:2]:
+            rc, out, err = pt.run_pldr(["generate", "-p", p, "-n", 24, "-q", "--dtype", "f16", "--cache", "kv"])
+            w = out[len(p):-1] if rc == 0 else err
+            code, body = sv.complete({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got = body["choices"][0]["text"] if code == 200 else body
+            if got != w:
+                bad.append("%r: server %r, generate %r" % (p, got, w))
+        tap.ok(not bad, "--dtype f16 --cache kv: greedy texts equal pldr generate's with those options",
+               "\n".join(bad))
+    finally:
+        sv.stop()
+
+
 def check_gcache(tap):
     """--g-cache first: the first prompt's G-cache serves every later prompt,
     on every replica, as `pldr generate --g-cache` with the G-cache that
@@ -841,6 +882,8 @@ def main():
     check_shutdown(tap)
     check_shutdown_timeout(tap)
     check_gcache(tap)
+    check_all_devices(tap, want)
+    check_dtype_cache(tap)
     check_command_line(tap)
     return tap.done()
 
