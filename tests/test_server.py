@@ -417,6 +417,17 @@ def check_hostile(tap, sv):
         return status in (400, 413, 431) or data == b"", "answer %r" % data[:40]
     tap.check("a 200 kB header is refused or dropped", huge_headers)
 
+    def header_limit():
+        out = []
+        for size in (60000, 70000):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            data = s.recv(100)
+            s.close()
+            out.append(int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else 0)
+        return out == [200, 431], "60 kB of headers: %d, 70 kB: %d" % tuple(out)
+    tap.check("headers up to 64 KiB are read, beyond it 431", header_limit)
+
     def chunked_oversize():
         s = socket.create_connection(("127.0.0.1", sv.port), timeout=20)
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
