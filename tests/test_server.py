@@ -749,6 +749,34 @@ def check_dtype_cache(tap):
         sv.stop()
 
 
+def check_connection_limit(tap):
+    """--max-connections 4: at most 2 (half) from one client address; a
+    third is closed unanswered while two hang, and served once they go."""
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--max-connections", "4"], name="conns")
+    try:
+        hang = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            hang.append(s)
+        time.sleep(0.2)
+        s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            third = s.recv(100)
+        except OSError:
+            third = b""
+        s.close()
+        for s in hang:
+            s.close()
+        time.sleep(0.3)
+        code, _, _ = sv.get("/health", timeout=10)
+        tap.ok(third == b"" and code == 200, "--max-connections 4: a third connection from one address is closed "
+               "while two hang (%r); /health %d once they go" % (third[:20], code))
+    finally:
+        sv.stop()
+
+
 def check_gcache(tap):
     """--g-cache first: the first prompt's G-cache serves every later prompt,
     on every replica, as `pldr generate --g-cache` with the G-cache that
@@ -893,6 +921,7 @@ def main():
     check_shutdown(tap)
     check_shutdown_timeout(tap)
     check_gcache(tap)
+    check_connection_limit(tap)
     check_all_devices(tap, want)
     check_dtype_cache(tap)
     check_command_line(tap)
