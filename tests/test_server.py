@@ -277,6 +277,25 @@ def check_sampling(tap, sv, want):
                 "min_p 1 and top_k 1 give the greedy text", json.dumps([a, b]))
     tap.check("min_p = 1 and top_k = 1 sample the greedy text", greedy_equivalents)
 
+    def sampled_like_generate():
+        bad = []
+        for seed, p in ((5, PROMPTS[1]), (17, PROMPTS[3])):
+            body = {"prompt": p, "max_tokens": 24, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
+                    "presence_penalty": 0.5, "frequency_penalty": 0.3, "repeat_penalty": 1.1, "repeat_last_n": 32,
+                    "seed": seed}
+            code, b = sv.complete(body)
+            got = b["choices"][0]["text"] if code == 200 else b
+            rc, out, err = pt.run_pldr(["generate", "-p", p, "-n", 24, "-q", "--temp", 0.8, "--top-k", 40,
+                                        "--top-p", 0.9, "--min-p", 0.05, "--presence-penalty", 0.5,
+                                        "--frequency-penalty", 0.3, "--repeat-penalty", 1.1, "--repeat-last-n", 32,
+                                        "--seed", seed])
+            w = out[len(p):-1] if rc == 0 else err
+            if got != w:
+                bad.append("seed %d %r: server %r, generate %r" % (seed, p, got, w))
+        return not bad, "", "\n".join(bad)
+    tap.check("sampling (temperature, top_k, top_p, min_p, penalties, seed) equals pldr generate's with the same "
+              "settings", sampled_like_generate)
+
     def penalties():
         outs = []
         for body in ({"frequency_penalty": 1.5}, {"presence_penalty": 2.0}, {"repeat_penalty": 1.8}):
