@@ -331,6 +331,32 @@ def check_disconnect(tap, sv):
                 "busy %d -> %d in %.2f s" % (busy_during, busy, dt), log[-2000:] + " before %s" % before)
     tap.check("a client that disconnects mid-stream frees its slot within a second", disconnect)
 
+    def disconnect_whole():
+        gone_before = sv.stderr().count("(client gone, cancelled)")
+        c = sv.conn()
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[1], "max_tokens": CTX - 10, "n": 4,
+                                                              "ignore_eos": True, "temperature": 0}))
+        t_end = time.time() + 10
+        busy_during = 0
+        while time.time() < t_end and busy_during < 4:
+            busy_during = sv.busy_slots()
+            time.sleep(0.01)
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+        t0 = time.time()
+        busy = busy_during
+        while time.time() - t0 < 1.0:
+            busy = sv.busy_slots()
+            if busy == 0:
+                break
+            time.sleep(0.02)
+        dt = time.time() - t0
+        time.sleep(0.3)
+        gone = sv.stderr().count("(client gone, cancelled)") - gone_before
+        return busy_during == 4 and busy == 0 and gone == 1, "busy %d -> %d in %.2f s" % (busy_during, busy, dt)
+    tap.check("a client that goes away while waiting for a whole answer (n = 4) frees its slots within a second",
+              disconnect_whole)
+
 
 def check_errors(tap, sv):
     cases = [
