@@ -6,6 +6,7 @@ n > 1, a client that goes away frees its slot, every error answer, hostile
 input, a bounded load test, /health while loading, shutdown, and the shared
 G-cache (--g-cache FILE and first). TAP output."""
 
+import http.client
 import json
 import os
 import shutil
@@ -257,6 +258,16 @@ def check_sampling(tap, sv, want):
             ok = ok and lp["text_offset"][i] == len("".join(lp["tokens"][:i]))
         return ok, "%d tokens" % n, json.dumps(body)
     tap.check("logprobs: each token's log-probability and the top 3, greedy picks the top one", logprobs)
+
+    def echo_logprobs():
+        code, body = sv.complete({"prompt": p0, "max_tokens": 6, "temperature": 0, "logprobs": 1, "echo": True})
+        c = body["choices"][0]
+        lp = c["logprobs"]
+        ok = code == 200 and c["text"] == p0 + w0[:len(c["text"]) - len(p0)] and len(lp["tokens"]) == 6
+        ok = ok and lp["text_offset"][0] == len(p0) and "".join(lp["tokens"]) == c["text"][len(p0):]
+        ok = ok and all(c["text"][o:o + len(t)] == t for o, t in zip(lp["text_offset"], lp["tokens"]))
+        return ok, repr(c["text"]), json.dumps(body)
+    tap.check("echo with logprobs: the generated tokens' offsets point into the echoed text", echo_logprobs)
 
     def bias():
         first = json.loads(sv.post("/tokenize", {"content": w0})[2])["tokens"][0]
@@ -701,19 +712,49 @@ def check_shutdown(tap):
     sv = st.Server(["-m", MODEL, "--parallel", "2", "--timeout", "20"], name="shutdown")
     result = {}
 
-    def long_request():
-        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 200, "ignore_eos": True, "temperature": 0})
+    def long_request():  # 4 x 400 tokens through 2 slots: some seconds of work
+        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 400, "n": 4, "ignore_eos": True,
+                                   "temperature": 0})
     t = threading.Thread(target=long_request)
+    # a keep-alive connection opened before the signal, to ask /health while draining
+    keep = sv.conn(10)
+    keep.request("GET", "/health")
+    r = keep.getresponse()
+    r.read()
+    health_before = r.status
     t.start()
     while sv.busy_slots() == 0 and t.is_alive():
         time.sleep(0.01)
     t0 = time.time()
+    sv.proc.send_signal(signal.SIGTERM)
+    t_end = time.time() + 5
+    while time.time() < t_end and "SIGTERM: finishing" not in sv.stderr():
+        time.sleep(0.01)
+    health_draining, draining_body = 0, b""
+    t_end = time.time() + 2
+    while time.time() < t_end and health_draining != 503:
+        try:
+            keep.request("GET", "/health")
+            r = keep.getresponse()
+            health_draining, draining_body = r.status, r.read()
+        except (OSError, http.client.HTTPException) as e:
+            health_draining, draining_body = 0, repr(e).encode()
+            break
+    keep.close()
+    try:
+        socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
+        refused = False
+    except OSError:
+        refused = True
     rc = sv.stop()
     t.join()
     code, body = result.get("r", (0, None))
-    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 200,
+    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 1600,
            "SIGTERM lets the running request finish, then exits with 0 (%.1f s)" % (time.time() - t0),
            "rc %s, %s" % (rc, body))
+    tap.ok(health_before == 200 and health_draining == 503 and b"shutting down" in draining_body and refused,
+           "while draining: /health 503 shutting down, new connections refused",
+           "%s %s %s %s" % (health_before, health_draining, draining_body, refused))
 
 
 def check_shutdown_timeout(tap):
