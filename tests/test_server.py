@@ -943,11 +943,13 @@ def check_command_line(tap):
         (["--max-queue", "-1"], 2, "--max-queue"),
         (["--api-key", "k", "--api-key-file", keyfile], 2, "--api-key-file"),
         (["--api-key="], 2, "--api-key"),
+        (["--g-cache", "first", "--g-cache", keyfile], 2, "--g-cache"),
         (["--frob"], 2, "--frob"),
         (["extra"], 2, "extra"),
         (["--api-key-file", keyfile], 3, keyfile),
         (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
         (["-m", os.path.join(pt.TESTTMP, "no-such-model")], 3, "no-such-model"),
+        (["--g-cache", os.path.join(pt.TESTTMP, "no-such-gcache"), "--port", "0"], 3, "no-such-gcache"),
         (["--device", "nosuchdevice", "--port", "0"], 4, "nosuchdevice"),
         (["--port", str(busy.getsockname()[1])], 1, "Address already in use"),
     ]
