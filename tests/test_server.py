@@ -137,6 +137,18 @@ def check_choices(tap, sv, want):
         return ok, "%d ids" % len(ids), json.dumps(body)
     tap.check("/tokenize, /detokenize, and a prompt of token ids", token_prompt)
 
+    def with_pieces():
+        text = "The list type \u00e9"
+        ids = json.loads(sv.post("/tokenize", {"content": text})[2])["tokens"]
+        code, _, data = sv.post("/tokenize", {"content": text, "with_pieces": True})
+        got = json.loads(data)["tokens"]
+        det = [json.loads(sv.post("/detokenize", {"tokens": [t["id"]]})[2])["content"] for t in got[:3]]
+        ok = (code == 200 and [t["id"] for t in got] == ids and all(isinstance(t["piece"], str) for t in got) and
+              "".join(t["piece"] for t in got[:3]).strip() == "The list type" and
+              [t["piece"].strip() for t in got[:3]] == [d.strip() for d in det])
+        return ok, "", data.decode()
+    tap.check("/tokenize with_pieces: the same ids, each with its piece", with_pieces)
+
     def sampled_seed():
         a = sv.complete({"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
                          "seed": 3})[1]
