@@ -22,7 +22,7 @@
 #include "model/model.h"
 #include "model/quantize.h"
 #include "formats/safetensors.h"
-#include "tune/tune.h"
+#include "formats/tuning_file.h"
 #include "common/util.h"
 
 /* Models holding an OpenCL context (see pldr_model_free). */
