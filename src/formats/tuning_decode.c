@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
 #define DECODE_MAX_BYTES (1u << 20)
@@ -125,7 +126,7 @@ int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_di
 {
     if (size)
         items[0] = '\0';
-    if (pldr_tuning_disabled() || (cache_dir && !*cache_dir))
+    if (cache_dir && !*cache_dir)
         return 0;
     char *path = pldr_decode_tuning_path(info, cache_dir);
     if (!path)

@@ -15,9 +15,6 @@
 #include "runtime/ocl.h"
 #include "pldr.h"
 
-/* PLDR_TUNING=0 (or off, no) in the environment: no tuning file is applied. */
-int pldr_tuning_disabled(void);
-
 /* ---- CLBlast's GEMM parameters: CACHE_DIR/tune-<hash>.json ---- */
 #define PLDR_GEMM_TUNING_FORMAT "pldr-clblast-tuning"
 #define PLDR_GEMM_TUNING_VERSION 1
@@ -76,7 +73,8 @@ pldr_status pldr_gemm_tuning_set(const pldr_ocl *o, const pldr_gemm_tuning *t, i
  * for none. *n_sets (may be NULL) gets the number of kernel parameter sets
  * applied: 0 when there is no file or it keeps the defaults. A damaged, or
  * invalid for this device, file fails with PLDR_ERR_FORMAT and nothing
- * applied; PLDR_TUNING=0 in the environment skips the file. */
+ * applied. (PLDR_TUNING=0 is pldr_model_params.tuning: the load does not
+ * call this then.) */
 pldr_status pldr_tuning_load(pldr_ocl *ocl, const char *cache_dir, int *n_sets);
 
 /* The startup hook (pldr_model_load, after the device is opened): as
@@ -96,7 +94,7 @@ pldr_status pldr_decode_tuning_read(const char *path, const pldr_device_info *in
 /* The items the device's decode tuning file holds for a model of cfg's
  * dimensions and weight dtype into items (empty when it keeps the defaults).
  * Returns 1 when found; 0 when there is no file, no entry for these
- * dimensions and dtype, PLDR_TUNING=0, or cache_dir is "". A damaged file is
+ * dimensions and dtype, or cache_dir is "". A damaged file is
  * reported as a warning (pldr_log_set) and ignored (0). */
 int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_dir, const pldr_config *cfg,
                               pldr_dtype dtype, char *items, size_t size);

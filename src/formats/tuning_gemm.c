@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
 #define TUNE_MAX_BYTES (4u << 20)
@@ -250,12 +251,6 @@ static pldr_status parse_tuning(const char *path, const unsigned char *text, siz
     return PLDR_OK;
 }
 
-int pldr_tuning_disabled(void)
-{
-    const char *e = getenv("PLDR_TUNING");
-    return e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "no") == 0);
-}
-
 pldr_status pldr_gemm_tuning_read(const pldr_ocl *o, const char *cache_dir, pldr_gemm_tuning *t, int *found, char **path_out)
 {
     *found = 0;
@@ -323,8 +318,6 @@ pldr_status pldr_tuning_load(struct pldr_ocl *ocl, const char *cache_dir, int *n
         *n_sets = 0;
     if (!ocl)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_tuning_load: NULL device");
-    if (pldr_tuning_disabled())
-        return PLDR_OK;
     pldr_gemm_tuning t;
     int found;
     char *path = NULL;

@@ -38,6 +38,7 @@
 #include "tune/child.h"
 #include "runtime/ocl.h"
 #include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
 #define MARGIN 0.98      /* a solution must take at most 98% of the defaults' time */

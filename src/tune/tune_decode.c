@@ -15,6 +15,7 @@
 #include "tune/child.h"
 #include "model/model.h"
 #include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
 #define DECODE_MARGIN 0.03 /* a candidate must be this much faster (pldr.h) */
@@ -412,7 +413,7 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
     logf_(se, "tuning the decode work-group shapes for %s (%s weights): each candidate decodes %d steps %d times "
               "in a process of its own",
           model_dir, dtype_name(p->dtype), p->steps, p->reps);
-    if (getenv("PLDR_WG"))
+    if (pldr_env_work_groups())
         logf_(se, "PLDR_WG is not applied while tuning (each candidate sets its own shapes); later loads apply "
                   "its items over the stored ones");
     pldr_status st;

@@ -16,11 +16,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* the reader's only links above src/common: the cache directory's default
- * (never used: the file is in dir) and the PLDR_TUNING switch */
-char *pldr_default_cache_dir(void) { abort(); }
-int pldr_tuning_disabled(void) { return 0; }
-
 static char dir[64];
 static char *path;
 
