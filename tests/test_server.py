@@ -9,6 +9,7 @@ G-cache (--g-cache FILE and first). TAP output."""
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -142,6 +143,89 @@ def check_choices(tap, sv, want):
                          "seed": 3})[1]
         return a["choices"][0]["text"] == b["choices"][0]["text"], "", json.dumps([a, b])
     tap.check("sampling with a seed repeats", sampled_seed)
+
+
+def prompt_steps(sv, prompts):
+    """Batched steps one request of several prompts (one token each) takes on an idle server."""
+    key = [k for k in sv.metrics() if k.startswith("pldr_device_steps_total{")]
+    before = sum(sv.metrics()[k] for k in key)
+    code, body = sv.complete({"prompt": prompts, "max_tokens": 1, "temperature": 0})
+    after = sum(sv.metrics()[k] for k in key)
+    return (after - before if code == 200 and len(body["choices"]) == len(prompts) else -1), key
+
+
+def check_prefill_batch(tap, sv, want):
+    """--prefill-batch bounds the prompt tokens prefilled per step: with the
+    default (256) four short prompts submitted together are prefilled in one
+    step; with 1 in four steps, first come, first served, while the running
+    sequences go on decoding. Greedy texts stay those of pldr generate."""
+    steps, key = prompt_steps(sv, PROMPTS[:4])
+    tap.ok(steps == 1 and len(key) == 1, "default --prefill-batch: four short prompts prefilled in one step "
+           "(pldr_device_steps_total +%d)" % steps)
+    sv1 = st.Server(["-m", MODEL, "--parallel", "4", "--prefill-batch", "1"], name="prefill")
+    try:
+        steps, _ = prompt_steps(sv1, PROMPTS[:4])
+        tap.ok(steps == 4, "--prefill-batch 1: four prompts prefilled in four steps (+%d)" % steps)
+        got = [None] * 8
+
+        def client(i):
+            p = PROMPTS[i % 4]
+            code, chunks, done = sv1.stream({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got[i] = st.joined_text(chunks)[0][0] if code == 200 and done else "HTTP %d" % code
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bad = ["%r: %r != %r" % (PROMPTS[i % 4], got[i], want[PROMPTS[i % 4]]) for i in range(8)
+               if got[i] != want[PROMPTS[i % 4]]]
+        tap.ok(not bad, "--prefill-batch 1: 8 concurrent greedy streams equal pldr generate's text", "\n".join(bad))
+    finally:
+        tap.ok(sv1.stop() == 0, "the --prefill-batch server exits with 0 on SIGTERM")
+
+
+def check_shape(tap, sv):
+    """The fields of OpenAI's completion object, whole and streamed, and the
+    usage chunk of stream_options.include_usage."""
+    p = PROMPTS[3]
+    n_prompt = len(json.loads(sv.post("/tokenize", {"content": p})[2])["tokens"])
+    body = {"prompt": p, "max_tokens": 8, "ignore_eos": True, "temperature": 0}
+
+    def whole():
+        t0 = time.time()
+        code, a = sv.complete(body)
+        code2, b = sv.complete(dict(body, n=2))
+        t1 = time.time()
+        ok = code == 200 and code2 == 200
+        for r, n in ((a, 1), (b, 2)):
+            ok = ok and r["id"].startswith("cmpl-") and r["object"] == "text_completion"
+            ok = ok and isinstance(r["created"], int) and t0 - 2 <= r["created"] <= t1 + 2
+            ok = ok and r["model"] == os.path.basename(MODEL)
+            ok = ok and [sorted(c) for c in r["choices"]] == [["finish_reason", "index", "logprobs", "text"]] * n
+            ok = ok and all(c["finish_reason"] == "length" and c["logprobs"] is None for c in r["choices"])
+            ok = ok and r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 8 * n,
+                                       "total_tokens": n_prompt + 8 * n}
+        return ok and a["id"] != b["id"], "ids %s, %s" % (a.get("id"), b.get("id")), json.dumps([a, b])
+    tap.check("a completion has id, object, created, model, choices and usage (n = 2: twice the tokens)", whole)
+
+    def streamed():
+        code, whole_body = sv.complete(body)
+        code2, chunks, done = sv.stream(dict(body, n=2, stream_options={"include_usage": True}))
+        code3, plain, _ = sv.stream(body)
+        last = chunks[-1] if chunks else {}
+        ids = {c.get("id") for c in chunks}
+        ok = code == 200 and code2 == 200 and done and len(ids) == 1 and ids.pop().startswith("cmpl-")
+        ok = ok and all(c["object"] == "text_completion" and c["model"] == os.path.basename(MODEL) and
+                        isinstance(c["created"], int) for c in chunks)
+        ok = ok and last.get("choices") == [] and last.get("usage") == {
+            "prompt_tokens": n_prompt, "completion_tokens": 16, "total_tokens": n_prompt + 16}
+        texts, finish = st.joined_text(chunks[:-1], 2)
+        want = whole_body["choices"][0]["text"]
+        ok = ok and texts == [want, want] and finish == ["length", "length"]
+        ok = ok and code3 == 200 and all("usage" not in c for c in plain)
+        return ok, "%d chunks, usage %s" % (len(chunks), last.get("usage")), json.dumps(chunks[-3:])
+    tap.check("stream chunks share one id; stream_options.include_usage adds a usage chunk (and only then)",
+              streamed)
 
 
 def check_sampling(tap, sv, want):
@@ -576,6 +660,43 @@ def check_shutdown(tap):
            "rc %s, %s" % (rc, body))
 
 
+def check_shutdown_timeout(tap):
+    """SIGINT with more work than --timeout allows: the server stops within
+    the timeout, answers what it has (the unfinished choices without a
+    finish_reason, the stream closed with [DONE]) and exits with 0."""
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--timeout", "1"], name="shutdown-timeout")
+    result = {}
+    # 8 + 8 sequences of CTX - 10 tokens through one slot: many seconds of work
+    body = {"prompt": PROMPTS[0], "max_tokens": CTX - 10, "ignore_eos": True, "temperature": 0, "n": 8}
+
+    def whole():
+        result["whole"] = sv.complete(body)
+
+    def streamed():
+        result["stream"] = sv.stream(body)
+    threads = [threading.Thread(target=whole), threading.Thread(target=streamed)]
+    for t in threads:
+        t.start()
+    t_end = time.time() + 30
+    while time.time() < t_end and sum(v for k, v in sv.metrics().items()
+                                      if k.startswith("pldr_device_generated_tokens_total")) < 10:
+        time.sleep(0.02)
+    t0 = time.time()
+    sv.proc.send_signal(signal.SIGINT)
+    rc = sv.stop()
+    dt = time.time() - t0
+    for t in threads:
+        t.join()
+    code, b = result.get("whole", (0, {}))
+    scode, chunks, done = result.get("stream", (0, [], False))
+    finish = [c["finish_reason"] for c in b.get("choices", [])] if code == 200 else []
+    sfinish = st.joined_text(chunks, 8)[1] if scode == 200 else []
+    tap.ok(rc == 0 and dt < 5 and code == 200 and len(finish) == 8 and None in finish and scode == 200 and done and
+           None in sfinish and "SIGINT" in sv.stderr(),
+           "SIGINT past --timeout 1: stopped in %.1f s, exit %s, unfinished choices answered without a "
+           "finish_reason (%s / %s)" % (dt, rc, finish, sfinish), sv.stderr()[-1500:])
+
+
 def check_gcache(tap):
     """--g-cache first: the first prompt's G-cache serves every later prompt,
     on every replica, as `pldr generate --g-cache` with the G-cache that
@@ -635,6 +756,47 @@ def check_gcache(tap):
         sv.stop()
 
 
+def check_command_line(tap):
+    """Bad command lines: a one-line message naming the option, the
+    documented exit code, nothing on stdout, no server left running."""
+    keyfile = os.path.join(pt.TESTTMP, "server-empty-key")
+    with open(keyfile, "w") as f:
+        f.write("\n  \n")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = [
+        (["--port", "70000"], 2, "--port"),
+        (["--port"], 2, "--port"),
+        (["--parallel", "0"], 2, "--parallel"),
+        (["--prefill-batch", "0"], 2, "--prefill-batch"),
+        (["--cache", "none"], 2, "--cache"),
+        (["--dtype", "q9"], 2, "--dtype"),
+        (["--timeout", "0"], 2, "--timeout"),
+        (["--max-body", "10"], 2, "--max-body"),
+        (["--max-queue", "-1"], 2, "--max-queue"),
+        (["--api-key", "k", "--api-key-file", keyfile], 2, "--api-key-file"),
+        (["--api-key="], 2, "--api-key"),
+        (["--frob"], 2, "--frob"),
+        (["extra"], 2, "extra"),
+        (["--api-key-file", keyfile], 3, keyfile),
+        (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
+        (["-m", os.path.join(pt.TESTTMP, "no-such-model")], 3, "no-such-model"),
+        (["--device", "nosuchdevice", "--port", "0"], 4, "nosuchdevice"),
+        (["--port", str(busy.getsockname()[1])], 1, "Address already in use"),
+    ]
+    try:
+        for args, want, needle in cases:
+            def one(args=args, want=want, needle=needle):
+                rc, out, err = pt.run_pldr(["serve"] + args, timeout=120)
+                lines = [ln for ln in err.splitlines() if ln.startswith("pldr")]
+                last = lines[-1] if lines else ""
+                return rc == want and out == "" and needle in last, "exit %d: %s" % (rc, last), err
+            tap.check("pldr serve %s: exit %d with a message" % (" ".join(args), want), one)
+    finally:
+        busy.close()
+
+
 def main():
     tap = pt.Tap()
     if not pt.have_pldr():
@@ -648,6 +810,8 @@ def main():
         want = check_greedy(tap, sv)
         check_concurrent(tap, sv)
         check_choices(tap, sv, want)
+        check_prefill_batch(tap, sv, want)
+        check_shape(tap, sv)
         check_sampling(tap, sv, want)
         check_disconnect(tap, sv)
         check_errors(tap, sv)
@@ -675,7 +839,9 @@ def main():
     check_loading(tap)
     check_replicas(tap, want)
     check_shutdown(tap)
+    check_shutdown_timeout(tap)
     check_gcache(tap)
+    check_command_line(tap)
     return tap.done()
 
 

@@ -137,6 +137,7 @@ typedef struct slot {
     int n_prompt;
     int32_t last; /* the last picked token, fed at the next step */
     int n_gen, max_tokens, prefilled;
+    uint64_t ticket; /* admission order: prompts are prefilled first come, first served */
 } slot;
 
 typedef struct replica {
@@ -153,11 +154,11 @@ typedef struct replica {
     pthread_cond_t cv; /* work arrived or stop */
     pldr_context *ctx; /* one sequence per slot */
     pldr_batch_entry *entries;
-    int *rows, *n_fed;
+    int *rows, *n_fed, *waiting;
     int32_t *ids;
     float *logits; /* [slots, vocab] */
     int g_shared;  /* --g-cache first: its sequences hold the engine's first G-cache */
-    uint64_t prompt_tokens, generated_tokens, sequences;
+    uint64_t prompt_tokens, generated_tokens, sequences, steps, tickets;
 } replica;
 
 /* --g-cache first over several replicas: the first prompt prefilled on any
@@ -209,6 +210,7 @@ void engine_replica_stats(engine *e, int i, replica_stats *s)
     s->prompt_tokens = r->prompt_tokens;
     s->generated_tokens = r->generated_tokens;
     s->sequences = r->sequences;
+    s->steps = r->steps;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -330,8 +332,9 @@ static int replica_load(engine *e, replica *r, const char *device)
     r->entries = calloc((size_t)r->n_slots, sizeof *r->entries);
     r->rows = calloc((size_t)r->n_slots, sizeof *r->rows);
     r->n_fed = calloc((size_t)r->n_slots, sizeof *r->n_fed);
+    r->waiting = calloc((size_t)r->n_slots, sizeof *r->waiting);
     r->ids = calloc((size_t)r->n_slots, sizeof *r->ids);
-    if (!r->slots || !r->logits || !r->entries || !r->rows || !r->n_fed || !r->ids)
+    if (!r->slots || !r->logits || !r->entries || !r->rows || !r->n_fed || !r->waiting || !r->ids)
         return report(PLDR_ERR_HOST_MEMORY);
     for (int i = 0; i < r->n_slots; i++)
         r->slots[i].seq = i;
@@ -646,13 +649,16 @@ static void first_g_publish(replica *r, int ok)
     pthread_mutex_unlock(&e->mu);
 }
 
-/* One round: every busy slot is fed (its prompt, or its last token) in one
- * batch (new prompts prefilled, the decoding sequences through the layers
- * together) and picks its next token. Returns the slots fed. */
+/* One round: every busy slot is fed in one batch and picks its next token.
+ * The decoding slots feed their last token, through the layers together;
+ * the slots whose prompt waits are prefilled first come, first served, as
+ * many as fit in --prefill-batch prompt tokens (one at least), so that a
+ * burst of new prompts holds the running sequences back for a bounded time.
+ * Returns the slots fed. */
 static int replica_round(replica *r, int stopping)
 {
-    const int V = r->e->n_vocab;
-    int n = 0, any_logits = 0, claimed = 0;
+    const int V = r->e->n_vocab, budget = r->e->o->prefill_batch;
+    int n = 0, n_wait = 0, any_logits = 0, claimed = 0;
     for (int i = 0; i < r->n_slots; i++) {
         slot *sl = &r->slots[i];
         if (!sl->j)
@@ -664,11 +670,35 @@ static int replica_round(replica *r, int stopping)
             slot_end(r, sl, why, NULL);
             continue;
         }
-        if (!sl->prefilled && !first_g_gate(r, &claimed))
+        if (!sl->prefilled) {
+            r->waiting[n_wait++] = i;
             continue;
+        }
         r->entries[n].seq = sl->seq;
         r->n_fed[n] = r->entries[n].n;
         r->rows[n++] = i;
+        any_logits |= sl->needs_logits;
+    }
+    /* the waiting prompts in admission order (a few slots: insertion sort) */
+    for (int a = 1; a < n_wait; a++)
+        for (int b = a; b > 0 && r->slots[r->waiting[b]].ticket < r->slots[r->waiting[b - 1]].ticket; b--) {
+            int t = r->waiting[b];
+            r->waiting[b] = r->waiting[b - 1];
+            r->waiting[b - 1] = t;
+        }
+    int used = 0;
+    for (int w = 0; w < n_wait; w++) {
+        slot *sl = &r->slots[r->waiting[w]];
+        if (used > 0 && used + sl->n_prompt > budget)
+            break;
+        if (!first_g_gate(r, &claimed))
+            break;
+        used += sl->n_prompt;
+        r->entries[n].seq = sl->seq;
+        r->entries[n].ids = sl->prompt;
+        r->entries[n].n = sl->n_prompt;
+        r->n_fed[n] = sl->n_prompt;
+        r->rows[n++] = r->waiting[w];
         any_logits |= sl->needs_logits;
     }
     if (n == 0) {
@@ -677,6 +707,9 @@ static int replica_round(replica *r, int stopping)
         return 0;
     }
     pldr_status st = pldr_eval_batch(r->ctx, r->entries, n, any_logits ? r->logits : NULL, r->ids);
+    pthread_mutex_lock(&r->e->mu);
+    r->steps++;
+    pthread_mutex_unlock(&r->e->mu);
     const char *failure = st == PLDR_OK ? NULL : pldr_last_error();
     if (claimed)
         first_g_publish(r, st == PLDR_OK);
@@ -723,6 +756,7 @@ static void *worker(void *arg)
             }
             r->n_active++;
             r->sequences++;
+            sl->ticket = ++r->tickets;
             pthread_mutex_unlock(&e->mu);
             if (slot_begin(r, sl, j, s) != 0) {
                 pthread_mutex_lock(&e->mu);
@@ -874,6 +908,7 @@ void engine_free(engine *e)
         free(r->entries);
         free(r->rows);
         free(r->n_fed);
+        free(r->waiting);
         free(r->ids);
         free(r->slots);
         free(r->logits);
