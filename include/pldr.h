@@ -589,11 +589,15 @@ typedef struct pldr_generate_params {
     int logprob;             /* 1: report each token's log-probability (implied by
                                 n_logprobs > 0); else pldr_token_event.logprob is NaN */
     int32_t eos_id;          /* the end-of-sequence token; -1 (default): pldr_generate
-                                takes the model's eos_token_id, pldr_gen has none */
+                                takes the model's eos_token_id, pldr_gen has none;
+                                PLDR_EOS_NONE: none for pldr_generate either (the
+                                model's is picked and fed like any other token) */
     float *out_logits;       /* pldr_generate only: NULL, or room for vocab_size
                                 floats that receive the logits of the context's last
                                 token when generation ends (for sessions) */
 } pldr_generate_params;
+
+#define PLDR_EOS_NONE (-2)
 
 pldr_generate_params pldr_generate_default_params(void);
 

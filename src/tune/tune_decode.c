@@ -104,6 +104,14 @@ static void shape_items(const shape *s, int multi_lane, char *buf, size_t size)
         snprintf(buf, size, "gemv=%d,rows=%d,att=%d,pf=%d,attpre=%d", s->gemv, s->rows, s->att, s->pf, s->attpre);
 }
 
+/* Hashes each picked token into *(uint64_t *)user. */
+static int hash_token(const pldr_token_event *ev, void *user)
+{
+    if (ev->id >= 0)
+        *(uint64_t *)user = pldr_fnv1a(*(uint64_t *)user, &ev->id, sizeof ev->id);
+    return 0;
+}
+
 static pldr_status child_decode(void *ctx, void *out)
 {
     const decode_job *jb = ctx;
@@ -152,12 +160,13 @@ static pldr_status child_decode(void *ctx, void *out)
         int32_t next = 0;
         if ((st = pldr_eval_greedy(c, ids, prompt, &next)) != PLDR_OK)
             break;
+        /* the steps of pldr_generate, greedy, every one run (no [END]) */
+        pldr_generate_params gp = pldr_generate_default_params();
+        gp.max_tokens = p->steps;
+        gp.eos_id = PLDR_EOS_NONE;
         uint64_t h = PLDR_FNV_INIT;
         const double t0 = pldr_now();
-        for (int s = 0; s < p->steps && st == PLDR_OK; s++) {
-            st = pldr_eval_greedy(c, &next, 1, &next);
-            h = pldr_fnv1a(h, &next, sizeof next);
-        }
+        st = pldr_generate_ids(c, NULL, &next, 1, NULL, &gp, hash_token, &h, NULL);
         const double dt = pldr_now() - t0;
         if (st != PLDR_OK)
             break;
