@@ -6,6 +6,7 @@ n > 1, a client that goes away frees its slot, every error answer, hostile
 input, a bounded load test, /health while loading, shutdown, and the shared
 G-cache (--g-cache FILE and first). TAP output."""
 
+import http.client
 import json
 import os
 import shutil
@@ -258,6 +259,16 @@ def check_sampling(tap, sv, want):
         return ok, "%d tokens" % n, json.dumps(body)
     tap.check("logprobs: each token's log-probability and the top 3, greedy picks the top one", logprobs)
 
+    def echo_logprobs():
+        code, body = sv.complete({"prompt": p0, "max_tokens": 6, "temperature": 0, "logprobs": 1, "echo": True})
+        c = body["choices"][0]
+        lp = c["logprobs"]
+        ok = code == 200 and c["text"] == p0 + w0[:len(c["text"]) - len(p0)] and len(lp["tokens"]) == 6
+        ok = ok and lp["text_offset"][0] == len(p0) and "".join(lp["tokens"]) == c["text"][len(p0):]
+        ok = ok and all(c["text"][o:o + len(t)] == t for o, t in zip(lp["text_offset"], lp["tokens"]))
+        return ok, repr(c["text"]), json.dumps(body)
+    tap.check("echo with logprobs: the generated tokens' offsets point into the echoed text", echo_logprobs)
+
     def bias():
         first = json.loads(sv.post("/tokenize", {"content": w0})[2])["tokens"][0]
         code, body = sv.complete({"prompt": p0, "max_tokens": 4, "temperature": 0,
@@ -276,6 +287,25 @@ def check_sampling(tap, sv, want):
         return (a["choices"][0]["text"] == w0 and b["choices"][0]["text"] == w0,
                 "min_p 1 and top_k 1 give the greedy text", json.dumps([a, b]))
     tap.check("min_p = 1 and top_k = 1 sample the greedy text", greedy_equivalents)
+
+    def sampled_like_generate():
+        bad = []
+        for seed, p in ((5, PROMPTS[1]), (17, PROMPTS[3])):
+            body = {"prompt": p, "max_tokens": 24, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
+                    "presence_penalty": 0.5, "frequency_penalty": 0.3, "repeat_penalty": 1.1, "repeat_last_n": 32,
+                    "seed": seed}
+            code, b = sv.complete(body)
+            got = b["choices"][0]["text"] if code == 200 else b
+            rc, out, err = pt.run_pldr(["generate", "-p", p, "-n", 24, "-q", "--temp", 0.8, "--top-k", 40,
+                                        "--top-p", 0.9, "--min-p", 0.05, "--presence-penalty", 0.5,
+                                        "--frequency-penalty", 0.3, "--repeat-penalty", 1.1, "--repeat-last-n", 32,
+                                        "--seed", seed])
+            w = out[len(p):-1] if rc == 0 else err
+            if got != w:
+                bad.append("seed %d %r: server %r, generate %r" % (seed, p, got, w))
+        return not bad, "", "\n".join(bad)
+    tap.check("sampling (temperature, top_k, top_p, min_p, penalties, seed) equals pldr generate's with the same "
+              "settings", sampled_like_generate)
 
     def penalties():
         outs = []
@@ -311,6 +341,32 @@ def check_disconnect(tap, sv):
         return (busy_during == 1 and busy == 0 and cancelled and json.loads(first)["choices"],
                 "busy %d -> %d in %.2f s" % (busy_during, busy, dt), log[-2000:] + " before %s" % before)
     tap.check("a client that disconnects mid-stream frees its slot within a second", disconnect)
+
+    def disconnect_whole():
+        gone_before = sv.stderr().count("(client gone, cancelled)")
+        c = sv.conn()
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[1], "max_tokens": CTX - 10, "n": 4,
+                                                              "ignore_eos": True, "temperature": 0}))
+        t_end = time.time() + 10
+        busy_during = 0
+        while time.time() < t_end and busy_during < 4:
+            busy_during = sv.busy_slots()
+            time.sleep(0.01)
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+        t0 = time.time()
+        busy = busy_during
+        while time.time() - t0 < 1.0:
+            busy = sv.busy_slots()
+            if busy == 0:
+                break
+            time.sleep(0.02)
+        dt = time.time() - t0
+        time.sleep(0.3)
+        gone = sv.stderr().count("(client gone, cancelled)") - gone_before
+        return busy_during == 4 and busy == 0 and gone == 1, "busy %d -> %d in %.2f s" % (busy_during, busy, dt)
+    tap.check("a client that goes away while waiting for a whole answer (n = 4) frees its slots within a second",
+              disconnect_whole)
 
 
 def check_errors(tap, sv):
@@ -416,6 +472,17 @@ def check_hostile(tap, sv):
         status = int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else 0
         return status in (400, 413, 431) or data == b"", "answer %r" % data[:40]
     tap.check("a 200 kB header is refused or dropped", huge_headers)
+
+    def header_limit():
+        out = []
+        for size in (60000, 70000):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            data = s.recv(100)
+            s.close()
+            out.append(int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else 0)
+        return out == [200, 431], "60 kB of headers: %d, 70 kB: %d" % tuple(out)
+    tap.check("headers up to 64 KiB are read, beyond it 431", header_limit)
 
     def chunked_oversize():
         s = socket.create_connection(("127.0.0.1", sv.port), timeout=20)
@@ -645,19 +712,49 @@ def check_shutdown(tap):
     sv = st.Server(["-m", MODEL, "--parallel", "2", "--timeout", "20"], name="shutdown")
     result = {}
 
-    def long_request():
-        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 200, "ignore_eos": True, "temperature": 0})
+    def long_request():  # 4 x 400 tokens through 2 slots: some seconds of work
+        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 400, "n": 4, "ignore_eos": True,
+                                   "temperature": 0})
     t = threading.Thread(target=long_request)
+    # a keep-alive connection opened before the signal, to ask /health while draining
+    keep = sv.conn(10)
+    keep.request("GET", "/health")
+    r = keep.getresponse()
+    r.read()
+    health_before = r.status
     t.start()
     while sv.busy_slots() == 0 and t.is_alive():
         time.sleep(0.01)
     t0 = time.time()
+    sv.proc.send_signal(signal.SIGTERM)
+    t_end = time.time() + 5
+    while time.time() < t_end and "SIGTERM: finishing" not in sv.stderr():
+        time.sleep(0.01)
+    health_draining, draining_body = 0, b""
+    t_end = time.time() + 2
+    while time.time() < t_end and health_draining != 503:
+        try:
+            keep.request("GET", "/health")
+            r = keep.getresponse()
+            health_draining, draining_body = r.status, r.read()
+        except (OSError, http.client.HTTPException) as e:
+            health_draining, draining_body = 0, repr(e).encode()
+            break
+    keep.close()
+    try:
+        socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
+        refused = False
+    except OSError:
+        refused = True
     rc = sv.stop()
     t.join()
     code, body = result.get("r", (0, None))
-    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 200,
+    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 1600,
            "SIGTERM lets the running request finish, then exits with 0 (%.1f s)" % (time.time() - t0),
            "rc %s, %s" % (rc, body))
+    tap.ok(health_before == 200 and health_draining == 503 and b"shutting down" in draining_body and refused,
+           "while draining: /health 503 shutting down, new connections refused",
+           "%s %s %s %s" % (health_before, health_draining, draining_body, refused))
 
 
 def check_shutdown_timeout(tap):
@@ -695,6 +792,75 @@ def check_shutdown_timeout(tap):
            None in sfinish and "SIGINT" in sv.stderr(),
            "SIGINT past --timeout 1: stopped in %.1f s, exit %s, unfinished choices answered without a "
            "finish_reason (%s / %s)" % (dt, rc, finish, sfinish), sv.stderr()[-1500:])
+
+
+def check_all_devices(tap, want):
+    """--device all: a replica on every device `pldr devices` lists, each in
+    /metrics and /v1/models; --api-key given on the command line."""
+    rc, out, _ = pt.run_pldr(["devices"])
+    n_dev = len([ln for ln in out.splitlines()[1:] if ln.strip() and ln.split()[0].isdigit()])
+    sv = st.Server(["-m", MODEL, "--device", "all", "--parallel", "1", "--api-key", "k3y"], name="all")
+    try:
+        auth = {"Authorization": "Bearer k3y"}
+        code, _, data = sv.get("/v1/models", headers=auth)
+        code401, _, _ = sv.get("/v1/models")
+        reps = json.loads(data)["data"][0]["meta"]["replicas"] if code == 200 else -1
+        code2, body = sv.complete({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0}, headers=auth)
+        _, _, mdata = sv.get("/metrics", headers=auth)
+        slots = [ln for ln in mdata.decode().splitlines() if ln.startswith("pldr_slots{")]
+        tap.ok(rc == 0 and n_dev >= 1 and reps == n_dev and len(slots) == n_dev and code401 == 401 and code2 == 200 and
+               body["choices"][0]["text"] == want[PROMPTS[0]],
+               "--device all: %d replica(s) for %d device(s), in /metrics; --api-key: 401 without it, the greedy "
+               "text with it" % (reps, n_dev), "\n".join(slots))
+    finally:
+        sv.stop()
+
+
+def check_dtype_cache(tap):
+    """--dtype and --cache reach the replicas: greedy texts equal pldr
+    generate's with the same options."""
+    sv = st.Server(["-m", MODEL, "--parallel", "2", "--dtype", "f16", "--cache", "kv"], name="f16kv")
+    try:
+        bad = []
+        for p in PROMPTS[:2]:
+            rc, out, err = pt.run_pldr(["generate", "-p", p, "-n", 24, "-q", "--dtype", "f16", "--cache", "kv"])
+            w = out[len(p):-1] if rc == 0 else err
+            code, body = sv.complete({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got = body["choices"][0]["text"] if code == 200 else body
+            if got != w:
+                bad.append("%r: server %r, generate %r" % (p, got, w))
+        tap.ok(not bad, "--dtype f16 --cache kv: greedy texts equal pldr generate's with those options",
+               "\n".join(bad))
+    finally:
+        sv.stop()
+
+
+def check_connection_limit(tap):
+    """--max-connections 4: at most 2 (half) from one client address; a
+    third is closed unanswered while two hang, and served once they go."""
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--max-connections", "4"], name="conns")
+    try:
+        hang = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            hang.append(s)
+        time.sleep(0.2)
+        s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            third = s.recv(100)
+        except OSError:
+            third = b""
+        s.close()
+        for s in hang:
+            s.close()
+        time.sleep(0.3)
+        code, _, _ = sv.get("/health", timeout=10)
+        tap.ok(third == b"" and code == 200, "--max-connections 4: a third connection from one address is closed "
+               "while two hang (%r); /health %d once they go" % (third[:20], code))
+    finally:
+        sv.stop()
 
 
 def check_gcache(tap):
@@ -841,6 +1007,9 @@ def main():
     check_shutdown(tap)
     check_shutdown_timeout(tap)
     check_gcache(tap)
+    check_connection_limit(tap)
+    check_all_devices(tap, want)
+    check_dtype_cache(tap)
     check_command_line(tap)
     return tap.done()
 
