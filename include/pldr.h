@@ -60,8 +60,8 @@ typedef enum pldr_status {
  * Environment variables are read only where parameters get their defaults,
  * never while loading, evaluating or generating: pldr_model_default_params
  * (PLDR_KERNEL_DIR, PLDR_ZERO_COPY, PLDR_WG, PLDR_GEMM, PLDR_TUNING,
- * PLDR_BUILD_LOG), pldr_context_default_params (PLDR_PROFILE, PLDR_HOSTTIME,
- * PLDR_PIPELINE), pldr_select_device with an empty spec (PLDR_DEVICE), a
+ * PLDR_BUILD_LOG, PLDR_KERNEL_LIMITS), pldr_context_default_params
+ * (PLDR_PROFILE, PLDR_HOSTTIME, PLDR_PIPELINE), pldr_select_device with an empty spec (PLDR_DEVICE), a
  * NULL cache_dir (XDG_CACHE_HOME, HOME) and the tuners' first-use checks
  * (PLDR_TUNING). A caller that sets the fields decides alone.
  * docs/engine.md describes each. */
@@ -245,6 +245,9 @@ typedef struct pldr_model_params {
                           device; 0 (default with $PLDR_TUNING=0, off or no): neither */
     int build_log;     /* 1: the kernel compiler's warnings go to the log callback
                           (default: 1 when $PLDR_BUILD_LOG is set and not 0) */
+    const char *kernel_limits; /* lower limits than the device's for some kernels, as
+                                  "NAME=N,*=N,local=BYTES" (testing the fitting of
+                                  shapes; default: $PLDR_KERNEL_LIMITS) */
 } pldr_model_params;
 
 pldr_model_params pldr_model_default_params(void);

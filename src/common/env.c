@@ -23,6 +23,7 @@ static int on(const char *name)
 const char *pldr_env_device(void) { return str("PLDR_DEVICE"); }
 const char *pldr_env_kernel_dir(void) { return str("PLDR_KERNEL_DIR"); }
 const char *pldr_env_gemm(void) { return str("PLDR_GEMM"); }
+const char *pldr_env_kernel_limits(void) { return getenv("PLDR_KERNEL_LIMITS"); }
 int pldr_env_build_log(void) { return on("PLDR_BUILD_LOG"); }
 int pldr_env_profile(void) { return on("PLDR_PROFILE"); }
 

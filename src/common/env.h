@@ -11,6 +11,7 @@ const char *pldr_env_device(void);      /* PLDR_DEVICE: the device spec when non
 const char *pldr_env_kernel_dir(void);  /* PLDR_KERNEL_DIR: .cl sources instead of the embedded ones */
 const char *pldr_env_work_groups(void); /* PLDR_WG: work-group shape items */
 const char *pldr_env_gemm(void);        /* PLDR_GEMM: clblast or own */
+const char *pldr_env_kernel_limits(void); /* PLDR_KERNEL_LIMITS: tighter per-kernel limits (tests) */
 int pldr_env_zero_copy(void);           /* 0 when PLDR_ZERO_COPY=0, else 1 */
 int pldr_env_build_log(void);           /* 1 when PLDR_BUILD_LOG is set and not 0 */
 int pldr_tuning_disabled(void);         /* 1 when PLDR_TUNING is 0, off or no */

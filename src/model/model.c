@@ -41,6 +41,7 @@ pldr_model_params pldr_model_default_params(void)
     p.gemm = pldr_env_gemm();
     p.tuning = !pldr_tuning_disabled();
     p.build_log = pldr_env_build_log();
+    p.kernel_limits = pldr_env_kernel_limits();
     return p;
 }
 
@@ -825,7 +826,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
         if (params->wg_overrides)
             apply_wg_items(m, params->wg_overrides, "PLDR_WG", lim);
     }
-    const char *limits = getenv("PLDR_KERNEL_LIMITS");
+    const char *limits = params->kernel_limits;
     if (limits && strlen(limits) >= sizeof m->kernel_limits)
         pldr_log(PLDR_LOG_WARN, "ignoring PLDR_KERNEL_LIMITS (longer than %zu characters)",
                  sizeof m->kernel_limits - 1);
