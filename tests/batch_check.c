@@ -4,7 +4,17 @@
  * start and finish at different times, reused slots, shared G-caches and
  * per-sequence states. Prints TAP lines (no plan: the driver counts).
  *
- *   batch_check MODEL_DIR f32|f16|bf16|q8_0|q4_0 TOL [--refuse] */
+ *   batch_check MODEL_DIR f32|f16|bf16|q8_0|q4_0 TOL [--refuse]
+ *   batch_check MODEL_DIR DTYPE TOL --dump kv|kvg OUT
+ *
+ * --dump runs one short schedule of batched steps and writes what they gave
+ * to OUT for another device's run to be compared with (tests/test_oclgrind.py
+ * runs it under the simulator and on the default device): three sequences
+ * with prompts of 3, 5 and 8 tokens prefilled in one call, three decode steps
+ * of the three together with logits, one of two of them, then two greedy
+ * steps of the three (device argmax, no logits) fed their own tokens. OUT
+ * holds the float32 logits of every row of the logits steps, then the int32
+ * greedy tokens. */
 #include "pldr.h"
 
 #include <math.h>
@@ -402,10 +412,51 @@ static void check_refusal(void)
     pldr_context_free(c);
 }
 
+/* --dump: see the top of the file. */
+static int dump_schedule(pldr_cache_mode mode, const char *out)
+{
+    enum { B = 3, STEPS = 4, GREEDY = 2 };
+    const int len[B] = {3, 5, 8};
+    int32_t ids[B][16];
+    for (int s = 0; s < B; s++)
+        for (int i = 0; i < 16; i++)
+            ids[s][i] = rand_id();
+    pldr_context *c = new_ctx(mode, B, PLDR_SHARED_G_NONE);
+    float *lg = malloc((size_t)B * (size_t)V * sizeof(float));
+    FILE *f = fopen(out, "wb");
+    int rc = !c || !lg || !f;
+    if (!f)
+        fprintf(stderr, "batch_check: cannot write %s\n", out);
+    pldr_batch_entry e[B];
+    for (int step = 0; step <= STEPS + GREEDY && !rc; step++) {
+        int n = step == STEPS ? B - 1 : B; /* one step leaves the last sequence out */
+        for (int s = 0; s < n; s++)
+            e[s] = step == 0 ? (pldr_batch_entry){s, ids[s], len[s]}
+                             : (pldr_batch_entry){s, &ids[s][len[s] + step - 1], 1};
+        int32_t greedy[B];
+        const int with_logits = step <= STEPS;
+        if (pldr_eval_batch(c, e, n, with_logits ? lg : NULL, greedy) != PLDR_OK) {
+            fprintf(stderr, "batch_check: step %d: %s\n", step, pldr_last_error());
+            rc = 1;
+        } else if (with_logits) {
+            rc = fwrite(lg, sizeof(float), (size_t)n * (size_t)V, f) != (size_t)n * (size_t)V;
+        } else {
+            rc = fwrite(greedy, sizeof(int32_t), (size_t)n, f) != (size_t)n;
+            for (int s = 0; s < n; s++) /* the next step feeds each sequence its greedy token */
+                ids[s][len[s] + step] = greedy[s];
+        }
+    }
+    if (f && fclose(f) != 0)
+        rc = 1;
+    free(lg);
+    pldr_context_free(c);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: batch_check MODEL_DIR f32|f16|bf16|q8_0|q4_0 TOL [--refuse]\n");
+        fprintf(stderr, "usage: batch_check MODEL_DIR f32|f16|bf16|q8_0|q4_0 TOL [--refuse | --dump kv|kvg OUT]\n");
         return 2;
     }
     pldr_model_params mp = pldr_model_default_params();
@@ -419,6 +470,11 @@ int main(int argc, char **argv)
         return 1;
     }
     V = pldr_model_config(model)->vocab_size;
+    if (argc > 6 && strcmp(argv[4], "--dump") == 0) {
+        const int rc = dump_schedule(strcmp(argv[5], "kv") == 0 ? PLDR_CACHE_KV : PLDR_CACHE_KVG, argv[6]);
+        pldr_model_free(model);
+        return rc;
+    }
     if (argc > 4 && strcmp(argv[4], "--refuse") == 0) {
         check_refusal();
     } else {

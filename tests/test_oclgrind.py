@@ -17,6 +17,13 @@ row, PLDR_GEMM=own), with float32 and half weights, in the three cache
 modes, and with decode attention split over several work-groups (att=4:
 blocks of 4 keys, so every step past the fourth token combines blocks).
 
+The batched decode (kernels/batch.cl through pldr_eval_batch) runs
+tests/batch_check's --dump schedule in the GPU form (batch_gemv for the
+products): three sequences with prompts of 3, 5 and 8 tokens, decode steps
+of three and of two rows with logits, then greedy steps (batch_argmax), in
+kvg with float32 and kv with half weights; logits within 1e-5 relative of
+the default device's, greedy tokens equal.
+
 `--uninitialized` is left out: oclgrind 21.10 reports values as
 uninitialised in buffers written at an offset (clEnqueueWriteBuffer with a
 non-zero offset), which the engine does for every weight matrix.
@@ -40,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import needs_numpy  # noqa: F401,E402
 
 import mkmodel  # noqa: E402
+import numpy as np  # noqa: E402
 import pldrtest as pt  # noqa: E402
 
 TOL = 1e-5
@@ -47,6 +55,7 @@ OCLGRIND = shutil.which("oclgrind")
 OCLGRIND_KERNEL = shutil.which("oclgrind-kernel")
 BASE = os.path.join(pt.TESTTMP, "oclgrind")
 HERE = os.path.dirname(os.path.abspath(__file__))
+BATCH_CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "batch_check")
 
 SHAPE = {"L": 2, "d": 30, "H": 3, "dk": 10, "F": 43, "R": 1, "D": 2, "Tmax": 64}
 # the simulator's forms: GPU (its defaults) and CPU (one work-item per row,
@@ -56,11 +65,12 @@ GPU_OWN = {"PLDR_WG": "att=4", "PLDR_GEMM": "own"}
 CPU = {"PLDR_WG": "att=4,gpu=0,gemv=16,rows=16", "PLDR_GEMM": "own"}
 
 
-def under_oclgrind(args, env, log):
-    """pldr ARGS with the simulator as the only platform; its reports go to log."""
+def under_oclgrind(args, env, log, prog=None):
+    """pldr ARGS (or PROG ARGS) with the simulator as the only platform; its
+    reports go to log."""
     if os.path.exists(log):
         os.remove(log)
-    cmd = [OCLGRIND, "--data-races", "--check-api", "--log", log, pt.PLDR_BIN] + [str(a) for a in args]
+    cmd = [OCLGRIND, "--data-races", "--check-api", "--log", log, prog or pt.PLDR_BIN] + [str(a) for a in args]
     try:
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
                            timeout=pt.TIMEOUT, env=dict(os.environ, **env))
@@ -116,6 +126,39 @@ def greedy_case(tap, name, model, dtype, env):
               check)
 
 
+def batch_case(tap, name, model, mode, dtype, env):
+    n_ids = 6  # the greedy tokens at the end of the dump (tests/batch_check.c, dump_schedule)
+
+    def check():
+        outs = {}
+        for dev in ("ref", "sim"):
+            out = os.path.join(BASE, "batch-%s.bin" % dev)
+            if os.path.exists(out):
+                os.remove(out)
+            args = [model, dtype, "0", "--dump", mode, out]
+            if dev == "ref":
+                p = subprocess.run([BATCH_CHECK] + args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   errors="replace", timeout=pt.TIMEOUT, env=dict(os.environ, **env))
+                if p.returncode != 0:
+                    return False, "the default device: exit %d" % p.returncode, pt.tail(p.stderr)
+            else:
+                rc, _, err, report = under_oclgrind(args, env, os.path.join(BASE, "report.txt"), BATCH_CHECK)
+                v = verdict(rc, err, report)
+                if not v[0]:
+                    return v
+            outs[dev] = np.fromfile(out, dtype=np.float32)
+        ref, sim = outs["ref"], outs["sim"]
+        if ref.size != sim.size or ref.size <= n_ids:
+            return False, "dumps of %d and %d words" % (ref.size, sim.size)
+        e = pt.rel_err(sim[:-n_ids], ref[:-n_ids])
+        ids_ref, ids_sim = ref[-n_ids:].view(np.int32), sim[-n_ids:].view(np.int32)
+        same = bool(np.array_equal(ids_ref, ids_sim))
+        return e <= TOL and same, ("no reports, logits rel_err against the default device %.3g (tol %g), greedy "
+                                   "tokens %s (default device: %s)" % (e, TOL, ids_sim.tolist(), ids_ref.tolist()))
+    tap.check("%s, batched decode, --cache %s, --dtype %s, %s" % (name, mode, dtype,
+                                                                 " ".join("%s=%s" % kv for kv in env.items())), check)
+
+
 def race_case(tap, sim, options, want_race, desc):
     log = os.path.join(BASE, "race.txt")
 
@@ -158,6 +201,8 @@ def main():
     logits_case(tap, "A_dff 12", fa12, ids, 3, "kvg", "f32", CPU)
     greedy_case(tap, "A_dff 12", fa12, "f32", GPU)
     greedy_case(tap, "A_dff 12", fa12, "f16", CPU)
+    batch_case(tap, "A_dff 13", fa13, "kvg", "f32", GPU)
+    batch_case(tap, "A_dff 13", fa13, "kv", "f16", GPU)
     return tap.done()
 
 

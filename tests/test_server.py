@@ -3,11 +3,14 @@
 curl) on the bundled model: greedy completions equal `pldr generate`'s text,
 streams equal whole answers, concurrent clients equal their sequential runs,
 n > 1, a client that goes away frees its slot, every error answer, hostile
-input, a bounded load test, /health while loading, and shutdown. TAP output."""
+input, a bounded load test, /health while loading, shutdown, and the shared
+G-cache (--g-cache FILE and first). TAP output."""
 
+import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -134,6 +137,18 @@ def check_choices(tap, sv, want):
         return ok, "%d ids" % len(ids), json.dumps(body)
     tap.check("/tokenize, /detokenize, and a prompt of token ids", token_prompt)
 
+    def with_pieces():
+        text = "The list type \u00e9"
+        ids = json.loads(sv.post("/tokenize", {"content": text})[2])["tokens"]
+        code, _, data = sv.post("/tokenize", {"content": text, "with_pieces": True})
+        got = json.loads(data)["tokens"]
+        det = [json.loads(sv.post("/detokenize", {"tokens": [t["id"]]})[2])["content"] for t in got[:3]]
+        ok = (code == 200 and [t["id"] for t in got] == ids and all(isinstance(t["piece"], str) for t in got) and
+              "".join(t["piece"] for t in got[:3]).strip() == "The list type" and
+              [t["piece"].strip() for t in got[:3]] == [d.strip() for d in det])
+        return ok, "", data.decode()
+    tap.check("/tokenize with_pieces: the same ids, each with its piece", with_pieces)
+
     def sampled_seed():
         a = sv.complete({"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
                          "seed": 3})[1]
@@ -141,6 +156,89 @@ def check_choices(tap, sv, want):
                          "seed": 3})[1]
         return a["choices"][0]["text"] == b["choices"][0]["text"], "", json.dumps([a, b])
     tap.check("sampling with a seed repeats", sampled_seed)
+
+
+def prompt_steps(sv, prompts):
+    """Batched steps one request of several prompts (one token each) takes on an idle server."""
+    key = [k for k in sv.metrics() if k.startswith("pldr_device_steps_total{")]
+    before = sum(sv.metrics()[k] for k in key)
+    code, body = sv.complete({"prompt": prompts, "max_tokens": 1, "temperature": 0})
+    after = sum(sv.metrics()[k] for k in key)
+    return (after - before if code == 200 and len(body["choices"]) == len(prompts) else -1), key
+
+
+def check_prefill_batch(tap, sv, want):
+    """--prefill-batch bounds the prompt tokens prefilled per step: with the
+    default (256) four short prompts submitted together are prefilled in one
+    step; with 1 in four steps, first come, first served, while the running
+    sequences go on decoding. Greedy texts stay those of pldr generate."""
+    steps, key = prompt_steps(sv, PROMPTS[:4])
+    tap.ok(steps == 1 and len(key) == 1, "default --prefill-batch: four short prompts prefilled in one step "
+           "(pldr_device_steps_total +%d)" % steps)
+    sv1 = st.Server(["-m", MODEL, "--parallel", "4", "--prefill-batch", "1"], name="prefill")
+    try:
+        steps, _ = prompt_steps(sv1, PROMPTS[:4])
+        tap.ok(steps == 4, "--prefill-batch 1: four prompts prefilled in four steps (+%d)" % steps)
+        got = [None] * 8
+
+        def client(i):
+            p = PROMPTS[i % 4]
+            code, chunks, done = sv1.stream({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got[i] = st.joined_text(chunks)[0][0] if code == 200 and done else "HTTP %d" % code
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bad = ["%r: %r != %r" % (PROMPTS[i % 4], got[i], want[PROMPTS[i % 4]]) for i in range(8)
+               if got[i] != want[PROMPTS[i % 4]]]
+        tap.ok(not bad, "--prefill-batch 1: 8 concurrent greedy streams equal pldr generate's text", "\n".join(bad))
+    finally:
+        tap.ok(sv1.stop() == 0, "the --prefill-batch server exits with 0 on SIGTERM")
+
+
+def check_shape(tap, sv):
+    """The fields of OpenAI's completion object, whole and streamed, and the
+    usage chunk of stream_options.include_usage."""
+    p = PROMPTS[3]
+    n_prompt = len(json.loads(sv.post("/tokenize", {"content": p})[2])["tokens"])
+    body = {"prompt": p, "max_tokens": 8, "ignore_eos": True, "temperature": 0}
+
+    def whole():
+        t0 = time.time()
+        code, a = sv.complete(body)
+        code2, b = sv.complete(dict(body, n=2))
+        t1 = time.time()
+        ok = code == 200 and code2 == 200
+        for r, n in ((a, 1), (b, 2)):
+            ok = ok and r["id"].startswith("cmpl-") and r["object"] == "text_completion"
+            ok = ok and isinstance(r["created"], int) and t0 - 2 <= r["created"] <= t1 + 2
+            ok = ok and r["model"] == os.path.basename(MODEL)
+            ok = ok and [sorted(c) for c in r["choices"]] == [["finish_reason", "index", "logprobs", "text"]] * n
+            ok = ok and all(c["finish_reason"] == "length" and c["logprobs"] is None for c in r["choices"])
+            ok = ok and r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 8 * n,
+                                       "total_tokens": n_prompt + 8 * n}
+        return ok and a["id"] != b["id"], "ids %s, %s" % (a.get("id"), b.get("id")), json.dumps([a, b])
+    tap.check("a completion has id, object, created, model, choices and usage (n = 2: twice the tokens)", whole)
+
+    def streamed():
+        code, whole_body = sv.complete(body)
+        code2, chunks, done = sv.stream(dict(body, n=2, stream_options={"include_usage": True}))
+        code3, plain, _ = sv.stream(body)
+        last = chunks[-1] if chunks else {}
+        ids = {c.get("id") for c in chunks}
+        ok = code == 200 and code2 == 200 and done and len(ids) == 1 and ids.pop().startswith("cmpl-")
+        ok = ok and all(c["object"] == "text_completion" and c["model"] == os.path.basename(MODEL) and
+                        isinstance(c["created"], int) for c in chunks)
+        ok = ok and last.get("choices") == [] and last.get("usage") == {
+            "prompt_tokens": n_prompt, "completion_tokens": 16, "total_tokens": n_prompt + 16}
+        texts, finish = st.joined_text(chunks[:-1], 2)
+        want = whole_body["choices"][0]["text"]
+        ok = ok and texts == [want, want] and finish == ["length", "length"]
+        ok = ok and code3 == 200 and all("usage" not in c for c in plain)
+        return ok, "%d chunks, usage %s" % (len(chunks), last.get("usage")), json.dumps(chunks[-3:])
+    tap.check("stream chunks share one id; stream_options.include_usage adds a usage chunk (and only then)",
+              streamed)
 
 
 def check_sampling(tap, sv, want):
@@ -173,6 +271,16 @@ def check_sampling(tap, sv, want):
         return ok, "%d tokens" % n, json.dumps(body)
     tap.check("logprobs: each token's log-probability and the top 3, greedy picks the top one", logprobs)
 
+    def echo_logprobs():
+        code, body = sv.complete({"prompt": p0, "max_tokens": 6, "temperature": 0, "logprobs": 1, "echo": True})
+        c = body["choices"][0]
+        lp = c["logprobs"]
+        ok = code == 200 and c["text"] == p0 + w0[:len(c["text"]) - len(p0)] and len(lp["tokens"]) == 6
+        ok = ok and lp["text_offset"][0] == len(p0) and "".join(lp["tokens"]) == c["text"][len(p0):]
+        ok = ok and all(c["text"][o:o + len(t)] == t for o, t in zip(lp["text_offset"], lp["tokens"]))
+        return ok, repr(c["text"]), json.dumps(body)
+    tap.check("echo with logprobs: the generated tokens' offsets point into the echoed text", echo_logprobs)
+
     def bias():
         first = json.loads(sv.post("/tokenize", {"content": w0})[2])["tokens"][0]
         code, body = sv.complete({"prompt": p0, "max_tokens": 4, "temperature": 0,
@@ -191,6 +299,25 @@ def check_sampling(tap, sv, want):
         return (a["choices"][0]["text"] == w0 and b["choices"][0]["text"] == w0,
                 "min_p 1 and top_k 1 give the greedy text", json.dumps([a, b]))
     tap.check("min_p = 1 and top_k = 1 sample the greedy text", greedy_equivalents)
+
+    def sampled_like_generate():
+        bad = []
+        for seed, p in ((5, PROMPTS[1]), (17, PROMPTS[3])):
+            body = {"prompt": p, "max_tokens": 24, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
+                    "presence_penalty": 0.5, "frequency_penalty": 0.3, "repeat_penalty": 1.1, "repeat_last_n": 32,
+                    "seed": seed}
+            code, b = sv.complete(body)
+            got = b["choices"][0]["text"] if code == 200 else b
+            rc, out, err = pt.run_pldr(["generate", "-p", p, "-n", 24, "-q", "--temp", 0.8, "--top-k", 40,
+                                        "--top-p", 0.9, "--min-p", 0.05, "--presence-penalty", 0.5,
+                                        "--frequency-penalty", 0.3, "--repeat-penalty", 1.1, "--repeat-last-n", 32,
+                                        "--seed", seed])
+            w = out[len(p):-1] if rc == 0 else err
+            if got != w:
+                bad.append("seed %d %r: server %r, generate %r" % (seed, p, got, w))
+        return not bad, "", "\n".join(bad)
+    tap.check("sampling (temperature, top_k, top_p, min_p, penalties, seed) equals pldr generate's with the same "
+              "settings", sampled_like_generate)
 
     def penalties():
         outs = []
@@ -226,6 +353,32 @@ def check_disconnect(tap, sv):
         return (busy_during == 1 and busy == 0 and cancelled and json.loads(first)["choices"],
                 "busy %d -> %d in %.2f s" % (busy_during, busy, dt), log[-2000:] + " before %s" % before)
     tap.check("a client that disconnects mid-stream frees its slot within a second", disconnect)
+
+    def disconnect_whole():
+        gone_before = sv.stderr().count("(client gone, cancelled)")
+        c = sv.conn()
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[1], "max_tokens": CTX - 10, "n": 4,
+                                                              "ignore_eos": True, "temperature": 0}))
+        t_end = time.time() + 10
+        busy_during = 0
+        while time.time() < t_end and busy_during < 4:
+            busy_during = sv.busy_slots()
+            time.sleep(0.01)
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+        t0 = time.time()
+        busy = busy_during
+        while time.time() - t0 < 1.0:
+            busy = sv.busy_slots()
+            if busy == 0:
+                break
+            time.sleep(0.02)
+        dt = time.time() - t0
+        time.sleep(0.3)
+        gone = sv.stderr().count("(client gone, cancelled)") - gone_before
+        return busy_during == 4 and busy == 0 and gone == 1, "busy %d -> %d in %.2f s" % (busy_during, busy, dt)
+    tap.check("a client that goes away while waiting for a whole answer (n = 4) frees its slots within a second",
+              disconnect_whole)
 
 
 def check_errors(tap, sv):
@@ -331,6 +484,17 @@ def check_hostile(tap, sv):
         status = int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else 0
         return status in (400, 413, 431) or data == b"", "answer %r" % data[:40]
     tap.check("a 200 kB header is refused or dropped", huge_headers)
+
+    def header_limit():
+        out = []
+        for size in (60000, 70000):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            data = s.recv(100)
+            s.close()
+            out.append(int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else 0)
+        return out == [200, 431], "60 kB of headers: %d, 70 kB: %d" % tuple(out)
+    tap.check("headers up to 64 KiB are read, beyond it 431", header_limit)
 
     def chunked_oversize():
         s = socket.create_connection(("127.0.0.1", sv.port), timeout=20)
@@ -560,19 +724,257 @@ def check_shutdown(tap):
     sv = st.Server(["-m", MODEL, "--parallel", "2", "--timeout", "20"], name="shutdown")
     result = {}
 
-    def long_request():
-        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 200, "ignore_eos": True, "temperature": 0})
+    def long_request():  # 4 x 400 tokens through 2 slots: some seconds of work
+        result["r"] = sv.complete({"prompt": PROMPTS[0], "max_tokens": 400, "n": 4, "ignore_eos": True,
+                                   "temperature": 0})
     t = threading.Thread(target=long_request)
+    # a keep-alive connection opened before the signal, to ask /health while draining
+    keep = sv.conn(10)
+    keep.request("GET", "/health")
+    r = keep.getresponse()
+    r.read()
+    health_before = r.status
     t.start()
     while sv.busy_slots() == 0 and t.is_alive():
         time.sleep(0.01)
     t0 = time.time()
+    sv.proc.send_signal(signal.SIGTERM)
+    t_end = time.time() + 5
+    while time.time() < t_end and "SIGTERM: finishing" not in sv.stderr():
+        time.sleep(0.01)
+    health_draining, draining_body = 0, b""
+    t_end = time.time() + 2
+    while time.time() < t_end and health_draining != 503:
+        try:
+            keep.request("GET", "/health")
+            r = keep.getresponse()
+            health_draining, draining_body = r.status, r.read()
+        except (OSError, http.client.HTTPException) as e:
+            health_draining, draining_body = 0, repr(e).encode()
+            break
+    keep.close()
+    try:
+        socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
+        refused = False
+    except OSError:
+        refused = True
     rc = sv.stop()
     t.join()
     code, body = result.get("r", (0, None))
-    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 200,
+    tap.ok(rc == 0 and code == 200 and body["usage"]["completion_tokens"] == 1600,
            "SIGTERM lets the running request finish, then exits with 0 (%.1f s)" % (time.time() - t0),
            "rc %s, %s" % (rc, body))
+    tap.ok(health_before == 200 and health_draining == 503 and b"shutting down" in draining_body and refused,
+           "while draining: /health 503 shutting down, new connections refused",
+           "%s %s %s %s" % (health_before, health_draining, draining_body, refused))
+
+
+def check_shutdown_timeout(tap):
+    """SIGINT with more work than --timeout allows: the server stops within
+    the timeout, answers what it has (the unfinished choices without a
+    finish_reason, the stream closed with [DONE]) and exits with 0."""
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--timeout", "1"], name="shutdown-timeout")
+    result = {}
+    # 8 + 8 sequences of CTX - 10 tokens through one slot: many seconds of work
+    body = {"prompt": PROMPTS[0], "max_tokens": CTX - 10, "ignore_eos": True, "temperature": 0, "n": 8}
+
+    def whole():
+        result["whole"] = sv.complete(body)
+
+    def streamed():
+        result["stream"] = sv.stream(body)
+    threads = [threading.Thread(target=whole), threading.Thread(target=streamed)]
+    for t in threads:
+        t.start()
+    t_end = time.time() + 30
+    while time.time() < t_end and sum(v for k, v in sv.metrics().items()
+                                      if k.startswith("pldr_device_generated_tokens_total")) < 10:
+        time.sleep(0.02)
+    t0 = time.time()
+    sv.proc.send_signal(signal.SIGINT)
+    rc = sv.stop()
+    dt = time.time() - t0
+    for t in threads:
+        t.join()
+    code, b = result.get("whole", (0, {}))
+    scode, chunks, done = result.get("stream", (0, [], False))
+    finish = [c["finish_reason"] for c in b.get("choices", [])] if code == 200 else []
+    sfinish = st.joined_text(chunks, 8)[1] if scode == 200 else []
+    tap.ok(rc == 0 and dt < 5 and code == 200 and len(finish) == 8 and None in finish and scode == 200 and done and
+           None in sfinish and "SIGINT" in sv.stderr(),
+           "SIGINT past --timeout 1: stopped in %.1f s, exit %s, unfinished choices answered without a "
+           "finish_reason (%s / %s)" % (dt, rc, finish, sfinish), sv.stderr()[-1500:])
+
+
+def check_all_devices(tap, want):
+    """--device all: a replica on every device `pldr devices` lists, each in
+    /metrics and /v1/models; --api-key given on the command line."""
+    rc, out, _ = pt.run_pldr(["devices"])
+    n_dev = len([ln for ln in out.splitlines()[1:] if ln.strip() and ln.split()[0].isdigit()])
+    sv = st.Server(["-m", MODEL, "--device", "all", "--parallel", "1", "--api-key", "k3y"], name="all")
+    try:
+        auth = {"Authorization": "Bearer k3y"}
+        code, _, data = sv.get("/v1/models", headers=auth)
+        code401, _, _ = sv.get("/v1/models")
+        reps = json.loads(data)["data"][0]["meta"]["replicas"] if code == 200 else -1
+        code2, body = sv.complete({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0}, headers=auth)
+        _, _, mdata = sv.get("/metrics", headers=auth)
+        slots = [ln for ln in mdata.decode().splitlines() if ln.startswith("pldr_slots{")]
+        tap.ok(rc == 0 and n_dev >= 1 and reps == n_dev and len(slots) == n_dev and code401 == 401 and code2 == 200 and
+               body["choices"][0]["text"] == want[PROMPTS[0]],
+               "--device all: %d replica(s) for %d device(s), in /metrics; --api-key: 401 without it, the greedy "
+               "text with it" % (reps, n_dev), "\n".join(slots))
+    finally:
+        sv.stop()
+
+
+def check_dtype_cache(tap):
+    """--dtype and --cache reach the replicas: greedy texts equal pldr
+    generate's with the same options."""
+    sv = st.Server(["-m", MODEL, "--parallel", "2", "--dtype", "f16", "--cache", "kv"], name="f16kv")
+    try:
+        bad = []
+        for p in PROMPTS[:2]:
+            rc, out, err = pt.run_pldr(["generate", "-p", p, "-n", 24, "-q", "--dtype", "f16", "--cache", "kv"])
+            w = out[len(p):-1] if rc == 0 else err
+            code, body = sv.complete({"prompt": p, "max_tokens": 24, "temperature": 0})
+            got = body["choices"][0]["text"] if code == 200 else body
+            if got != w:
+                bad.append("%r: server %r, generate %r" % (p, got, w))
+        tap.ok(not bad, "--dtype f16 --cache kv: greedy texts equal pldr generate's with those options",
+               "\n".join(bad))
+    finally:
+        sv.stop()
+
+
+def check_connection_limit(tap):
+    """--max-connections 4: at most 2 (half) from one client address; a
+    third is closed unanswered while two hang, and served once they go."""
+    sv = st.Server(["-m", MODEL, "--parallel", "1", "--max-connections", "4"], name="conns")
+    try:
+        hang = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            hang.append(s)
+        time.sleep(0.2)
+        s = socket.create_connection(("127.0.0.1", sv.port), timeout=10)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            third = s.recv(100)
+        except OSError:
+            third = b""
+        s.close()
+        for s in hang:
+            s.close()
+        time.sleep(0.3)
+        code, _, _ = sv.get("/health", timeout=10)
+        tap.ok(third == b"" and code == 200, "--max-connections 4: a third connection from one address is closed "
+               "while two hang (%r); /health %d once they go" % (third[:20], code))
+    finally:
+        sv.stop()
+
+
+def check_gcache(tap):
+    """--g-cache first: the first prompt's G-cache serves every later prompt,
+    on every replica, as `pldr generate --g-cache` with the G-cache that
+    `pldr gcache export` writes for that prompt; --g-cache FILE the same with
+    a file. The later prompts are ones whose greedy text changes under the
+    first prompt's G-cache, so a server that ignored it would fail."""
+    gfile = os.path.join(pt.TESTTMP, "server-first.g.safetensors")
+    rc, _, err = pt.run_pldr(["gcache", "export", "-p", PROMPTS[0], "-o", gfile])
+    if rc != 0:
+        tap.ok(False, "pldr gcache export for the G-cache tests", err)
+        return
+    later = [PROMPTS[5], PROMPTS[2]]
+    n = 40
+    own = {p: st.generate_text(p, n) for p in [PROMPTS[0]] + later}
+    shared = {}
+    for p in later:
+        r, out, err = pt.run_pldr(["generate", "-p", p, "-n", n, "-q", "--g-cache", gfile])
+        shared[p] = out[len(p):-1] if r == 0 else err
+    tap.ok(all(shared[p] != own[p] for p in later), "the later prompts' greedy texts change under the first's G-cache",
+           json.dumps([own, shared]))
+
+    # two replicas of two slots: after the first request, four concurrent ones
+    # are spread over both replicas (the ones with the most free slots)
+    sv = st.Server(["-m", MODEL, "--device", "0,0", "--parallel", "2", "--g-cache", "first"], name="gfirst")
+    try:
+        code, body = sv.complete({"prompt": PROMPTS[0], "max_tokens": n, "temperature": 0})
+        first = body["choices"][0]["text"] if code == 200 else body
+        out = [None] * 4
+
+        def client(i):
+            c, b = sv.complete({"prompt": later[i % 2], "max_tokens": n, "temperature": 0})
+            out[i] = b["choices"][0]["text"] if c == 200 else b
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seqs = [v for k, v in sorted(sv.metrics().items()) if k.startswith("pldr_device_sequences_total{")]
+        bad = ["%r: %r != %r" % (later[i % 2], out[i], shared[later[i % 2]]) for i in range(4)
+               if out[i] != shared[later[i % 2]]]
+        tap.ok(first == own[PROMPTS[0]], "--g-cache first: the first request's text is its own (pldr generate)",
+               "%r != %r" % (first, own[PROMPTS[0]]))
+        tap.ok(not bad and len(seqs) == 2 and min(seqs) > 0,
+               "--g-cache first: later requests on both replicas equal pldr generate --g-cache with the first "
+               "prompt's exported G-cache (sequences per replica %s)" % seqs, "\n".join(bad))
+    finally:
+        tap.ok(sv.stop() == 0, "the --g-cache first server exits with 0 on SIGTERM")
+
+    sv = st.Server(["-m", MODEL, "--parallel", "2", "--g-cache", gfile], name="gfile")
+    try:
+        got = [sv.complete({"prompt": p, "max_tokens": n, "temperature": 0})[1] for p in [PROMPTS[0]] + later]
+        texts = [b["choices"][0]["text"] if isinstance(b, dict) and "choices" in b else b for b in got]
+        want = [own[PROMPTS[0]]] + [shared[p] for p in later]
+        tap.ok(texts == want, "--g-cache FILE: every request equals pldr generate --g-cache FILE",
+               json.dumps([texts, want]))
+    finally:
+        sv.stop()
+
+
+def check_command_line(tap):
+    """Bad command lines: a one-line message naming the option, the
+    documented exit code, nothing on stdout, no server left running."""
+    keyfile = os.path.join(pt.TESTTMP, "server-empty-key")
+    with open(keyfile, "w") as f:
+        f.write("\n  \n")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = [
+        (["--port", "70000"], 2, "--port"),
+        (["--port"], 2, "--port"),
+        (["--parallel", "0"], 2, "--parallel"),
+        (["--prefill-batch", "0"], 2, "--prefill-batch"),
+        (["--cache", "none"], 2, "--cache"),
+        (["--dtype", "q9"], 2, "--dtype"),
+        (["--timeout", "0"], 2, "--timeout"),
+        (["--max-body", "10"], 2, "--max-body"),
+        (["--max-queue", "-1"], 2, "--max-queue"),
+        (["--api-key", "k", "--api-key-file", keyfile], 2, "--api-key-file"),
+        (["--api-key="], 2, "--api-key"),
+        (["--g-cache", "first", "--g-cache", keyfile], 2, "--g-cache"),
+        (["--frob"], 2, "--frob"),
+        (["extra"], 2, "extra"),
+        (["--api-key-file", keyfile], 3, keyfile),
+        (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
+        (["-m", os.path.join(pt.TESTTMP, "no-such-model")], 3, "no-such-model"),
+        (["--g-cache", os.path.join(pt.TESTTMP, "no-such-gcache"), "--port", "0"], 3, "no-such-gcache"),
+        (["--device", "nosuchdevice", "--port", "0"], 4, "nosuchdevice"),
+        (["--port", str(busy.getsockname()[1])], 1, "Address already in use"),
+    ]
+    try:
+        for args, want, needle in cases:
+            def one(args=args, want=want, needle=needle):
+                rc, out, err = pt.run_pldr(["serve"] + args, timeout=120)
+                lines = [ln for ln in err.splitlines() if ln.startswith("pldr")]
+                last = lines[-1] if lines else ""
+                return rc == want and out == "" and needle in last, "exit %d: %s" % (rc, last), err
+            tap.check("pldr serve %s: exit %d with a message" % (" ".join(args), want), one)
+    finally:
+        busy.close()
 
 
 def main():
@@ -588,6 +990,8 @@ def main():
         want = check_greedy(tap, sv)
         check_concurrent(tap, sv)
         check_choices(tap, sv, want)
+        check_prefill_batch(tap, sv, want)
+        check_shape(tap, sv)
         check_sampling(tap, sv, want)
         check_disconnect(tap, sv)
         check_errors(tap, sv)
@@ -615,6 +1019,12 @@ def main():
     check_loading(tap)
     check_replicas(tap, want)
     check_shutdown(tap)
+    check_shutdown_timeout(tap)
+    check_gcache(tap)
+    check_connection_limit(tap)
+    check_all_devices(tap, want)
+    check_dtype_cache(tap)
+    check_command_line(tap)
     return tap.done()
 
 

@@ -13,6 +13,7 @@
 
 static const char help[] =
     "usage: pldr serve [-m DIR] [--host ADDR] [--port N] [--parallel P] [--ctx N]\n"
+    "                  [--prefill-batch N]\n"
     "                  [--device SPEC[,SPEC...]|all] [--dtype T] [--cache kv|kvg]\n"
     "                  [--g-cache FILE] [--api-key KEY | --api-key-file FILE]\n"
     "                  [--max-queue Q] [--timeout S] [--max-body BYTES]\n"
@@ -34,6 +35,10 @@ static const char help[] =
     "      --port N        TCP port (default 8080; 0 picks a free one, printed when ready)\n"
     "  -P, --parallel P    slots per replica: sequences decoded together (default 4)\n"
     "      --ctx N         context of each slot in tokens (default: max_position_embeddings)\n"
+    "      --prefill-batch N  prompt tokens a replica prefills per step, beside one token\n"
+    "                      of each running sequence (default 256; a longer prompt goes\n"
+    "                      alone): new prompts wait first come, first served, so that a\n"
+    "                      burst of them holds the running sequences back for a bounded time\n"
     "      --device SPECS  one replica per device: a comma-separated list of specs\n"
     "                      (index, platform:device or name substring), or 'all' for every\n"
     "                      device (default: the default device); a device named twice\n"
@@ -125,7 +130,7 @@ static char *read_key_file(const char *path)
 int cmd_serve(int argc, char **argv)
 {
     enum { O_HOST = 256, O_PORT, O_CTX, O_DEVICE, O_DTYPE, O_CACHE, O_GCACHE, O_KEY, O_KEYFILE, O_QUEUE,
-           O_TIMEOUT, O_BODY, O_CONN };
+           O_TIMEOUT, O_BODY, O_CONN, O_PREFILL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},         {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT},       {"parallel", required_argument, 0, 'P'},
@@ -135,6 +140,7 @@ int cmd_serve(int argc, char **argv)
         {"api-key-file", required_argument, 0, O_KEYFILE}, {"max-queue", required_argument, 0, O_QUEUE},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"max-body", required_argument, 0, O_BODY},
         {"max-connections", required_argument, 0, O_CONN}, {"help", no_argument, 0, 'h'},
+        {"prefill-batch", required_argument, 0, O_PREFILL},
         {0, 0, 0, 0},
     };
     server_options o;
@@ -142,6 +148,7 @@ int cmd_serve(int argc, char **argv)
     o.host = "127.0.0.1";
     o.port = 8080;
     o.parallel = 4;
+    o.prefill_batch = 256;
     o.dtype = PLDR_DTYPE_F32;
     o.cache = PLDR_CACHE_KVG;
     o.max_queue = 64;
@@ -161,6 +168,8 @@ int cmd_serve(int argc, char **argv)
         case O_HOST: o.host = optarg; break;
         case O_DEVICE: device = optarg; break;
         case O_GCACHE:
+            if (o.gcache || o.gcache_first)
+                return cli_usage_error("serve", "--g-cache given twice: one file, or 'first'");
             if (strcmp(optarg, "first") == 0)
                 o.gcache_first = 1;
             else
@@ -182,6 +191,12 @@ int cmd_serve(int argc, char **argv)
             if (cli_parse_int(optarg, 1, 1L << 24, &v))
                 return cli_usage_error("serve", "--ctx must be a positive integer, not '%s'", optarg);
             o.n_ctx = (int)v;
+            break;
+        case O_PREFILL:
+            if (cli_parse_int(optarg, 1, 1L << 24, &v))
+                return cli_usage_error("serve", "--prefill-batch must be a positive number of tokens, not '%s'",
+                                       optarg);
+            o.prefill_batch = (int)v;
             break;
         case O_QUEUE:
             if (cli_parse_int(optarg, 0, 1L << 20, &v))

@@ -1,7 +1,7 @@
 /* pldr tune: per-device tuning of CLBlast's GEMM for the prefill shapes of a
- * model (src/tune.c) and of the engine's decode work-group shapes
- * (src/tune_decode.c), stored in the cache directory and applied whenever a
- * model is loaded on that device. */
+ * model and of the engine's decode work-group shapes (pldr.h, "Tuning"),
+ * stored in the cache directory and applied whenever a model is loaded on
+ * that device. */
 #include "config.h"
 
 #include <errno.h>
@@ -12,7 +12,6 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "tune/tune.h"
 
 static const char help[] =
     "usage: pldr tune [-m DIR] [--device SPEC] [--stage gemm|decode|all] [--budget SECONDS]\n"

@@ -564,6 +564,8 @@ static pldr_status load_weights(loader *ld)
     return load_head(ld);
 }
 
+static cl_int kernel_wg_limit(const pldr_model *m, cl_kernel k, const char *name, size_t *kwg);
+
 /* The constants of each decode product that has a LayerNorm folded in
  * (kernels/gemv.cl, ln_fold_consts), from the weights as stored. */
 static pldr_status fold_one(pldr_model *m, cl_kernel k, const pldr_weight *w, cl_mem bias, size_t rows, cl_mem ln_w,
@@ -581,8 +583,7 @@ static pldr_status fold_one(pldr_model *m, cl_kernel k, const pldr_weight *w, cl
     err |= clSetKernelArg(k, 6, sizeof ln_b, &ln_b);
     err |= clSetKernelArg(k, 7, sizeof *sc, sc);
     size_t local = 64, kwg = 0;
-    if (clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) == CL_SUCCESS &&
-        kwg > 0 && kwg < local)
+    if (kernel_wg_limit(m, k, "ln_fold_consts", &kwg) == CL_SUCCESS && kwg > 0 && kwg < local)
         local = kwg;
     const size_t global = (rows + local - 1) / local * local;
     if (err == CL_SUCCESS)
@@ -700,6 +701,61 @@ static size_t device_wg_limit(const pldr_ocl *ocl)
     return lim;
 }
 
+/* The value of item KEY in m->kernel_limits (see pldr_model.kernel_limits),
+ * or 0 where it has none; an item that is not KEY=N with N >= 1 is ignored
+ * (fit_kernels warns of it). */
+static uint64_t limit_item(const pldr_model *m, const char *key)
+{
+    const size_t klen = strlen(key);
+    for (const char *p = m->kernel_limits; *p;) {
+        const size_t len = strcspn(p, ",");
+        if (len > klen && strncmp(p, key, klen) == 0 && p[klen] == '=') {
+            char *end;
+            errno = 0;
+            const unsigned long long v = strtoull(p + klen + 1, &end, 10);
+            if (end == p + len && end != p + klen + 1 && !errno && v >= 1)
+                return (uint64_t)v;
+        }
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
+/* The device's local memory, or less under PLDR_KERNEL_LIMITS' "local". */
+static uint64_t local_mem_limit(const pldr_model *m)
+{
+    const uint64_t cap = limit_item(m, "local"), dev = m->ocl.info.local_mem_bytes;
+    return cap && cap < dev ? cap : dev;
+}
+
+/* Kernel k's CL_KERNEL_WORK_GROUP_SIZE, or less under PLDR_KERNEL_LIMITS
+ * ("NAME=N", "*=N"). */
+static cl_int kernel_wg_limit(const pldr_model *m, cl_kernel k, const char *name, size_t *kwg)
+{
+    const cl_int err = clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof *kwg, kwg, NULL);
+    uint64_t cap = limit_item(m, name);
+    if (!cap)
+        cap = limit_item(m, "*");
+    if (err == CL_SUCCESS && cap && (*kwg == 0 || *kwg > cap))
+        *kwg = (size_t)cap;
+    return err;
+}
+
+/* Warns of each PLDR_KERNEL_LIMITS item that is not NAME=N with N >= 1. */
+static void check_limit_items(const pldr_model *m)
+{
+    for (const char *p = m->kernel_limits; *p;) {
+        const size_t len = strcspn(p, ",");
+        const char *eq = memchr(p, '=', len);
+        char *end = NULL;
+        errno = 0;
+        const unsigned long long v = eq && eq > p ? strtoull(eq + 1, &end, 10) : 0;
+        if (len && (!eq || eq == p || end == eq + 1 || end != p + len || errno || v < 1))
+            pldr_log(PLDR_LOG_WARN, "ignoring PLDR_KERNEL_LIMITS item '%.*s' (not NAME=N with N >= 1)", (int)len, p);
+        p += len + (p[len] == ',');
+    }
+}
+
 static void settle_shapes(pldr_model *m);
 
 static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
@@ -750,6 +806,12 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
         if (env)
             apply_wg_items(m, env, "PLDR_WG", lim);
     }
+    const char *limits = getenv("PLDR_KERNEL_LIMITS");
+    if (limits && strlen(limits) >= sizeof m->kernel_limits)
+        pldr_log(PLDR_LOG_WARN, "ignoring PLDR_KERNEL_LIMITS (longer than %zu characters)",
+                 sizeof m->kernel_limits - 1);
+    else if (limits)
+        snprintf(m->kernel_limits, sizeof m->kernel_limits, "%s", limits);
     settle_shapes(m);
 }
 
@@ -757,7 +819,6 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
  * again after fit_kernels lowers one). */
 static void settle_shapes(pldr_model *m)
 {
-    const pldr_device_info *d = &m->ocl.info;
     while (m->gemv_rows > 1 && m->gemv_rows > m->gemv_wg)
         m->gemv_rows /= 2;
     /* the products without a LayerNorm (attention output, FFN output) on
@@ -782,7 +843,7 @@ static void settle_shapes(pldr_model *m)
         m->ml_s = m->ml_wg / dk;
     m->ml_ks = m->ml_ks < 1 ? 1 : m->ml_ks > dk ? dk : m->ml_ks;
     m->ml_s = m->ml_s < 1 ? 1 : m->ml_s > fa ? fa : m->ml_s;
-    while (m->ml_rows > 1 && learner_local_bytes(m) + 4096 > d->local_mem_bytes)
+    while (m->ml_rows > 1 && learner_local_bytes(m) + 4096 > local_mem_limit(m))
         m->ml_rows /= 2;
     m->ml_rg = m->ml_rg < 1 ? 1 : m->ml_rg > m->ml_rows ? m->ml_rows : m->ml_rg;
 }
@@ -830,18 +891,24 @@ static PLDR_PRINTF(2, 3) void kernel_note(pldr_model *m, const char *fmt, ...)
  * limits once built: CL_KERNEL_WORK_GROUP_SIZE (which may be below the
  * device's maximum, e.g. for a kernel that needs many registers) and
  * CL_KERNEL_LOCAL_MEM_SIZE plus the local memory the engine passes as
- * arguments, against CL_DEVICE_LOCAL_MEM_SIZE. A shape that does not fit is
- * lowered (halved; to the kernel's limit for the work-group size) and the
- * program rebuilt, since the shapes are baked in as reqd_work_group_size;
- * each change is noted (pldr_model_kernel_notes). */
+ * arguments, against CL_DEVICE_LOCAL_MEM_SIZE; the batched decode's kernels
+ * (kernels/batch.cl) as the single-sequence ones. A shape that does not fit
+ * is lowered (to the kernel's limit for the work-group size; halved for local
+ * memory) and the program rebuilt, since the shapes are baked in as
+ * reqd_work_group_size; each change is noted (pldr_model_kernel_notes).
+ * Kernels share shapes (GEMV_WG: gemv and batch_gemv), so a round checks
+ * every kernel, lowers what does not fit and rebuilds once, until all fit.
+ * PLDR_KERNEL_LIMITS lowers the limits, to test this on any device. */
 static pldr_status fit_kernels(pldr_model *m, const pldr_model_params *params)
 {
-    const size_t dev_local = (size_t)m->ocl.info.local_mem_bytes;
+    const size_t dev_local = (size_t)local_mem_limit(m);
     const size_t d_pitch = (size_t)m->d_pitch, pitch = (size_t)(m->d_pitch > m->f_pitch ? m->d_pitch : m->f_pitch);
+    check_limit_items(m);
     for (int round = 0;; round++) {
         const int lanes = m->gemv_rows < m->gemv_wg;
         /* name, its work-group size (a shape), the shape that lowers its local memory, local memory passed as
-         * arguments (kernels/gemv.cl: x in gemv, and in gemv_ln and gemv_embed on the one-lane form) */
+         * arguments (kernels/gemv.cl: x in gemv, and in gemv_ln and gemv_embed on the one-lane form), whether
+         * the engine launches it (batch_gemv: not where the engine's GEMM does the batched products) */
         struct {
             const char *name;
             int *wg, *mem;
@@ -860,9 +927,14 @@ static pldr_status fit_kernels(pldr_model *m, const pldr_model_params *params)
             {"gemv_embed", &m->gemv_wg, &m->gemv_wg, lanes ? 4 : d_pitch * 4, 1},
             {"gemv_wide", &m->gemv_wg, &m->gemv_wg, 0, 1},
             {"argmax_parts", &m->gemv_wg, &m->gemv_wg, 0, 1},
+            {"batch_gemv", &m->gemv_wg, &m->gemv_wg, 0, !m->own_gemm},
+            {"batch_attention", &m->att_wg, &m->att_wg, 0, 1},
+            {"batch_argmax", &m->row_wg, &m->row_wg, 0, 1},
         };
-        int changed = 0;
-        for (size_t i = 0; i < sizeof ks / sizeof ks[0] && !changed; i++) {
+        enum { NK = sizeof ks / sizeof ks[0] };
+        int *halved[NK]; /* the shapes lowered this round (halved for local memory at most once) */
+        int n_halved = 0, changed = 0;
+        for (size_t i = 0; i < NK; i++) {
             if (!ks[i].used)
                 continue;
             cl_int err;
@@ -874,7 +946,7 @@ static pldr_status fit_kernels(pldr_model *m, const pldr_model_params *params)
             }
             size_t kwg = 0;
             cl_ulong klocal = 0;
-            err = clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL);
+            err = kernel_wg_limit(m, k, ks[i].name, &kwg);
             if (err == CL_SUCCESS)
                 err = clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof klocal, &klocal,
                                                NULL);
@@ -882,13 +954,17 @@ static pldr_status fit_kernels(pldr_model *m, const pldr_model_params *params)
             if (err != CL_SUCCESS)
                 return pldr_cl_fail(&m->ocl, err, "querying a kernel's work-group limits");
             const uint64_t need = (uint64_t)klocal + ks[i].arg_local;
+            int done = 0;
+            for (int j = 0; j < n_halved; j++)
+                done |= halved[j] == ks[i].mem;
             if (kwg > 0 && (size_t)*ks[i].wg > kwg) {
                 const int was = *ks[i].wg;
                 *ks[i].wg = pow2_at_most(kwg, was);
                 kernel_note(m, "%s: work-group of %d, more than its CL_KERNEL_WORK_GROUP_SIZE %zu; rebuilt with %d",
                             ks[i].name, was, kwg, *ks[i].wg);
+                halved[n_halved++] = ks[i].wg; /* its local memory is checked again once rebuilt */
                 changed = 1;
-            } else if (need > dev_local) {
+            } else if (need > dev_local && !done) {
                 if (*ks[i].mem <= 1)
                     return pldr_fail(PLDR_ERR_KERNEL_BUILD,
                                      "kernel %s needs %llu bytes of local memory even at its smallest work-group "
@@ -896,6 +972,7 @@ static pldr_status fit_kernels(pldr_model *m, const pldr_model_params *params)
                                      ks[i].name, (unsigned long long)need, dev_local, m->ocl.info.name);
                 const int was = *ks[i].mem;
                 *ks[i].mem = was / 2;
+                halved[n_halved++] = ks[i].mem;
                 kernel_note(m, "%s: %llu bytes of local memory, more than the device's %zu; rebuilt with %s %d "
                                "instead of %d",
                             ks[i].name, (unsigned long long)need, dev_local,
@@ -1247,8 +1324,8 @@ static pldr_status probe_size(pldr_model *m, size_t bytes, double *best)
     /* each kernel's own limit as well as the device's */
     for (int i = 0; i < 2; i++) {
         cl_kernel k = i ? read : copy;
-        if (k && clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL) ==
-                     CL_SUCCESS && kwg > 0 && kwg < local)
+        if (k && kernel_wg_limit(m, k, i ? "read_float4" : "copy_float4", &kwg) == CL_SUCCESS && kwg > 0 &&
+            kwg < local)
             local = kwg;
     }
     if (local > m->ocl.info.max_work_group_size)

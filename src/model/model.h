@@ -85,6 +85,11 @@ struct pldr_model {
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */
     char kernel_options[1024]; /* the kernels' build options (pldr_model_kernel_options) */
     char kernel_notes[1024];   /* shapes lowered to fit a kernel's limits (pldr_model_kernel_notes) */
+    /* PLDR_KERNEL_LIMITS, for testing the lowering on any device: limits
+     * below the device's, "NAME=N" (kernel NAME's CL_KERNEL_WORK_GROUP_SIZE
+     * taken as at most N; NAME "*" for every kernel) and "local=BYTES" (the
+     * device's local memory), comma-separated */
+    char kernel_limits[256];
 };
 
 /* Work per work-group of the one-work-item CPU kernels, passed to them as

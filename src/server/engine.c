@@ -137,6 +137,7 @@ typedef struct slot {
     int n_prompt;
     int32_t last; /* the last picked token, fed at the next step */
     int n_gen, max_tokens, prefilled;
+    uint64_t ticket; /* admission order: prompts are prefilled first come, first served */
 } slot;
 
 typedef struct replica {
@@ -153,11 +154,16 @@ typedef struct replica {
     pthread_cond_t cv; /* work arrived or stop */
     pldr_context *ctx; /* one sequence per slot */
     pldr_batch_entry *entries;
-    int *rows, *n_fed;
+    int *rows, *n_fed, *waiting;
     int32_t *ids;
     float *logits; /* [slots, vocab] */
-    uint64_t prompt_tokens, generated_tokens, sequences;
+    int g_shared;  /* --g-cache first: its sequences hold the engine's first G-cache */
+    uint64_t prompt_tokens, generated_tokens, sequences, steps, tickets;
 } replica;
+
+/* --g-cache first over several replicas: the first prompt prefilled on any
+ * replica gives the G-cache of every later prompt on every replica. */
+enum { FIRST_NONE, FIRST_CLAIMED, FIRST_READY };
 
 struct engine {
     pthread_mutex_t mu; /* queues, slot counts, figures, stop */
@@ -172,6 +178,8 @@ struct engine {
     pldr_tokenizer_config tc;
     pldr_config cfg;
     uint64_t n_params;
+    int first_state, first_owner; /* FIRST_*, and the replica that prefills the first prompt */
+    pldr_gcache first_g;          /* FIRST_READY: that prompt's G-cache */
 };
 
 const pldr_tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
@@ -202,6 +210,7 @@ void engine_replica_stats(engine *e, int i, replica_stats *s)
     s->prompt_tokens = r->prompt_tokens;
     s->generated_tokens = r->generated_tokens;
     s->sequences = r->sequences;
+    s->steps = r->steps;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -323,8 +332,9 @@ static int replica_load(engine *e, replica *r, const char *device)
     r->entries = calloc((size_t)r->n_slots, sizeof *r->entries);
     r->rows = calloc((size_t)r->n_slots, sizeof *r->rows);
     r->n_fed = calloc((size_t)r->n_slots, sizeof *r->n_fed);
+    r->waiting = calloc((size_t)r->n_slots, sizeof *r->waiting);
     r->ids = calloc((size_t)r->n_slots, sizeof *r->ids);
-    if (!r->slots || !r->logits || !r->entries || !r->rows || !r->n_fed || !r->ids)
+    if (!r->slots || !r->logits || !r->entries || !r->rows || !r->n_fed || !r->waiting || !r->ids)
         return report(PLDR_ERR_HOST_MEMORY);
     for (int i = 0; i < r->n_slots; i++)
         r->slots[i].seq = i;
@@ -582,13 +592,73 @@ static void slot_end(replica *r, slot *sl, seq_finish why, const char *error)
     pthread_mutex_unlock(&r->e->mu);
 }
 
-/* One round: every busy slot is fed (its prompt, or its last token) in one
- * batch (new prompts prefilled, the decoding sequences through the layers
- * together) and picks its next token. */
-static void replica_round(replica *r, int stopping)
+/* --g-cache first over several replicas: whether slot sl of r may be
+ * prefilled now. The first prompt of the engine is prefilled by the replica
+ * that claims it (whose context, in PLDR_SHARED_G_FIRST, shares it with its
+ * own sequences); the other replicas wait for that G-cache and install it
+ * in every sequence of theirs before their first prefill. Returns 1 to go
+ * on (*claimed set when this prefill is the first), 0 to wait. */
+static int first_g_gate(replica *r, int *claimed)
 {
-    const int V = r->e->n_vocab;
-    int n = 0, any_logits = 0;
+    engine *e = r->e;
+    if (!e->o->gcache_first || e->n_reps < 2 || r->g_shared)
+        return 1;
+    pthread_mutex_lock(&e->mu);
+    int go = 1, install = 0;
+    if (e->first_state == FIRST_NONE) {
+        e->first_state = FIRST_CLAIMED;
+        e->first_owner = r->index;
+        *claimed = 1;
+    } else if (e->first_state == FIRST_CLAIMED) {
+        go = e->first_owner == r->index;
+    } else {
+        install = 1;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (install) {
+        /* FIRST_READY: first_g no longer changes */
+        for (int s = 0; s < r->n_slots; s++) {
+            pldr_status st =
+                pldr_seq_set_external_g(r->ctx, s, e->first_g.a, e->first_g.a_lm, e->first_g.g_lm);
+            if (st != PLDR_OK)
+                return 1; /* the prefill then fails and reports it */
+        }
+        r->g_shared = 1;
+    }
+    return go;
+}
+
+/* After the round that prefilled the first prompt: hands its G-cache to
+ * the other replicas (or, when that prefill failed, lets another try). */
+static void first_g_publish(replica *r, int ok)
+{
+    engine *e = r->e;
+    pldr_gcache g;
+    if (ok && pldr_gcache_from_context(r->ctx, r->model, &g) != PLDR_OK)
+        ok = 0;
+    pthread_mutex_lock(&e->mu);
+    if (ok) {
+        e->first_g = g;
+        e->first_state = FIRST_READY;
+        r->g_shared = 1;
+    } else {
+        e->first_state = FIRST_NONE;
+    }
+    for (int i = 0; i < e->n_reps; i++)
+        pthread_cond_broadcast(&e->reps[i].cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* One round: every busy slot is fed in one batch and picks its next token.
+ * The decoding slots feed their last token, through the layers together;
+ * the slots whose prompt waits are prefilled first come, first served, as
+ * many as fit in --prefill-batch prompt tokens (one at least), so that a
+ * burst of new prompts holds the running sequences back for a bounded time.
+ * Returns the slots fed. */
+static int replica_round(replica *r, int stopping)
+{
+    const int V = r->e->n_vocab, budget = r->e->o->prefill_batch;
+    int n = 0, n_wait = 0, any_logits = 0, claimed = 0;
     for (int i = 0; i < r->n_slots; i++) {
         slot *sl = &r->slots[i];
         if (!sl->j)
@@ -600,15 +670,49 @@ static void replica_round(replica *r, int stopping)
             slot_end(r, sl, why, NULL);
             continue;
         }
+        if (!sl->prefilled) {
+            r->waiting[n_wait++] = i;
+            continue;
+        }
         r->entries[n].seq = sl->seq;
         r->n_fed[n] = r->entries[n].n;
         r->rows[n++] = i;
         any_logits |= sl->needs_logits;
     }
-    if (n == 0)
-        return;
+    /* the waiting prompts in admission order (a few slots: insertion sort) */
+    for (int a = 1; a < n_wait; a++)
+        for (int b = a; b > 0 && r->slots[r->waiting[b]].ticket < r->slots[r->waiting[b - 1]].ticket; b--) {
+            int t = r->waiting[b];
+            r->waiting[b] = r->waiting[b - 1];
+            r->waiting[b - 1] = t;
+        }
+    int used = 0;
+    for (int w = 0; w < n_wait; w++) {
+        slot *sl = &r->slots[r->waiting[w]];
+        if (used > 0 && used + sl->n_prompt > budget)
+            break;
+        if (!first_g_gate(r, &claimed))
+            break;
+        used += sl->n_prompt;
+        r->entries[n].seq = sl->seq;
+        r->entries[n].ids = sl->prompt;
+        r->entries[n].n = sl->n_prompt;
+        r->n_fed[n] = sl->n_prompt;
+        r->rows[n++] = r->waiting[w];
+        any_logits |= sl->needs_logits;
+    }
+    if (n == 0) {
+        if (claimed)
+            first_g_publish(r, 0);
+        return 0;
+    }
     pldr_status st = pldr_eval_batch(r->ctx, r->entries, n, any_logits ? r->logits : NULL, r->ids);
+    pthread_mutex_lock(&r->e->mu);
+    r->steps++;
+    pthread_mutex_unlock(&r->e->mu);
     const char *failure = st == PLDR_OK ? NULL : pldr_last_error();
+    if (claimed)
+        first_g_publish(r, st == PLDR_OK);
     for (int k = 0; k < n; k++) {
         slot *sl = &r->slots[r->rows[k]];
         seq_finish why;
@@ -620,6 +724,7 @@ static void replica_round(replica *r, int stopping)
             slot_end(r, sl, why, err);
         }
     }
+    return n;
 }
 
 static void *worker(void *arg)
@@ -651,6 +756,7 @@ static void *worker(void *arg)
             }
             r->n_active++;
             r->sequences++;
+            sl->ticket = ++r->tickets;
             pthread_mutex_unlock(&e->mu);
             if (slot_begin(r, sl, j, s) != 0) {
                 pthread_mutex_lock(&e->mu);
@@ -667,8 +773,20 @@ static void *worker(void *arg)
         }
         const int stopping = e->stop;
         pthread_mutex_unlock(&e->mu);
-        replica_round(r, stopping);
+        const int fed = replica_round(r, stopping);
         pthread_mutex_lock(&e->mu);
+        if (fed == 0 && r->n_active > 0 && !e->stop && e->first_state == FIRST_CLAIMED) {
+            /* its new prompts wait for the first prompt's G-cache (a
+             * bounded wait: a cancelled one ends at the next round) */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&r->cv, &e->mu, &ts);
+        }
     }
     pthread_mutex_unlock(&e->mu);
     return NULL;
@@ -790,6 +908,7 @@ void engine_free(engine *e)
         free(r->entries);
         free(r->rows);
         free(r->n_fed);
+        free(r->waiting);
         free(r->ids);
         free(r->slots);
         free(r->logits);
@@ -798,6 +917,8 @@ void engine_free(engine *e)
             pthread_cond_destroy(&r->cv);
     }
     free(e->reps);
+    if (e->first_state == FIRST_READY)
+        pldr_gcache_free(&e->first_g);
     pldr_tokenizer_free(e->tok);
     free(e->chat_template);
     pthread_mutex_destroy(&e->mu);

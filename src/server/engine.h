@@ -57,7 +57,7 @@ typedef struct engine engine;
 typedef struct replica_stats {
     char device[160];
     int slots, busy, queued;
-    uint64_t prompt_tokens, generated_tokens, sequences;
+    uint64_t prompt_tokens, generated_tokens, sequences, steps;
 } replica_stats;
 
 /* Loads the tokenizer and one model per device (blocking); prints progress

@@ -251,6 +251,8 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c, request *rq)
         {"pldr_device_prompt_tokens_total", "counter", "Prompt tokens processed on each device."},
         {"pldr_device_generated_tokens_total", "counter", "Tokens generated on each device."},
         {"pldr_device_sequences_total", "counter", "Sequences started on each device."},
+        {"pldr_device_steps_total", "counter",
+         "Batched steps on each device (the busy slots advanced together: a token each, or a prompt's prefill)."},
     };
     for (size_t k = 0; st && k < sizeof per / sizeof per[0]; k++) {
         fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", per[k].name, per[k].help, per[k].name, per[k].type);
@@ -261,7 +263,8 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c, request *rq)
                                    : k == 1 ? (unsigned long long)st[i].busy
                                    : k == 2 ? st[i].prompt_tokens
                                    : k == 3 ? st[i].generated_tokens
-                                            : st[i].sequences;
+                                   : k == 4 ? st[i].sequences
+                                            : st[i].steps;
             fprintf(f, "%s{replica=\"%d\",device=\"%s\"} %llu\n", per[k].name, i, dev, v);
         }
     }

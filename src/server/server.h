@@ -21,6 +21,7 @@ typedef struct server_options {
     const char *host;
     int port; /* 0: any free port (printed in the ready line) */
     int parallel; /* slots (sequences decoded together) per replica */
+    int prefill_batch; /* prompt tokens prefilled per step (one prompt at least) */
     int n_ctx;    /* 0: the model's max_position_embeddings */
     const char *const *devices; /* one replica per spec; NULL: the default device */
     int n_devices;
