@@ -137,6 +137,18 @@ def check_choices(tap, sv, want):
         return ok, "%d ids" % len(ids), json.dumps(body)
     tap.check("/tokenize, /detokenize, and a prompt of token ids", token_prompt)
 
+    def with_pieces():
+        text = "The list type \u00e9"
+        ids = json.loads(sv.post("/tokenize", {"content": text})[2])["tokens"]
+        code, _, data = sv.post("/tokenize", {"content": text, "with_pieces": True})
+        got = json.loads(data)["tokens"]
+        det = [json.loads(sv.post("/detokenize", {"tokens": [t["id"]]})[2])["content"] for t in got[:3]]
+        ok = (code == 200 and [t["id"] for t in got] == ids and all(isinstance(t["piece"], str) for t in got) and
+              "".join(t["piece"] for t in got[:3]).strip() == "The list type" and
+              [t["piece"].strip() for t in got[:3]] == [d.strip() for d in det])
+        return ok, "", data.decode()
+    tap.check("/tokenize with_pieces: the same ids, each with its piece", with_pieces)
+
     def sampled_seed():
         a = sv.complete({"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
                          "seed": 3})[1]
@@ -943,11 +955,13 @@ def check_command_line(tap):
         (["--max-queue", "-1"], 2, "--max-queue"),
         (["--api-key", "k", "--api-key-file", keyfile], 2, "--api-key-file"),
         (["--api-key="], 2, "--api-key"),
+        (["--g-cache", "first", "--g-cache", keyfile], 2, "--g-cache"),
         (["--frob"], 2, "--frob"),
         (["extra"], 2, "extra"),
         (["--api-key-file", keyfile], 3, keyfile),
         (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
         (["-m", os.path.join(pt.TESTTMP, "no-such-model")], 3, "no-such-model"),
+        (["--g-cache", os.path.join(pt.TESTTMP, "no-such-gcache"), "--port", "0"], 3, "no-such-gcache"),
         (["--device", "nosuchdevice", "--port", "0"], 4, "nosuchdevice"),
         (["--port", str(busy.getsockname()[1])], 1, "Address already in use"),
     ]

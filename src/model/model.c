@@ -231,7 +231,7 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
     const int q4 = w->type == PLDR_DTYPE_Q4_0, q = dtype_quantized(w->type);
     const size_t row_bytes = w->type == PLDR_DTYPE_BF16 ? 2 * pitch : q4 ? pitch / 2 : pitch;
     const size_t nb = pitch / PLDR_QBLOCK; /* scales per row */
-    const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0) + pitch * sizeof(float);
+    const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0);
     if (need > ld->qstage_bytes) {
         free(ld->qstage);
         if (!(ld->qstage = malloc(need))) {
@@ -242,21 +242,8 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
     }
     unsigned char *data = ld->qstage;
     uint16_t *scales = (uint16_t *)(void *)(data + rows * row_bytes);
-    float *row = (float *)(void *)(data + rows * row_bytes + (q ? rows * nb * 2 : 0));
-    for (size_t r = 0; r < rows; r++) {
-        memcpy(row, ld->staging + r * cols, cols * sizeof(float));
-        memset(row + cols, 0, (pitch - cols) * sizeof(float));
-        unsigned char *dst = data + r * row_bytes;
-        if (w->type == PLDR_DTYPE_BF16) {
-            uint16_t *h = (uint16_t *)(void *)dst;
-            for (size_t i = 0; i < pitch; i++)
-                h[i] = pldr_float_to_bf16(row[i]);
-        } else if (q4) {
-            pldr_quantize_q4_0(row, pitch, dst, scales + r * nb);
-        } else {
-            pldr_quantize_q8_0(row, pitch, (int8_t *)dst, scales + r * nb);
-        }
-    }
+    if (pldr_convert_rows(w->type, ld->staging, rows, cols, pitch, data, scales) != 0)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory converting %s", t->name);
     ld->m->quantize_s += pldr_now() - t0;
     cl_int err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->data, CL_TRUE, row_off * row_bytes, rows * row_bytes, data,
                                       0, NULL, NULL);
