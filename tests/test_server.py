@@ -753,11 +753,15 @@ def check_shutdown(tap):
             health_draining, draining_body = 0, repr(e).encode()
             break
     keep.close()
-    try:
-        socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
-        refused = False
-    except OSError:
-        refused = True
+    # the listening socket closes just after /health turns 503
+    refused = False
+    t_end = time.time() + 2
+    while time.time() < t_end and not refused:
+        try:
+            socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
+            time.sleep(0.02)
+        except OSError:
+            refused = True
     rc = sv.stop()
     t.join()
     code, body = result.get("r", (0, None))
