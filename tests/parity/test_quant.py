@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import needs_numpy  # noqa: F401,E402
 import numpy as np  # noqa: E402
@@ -70,7 +70,7 @@ def check_quantizers(tap):
     os.makedirs(base, exist_ok=True)
     src, dst = os.path.join(base, "in.f32"), os.path.join(base, "out.bin")
     x.tofile(src)
-    helper = os.path.join(os.path.dirname(os.path.abspath(pt.PLDR_BIN)), "tests", "quantize_dump")
+    helper = os.path.join(os.path.dirname(os.path.abspath(pt.PLDR_BIN)), "tests", "unit", "quantize_dump")
     r = subprocess.run([helper, src, dst], capture_output=True, text=True)
     if r.returncode != 0:
         tap.check("quantize_dump runs", lambda: (False, "exit %d" % r.returncode, r.stderr))
@@ -190,7 +190,7 @@ def main():
 
     # batched decode steps (pldr_eval_batch: kernels/batch.cl's batch_gemv on
     # GPUs, the engine's GEMM on CPUs) against each sequence alone, same dtype
-    helper = os.path.join(os.path.dirname(os.path.abspath(pt.PLDR_BIN)), "tests", "batch_check")
+    helper = os.path.join(os.path.dirname(os.path.abspath(pt.PLDR_BIN)), "tests", "unit", "batch_check")
     odd = os.path.join(base, "odd-F32")
     for dtype, env in (("q4_0", {}), ("q8_0", {"PLDR_WG": "gpu=1", "PLDR_GEMM": "clblast"})):
         def batched(dtype=dtype, env=env):

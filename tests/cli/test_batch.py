@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Batched evaluation of several sequences (pldr_eval_batch), on random
-checkpoints (mkmodel.py, seeded): tests/batch_check runs every sequence of a
+checkpoints (mkmodel.py, seeded): tests/unit/batch_check runs every sequence of a
 batch alone in a context of its own and compares each step's logits (max
 abs difference over max abs value; the batched products sum in another
 order than the one-token path, hence a tolerance, not equality): B = 2, 3
@@ -18,11 +18,11 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pldrtest as pt  # noqa: E402
 import mkmodel  # noqa: E402
 
-CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "batch_check")
+CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "unit", "batch_check")
 
 # name, dims, mkmodel options, weight dtype on the device, tolerance
 # (one checkpoint's kernels build once per weight dtype: the f16 case has
