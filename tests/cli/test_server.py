@@ -9,9 +9,11 @@ G-cache (--g-cache FILE and first). TAP output."""
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -879,6 +881,40 @@ def check_connection_limit(tap):
         sv.stop()
 
 
+def check_ipv6(tap):
+    """--host ::1: the ready line names [::1] and a client reaches it over
+    IPv6 (skipped where the machine has no IPv6 loopback)."""
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as e:
+        tap.skip("--host ::1", "no IPv6 loopback: %s" % e)
+        return
+    log = open(os.path.join(pt.TESTTMP, "server-ipv6-%d.log" % os.getpid()), "w")
+    proc = subprocess.Popen([pt.PLDR_BIN, "serve", "-m", MODEL, "--host", "::1", "--port", "0", "--parallel", "1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://\[::1\]:(\d+)", line)
+        code = 0
+        if m:
+            c = http.client.HTTPConnection("::1", int(m.group(1)), timeout=30)
+            c.request("GET", "/health")
+            code = c.getresponse().status
+            c.close()
+        tap.ok(m is not None and code == 200, "--host ::1: listening on [::1], /health %d over IPv6" % code, line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        log.close()
+
+
 def check_gcache(tap):
     """--g-cache first: the first prompt's G-cache serves every later prompt,
     on every replica, as `pldr generate --g-cache` with the G-cache that
@@ -953,6 +989,7 @@ def check_command_line(tap):
         (["--api-key="], 2, "--api-key"),
         (["--g-cache", "first", "--g-cache", keyfile], 2, "--g-cache"),
         (["--frob"], 2, "--frob"),
+        (["--host", "nosuch.invalid", "--port", "0"], 2, "--host"),
         (["extra"], 2, "extra"),
         (["--api-key-file", keyfile], 3, keyfile),
         (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
@@ -1017,6 +1054,7 @@ def main():
     check_shutdown(tap)
     check_shutdown_timeout(tap)
     check_gcache(tap)
+    check_ipv6(tap)
     check_connection_limit(tap)
     check_all_devices(tap, want)
     check_dtype_cache(tap)
