@@ -369,6 +369,61 @@ inline void attend_cpu(const float *q, __global const float *k_cache, __global c
         out[i] = acc[i] / run_sum;
 }
 
+/* The query of head h times G_LM and the scale (G_LM rows as 16-wide
+ * vectors), into qg (AC_DP values, zero past DK). */
+inline void apply_g_cpu(const float *q, __global const float *gh, const float scale, float *qg)
+{
+#pragma unroll
+    for (int j = 0; j < AC_DP; j++)
+        qg[j] = 0.0f;
+    for (int i = 0; i < DK; i++) {
+        const float qi = q[i];
+        __global const float *gr = gh + i * DK;
+#if DK % 16 == 0
+#pragma unroll
+        for (int j = 0; j < DK; j += 16)
+            vstore16(fma((float16)qi, vload16(0, gr + j), vload16(0, qg + j)), 0, qg + j);
+#else
+        for (int j = 0; j < DK; j++)
+            qg[j] += qi * gr[j];
+#endif
+    }
+#pragma unroll
+    for (int j = 0; j < DK; j++)
+        qg[j] *= scale;
+}
+
+/* attention_decode on CPU devices: one work-item per head (global size
+ * HEADS, work-groups of 1) rotates its part of q and k, writes its k and v to
+ * the caches' row pos, and attends over all pos + 1 keys (attend_cpu): the
+ * row it wrote is read back by the same work-item, so no barrier and no split
+ * over work-groups. Arguments as attention_decode's, without the split. */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void attention_decode_cpu(__global char *act, const int qkv_off, const int rope_off, __global float *k_cache,
+                          __global float *v_cache, __global const float *g, const int pos, const float scale,
+                          const int att_off)
+{
+    __global const float *qkv = (__global const float *)(act + qkv_off);
+    __global const float2 *rope = (__global const float2 *)(act + rope_off);
+    const int h = get_global_id(0), off = h * DK;
+    const long ko = (long)pos * DMODEL + off;
+    float q[AC_DP], qg[AC_DP];
+    for (int i = 0; i < DK / 2; i++) {
+        const int2 pr = rope_pair(i);
+        const float2 cs = rope[(long)pos * (DK / 2) + i];
+        const float q0 = qkv[off + pr.x], q1 = qkv[off + pr.y];
+        q[pr.x] = q0 * cs.x - q1 * cs.y;
+        q[pr.y] = q1 * cs.x + q0 * cs.y;
+        const float k0 = qkv[DMODEL + off + pr.x], k1 = qkv[DMODEL + off + pr.y];
+        k_cache[ko + pr.x] = k0 * cs.x - k1 * cs.y;
+        k_cache[ko + pr.y] = k1 * cs.x + k0 * cs.y;
+        v_cache[ko + pr.x] = qkv[2 * DMODEL + off + pr.x];
+        v_cache[ko + pr.y] = qkv[2 * DMODEL + off + pr.y];
+    }
+    apply_g_cpu(q, g + h * DK * DK, scale, qg);
+    attend_cpu(qg, k_cache, v_cache, h, pos + 1, (__global float *)(act + att_off) + off);
+}
+
 /* Prefill attention on CPU devices: a work-group is one work-item taking one
  * (token, head) (attend_cpu). Its index comes from the global id (a global
  * work offset skips tokens). */

@@ -110,7 +110,7 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.argmax, "argmax", 1},               {&c->k.argmax_parts, "argmax_parts", 1},
         {&c->k.batch_gemv, "batch_gemv", 1},       {&c->k.batch_qkv_rope, "batch_qkv_rope", 1},
         {&c->k.batch_attention, "batch_attention", 1}, {&c->k.batch_argmax, "batch_argmax", 1},
-        {&c->k.batch_attention_cpu, "batch_attention_cpu", cpu},
+        {&c->k.batch_attention_cpu, "batch_attention_cpu", cpu}, {&c->k.att_decode_cpu, "attention_decode_cpu", cpu},
     };
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
         if (!list[i].used)

@@ -16,7 +16,7 @@
 
 typedef struct kernels {
     cl_kernel embed, brln, w2f, qkv_rope, metric, learner, potential, energy;
-    cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
+    cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, att_decode_cpu, potential_cpu, energy_cpu; /* CPU devices */
     cl_kernel apply_g, att_prefill, att_decode, att_combine, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax, argmax_parts;
     cl_kernel batch_gemv, batch_qkv_rope, batch_attention, batch_attention_cpu, batch_argmax; /* kernels/batch.cl */

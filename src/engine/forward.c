@@ -112,11 +112,16 @@ pldr_status engine_decode_token(pldr_context *c, int32_t id, int pos, int chaine
             TRY(engine_gemv(c, &qkv));
         }
         TRY(engine_layer_g(c, l, 1, 0));
-        const int n_split = (pos + 1 + m->att_wg - 1) / m->att_wg;
-        TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg, (size_t)m->att_wg,
-                   A_MEM(c->act), A_INT(o->qkv), A_INT(o->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]),
-                   A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split), A_INT(o->att_part),
-                   A_INT(o->att)));
+        const int n_split = m->wg_forms ? (pos + 1 + m->att_wg - 1) / m->att_wg : 1;
+        if (m->wg_forms)
+            TRY(LAUNCH(c, att_decode, (size_t)cf->n_heads * (size_t)n_split * (size_t)m->att_wg,
+                       (size_t)m->att_wg, A_MEM(c->act), A_INT(o->qkv), A_INT(o->rope), A_MEM(c->k_cache[l]),
+                       A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]), A_INT(pos), A_FLT(scale), A_INT(n_split),
+                       A_INT(o->att_part), A_INT(o->att)));
+        else /* CPUs: a work-item per head over all the keys, no barriers */
+            TRY(LAUNCH_AS(c, att_decode_cpu, "att_decode", (size_t)cf->n_heads, 1, A_MEM(c->act), A_INT(o->qkv),
+                          A_INT(o->rope), A_MEM(c->k_cache[l]), A_MEM(c->v_cache[l]), A_MEM(c->g_g[l]),
+                          A_INT(pos), A_FLT(scale), A_INT(o->att)));
         /* several key blocks: combined by the next launch (kernels/attention.cl) */
         if (n_split > 1)
             TRY(LAUNCH(c, att_combine, (size_t)cf->n_heads * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->act),
