@@ -54,7 +54,7 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
                 TRY(engine_layer_g(c, l, 1, 0));
             }
         TRY(LAUNCH(c, batch_attention, b * H * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->q),
-                   A_MEM(c->gg_all[l]), A_LONG((cl_long)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]),
+                   A_MEM(c->gg_all[l]), A_INT((int)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]),
                    A_MEM(c->v_all[l]), A_MEM(c->seqinfo), A_MEM(c->att)));
         TRY(engine_gemm_rows(c, b, d, d, c->att, &ly->wo, dp, c->o));
         TRY(LAUNCH(c, brln, b * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x), A_MEM(ly->ln1_w),
