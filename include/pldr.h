@@ -57,12 +57,14 @@ typedef enum pldr_status {
  * Loading and freeing models, pldr_list_devices and pldr_log_set may be
  * called from any thread. pldr_last_error is per thread.
  *
- * Environment variables are read where parameters get their defaults
- * (pldr_model_default_params, pldr_context_default_params, pldr_select_device
- * and the model load), never while generating: PLDR_DEVICE, PLDR_KERNEL_DIR,
- * XDG_CACHE_HOME / HOME, PLDR_TUNING, PLDR_WG, PLDR_GEMM, PLDR_ZERO_COPY,
- * PLDR_BUILD_LOG (model load); PLDR_PROFILE, PLDR_HOSTTIME, PLDR_PIPELINE
- * (context creation). docs/engine.md describes each. */
+ * Environment variables are read only where parameters get their defaults,
+ * never while loading, evaluating or generating: pldr_model_default_params
+ * (PLDR_KERNEL_DIR, PLDR_ZERO_COPY, PLDR_WG, PLDR_GEMM, PLDR_TUNING,
+ * PLDR_BUILD_LOG, PLDR_KERNEL_LIMITS), pldr_context_default_params
+ * (PLDR_PROFILE, PLDR_HOSTTIME, PLDR_PIPELINE), pldr_select_device with an empty spec (PLDR_DEVICE), a
+ * NULL cache_dir (XDG_CACHE_HOME, HOME) and the tuners' first-use checks
+ * (PLDR_TUNING). A caller that sets the fields decides alone.
+ * docs/engine.md describes each. */
 
 typedef enum pldr_log_level {
     PLDR_LOG_WARN = 1, /* something was ignored: one line, no trailing newline */
@@ -219,8 +221,8 @@ typedef void (*pldr_progress_fn)(const char *what, uint64_t done, uint64_t total
 typedef struct pldr_model_params {
     const char *device;     /* device spec, see pldr_select_device */
     pldr_dtype weight_dtype; /* storage of the large matrices on the device */
-    const char *kernel_dir; /* read .cl files from here (default: embedded,
-                               or $PLDR_KERNEL_DIR) */
+    const char *kernel_dir; /* read .cl files from here; NULL: the embedded
+                               ones (default: $PLDR_KERNEL_DIR) */
     const char *cache_dir;  /* program-binary cache (default: $XDG_CACHE_HOME/pldr
                                or ~/.cache/pldr); "" disables it */
     pldr_progress_fn progress;
@@ -228,12 +230,25 @@ typedef struct pldr_model_params {
     int zero_copy; /* 1 (default): on a device that shares memory with the host,
                       float32 weights stored as F32 are used in place from the
                       file mapping where their layout and alignment allow
-                      (CL_MEM_USE_HOST_PTR); 0, or $PLDR_ZERO_COPY=0: copied */
+                      (CL_MEM_USE_HOST_PTR); 0 (default with $PLDR_ZERO_COPY=0):
+                      copied */
     const char *work_groups; /* NULL (default): the kernels' work-group shapes are the
                                 device's defaults, then those `pldr tune` stored for
-                                this device and model, then $PLDR_WG's items; else
+                                this device and model, then wg_overrides' items; else
                                 the defaults and these items only (PLDR_WG's syntax,
                                 e.g. "gemv=256,rows=8"; "" for the defaults alone) */
+    const char *wg_overrides; /* with work_groups NULL: items applied over the tuned
+                                 shapes (default: $PLDR_WG) */
+    const char *gemm;  /* products of a prefill: "clblast", "own" (kernels/gemm.cl) or
+                          NULL for the device's choice, CLBlast except on CPUs
+                          (default: $PLDR_GEMM; another value is ignored with a warning) */
+    int tuning;        /* 1 (default): apply the tuning files `pldr tune` stored for the
+                          device; 0 (default with $PLDR_TUNING=0, off or no): neither */
+    int build_log;     /* 1: the kernel compiler's warnings go to the log callback
+                          (default: 1 when $PLDR_BUILD_LOG is set and not 0) */
+    const char *kernel_limits; /* lower limits than the device's for some kernels, as
+                                  "NAME=N,*=N,local=BYTES" (testing the fitting of
+                                  shapes; default: $PLDR_KERNEL_LIMITS) */
 } pldr_model_params;
 
 pldr_model_params pldr_model_default_params(void);
@@ -312,6 +327,12 @@ typedef struct pldr_context_params {
     int n_seq;                  /* sequences the context holds, 1 (default) .. PLDR_MAX_SEQ;
                                    the calls without a sequence argument act on sequence 0 */
     pldr_shared_g shared_g;     /* default PLDR_SHARED_G_NONE */
+    int profile;   /* 1: device time per kernel name, reported to the log callback when
+                      the context is freed (default: 1 when $PLDR_PROFILE is set and not 0) */
+    int host_time; /* 1 (without profile): host time per kernel name, likewise
+                      (default: 1 when $PLDR_HOSTTIME is a number > 0) */
+    int pipeline;  /* 1 (default; 0 with $PLDR_PIPELINE=0 or with profile): greedy decode
+                      enqueues the next step before the previous token is read back */
 } pldr_context_params;
 
 pldr_context_params pldr_context_default_params(void);
@@ -572,11 +593,15 @@ typedef struct pldr_generate_params {
     int logprob;             /* 1: report each token's log-probability (implied by
                                 n_logprobs > 0); else pldr_token_event.logprob is NaN */
     int32_t eos_id;          /* the end-of-sequence token; -1 (default): pldr_generate
-                                takes the model's eos_token_id, pldr_gen has none */
+                                takes the model's eos_token_id, pldr_gen has none;
+                                PLDR_EOS_NONE: none for pldr_generate either (the
+                                model's is picked and fed like any other token) */
     float *out_logits;       /* pldr_generate only: NULL, or room for vocab_size
                                 floats that receive the logits of the context's last
                                 token when generation ends (for sessions) */
 } pldr_generate_params;
+
+#define PLDR_EOS_NONE (-2)
 
 pldr_generate_params pldr_generate_default_params(void);
 

@@ -299,26 +299,20 @@ void attention_combine(__global char *act, const int n_split, const int part_off
 }
 
 #if !WG_FORMS
-/* Prefill attention on CPU devices: a work-group is one work-item taking one
- * (token, head) over all its keys, 16 keys at a time (an online softmax), the
- * dot products and the P.V sums as 16-wide vectors where DK allows, with no
- * barrier. Its index comes from the global id (a global work offset skips
- * tokens). */
+/* Attention of one (row, head) on CPU devices, one work-item over all its
+ * keys, 16 keys at a time (an online softmax), the dot products and the P.V
+ * sums as 16-wide vectors where DK allows, with no barrier: q is the row's
+ * query already multiplied by G_LM and the scale (AC_DP values, zero past DK),
+ * k_cache and v_cache the sequence's first cache row, out the row's DK
+ * outputs. */
 #define AC_DP ((DK + 15) / 16 * 16)
-__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void attention_prefill_cpu(__global const float *qg, __global const float *k_cache,
-                           __global const float *v_cache, const int pos0, __global float *out)
+inline void attend_cpu(const float *q, __global const float *k_cache, __global const float *v_cache,
+                       const int h, const int n_keys, __global float *out)
 {
-    const int wg = get_global_id(0);
-    const int t = wg / HEADS, h = wg % HEADS;
-    const idx_t row = (idx_t)t * DMODEL + h * DK;
-    const int n_keys = pos0 + t + 1;
-    float q[AC_DP], acc[AC_DP];
+    float acc[AC_DP];
 #pragma unroll
-    for (int i = 0; i < AC_DP; i++) {
-        q[i] = i < DK ? qg[row + i] : 0.0f;
+    for (int i = 0; i < AC_DP; i++)
         acc[i] = 0.0f;
-    }
     float run_max = -INFINITY, run_sum = 0.0f;
     for (int t0 = 0; t0 < n_keys; t0 += 16) {
         const int n = min(16, n_keys - t0);
@@ -372,6 +366,23 @@ void attention_prefill_cpu(__global const float *qg, __global const float *k_cac
     }
 #pragma unroll
     for (int i = 0; i < DK; i++)
-        out[row + i] = acc[i] / run_sum;
+        out[i] = acc[i] / run_sum;
+}
+
+/* Prefill attention on CPU devices: a work-group is one work-item taking one
+ * (token, head) (attend_cpu). Its index comes from the global id (a global
+ * work offset skips tokens). */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void attention_prefill_cpu(__global const float *qg, __global const float *k_cache,
+                           __global const float *v_cache, const int pos0, __global float *out)
+{
+    const int wg = get_global_id(0);
+    const int t = wg / HEADS, h = wg % HEADS;
+    const idx_t row = (idx_t)t * DMODEL + h * DK;
+    float q[AC_DP];
+#pragma unroll
+    for (int i = 0; i < AC_DP; i++)
+        q[i] = i < DK ? qg[row + i] : 0.0f;
+    attend_cpu(q, k_cache, v_cache, h, pos0 + t + 1, out + row);
 }
 #endif

@@ -126,6 +126,44 @@ void batch_attention(__global const float *q, __global const float *g, const int
     attend_row(qg, k_cache + kb, v_cache + kb, h, pos + 1, out + row, p, scratch, red);
 }
 
+#if !WG_FORMS
+/* batch_attention on CPU devices: one work-item per (row, head), with no
+ * barrier (attend_cpu, kernels/attention.cl); the query times G_LM as
+ * 16-wide vectors of G's rows. Global size B * HEADS, work-groups of 1. */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void batch_attention_cpu(__global const float *q, __global const float *g, const int g_stride, const float scale,
+                         __global const float *k_cache, __global const float *v_cache, __global const int *seq,
+                         __global float *out)
+{
+    const int wg = get_global_id(0);
+    const int t = wg / HEADS, h = wg % HEADS;
+    const int s = seq[3 * t], pos = seq[3 * t + 1], base = seq[3 * t + 2];
+    const idx_t row = (idx_t)t * DMODEL + h * DK;
+    __global const float *gh = g + (idx_t)s * g_stride + h * DK * DK;
+    float qg[AC_DP];
+#pragma unroll
+    for (int j = 0; j < AC_DP; j++)
+        qg[j] = 0.0f;
+    for (int i = 0; i < DK; i++) {
+        const float qi = q[row + i];
+        __global const float *gr = gh + i * DK;
+#if DK % 16 == 0
+#pragma unroll
+        for (int j = 0; j < DK; j += 16)
+            vstore16(fma((float16)qi, vload16(0, gr + j), vload16(0, qg + j)), 0, qg + j);
+#else
+        for (int j = 0; j < DK; j++)
+            qg[j] += qi * gr[j];
+#endif
+    }
+#pragma unroll
+    for (int j = 0; j < DK; j++)
+        qg[j] *= scale;
+    const idx_t kb = (idx_t)base * DMODEL;
+    attend_cpu(qg, k_cache + kb, v_cache + kb, h, pos + 1, out + row);
+}
+#endif
+
 /* Greedy decoding of B rows: out[r] is the index of the largest logit of row
  * r (the lowest among equals); one work-group per row. */
 __kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))

@@ -144,11 +144,12 @@ def load_checkpoint(path):
 
 
 # --------------------------------------------------------------- weight storage dtypes
-# What the engine's --dtype bf16 / q8_0 / q4_0 store for the large matrices,
-# written from llama.cpp's reference quantizers (quantize_row_q8_0_ref,
-# quantize_row_q4_0_ref): every row is padded with zeros to a multiple of 32
-# and cut into blocks of 32; the arithmetic is float32 as there, then the
-# dequantized values (d * q, exact in float32) replace the tensor.
+# What the engine's --dtype bf16 / q8_0 / q4_0 store for the large matrices
+# (llama.cpp's block layouts; Q8_0 from its reference quantizer
+# quantize_row_q8_0_ref, Q4_0 with a least-squares scale): every row is padded
+# with zeros to a multiple of 32 and cut into blocks of 32; the rounding is
+# float32 as in the engine, then the dequantized values (d * q, exact in
+# float32) replace the tensor.
 
 QBLOCK = 32
 
@@ -176,15 +177,35 @@ def quantize_q8_0(x):
 
 
 def quantize_q4_0(x):
-    """Returns (q uint8 in [0, 15] [rows, nb, 32], d float16 [rows, nb])."""
+    """Returns (q uint8 in [0, 15] [rows, nb, 32], d float16 [rows, nb]): the
+    least-squares choice of each block's scale among 19 candidates that map
+    the value m of largest magnitude to -(8 + c / 10), c = -9..9; for each,
+    L = round(x * iscale) clipped to [-8, 7] and d = sum(x L) / sum(L^2); the
+    first candidate with the largest sum(x L)^2 / sum(L^2) wins."""
     xb = _blocks(x)
     idx = np.argmax(np.abs(xb), axis=-1)  # the first of equal magnitudes, as the C loop
     mx = np.take_along_axis(xb, idx[..., None], axis=-1)[..., 0]
-    d = (mx / np.float32(-8)).astype(np.float32)
-    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
-    v = ((xb * inv[..., None]).astype(np.float32) + np.float32(8.5)).astype(np.float32)
-    q = np.minimum(np.trunc(v), 15).astype(np.uint8)
-    return q, d.astype(np.float16)
+    safe = np.where(mx != 0, mx, np.float32(1)).astype(np.float32)
+    x64 = xb.astype(np.float64)
+    best = np.full(mx.shape, -1.0)
+    best_d = np.zeros(mx.shape)
+    best_l = np.zeros(xb.shape)
+    for c in range(-9, 10):
+        with np.errstate(over="ignore"):
+            isc = (-(np.float32(8) + np.float32(0.1) * np.float32(c)) / safe).astype(np.float32)
+        ok = (mx != 0) & np.isfinite(isc)
+        isc = np.where(ok, isc, np.float32(0)).astype(np.float32)
+        v = (xb * isc[..., None]).astype(np.float32).astype(np.float64)
+        l = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -8, 7)  # halves away from zero
+        sxl = np.sum(x64 * l, axis=-1)  # exact in float64, whatever the order
+        sl2 = np.sum(l * l, axis=-1)
+        score = np.where(sl2 > 0, sxl * sxl / np.where(sl2 > 0, sl2, 1), 0.0)
+        better = ok & (sl2 > 0) & (score > best)
+        best = np.where(better, score, best)
+        best_d = np.where(better, sxl / np.where(sl2 > 0, sl2, 1), best_d)
+        best_l = np.where(better[..., None], l, best_l)
+    d = best_d.astype(np.float32).astype(np.float16)
+    return (best_l + 8).astype(np.uint8), d
 
 
 def to_bf16(x):

@@ -64,7 +64,6 @@ static pldr_status run_once(pldr_context *ctx, const int32_t *ids, int B, int pp
     return st;
 }
 
-static const char *const dtype_name[2] = {"f32", "f16"};
 static const char *const cache_name[3] = {"none", "kv", "kvg"};
 
 static void print_md(const bench_batch_args *a, const pldr_device_info *devs, const bres *r, int n)
@@ -79,7 +78,7 @@ static void print_md(const bench_batch_args *a, const pldr_device_info *devs, co
         const bres *x = &r[i];
         const double nkv = (double)x->b * (x->pp + x->tg), t = x->t_pp + x->t_tg;
         printf("| %s | %s | %s | %s | %d | %d | %d | %.0f | %.3f | %.2f | %.3f | %.2f ± %.2f | %.2f | %.3f | %.2f |\n",
-               a->model_name, devs[x->dev].name, dtype_name[x->dtype], cache_name[x->cache], x->pp, x->tg, x->b, nkv,
+               a->model_name, devs[x->dev].name, pldr_dtype_name((pldr_dtype)x->dtype), cache_name[x->cache], x->pp, x->tg, x->b, nkv,
                x->t_pp, (double)x->b * x->pp / x->t_pp, x->t_tg, (double)x->b * x->tg / x->t_tg, x->s_tg_sd,
                (double)x->tg / x->t_tg, t, nkv / t);
     }
@@ -93,7 +92,7 @@ static void print_csv(const bench_batch_args *a, const pldr_device_info *devs, c
         const bres *x = &r[i];
         const double nkv = (double)x->b * (x->pp + x->tg), t = x->t_pp + x->t_tg;
         printf("%s,\"%s\",%s,%s,%d,%d,%d,%.0f,%.4f,%.3f,%.4f,%.3f,%.3f,%.3f,%.4f,%.3f\n", a->model_name,
-               devs[x->dev].name, dtype_name[x->dtype], cache_name[x->cache], x->pp, x->tg, x->b, nkv, x->t_pp,
+               devs[x->dev].name, pldr_dtype_name((pldr_dtype)x->dtype), cache_name[x->cache], x->pp, x->tg, x->b, nkv, x->t_pp,
                (double)x->b * x->pp / x->t_pp, x->t_tg, (double)x->b * x->tg / x->t_tg, x->s_tg_sd,
                (double)x->tg / x->t_tg, t, nkv / t);
     }
@@ -108,7 +107,7 @@ static void print_json(const bench_batch_args *a, const pldr_device_info *devs, 
         printf("    {\"device\": \"%s\", \"dtype\": \"%s\", \"cache\": \"%s\", \"batch\": %d, \"pp\": %d, \"tg\": %d, "
                "\"n_kv\": %.0f, \"t_pp_s\": %.4f, \"s_pp_tps\": %.3f, \"t_tg_s\": %.4f, \"s_tg_tps\": %.3f, "
                "\"sd_tg_tps\": %.3f, \"per_seq_tg_tps\": %.3f, \"t_s\": %.4f, \"s_tps\": %.3f}%s\n",
-               devs[x->dev].name, dtype_name[x->dtype], cache_name[x->cache], x->b, x->pp, x->tg, nkv, x->t_pp,
+               devs[x->dev].name, pldr_dtype_name((pldr_dtype)x->dtype), cache_name[x->cache], x->b, x->pp, x->tg, nkv, x->t_pp,
                (double)x->b * x->pp / x->t_pp, x->t_tg, (double)x->b * x->tg / x->t_tg, x->s_tg_sd,
                (double)x->tg / x->t_tg, t, nkv / t, i + 1 < n ? "," : "");
     }
@@ -164,7 +163,7 @@ static int write_svg(const char *path, const bench_batch_args *a, const pldr_dev
                 fprintf(f, "%.1f,%.1f ", x0 + pw * log2(r[j].b) / lb,
                         y0 + ph - ph * ((double)r[j].b * r[j].tg / r[j].t_tg) / ymax);
         fprintf(f, "\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s, %s, %s, pp%d tg%d</text>\n", x0 + pw + 10,
-                y0 + 14 + 16 * series, col, devs[r[i].dev].name, dtype_name[r[i].dtype], cache_name[r[i].cache],
+                y0 + 14 + 16 * series, col, devs[r[i].dev].name, pldr_dtype_name((pldr_dtype)r[i].dtype), cache_name[r[i].cache],
                 r[i].pp, r[i].tg);
         series++;
     }
@@ -250,7 +249,7 @@ int bench_batch_run(const bench_batch_args *a)
                             const double m = s / a->reps;
                             x->s_tg_sd = a->reps > 1 ? sqrt(fmax(s2 - a->reps * m * m, 0) / (a->reps - 1)) : 0;
                             fprintf(stderr, "  %s %s %s pp%d tg%d B=%d: prefill %.2f t/s, decode %.2f t/s "
-                                    "(%.2f per sequence)\n", a->devs[d].name, dtype_name[x->dtype],
+                                    "(%.2f per sequence)\n", a->devs[d].name, pldr_dtype_name((pldr_dtype)x->dtype),
                                     cache_name[x->cache], x->pp, x->tg, x->b, x->b * x->pp / x->t_pp,
                                     x->b * x->tg / x->t_tg, x->tg / x->t_tg);
                             n++;

@@ -116,4 +116,42 @@ int cli_prompt_ids(const char *cmd, const char *model_dir, const char *prompt, c
 void cli_json_number(FILE *f, double v);
 void cli_json_string(FILE *f, const char *s);
 
+/* The sampling and stopping options of pldr generate and pldr batch
+ * (sampling.c): --temp, --top-k, --top-p, --min-p, --repeat-penalty,
+ * --repeat-last-n, --presence-penalty, --frequency-penalty, --seed, --stop
+ * (repeatable) and --ignore-eos, with the semantics of pldr_generate_params.
+ * A command puts CLI_SAMPLING_OPTIONS in its getopt_long table, keeps its own
+ * option codes below CLI_O_SAMPLING, and hands every code to
+ * cli_sampling_option. */
+#define CLI_MAX_STOP 16
+typedef struct cli_sampling {
+    double temp, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
+    long top_k, repeat_last_n;
+    long seed; /* -1 (default): from the clock */
+    const char *stop[CLI_MAX_STOP];
+    int n_stop, ignore_eos;
+} cli_sampling;
+enum {
+    CLI_O_SAMPLING = 1000,
+    CLI_O_TEMP = CLI_O_SAMPLING, CLI_O_TOPK, CLI_O_TOPP, CLI_O_MINP, CLI_O_REPEAT, CLI_O_REPEAT_N,
+    CLI_O_PRESENCE, CLI_O_FREQUENCY, CLI_O_SEED, CLI_O_STOP, CLI_O_IGNORE_EOS
+};
+#define CLI_SAMPLING_OPTIONS                                                                                        \
+    {"temp", required_argument, 0, CLI_O_TEMP}, {"top-k", required_argument, 0, CLI_O_TOPK},                        \
+        {"top-p", required_argument, 0, CLI_O_TOPP}, {"min-p", required_argument, 0, CLI_O_MINP},                    \
+        {"repeat-penalty", required_argument, 0, CLI_O_REPEAT},                                                     \
+        {"repeat-last-n", required_argument, 0, CLI_O_REPEAT_N},                                                   \
+        {"presence-penalty", required_argument, 0, CLI_O_PRESENCE},                                                 \
+        {"frequency-penalty", required_argument, 0, CLI_O_FREQUENCY}, {"seed", required_argument, 0, CLI_O_SEED},   \
+        {"stop", required_argument, 0, CLI_O_STOP}, {"ignore-eos", no_argument, 0, CLI_O_IGNORE_EOS}
+/* The defaults: greedy, no penalties, no stop strings, seed from the clock. */
+void cli_sampling_init(cli_sampling *s);
+/* Returns 0 when c is not a sampling option; else 1, with *rc EXIT_OK or the
+ * exit code of a bad value (reported as "pldr CMD: ..."). */
+int cli_sampling_option(const char *cmd, int c, const char *arg, cli_sampling *s, int *rc);
+/* Copies the options into gp (the stop strings by pointer), the seed drawn
+ * from the clock when none was given. */
+void cli_sampling_apply(const cli_sampling *s, pldr_generate_params *gp);
+uint64_t cli_sampling_seed(const cli_sampling *s);
+
 #endif

@@ -15,7 +15,8 @@
 static const char help[] =
     "usage: pldr batch [-m DIR] -f PROMPTS [-n N] [--parallel P] [--temp T] [--top-k K]\n"
     "                  [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N]\n"
-    "                  [--seed S] [--stop TEXT]... [--ignore-eos] [--cache kv|kvg]\n"
+    "                  [--presence-penalty X] [--frequency-penalty X] [--seed S]\n"
+    "                  [--stop TEXT]... [--ignore-eos] [--cache kv|kvg]\n"
     "                  [--shared-g] [--g-cache FILE] [--ctx N] [-o text|jsonl]\n"
     "                  [--device SPEC] [--dtype f32|f16]\n"
     "\n"
@@ -31,8 +32,9 @@ static const char help[] =
     "  -f, --file FILE   the prompts ('-' for stdin)\n"
     "  -n, --n-tokens N  tokens to generate at most per prompt (default 64)\n"
     "      --parallel P  prompts decoded together at most (default 4)\n"
-    "      --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --stop,\n"
-    "      --ignore-eos  as for pldr generate\n"
+    "      --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n,\n"
+    "      --presence-penalty, --frequency-penalty, --stop, --ignore-eos\n"
+    "                    as for pldr generate\n"
     "      --seed S      seed of the first prompt; prompt i uses S + i (default: from the clock)\n"
     "      --cache MODE  kv or kvg (default kvg)\n"
     "      --shared-g    every prompt uses the G-cache of the first prompt prefilled (the\n"
@@ -47,8 +49,6 @@ static const char help[] =
     "      --device SPEC OpenCL device: index, platform:device or name substring\n"
     "      --dtype T     weight storage on the device: f32 (default) or f16\n"
     "  -q, --quiet       no summary on stderr\n";
-
-#define MAX_STOP 16
 
 static double now_s(void)
 {
@@ -183,33 +183,35 @@ static void print_json_item(int index, const item *it)
 int cmd_batch(int argc, char **argv)
 {
     enum {
-        O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REPEAT, O_REPEAT_N, O_SEED, O_STOP, O_IGNORE_EOS, O_CACHE, O_SHARED,
-        O_GCACHE, O_CTX, O_DEVICE, O_DTYPE, O_PARALLEL
+        O_CACHE = 256, O_SHARED, O_GCACHE, O_CTX, O_DEVICE, O_DTYPE, O_PARALLEL
     };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"file", required_argument, 0, 'f'},
         {"n-tokens", required_argument, 0, 'n'},    {"parallel", required_argument, 0, O_PARALLEL},
-        {"temp", required_argument, 0, O_TEMP},     {"top-k", required_argument, 0, O_TOPK},
-        {"top-p", required_argument, 0, O_TOPP},    {"min-p", required_argument, 0, O_MINP},
-        {"repeat-penalty", required_argument, 0, O_REPEAT}, {"repeat-last-n", required_argument, 0, O_REPEAT_N},
-        {"seed", required_argument, 0, O_SEED},     {"stop", required_argument, 0, O_STOP},
-        {"ignore-eos", no_argument, 0, O_IGNORE_EOS}, {"cache", required_argument, 0, O_CACHE},
+        CLI_SAMPLING_OPTIONS,                       {"cache", required_argument, 0, O_CACHE},
         {"shared-g", no_argument, 0, O_SHARED},     {"g-cache", required_argument, 0, O_GCACHE},
         {"ctx", required_argument, 0, O_CTX},       {"device", required_argument, 0, O_DEVICE},
         {"dtype", required_argument, 0, O_DTYPE},   {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},             {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *model_dir = NULL, *file = NULL, *device = NULL, *gcache = NULL, *stop[MAX_STOP];
-    long n_gen = 64, parallel = 4, top_k = 0, repeat_last_n = 64, seed = -1, ctx_n = 0;
-    double temp = 0.0, top_p = 1.0, min_p = 0.0, repeat_penalty = 1.0;
-    int n_stop = 0, ignore_eos = 0, shared = 0, jsonl = 0, quiet = 0;
+    const char *model_dir = NULL, *file = NULL, *device = NULL, *gcache = NULL;
+    long n_gen = 64, parallel = 4, ctx_n = 0;
+    cli_sampling sampling;
+    cli_sampling_init(&sampling);
+    int shared = 0, jsonl = 0, quiet = 0;
     pldr_cache_mode cache = PLDR_CACHE_KVG;
     pldr_dtype dtype = PLDR_DTYPE_F32;
     opterr = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, ":m:f:n:o:qh", opts, NULL)) != -1) {
+        int rc;
+        if (cli_sampling_option("batch", c, optarg, &sampling, &rc)) {
+            if (rc != EXIT_OK)
+                return rc;
+            continue;
+        }
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'f': file = optarg; break;
@@ -217,7 +219,6 @@ int cmd_batch(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_GCACHE: gcache = optarg; break;
         case O_SHARED: shared = 1; break;
-        case O_IGNORE_EOS: ignore_eos = 1; break;
         case 'n':
             if (cli_parse_int(optarg, 0, 1L << 24, &n_gen))
                 return cli_usage_error("batch", "-n must be an integer >= 0, not '%s'", optarg);
@@ -226,41 +227,6 @@ int cmd_batch(int argc, char **argv)
             if (cli_parse_int(optarg, 1, PLDR_MAX_SEQ, &parallel))
                 return cli_usage_error("batch", "--parallel must be an integer in [1, %d], not '%s'", PLDR_MAX_SEQ,
                                        optarg);
-            break;
-        case O_TEMP:
-            if (cli_parse_double(optarg, 0.0, 1e6, &temp))
-                return cli_usage_error("batch", "--temp must be a number from 0 to 1e6, not '%s'", optarg);
-            break;
-        case O_TOPK:
-            if (cli_parse_int(optarg, 0, 1L << 24, &top_k))
-                return cli_usage_error("batch", "--top-k must be an integer >= 0, not '%s'", optarg);
-            break;
-        case O_TOPP:
-            if (cli_parse_double(optarg, 0.0, 1.0, &top_p) || top_p <= 0.0)
-                return cli_usage_error("batch", "--top-p must be in (0, 1], not '%s'", optarg);
-            break;
-        case O_MINP:
-            if (cli_parse_double(optarg, 0.0, 1.0, &min_p))
-                return cli_usage_error("batch", "--min-p must be in [0, 1], not '%s'", optarg);
-            break;
-        case O_REPEAT:
-            if (cli_parse_double(optarg, 0.0, 1e6, &repeat_penalty) || repeat_penalty <= 0.0)
-                return cli_usage_error("batch", "--repeat-penalty must be a number > 0, not '%s'", optarg);
-            break;
-        case O_REPEAT_N:
-            if (cli_parse_int(optarg, -1, 1L << 24, &repeat_last_n))
-                return cli_usage_error("batch", "--repeat-last-n must be an integer >= -1, not '%s'", optarg);
-            break;
-        case O_SEED:
-            if (cli_parse_int(optarg, 0, 0x7fffffffffffffffL, &seed))
-                return cli_usage_error("batch", "--seed must be a non-negative integer, not '%s'", optarg);
-            break;
-        case O_STOP:
-            if (!optarg[0])
-                return cli_usage_error("batch", "--stop needs a non-empty text");
-            if (n_stop == MAX_STOP)
-                return cli_usage_error("batch", "at most %d --stop strings", MAX_STOP);
-            stop[n_stop++] = optarg;
             break;
         case O_CACHE:
             if (cli_parse_cache(optarg, &cache) || cache == PLDR_CACHE_NONE)
@@ -340,7 +306,7 @@ int cmd_batch(int argc, char **argv)
         if (rc == EXIT_OK && (st = pldr_scheduler_new(ctx, tok, cp.n_seq, n, &sch)) != PLDR_OK)
             rc = cli_report(st);
     }
-    const uint64_t seed0 = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    const uint64_t seed0 = cli_sampling_seed(&sampling);
     for (int i = 0; i < n && rc == EXIT_OK; i++) {
         pldr_request rq;
         memset(&rq, 0, sizeof rq);
@@ -348,15 +314,7 @@ int cmd_batch(int argc, char **argv)
         rq.n_prompt = (int)items[i].n_ids;
         rq.gen = pldr_generate_default_params();
         rq.gen.max_tokens = (int)n_gen;
-        rq.gen.temperature = (float)temp;
-        rq.gen.top_k = (int)top_k;
-        rq.gen.top_p = (float)top_p;
-        rq.gen.min_p = (float)min_p;
-        rq.gen.repeat_penalty = (float)repeat_penalty;
-        rq.gen.repeat_last_n = (int)repeat_last_n;
-        rq.gen.stop = stop;
-        rq.gen.n_stop = n_stop;
-        rq.gen.ignore_eos = ignore_eos;
+        cli_sampling_apply(&sampling, &rq.gen);
         rq.gen.seed = seed0 + (uint64_t)i;
         rq.on_token = on_token;
         rq.on_done = on_done;

@@ -134,14 +134,22 @@ static double run_tg(pldr_context *ctx, const int32_t *ids, int N, pldr_status *
     pldr_context_reset(ctx);
     int32_t next;
     /* the timer starts on an idle device without a step computed ahead (the
-     * prefill's would count as free) and stops when the N-th token is back */
+     * prefill's would count as free) and stops when the N-th step's token is
+     * back. The steps are those of pldr_generate, greedy, with no
+     * end-of-sequence token (every step runs): fed the prefill's token, it
+     * makes N decode steps, each token read back, and picks N tokens (N - 1
+     * when the context holds exactly tg_prompt + N positions: the last
+     * step's token is then computed but not picked, finish "context"). */
     if ((*st = pldr_eval_greedy(ctx, ids, tg_prompt, &next)) != PLDR_OK || (*st = pldr_context_finish(ctx)) != PLDR_OK)
         return -1.0;
+    pldr_generate_params gp = pldr_generate_default_params();
+    gp.max_tokens = N;
+    gp.eos_id = PLDR_EOS_NONE;
     double t0 = now();
-    for (int i = 0; i < N; i++)
-        if ((*st = pldr_eval_greedy(ctx, &next, 1, &next)) != PLDR_OK)
-            return -1.0;
-    return N / (now() - t0);
+    *st = pldr_generate_ids(ctx, NULL, &next, 1, NULL, &gp, NULL, NULL, NULL);
+    const double dt = now() - t0;
+    const int steps = pldr_context_n_past(ctx) - tg_prompt; /* N */
+    return *st == PLDR_OK ? steps / dt : -1.0;
 }
 
 /* Resident set size now, in KiB (0 where /proc is missing); *file_kib gets

@@ -364,8 +364,26 @@ static void print_json(const report *r)
 
 /* ------------------------------------------------------------ running */
 
+typedef struct appender {
+    int32_t *ids;
+    size_t n;
+    int32_t eos;
+} appender;
+
+/* A picked token goes after the others, unless it is [END] (never part of
+ * the sequence). */
+static int append_token(const pldr_token_event *ev, void *user)
+{
+    appender *a = user;
+    if (ev->id >= 0 && ev->id != a->eos)
+        a->ids[a->n++] = ev->id;
+    return 0;
+}
+
 /* Greedy generation through a KVG context: the prompt's G-cache into
- * *cached, the generated tokens appended to ids (room for n_gen more). */
+ * *cached, the generated tokens appended to ids (room for n_gen more). The
+ * prompt's forward comes first, for its G-cache; pldr_generate picks the
+ * tokens from its logits on. */
 static pldr_status run_cached(pldr_model *model, int32_t *ids, size_t n_prompt, long n_gen, size_t *n_out,
                               pldr_gcache *cached)
 {
@@ -373,19 +391,22 @@ static pldr_status run_cached(pldr_model *model, int32_t *ids, size_t n_prompt, 
     pldr_context_params cp = pldr_context_default_params();
     cp.cache_mode = PLDR_CACHE_KVG;
     pldr_status st = pldr_context_new(model, &cp, &ctx);
-    int32_t next = 0;
-    size_t n = n_prompt;
+    const pldr_config *cfg = pldr_model_config(model);
+    float *logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    appender a = {ids, n_prompt, cfg->eos_token_id};
+    if (st == PLDR_OK && !logits)
+        st = PLDR_ERR_HOST_MEMORY;
     if (st == PLDR_OK)
-        st = pldr_eval_greedy(ctx, ids, (int)n_prompt, &next);
+        st = pldr_eval(ctx, ids, (int)n_prompt, logits, 0);
     if (st == PLDR_OK)
         st = pldr_gcache_from_context(ctx, model, cached);
-    const int eos = pldr_model_config(model)->eos_token_id;
-    for (long i = 0; st == PLDR_OK && i < n_gen && next != eos && (int)n < pldr_context_n_ctx(ctx); i++) {
-        ids[n++] = next;
-        if (i + 1 < n_gen && (int)n < pldr_context_n_ctx(ctx))
-            st = pldr_eval_greedy(ctx, &ids[n - 1], 1, &next);
+    if (st == PLDR_OK) {
+        pldr_generate_params gp = pldr_generate_default_params(); /* greedy, stops at [END] */
+        gp.max_tokens = (int)n_gen;
+        st = pldr_generate_ids(ctx, NULL, NULL, 0, logits, &gp, append_token, &a, NULL);
     }
-    *n_out = n;
+    *n_out = a.n;
+    free(logits);
     pldr_context_free(ctx);
     return st;
 }

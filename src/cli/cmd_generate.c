@@ -83,15 +83,12 @@ static const char help[] =
     "                    device first, unless already done (see pldr tune)\n"
     "  -q, --quiet       no summary on stderr\n";
 
-#define MAX_STOP 16
-
 typedef struct gen_opts {
     const char *model_dir, *prompt, *file, *device;
     const char *gcache, *save_session, *load_session;
-    long n_gen, top_k, ctx_n, seed, repeat_last_n, n_logprobs;
-    double temp, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
-    const char *stop[MAX_STOP];
-    int n_stop, ignore_eos, json;
+    long n_gen, ctx_n, n_logprobs;
+    cli_sampling sampling;
+    int json;
     int quiet, tune;
     pldr_cache_mode cache;
     pldr_dtype dtype;
@@ -101,40 +98,35 @@ typedef struct gen_opts {
 /* Parses the command line; returns -1 to go on, else an exit code. */
 static int parse_options(int argc, char **argv, gen_opts *o)
 {
-    enum {
-        O_TEMP = 256, O_TOPK, O_TOPP, O_SEED, O_CACHE, O_CTX, O_DEVICE, O_DTYPE, O_GCACHE, O_SAVE, O_LOAD, O_TUNE,
-        O_MINP, O_REPEAT, O_REPEAT_N, O_PRESENCE, O_FREQUENCY, O_STOP, O_IGNORE_EOS, O_LOGPROBS
-    };
+    enum { O_CACHE = 256, O_CTX, O_DEVICE, O_DTYPE, O_GCACHE, O_SAVE, O_LOAD, O_TUNE, O_LOGPROBS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},    {"prompt", required_argument, 0, 'p'},
         {"file", required_argument, 0, 'f'},     {"n-tokens", required_argument, 0, 'n'},
-        {"temp", required_argument, 0, O_TEMP},  {"top-k", required_argument, 0, O_TOPK},
-        {"top-p", required_argument, 0, O_TOPP}, {"seed", required_argument, 0, O_SEED},
+        CLI_SAMPLING_OPTIONS,
         {"cache", required_argument, 0, O_CACHE}, {"ctx", required_argument, 0, O_CTX},
         {"device", required_argument, 0, O_DEVICE}, {"dtype", required_argument, 0, O_DTYPE},
         {"g-cache", required_argument, 0, O_GCACHE}, {"save-session", required_argument, 0, O_SAVE},
         {"load-session", required_argument, 0, O_LOAD}, {"tune", no_argument, 0, O_TUNE},
-        {"min-p", required_argument, 0, O_MINP}, {"repeat-penalty", required_argument, 0, O_REPEAT},
-        {"repeat-last-n", required_argument, 0, O_REPEAT_N},
-        {"presence-penalty", required_argument, 0, O_PRESENCE},
-        {"frequency-penalty", required_argument, 0, O_FREQUENCY}, {"stop", required_argument, 0, O_STOP},
-        {"ignore-eos", no_argument, 0, O_IGNORE_EOS}, {"logprobs", required_argument, 0, O_LOGPROBS},
+        {"logprobs", required_argument, 0, O_LOGPROBS},
         {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
     o->n_gen = 64;
-    o->seed = -1;
-    o->top_p = 1.0;
-    o->repeat_penalty = 1.0;
-    o->repeat_last_n = 64;
+    cli_sampling_init(&o->sampling);
     o->cache = PLDR_CACHE_KVG;
     o->dtype = PLDR_DTYPE_F32;
     opterr = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, ":m:p:f:n:o:qh", opts, NULL)) != -1) {
+        int rc;
+        if (cli_sampling_option("generate", c, optarg, &o->sampling, &rc)) {
+            if (rc != EXIT_OK)
+                return rc;
+            continue;
+        }
         switch (c) {
         case 'm': o->model_dir = optarg; break;
         case 'p': o->prompt = optarg; break;
@@ -149,46 +141,6 @@ static int parse_options(int argc, char **argv, gen_opts *o)
             if (cli_parse_int(optarg, 0, 1L << 24, &o->n_gen))
                 return cli_usage_error("generate", "-n must be an integer >= 0, not '%s'", optarg);
             break;
-        case O_TEMP:
-            if (cli_parse_double(optarg, 0.0, 1e6, &o->temp))
-                return cli_usage_error("generate", "--temp must be a number from 0 to 1e6, not '%s'", optarg);
-            break;
-        case O_TOPK:
-            if (cli_parse_int(optarg, 0, 1L << 24, &o->top_k))
-                return cli_usage_error("generate", "--top-k must be an integer >= 0, not '%s'", optarg);
-            break;
-        case O_TOPP:
-            if (cli_parse_double(optarg, 0.0, 1.0, &o->top_p) || o->top_p <= 0.0)
-                return cli_usage_error("generate", "--top-p must be in (0, 1], not '%s'", optarg);
-            break;
-        case O_MINP:
-            if (cli_parse_double(optarg, 0.0, 1.0, &o->min_p))
-                return cli_usage_error("generate", "--min-p must be in [0, 1], not '%s'", optarg);
-            break;
-        case O_REPEAT:
-            if (cli_parse_double(optarg, 0.0, 1e6, &o->repeat_penalty) || o->repeat_penalty <= 0.0)
-                return cli_usage_error("generate", "--repeat-penalty must be a number > 0, not '%s'", optarg);
-            break;
-        case O_REPEAT_N:
-            if (cli_parse_int(optarg, -1, 1L << 24, &o->repeat_last_n))
-                return cli_usage_error("generate", "--repeat-last-n must be an integer >= -1, not '%s'", optarg);
-            break;
-        case O_PRESENCE:
-            if (cli_parse_double(optarg, -1e6, 1e6, &o->presence_penalty))
-                return cli_usage_error("generate", "--presence-penalty must be a number, not '%s'", optarg);
-            break;
-        case O_FREQUENCY:
-            if (cli_parse_double(optarg, -1e6, 1e6, &o->frequency_penalty))
-                return cli_usage_error("generate", "--frequency-penalty must be a number, not '%s'", optarg);
-            break;
-        case O_STOP:
-            if (!optarg[0])
-                return cli_usage_error("generate", "--stop needs a non-empty text");
-            if (o->n_stop == MAX_STOP)
-                return cli_usage_error("generate", "at most %d --stop strings", MAX_STOP);
-            o->stop[o->n_stop++] = optarg;
-            break;
-        case O_IGNORE_EOS: o->ignore_eos = 1; break;
         case O_LOGPROBS:
             if (cli_parse_int(optarg, 0, 20, &o->n_logprobs))
                 return cli_usage_error("generate", "--logprobs must be an integer in [0, 20], not '%s'", optarg);
@@ -197,10 +149,6 @@ static int parse_options(int argc, char **argv, gen_opts *o)
             if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0)
                 return cli_usage_error("generate", "-o must be text or json, not '%s'", optarg);
             o->json = strcmp(optarg, "json") == 0;
-            break;
-        case O_SEED:
-            if (cli_parse_int(optarg, 0, 0x7fffffffffffffffL, &o->seed))
-                return cli_usage_error("generate", "--seed must be a non-negative integer, not '%s'", optarg);
             break;
         case O_CACHE:
             if (cli_parse_cache(optarg, &o->cache))
@@ -301,20 +249,9 @@ static int setup_text(gen *g)
     pldr_generate_params *gp = &g->gp;
     *gp = pldr_generate_default_params();
     gp->max_tokens = (int)o->n_gen;
-    gp->temperature = (float)o->temp;
-    gp->top_k = (int)o->top_k;
-    gp->top_p = (float)o->top_p;
-    gp->min_p = (float)o->min_p;
-    gp->repeat_penalty = (float)o->repeat_penalty;
-    gp->repeat_last_n = (int)o->repeat_last_n;
-    gp->presence_penalty = (float)o->presence_penalty;
-    gp->frequency_penalty = (float)o->frequency_penalty;
-    gp->stop = o->stop;
-    gp->n_stop = o->n_stop;
-    gp->ignore_eos = o->ignore_eos;
+    cli_sampling_apply(&o->sampling, gp);
     gp->logprob = o->json;
     gp->n_logprobs = (int)o->n_logprobs;
-    gp->seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     char tok_path[4096];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.model", o->model_dir);
     if ((st = pldr_tokenizer_load(tok_path, &g->tok)) != PLDR_OK)

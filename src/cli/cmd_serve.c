@@ -168,6 +168,8 @@ int cmd_serve(int argc, char **argv)
         case O_HOST: o.host = optarg; break;
         case O_DEVICE: device = optarg; break;
         case O_GCACHE:
+            if (o.gcache || o.gcache_first)
+                return cli_usage_error("serve", "--g-cache given twice: one file, or 'first'");
             if (strcmp(optarg, "first") == 0)
                 o.gcache_first = 1;
             else

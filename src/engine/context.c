@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "common/env.h"
 #include "common/util.h"
 
 pldr_context_params pldr_context_default_params(void)
@@ -20,6 +21,10 @@ pldr_context_params pldr_context_default_params(void)
     p.check_finite = 1;
     p.n_seq = 1;
     p.shared_g = PLDR_SHARED_G_NONE;
+    /* the environment's defaults (src/common/env.c) */
+    p.profile = pldr_env_profile();
+    p.host_time = pldr_env_host_time();
+    p.pipeline = pldr_env_pipeline();
     return p;
 }
 
@@ -106,6 +111,7 @@ static pldr_status make_kernels(pldr_context *c)
         {&c->k.argmax, "argmax", 1},               {&c->k.argmax_parts, "argmax_parts", 1},
         {&c->k.batch_gemv, "batch_gemv", 1},       {&c->k.batch_qkv_rope, "batch_qkv_rope", 1},
         {&c->k.batch_attention, "batch_attention", 1}, {&c->k.batch_argmax, "batch_argmax", 1},
+        {&c->k.batch_attention_cpu, "batch_attention_cpu", cpu},
     };
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
         if (!list[i].used)
@@ -401,8 +407,8 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
     c->p = *params;
     c->n_ctx = params->n_ctx ? params->n_ctx : m->cfg.max_position;
     c->n_seq = params->n_seq;
-    cl_command_queue_properties qp = 0;
-    clGetCommandQueueInfo(m->ocl.queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+    /* profile (PLDR_PROFILE=1): kernel times per name, reported when the context is freed */
+    const cl_command_queue_properties qp = params->profile ? CL_QUEUE_PROFILING_ENABLE : 0;
     cl_int qerr;
     c->queue = clCreateCommandQueue(m->ocl.context, m->ocl.device, qp, &qerr);
     if (!c->queue) {
@@ -415,9 +421,8 @@ pldr_status pldr_context_new(pldr_model *m, const pldr_context_params *params, p
         c->event_names = calloc((size_t)c->cap_events, sizeof *c->event_names);
         c->profile = c->events && c->event_names;
     }
-    c->host_timing = !c->profile && getenv("PLDR_HOSTTIME") && atoi(getenv("PLDR_HOSTTIME")) > 0;
-    const char *pipe = getenv("PLDR_PIPELINE");
-    c->pipeline = !c->profile && !(pipe && strcmp(pipe, "0") == 0);
+    c->host_timing = !c->profile && params->host_time;
+    c->pipeline = !c->profile && params->pipeline;
     pldr_status st = make_kernels(c);
     if (st == PLDR_OK)
         st = context_alloc(c);

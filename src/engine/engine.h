@@ -19,7 +19,7 @@ typedef struct kernels {
     cl_kernel gemm_cpu, learner_cpu, metric_cpu, att_prefill_cpu, potential_cpu, energy_cpu; /* CPU devices */
     cl_kernel apply_g, att_prefill, att_decode, att_combine, glu, gemv, gemv_wide, gemv_ln, gemv_embed, bias_rows,
         argmax, argmax_parts;
-    cl_kernel batch_gemv, batch_qkv_rope, batch_attention, batch_argmax; /* kernels/batch.cl */
+    cl_kernel batch_gemv, batch_qkv_rope, batch_attention, batch_attention_cpu, batch_argmax; /* kernels/batch.cl */
 } kernels;
 
 /* One sequence of a context: what the context's single-sequence fields

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/model.h"
 #include "formats/safetensors.h"
 #include "common/util.h"
 
@@ -235,7 +234,7 @@ pldr_status pldr_gcache_from_context(pldr_context *ctx, const pldr_model *model,
 {
     pldr_clear_error();
     memset(g, 0, sizeof *g);
-    const pldr_config *cf = &model->cfg;
+    const pldr_config *cf = pldr_model_config(model);
     g->n_layers = cf->n_layers;
     g->n_heads = cf->n_heads;
     g->head_dim = cf->head_dim;
@@ -263,7 +262,7 @@ pldr_status pldr_context_load_gcache(pldr_context *ctx, const pldr_model *model,
     pldr_status st = pldr_gcache_read(path, &g);
     if (st != PLDR_OK)
         return st;
-    const pldr_config *cf = &model->cfg;
+    const pldr_config *cf = pldr_model_config(model);
     if (g.n_layers != cf->n_layers || g.n_heads != cf->n_heads || g.head_dim != cf->head_dim)
         st = pldr_fail(PLDR_ERR_MISMATCH,
                        "%s: G_LM is [%d, %d, %d, %d] (L, H, dk, dk); this model needs [%d, %d, %d, %d] "

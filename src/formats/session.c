@@ -38,7 +38,6 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
-#include "model/model.h"
 #include "common/util.h"
 
 #define SESSION_MAGIC "PLDRSESS"
@@ -243,11 +242,11 @@ static pldr_status deflate_pieces(const void *const *data, const size_t *len, in
 static void info_of(const pldr_model *m, pldr_context *ctx, const pldr_state *s, int has_logits,
                     pldr_session_info *in)
 {
-    const pldr_config *cf = &m->cfg;
+    const pldr_config *cf = pldr_model_config(m);
     memset(in, 0, sizeof *in);
     in->version = SESSION_VERSION;
-    in->fingerprint = m->fingerprint;
-    in->weight_dtype = m->wtype;
+    in->fingerprint = pldr_model_fingerprint(m);
+    in->weight_dtype = pldr_model_weight_dtype(m);
     in->cache_mode = pldr_context_cache_mode(ctx);
     in->n_layers = cf->n_layers;
     in->d_model = cf->d_model;
@@ -350,7 +349,7 @@ pldr_status pldr_session_read_info(const char *path, pldr_session_info *info)
 static pldr_status check_fit(const header *h, const pldr_model *m, pldr_context *ctx, const char *path)
 {
     const pldr_session_info *in = &h->info;
-    const pldr_config *cf = &m->cfg;
+    const pldr_config *cf = pldr_model_config(m);
     if (in->n_layers != cf->n_layers || in->d_model != cf->d_model || in->n_heads != cf->n_heads ||
         in->head_dim != cf->head_dim || in->vocab_size != cf->vocab_size)
         return pldr_fail(PLDR_ERR_MISMATCH,
@@ -358,13 +357,13 @@ static pldr_status check_fit(const header *h, const pldr_model *m, pldr_context 
                          "L=%d d=%d H=%d dk=%d V=%d",
                          path, in->n_layers, in->d_model, in->n_heads, in->head_dim, in->vocab_size, cf->n_layers,
                          cf->d_model, cf->n_heads, cf->head_dim, cf->vocab_size);
-    if (in->fingerprint != m->fingerprint)
+    if (in->fingerprint != pldr_model_fingerprint(m))
         return pldr_fail(PLDR_ERR_MISMATCH,
                          "%s: the session is from another model (fingerprint %016llx, this model %016llx)", path,
-                         (unsigned long long)in->fingerprint, (unsigned long long)m->fingerprint);
-    if (in->weight_dtype != m->wtype)
+                         (unsigned long long)in->fingerprint, (unsigned long long)pldr_model_fingerprint(m));
+    if (in->weight_dtype != pldr_model_weight_dtype(m))
         return pldr_fail(PLDR_ERR_MISMATCH, "%s: the session was made with %s weights, the model is loaded with %s (--dtype)",
-                         path, pldr_dtype_name(in->weight_dtype), pldr_dtype_name(m->wtype));
+                         path, pldr_dtype_name(in->weight_dtype), pldr_dtype_name(pldr_model_weight_dtype(m)));
     if (in->cache_mode != pldr_context_cache_mode(ctx))
         return pldr_fail(PLDR_ERR_MISMATCH, "%s: the session was made with cache mode %s, the context uses %s (--cache)",
                          path, mode_name(in->cache_mode), mode_name(pldr_context_cache_mode(ctx)));

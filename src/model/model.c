@@ -23,7 +23,8 @@
 #include "model/model.h"
 #include "model/quantize.h"
 #include "formats/safetensors.h"
-#include "tune/tune.h"
+#include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
 /* Models holding an OpenCL context (see pldr_model_free). */
@@ -34,7 +35,14 @@ pldr_model_params pldr_model_default_params(void)
     pldr_model_params p;
     memset(&p, 0, sizeof p);
     p.weight_dtype = PLDR_DTYPE_F32;
-    p.zero_copy = 1;
+    /* the environment's defaults (src/common/env.c) */
+    p.kernel_dir = pldr_env_kernel_dir();
+    p.zero_copy = pldr_env_zero_copy();
+    p.wg_overrides = pldr_env_work_groups();
+    p.gemm = pldr_env_gemm();
+    p.tuning = !pldr_tuning_disabled();
+    p.build_log = pldr_env_build_log();
+    p.kernel_limits = pldr_env_kernel_limits();
     return p;
 }
 
@@ -230,7 +238,7 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
     const int q4 = w->type == PLDR_DTYPE_Q4_0, q = dtype_quantized(w->type);
     const size_t row_bytes = w->type == PLDR_DTYPE_BF16 ? 2 * pitch : q4 ? pitch / 2 : pitch;
     const size_t nb = pitch / PLDR_QBLOCK; /* scales per row */
-    const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0) + pitch * sizeof(float);
+    const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0);
     if (need > ld->qstage_bytes) {
         free(ld->qstage);
         if (!(ld->qstage = malloc(need))) {
@@ -241,21 +249,8 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
     }
     unsigned char *data = ld->qstage;
     uint16_t *scales = (uint16_t *)(void *)(data + rows * row_bytes);
-    float *row = (float *)(void *)(data + rows * row_bytes + (q ? rows * nb * 2 : 0));
-    for (size_t r = 0; r < rows; r++) {
-        memcpy(row, ld->staging + r * cols, cols * sizeof(float));
-        memset(row + cols, 0, (pitch - cols) * sizeof(float));
-        unsigned char *dst = data + r * row_bytes;
-        if (w->type == PLDR_DTYPE_BF16) {
-            uint16_t *h = (uint16_t *)(void *)dst;
-            for (size_t i = 0; i < pitch; i++)
-                h[i] = pldr_float_to_bf16(row[i]);
-        } else if (q4) {
-            pldr_quantize_q4_0(row, pitch, dst, scales + r * nb);
-        } else {
-            pldr_quantize_q8_0(row, pitch, (int8_t *)dst, scales + r * nb);
-        }
-    }
+    if (pldr_convert_rows(w->type, ld->staging, rows, cols, pitch, data, scales) != 0)
+        return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory converting %s", t->name);
     ld->m->quantize_s += pldr_now() - t0;
     cl_int err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->data, CL_TRUE, row_off * row_bytes, rows * row_bytes, data,
                                       0, NULL, NULL);
@@ -793,8 +788,8 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     /* measured: on PoCL the registers held across barriers cost more than the
      * loads they hide (2-core PoCL: 220 vs 176 us per layer) */
     m->att_preload = !cpu;
-    /* PLDR_GEMM=clblast|own: CLBlast is the default except on CPUs */
-    const char *ge = getenv("PLDR_GEMM");
+    /* gemm (PLDR_GEMM) clblast or own: CLBlast is the default except on CPUs */
+    const char *ge = params->gemm;
     m->own_gemm = ge && strcmp(ge, "own") == 0 ? 1 : ge && strcmp(ge, "clblast") == 0 ? 0 : cpu;
     if (ge && *ge && strcmp(ge, "own") != 0 && strcmp(ge, "clblast") != 0)
         pldr_log(PLDR_LOG_WARN, "ignoring PLDR_GEMM=%s (use clblast or own)", ge);
@@ -821,17 +816,16 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
         apply_wg_items(m, params->work_groups, "work_groups", lim);
     } else {
         char tuned[PLDR_WG_ITEMS_MAX];
-        if (pldr_decode_tuning_lookup(&m->ocl.info, params->cache_dir, &m->cfg,
-                                      m->wtype, tuned, sizeof tuned) &&
+        if (params->tuning &&
+            pldr_decode_tuning_lookup(&m->ocl.info, params->cache_dir, &m->cfg, m->wtype, tuned, sizeof tuned) &&
             *tuned) {
             apply_wg_items(m, tuned, "the decode tuning file", lim);
             m->wg_tuned = 1;
         }
-        const char *env = getenv("PLDR_WG");
-        if (env)
-            apply_wg_items(m, env, "PLDR_WG", lim);
+        if (params->wg_overrides)
+            apply_wg_items(m, params->wg_overrides, "PLDR_WG", lim);
     }
-    const char *limits = getenv("PLDR_KERNEL_LIMITS");
+    const char *limits = params->kernel_limits;
     if (limits && strlen(limits) >= sizeof m->kernel_limits)
         pldr_log(PLDR_LOG_WARN, "ignoring PLDR_KERNEL_LIMITS (longer than %zu characters)",
                  sizeof m->kernel_limits - 1);
@@ -888,7 +882,7 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_TYPE=%d -DEMB_PITCH=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
              "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d -DINDEX64=%d",
-             getenv("PLDR_BUILD_LOG") ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
+             m->ocl.build_log ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, (int)m->wtype, m->emb_pitch, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
              PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64);
@@ -1045,8 +1039,7 @@ static pldr_status check_device_fits(pldr_model *m, uint64_t weight_bytes)
  * the buffers it allocates (CL_DEVICE_MEM_BASE_ADDR_ALIGN). */
 static void zero_copy_alignment(const pldr_model *m, const pldr_model_params *params, loader *ld)
 {
-    const char *env = getenv("PLDR_ZERO_COPY");
-    if (!params->zero_copy || (env && strcmp(env, "0") == 0) || !m->ocl.info.unified_memory ||
+    if (!params->zero_copy || !m->ocl.info.unified_memory ||
         m->wtype != PLDR_DTYPE_F32)
         return;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -1148,7 +1141,9 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
         atomic_fetch_add(&live_contexts, 1);
     if (st != PLDR_OK)
         goto fail;
-    pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters (src/tune/tune.c) */
+    m->ocl.build_log = params->build_log;
+    if (params->tuning)
+        pldr_tuning_apply(&m->ocl, params->cache_dir); /* pldr tune: CLBlast GEMM parameters */
     if ((unsigned)params->weight_dtype >= PLDR_DTYPE_COUNT) {
         st = pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "unknown weight dtype %d", (int)params->weight_dtype);
         goto fail;

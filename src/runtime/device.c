@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "runtime/ocl.h"
+#include "common/env.h"
 #include "common/util.h"
 
 const char *pldr_cl_error_name(cl_int err)
@@ -226,7 +227,7 @@ static int parse_uint(const char *s, const char *end, long *out)
 static int resolve(const char *spec, const pldr_device_info *infos, int n)
 {
     if (!spec || !*spec)
-        spec = getenv("PLDR_DEVICE");
+        spec = pldr_env_device();
     if (!spec || !*spec) {
         for (int i = 0; i < n; i++)
             if (strcmp(infos[i].type, "GPU") == 0)
@@ -307,10 +308,7 @@ pldr_status pldr_ocl_open(const char *spec, pldr_ocl *ocl)
     ocl->context = clCreateContext(props, 1, &ocl->device, NULL, NULL, &err);
     if (!ocl->context)
         return pldr_cl_fail(ocl, err, "creating an OpenCL context");
-    /* PLDR_PROFILE=1: kernel times per name, printed when a context is freed */
-    const char *prof = getenv("PLDR_PROFILE");
-    cl_command_queue_properties qprops = prof && *prof && strcmp(prof, "0") ? CL_QUEUE_PROFILING_ENABLE : 0;
-    ocl->queue = clCreateCommandQueue(ocl->context, ocl->device, qprops, &err);
+    ocl->queue = clCreateCommandQueue(ocl->context, ocl->device, 0, &err);
     if (!ocl->queue) {
         st = pldr_cl_fail(ocl, err, "creating a command queue");
         clReleaseContext(ocl->context);

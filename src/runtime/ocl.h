@@ -14,6 +14,7 @@ typedef struct pldr_ocl {
     cl_context context;
     cl_command_queue queue;
     pldr_device_info info;
+    int build_log; /* pldr_ocl_build hands the compiler's warnings to the log callback */
 } pldr_ocl;
 
 const char *pldr_cl_error_name(cl_int err);
@@ -26,16 +27,12 @@ pldr_status pldr_ocl_open(const char *spec, pldr_ocl *ocl);
 void pldr_ocl_close(pldr_ocl *ocl);
 
 /* Builds the kernels with the given -D options. Sources are the embedded
- * ones, or the files of kernel_dir (or $PLDR_KERNEL_DIR) when set. Binaries
+ * ones, or the files of kernel_dir when set (not ""). Binaries
  * are cached in cache_dir (NULL: default location; "": no cache).
  * *compiled (may be NULL): 1 when compiled from source, 0 when read from the
  * cache. */
 pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kernel_dir,
                            const char *cache_dir, pldr_progress_fn progress, void *progress_user,
                            cl_program *program, int *compiled);
-
-/* The default cache directory ($XDG_CACHE_HOME/pldr or $HOME/.cache/pldr);
- * malloc'ed, NULL when neither variable is set. */
-char *pldr_default_cache_dir(void);
 
 #endif

@@ -18,21 +18,11 @@
 
 #include "runtime/kernels_embedded.h"
 #include "runtime/ocl.h"
+#include "common/env.h"
 #include "common/util.h"
 
 #define CACHE_MAGIC "PLDRBIN2"
 #define CACHE_HEADER 40 /* magic 8, key 8, crc32 4, pad 4, binary length 8, hash 8 */
-
-char *pldr_default_cache_dir(void)
-{
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    if (xdg && *xdg)
-        return pldr_path_join(xdg, "pldr");
-    const char *home = getenv("HOME");
-    if (home && *home)
-        return pldr_path_join(home, ".cache/pldr");
-    return NULL;
-}
 
 /* Concatenates the kernel sources in their fixed order. */
 static pldr_status load_sources(const char *kernel_dir, char **out)
@@ -223,8 +213,6 @@ pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kerne
     *program = NULL;
     if (compiled)
         *compiled = 0;
-    if (!kernel_dir || !*kernel_dir)
-        kernel_dir = getenv("PLDR_KERNEL_DIR");
     if (kernel_dir && !*kernel_dir)
         kernel_dir = NULL;
     char *src = NULL;
@@ -266,9 +254,8 @@ pldr_status pldr_ocl_build(pldr_ocl *ocl, const char *options, const char *kerne
             clReleaseProgram(prog);
             prog = NULL;
         } else {
-            /* PLDR_BUILD_LOG=1: show the compiler's warnings (kernel development) */
-            const char *want_log = getenv("PLDR_BUILD_LOG");
-            if (want_log && *want_log && strcmp(want_log, "0") != 0) {
+            /* build_log (PLDR_BUILD_LOG=1): show the compiler's warnings (kernel development) */
+            if (ocl->build_log) {
                 size_t log_len = 0;
                 clGetProgramBuildInfo(prog, ocl->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &log_len);
                 char *log = malloc(log_len + 1);

@@ -119,7 +119,7 @@ static pldr_status check_params(const pldr_generate_params *p, int n_vocab)
     if (p->n_logprobs < 0 || p->n_logprobs > MAX_LOGPROBS)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "n_logprobs %d must be in [0, %d]", p->n_logprobs,
                          MAX_LOGPROBS);
-    if (p->eos_id < -1 || p->eos_id >= n_vocab)
+    if (p->eos_id < PLDR_EOS_NONE || p->eos_id >= n_vocab)
         return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "eos_id %ld is outside the vocabulary [0, %d)", (long)p->eos_id,
                          n_vocab);
     return PLDR_OK;
@@ -487,7 +487,7 @@ pldr_status pldr_generate_ids(pldr_context *ctx, const pldr_tokenizer *tok, cons
     const pldr_config *cfg = pldr_model_config(pldr_context_model(ctx));
     const int V = cfg->vocab_size;
     pldr_generate_params p = params ? *params : pldr_generate_default_params();
-    if (p.eos_id < 0 && cfg->eos_token_id >= 0 && cfg->eos_token_id < V)
+    if (p.eos_id == -1 && cfg->eos_token_id >= 0 && cfg->eos_token_id < V)
         p.eos_id = cfg->eos_token_id;
     if (pldr_context_n_past(ctx) + n > pldr_context_n_ctx(ctx))
         return pldr_fail(PLDR_ERR_CONTEXT_FULL, "the prompt is %d tokens, more than the context of %d tokens",

@@ -164,7 +164,7 @@ static pldr_status req_copy(const pldr_scheduler *s, const pldr_request *in, req
         r->gen.n_bias = 0;
     }
     r->gen.out_logits = NULL;
-    if (r->gen.eos_id < 0)
+    if (r->gen.eos_id == -1)
         r->gen.eos_id = s->eos;
     if (bad) {
         req_free(r);

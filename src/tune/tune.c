@@ -1,6 +1,7 @@
-/* Per-device tuning of CLBlast's GEMM for the model's prefill shapes (see
- * tune.h). CLBlast 1.5 keeps one parameter set per kernel and device, read
- * from its built-in database unless CLBlastOverrideParameters replaces it;
+/* Per-device tuning of CLBlast's GEMM for the model's prefill shapes (pldr.h,
+ * "Tuning"; the file's reader is src/formats/tuning_gemm.c). CLBlast 1.5
+ * keeps one parameter set per kernel and device, read from its built-in
+ * database unless CLBlastOverrideParameters replaces it;
  * every distinct combination compiles a new program on its first call (about
  * 20 s under PoCL on 2 cores, about a second on a GPU), so the search is a
  * budgeted local search rather than CLBlast's exhaustive tuners:
@@ -36,41 +37,16 @@
 
 #include "tune/child.h"
 #include "runtime/ocl.h"
-#include "tune/tune.h"
+#include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
-#define TUNE_FORMAT "pldr-clblast-tuning"
-#define TUNE_VERSION 1
-#define TUNE_MAX_BYTES (4u << 20)
-/* XGEMM_MIN_INDIRECT_SIZE that sends every GEMM to the direct kernel:
- * CLBlast compares m*n*k with its cube in 64 bits. */
-#define ALL_DIRECT 1000000u
 #define MARGIN 0.98      /* a solution must take at most 98% of the defaults' time */
 #define ABORT_RATIO 3.0  /* drop a candidate this much slower than its kind's best */
 #define MIN_REP_TIME 0.1 /* seconds of timed calls per shape, at least 2 calls */
 #define MAX_REPS 20
 
-/* CLBlast before 1.6.3 computes wrong results with GEMMK=1 when MWG != NWG
- * (CLBlast issues #340 and #542, fixed by pull request #543). */
-#define GEMMK1_UNEQUAL_TILES \
-    (CLBLAST_VERSION_MAJOR * 10000 + CLBLAST_VERSION_MINOR * 100 + CLBLAST_VERSION_PATCH >= 10603)
-
-#define STR2(x) #x
-#define STR(x) STR2(x)
-#define CLBLAST_VERSION_STRING STR(CLBLAST_VERSION_MAJOR) "." STR(CLBLAST_VERSION_MINOR) "." STR(CLBLAST_VERSION_PATCH)
-
 /* ------------------------------------------------------------ parameters */
-
-enum { XP_GEMMK, XP_KREG, XP_KWG, XP_KWI, XP_MDIMA, XP_MDIMC, XP_MWG, XP_NDIMB, XP_NDIMC, XP_NWG,
-       XP_SA, XP_SB, XP_STRM, XP_STRN, XP_VWM, XP_VWN, XP_COUNT };
-static const char *const xgemm_names[XP_COUNT] = {"GEMMK", "KREG", "KWG", "KWI", "MDIMA", "MDIMC",
-                                                  "MWG", "NDIMB", "NDIMC", "NWG", "SA", "SB",
-                                                  "STRM", "STRN", "VWM", "VWN"};
-enum { DP_KWID, DP_MDIMAD, DP_MDIMCD, DP_NDIMBD, DP_NDIMCD, DP_PADA, DP_PADB, DP_VWMD, DP_VWND, DP_WGD,
-       DP_COUNT };
-static const char *const direct_names[DP_COUNT] = {"KWID", "MDIMAD", "MDIMCD", "NDIMBD", "NDIMCD",
-                                                   "PADA", "PADB", "VWMD", "VWND", "WGD"};
-static const char *const threshold_name = "XGEMM_MIN_INDIRECT_SIZE";
 
 typedef struct opts {
     int n;
@@ -120,131 +96,19 @@ typedef struct family {
     const size_t *seed;
 } family;
 static const family families[N_FAM] = {
-    {"Xgemm/GEMMK=0", "Xgemm", XP_COUNT, xgemm_names, space_x0, seed_x0},
-    {"Xgemm/GEMMK=1", "Xgemm", XP_COUNT, xgemm_names, space_x1, seed_x1},
-    {"XgemmDirect", "XgemmDirect", DP_COUNT, direct_names, space_d, seed_d},
+    {"Xgemm/GEMMK=0", "Xgemm", XP_COUNT, pldr_xgemm_names, space_x0, seed_x0},
+    {"Xgemm/GEMMK=1", "Xgemm", XP_COUNT, pldr_xgemm_names, space_x1, seed_x1},
+    {"XgemmDirect", "XgemmDirect", DP_COUNT, pldr_direct_names, space_d, seed_d},
 };
 
-typedef struct limits {
-    uint64_t local_mem;
-    size_t max_wg, max_item0, max_item1;
-} limits;
-
-static void device_limits(const pldr_ocl *o, limits *lim)
+static const char *family_invalid(int fam, const size_t *v, const pldr_gemm_limits *lim)
 {
-    lim->local_mem = o->info.local_mem_bytes;
-    lim->max_wg = o->info.max_work_group_size;
-    lim->max_item0 = lim->max_item1 = lim->max_wg;
-    size_t items[3] = {0, 0, 0};
-    cl_uint dims = 0;
-    if (clGetDeviceInfo(o->device, CL_DEVICE_MAX_WORK_ITEM_DIMENSIONS, sizeof dims, &dims, NULL) == CL_SUCCESS &&
-        dims >= 2 && dims <= 3 &&
-        clGetDeviceInfo(o->device, CL_DEVICE_MAX_WORK_ITEM_SIZES, dims * sizeof(size_t), items, NULL) == CL_SUCCESS) {
-        lim->max_item0 = items[0];
-        lim->max_item1 = items[1];
-    }
-}
-
-static int multiple(size_t a, size_t b) { return b != 0 && a % b == 0; }
-static int vector_width(size_t v) { return v == 1 || v == 2 || v == 4 || v == 8 || v == 16; }
-static int flag(size_t v) { return v <= 1; }
-
-/* NULL when an Xgemm set is valid for the device, else the broken rule. The
- * rules are those of CLBlast's kernels and tuner: integer tiles per thread
- * and per loader, the KWG loop unrolled by KWI, the local memory and the
- * work-group size of the device. */
-static const char *xgemm_invalid(const size_t *v, const limits *lim)
-{
-    static const int positive[] = {XP_KREG, XP_KWG, XP_KWI, XP_MDIMA, XP_MDIMC, XP_MWG, XP_NDIMB, XP_NDIMC, XP_NWG};
-    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
-        if (v[positive[i]] < 1 || v[positive[i]] > 4096)
-            return "a tile size outside [1, 4096]";
-    if (v[XP_GEMMK] > 1)
-        return "GEMMK is neither 0 nor 1";
-    if (!flag(v[XP_SA]) || !flag(v[XP_SB]) || !flag(v[XP_STRM]) || !flag(v[XP_STRN]))
-        return "SA, SB, STRM and STRN must be 0 or 1";
-    if (!vector_width(v[XP_VWM]) || !vector_width(v[XP_VWN]))
-        return "VWM and VWN must be 1, 2, 4, 8 or 16";
-    if (!multiple(v[XP_KWG], v[XP_KWI]))
-        return "KWG must be a multiple of KWI";
-    if (!multiple(v[XP_MWG], v[XP_MDIMC] * v[XP_VWM]) || !multiple(v[XP_MWG], v[XP_MDIMA] * v[XP_VWM]))
-        return "MWG must be a multiple of MDIMC*VWM and MDIMA*VWM";
-    if (!multiple(v[XP_NWG], v[XP_NDIMC] * v[XP_VWN]) || !multiple(v[XP_NWG], v[XP_NDIMB] * v[XP_VWN]))
-        return "NWG must be a multiple of NDIMC*VWN and NDIMB*VWN";
-    if (v[XP_GEMMK] == 0) {
-        size_t threads = v[XP_MDIMC] * v[XP_NDIMC];
-        if (!multiple(threads, v[XP_MDIMA]) || !multiple(threads, v[XP_NDIMB]))
-            return "MDIMC*NDIMC must be a multiple of MDIMA and NDIMB";
-        if (!multiple(v[XP_KWG], threads / v[XP_MDIMA]) || !multiple(v[XP_KWG], threads / v[XP_NDIMB]))
-            return "KWG must be a multiple of KDIMA and KDIMB";
-        if (v[XP_KREG] != 1)
-            return "KREG must be 1 with GEMMK 0";
-    } else {
-        if (v[XP_KWG] != 1 || v[XP_KWI] != 1 || v[XP_SA] || v[XP_SB] || v[XP_STRM] || v[XP_STRN])
-            return "GEMMK 1 needs KWG=KWI=1 and SA=SB=STRM=STRN=0";
-        if (v[XP_MDIMA] != v[XP_MDIMC] || v[XP_NDIMB] != v[XP_NDIMC])
-            return "GEMMK 1 needs MDIMA=MDIMC and NDIMB=NDIMC";
-        if (!multiple(v[XP_KREG], v[XP_VWN]))
-            return "KREG must be a multiple of VWN";
-        if (!GEMMK1_UNEQUAL_TILES && v[XP_MWG] != v[XP_NWG])
-            return "GEMMK 1 needs MWG=NWG before CLBlast 1.6.3";
-    }
-    uint64_t local = 4 * ((uint64_t)v[XP_SA] * v[XP_KWG] * v[XP_MWG] + (uint64_t)v[XP_SB] * v[XP_KWG] * v[XP_NWG]);
-    if (local > lim->local_mem)
-        return "more local memory than the device has";
-    if (v[XP_MDIMC] * v[XP_NDIMC] > lim->max_wg || v[XP_MDIMC] > lim->max_item0 || v[XP_NDIMC] > lim->max_item1)
-        return "a work-group larger than the device allows";
-    return NULL;
-}
-
-static const char *direct_invalid(const size_t *v, const limits *lim)
-{
-    static const int positive[] = {DP_KWID, DP_MDIMAD, DP_MDIMCD, DP_NDIMBD, DP_NDIMCD, DP_WGD};
-    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
-        if (v[positive[i]] < 1 || v[positive[i]] > 4096)
-            return "a tile size outside [1, 4096]";
-    if (!flag(v[DP_PADA]) || !flag(v[DP_PADB]))
-        return "PADA and PADB must be 0 or 1";
-    if (!vector_width(v[DP_VWMD]) || !vector_width(v[DP_VWND]))
-        return "VWMD and VWND must be 1, 2, 4, 8 or 16";
-    const size_t wgd = v[DP_WGD], threads = v[DP_MDIMCD] * v[DP_NDIMCD];
-    if (!multiple(wgd, v[DP_KWID]))
-        return "WGD must be a multiple of KWID";
-    if (!multiple(wgd, v[DP_MDIMCD] * v[DP_VWMD]) || !multiple(wgd, v[DP_MDIMAD] * v[DP_VWMD]))
-        return "WGD must be a multiple of MDIMCD*VWMD and MDIMAD*VWMD";
-    if (!multiple(wgd, v[DP_NDIMCD] * v[DP_VWND]) || !multiple(wgd, v[DP_NDIMBD] * v[DP_VWND]))
-        return "WGD must be a multiple of NDIMCD*VWND and NDIMBD*VWND";
-    if (!multiple(threads, v[DP_MDIMAD]) || !multiple(threads, v[DP_NDIMBD]) ||
-        !multiple(wgd, threads / v[DP_MDIMAD]) || !multiple(wgd, threads / v[DP_NDIMBD]))
-        return "WGD must be a multiple of KDIMAD and KDIMBD";
-    uint64_t local = 4 * ((uint64_t)wgd * (wgd + v[DP_PADA]) + (uint64_t)wgd * (wgd + v[DP_PADB]));
-    if (local > lim->local_mem)
-        return "more local memory than the device has";
-    if (threads > lim->max_wg || v[DP_MDIMCD] > lim->max_item0 || v[DP_NDIMCD] > lim->max_item1)
-        return "a work-group larger than the device allows";
-    return NULL;
-}
-
-static const char *family_invalid(int fam, const size_t *v, const limits *lim)
-{
-    return fam == FAM_D ? direct_invalid(v, lim) : xgemm_invalid(v, lim);
-}
-
-static CLBlastStatusCode override_kernel(const pldr_ocl *o, const char *kernel, int n, const char *const *names,
-                                         const size_t *values)
-{
-    const char *nm[XP_COUNT];
-    size_t val[XP_COUNT];
-    for (int i = 0; i < n; i++) {
-        nm[i] = names[i];
-        val[i] = values[i];
-    }
-    return CLBlastOverrideParameters(o->device, kernel, CLBlastPrecisionSingle, (size_t)n, nm, val);
+    return fam == FAM_D ? pldr_xgemm_direct_invalid(v, lim) : pldr_xgemm_invalid(v, lim);
 }
 
 static CLBlastStatusCode override_threshold(const pldr_ocl *o, size_t value)
 {
-    return override_kernel(o, "GemmRoutine", 1, &threshold_name, &value);
+    return pldr_clblast_override(o, "GemmRoutine", 1, &pldr_gemm_threshold_name, &value);
 }
 
 static void params_string(int fam, const size_t *v, char *buf, size_t size)
@@ -264,231 +128,6 @@ static void params_string(int fam, const size_t *v, char *buf, size_t size)
             break;
         o += (size_t)w;
     }
-}
-
-/* ------------------------------------------------------------ key and path */
-
-static uint64_t device_key(const pldr_device_info *info)
-{
-    const char *parts[] = {info->name, info->driver_version, info->platform_version,
-                           "clblast " CLBLAST_VERSION_STRING};
-    uint64_t h = PLDR_FNV_INIT;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-        h = pldr_fnv1a(h, parts[i], strlen(parts[i]) + 1);
-    return h;
-}
-
-char *pldr_tuning_path(const pldr_device_info *info, const char *cache_dir)
-{
-    if (!info)
-        return NULL;
-    char *dir = cache_dir ? pldr_strdup(cache_dir) : pldr_default_cache_dir();
-    if (!dir)
-        return NULL;
-    char name[48];
-    snprintf(name, sizeof name, "tune-%016llx.json", (unsigned long long)device_key(info));
-    char *path = pldr_path_join(dir, name);
-    free(dir);
-    return path;
-}
-
-/* ------------------------------------------------------------ reading */
-
-/* The parameters a tuning file holds, checked. */
-typedef struct tuning {
-    int has_x, has_d, has_thr;
-    size_t x[XP_COUNT], d[DP_COUNT], thr;
-} tuning;
-
-static pldr_status bad(const char *path, const char *what)
-{
-    return pldr_fail(PLDR_ERR_FORMAT, "%s: %s", path, what);
-}
-
-/* Reads the object obj of exactly the n given names into values. */
-static pldr_status read_set(const char *path, const char *kernel, json_t *obj, int n, const char *const *names,
-                            size_t *values)
-{
-    char msg[160];
-    if (!json_is_object(obj)) {
-        snprintf(msg, sizeof msg, "parameters of %s are not an object", kernel);
-        return bad(path, msg);
-    }
-    if (json_object_size(obj) != (size_t)n) {
-        snprintf(msg, sizeof msg, "%s has %zu parameters, expected %d", kernel, json_object_size(obj), n);
-        return bad(path, msg);
-    }
-    for (int i = 0; i < n; i++) {
-        json_t *v = json_object_get(obj, names[i]);
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (json_int_t)ALL_DIRECT) {
-            snprintf(msg, sizeof msg, "%s.%s is missing or not an integer in range", kernel, names[i]);
-            return bad(path, msg);
-        }
-        values[i] = (size_t)json_integer_value(v);
-    }
-    return PLDR_OK;
-}
-
-static int same_string(json_t *obj, const char *key, const char *want)
-{
-    json_t *v = json_object_get(obj, key);
-    return json_is_string(v) && strcmp(json_string_value(v), want) == 0;
-}
-
-static pldr_status parse_tuning(const char *path, const unsigned char *text, size_t len, const pldr_ocl *o,
-                                tuning *t)
-{
-    memset(t, 0, sizeof *t);
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
-    pldr_status st = PLDR_OK;
-    json_t *dev = json_object_get(root, "device"), *params = json_object_get(root, "parameters");
-    json_t *ver = json_object_get(root, "version");
-    if (!json_is_object(root) || !same_string(root, "format", TUNE_FORMAT))
-        st = bad(path, "not a pldr tuning file");
-    else if (!json_is_integer(ver) || json_integer_value(ver) != TUNE_VERSION)
-        st = bad(path, "unsupported version");
-    else if (!json_is_object(dev) || !same_string(dev, "name", o->info.name) ||
-             !same_string(dev, "driver_version", o->info.driver_version) ||
-             !same_string(dev, "platform_version", o->info.platform_version))
-        st = bad(path, "made for another device or driver");
-    else if (!same_string(root, "clblast", CLBLAST_VERSION_STRING))
-        st = bad(path, "made for another CLBlast version");
-    else if (!json_is_object(params))
-        st = bad(path, "no parameters object");
-    const char *key;
-    json_t *val;
-    if (st == PLDR_OK) {
-        json_object_foreach(params, key, val) {
-            if (strcmp(key, "Xgemm") == 0) {
-                st = read_set(path, key, val, XP_COUNT, xgemm_names, t->x);
-                t->has_x = 1;
-            } else if (strcmp(key, "XgemmDirect") == 0) {
-                st = read_set(path, key, val, DP_COUNT, direct_names, t->d);
-                t->has_d = 1;
-            } else if (strcmp(key, "GemmRoutine") == 0) {
-                st = read_set(path, key, val, 1, &threshold_name, &t->thr);
-                t->has_thr = 1;
-            } else {
-                st = bad(path, "unknown kernel in parameters");
-            }
-            if (st != PLDR_OK)
-                break;
-        }
-    }
-    json_decref(root);
-    if (st != PLDR_OK)
-        return st;
-    limits lim;
-    device_limits(o, &lim);
-    const char *why;
-    if (t->has_x && (why = xgemm_invalid(t->x, &lim)) != NULL)
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: invalid Xgemm parameters (%s)", path, why);
-    if (t->has_d && (why = direct_invalid(t->d, &lim)) != NULL)
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: invalid XgemmDirect parameters (%s)", path, why);
-    return PLDR_OK;
-}
-
-int pldr_tuning_disabled(void)
-{
-    const char *e = getenv("PLDR_TUNING");
-    return e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "no") == 0);
-}
-
-/* Reads the device's file into *t; *found = 0 when there is none. */
-static pldr_status read_tuning(const pldr_ocl *o, const char *cache_dir, tuning *t, int *found, char **path_out)
-{
-    *found = 0;
-    if (path_out)
-        *path_out = NULL;
-    memset(t, 0, sizeof *t);
-    if (cache_dir && !*cache_dir)
-        return PLDR_OK;
-    char *path = pldr_tuning_path(&o->info, cache_dir);
-    if (!path)
-        return PLDR_OK; /* no cache directory: nothing to read */
-    struct stat sb;
-    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
-        free(path);
-        return PLDR_OK;
-    }
-    unsigned char *text = NULL;
-    size_t len = 0;
-    pldr_status st = pldr_read_file(path, TUNE_MAX_BYTES, &text, &len);
-    if (st == PLDR_OK)
-        st = parse_tuning(path, text, len, o, t);
-    free(text);
-    if (st == PLDR_OK)
-        *found = 1;
-    if (path_out)
-        *path_out = path;
-    else
-        free(path);
-    return st;
-}
-
-static pldr_status apply_tuning(const pldr_ocl *o, const tuning *t, int *n_sets)
-{
-    /* the threshold last: a failure before it leaves each kernel with a
-     * complete, valid set (its own or CLBlast's) */
-    struct {
-        int has;
-        const char *kernel;
-        int n;
-        const char *const *names;
-        const size_t *v;
-    } sets[] = {{t->has_x, "Xgemm", XP_COUNT, xgemm_names, t->x},
-                {t->has_d, "XgemmDirect", DP_COUNT, direct_names, t->d},
-                {t->has_thr, "GemmRoutine", 1, &threshold_name, &t->thr}};
-    int n = 0;
-    pldr_status st = PLDR_OK;
-    for (size_t i = 0; i < sizeof sets / sizeof sets[0] && st == PLDR_OK; i++) {
-        if (!sets[i].has)
-            continue;
-        CLBlastStatusCode s = override_kernel(o, sets[i].kernel, sets[i].n, sets[i].names, sets[i].v);
-        if (s != CLBlastSuccess)
-            st = pldr_fail(PLDR_ERR_FORMAT, "CLBlastOverrideParameters(%s) failed with status %d", sets[i].kernel,
-                           (int)s);
-        else
-            n++;
-    }
-    if (n_sets)
-        *n_sets = n;
-    return st;
-}
-
-pldr_status pldr_tuning_load(struct pldr_ocl *ocl, const char *cache_dir, int *n_sets)
-{
-    if (n_sets)
-        *n_sets = 0;
-    if (!ocl)
-        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "pldr_tuning_load: NULL device");
-    if (pldr_tuning_disabled())
-        return PLDR_OK;
-    tuning t;
-    int found;
-    char *path = NULL;
-    pldr_status st = read_tuning(ocl, cache_dir, &t, &found, &path);
-    if (st == PLDR_OK && found) {
-        st = apply_tuning(ocl, &t, n_sets);
-        if (st != PLDR_OK)
-            pldr_fail_prefix(st, "%s", path);
-    }
-    free(path);
-    return st;
-}
-
-pldr_status pldr_tuning_apply(struct pldr_ocl *ocl, const char *cache_dir)
-{
-    pldr_status st = pldr_tuning_load(ocl, cache_dir, NULL);
-    if (st != PLDR_OK) {
-        pldr_log(PLDR_LOG_WARN, "ignoring the GEMM tuning file: %s (run 'pldr tune' to rewrite it)",
-                pldr_last_error());
-        pldr_clear_error();
-    }
-    return PLDR_OK;
 }
 
 static void append(char *buf, size_t size, const char *fmt, ...) PLDR_PRINTF(3, 4);
@@ -513,11 +152,11 @@ pldr_status pldr_tuning_check(const char *device, const char *cache_dir, char **
     if (st != PLDR_OK)
         return st;
     *path = pldr_tuning_path(&ocl.info, cache_dir);
-    tuning t;
+    pldr_gemm_tuning t;
     int found = 0, n = 0;
-    st = read_tuning(&ocl, cache_dir, &t, &found, NULL);
+    st = pldr_gemm_tuning_read(&ocl, cache_dir, &t, &found, NULL);
     if (st == PLDR_OK && found)
-        st = apply_tuning(&ocl, &t, &n);
+        st = pldr_gemm_tuning_set(&ocl, &t, &n);
     char buf[1024] = "";
     if (st == PLDR_OK) {
         if (!found)
@@ -622,7 +261,7 @@ typedef struct tuner {
     pldr_ocl ocl; /* in the measuring child processes only */
     int ocl_open;
     pldr_device_info info; /* of the device, as the first child found it */
-    limits lim;
+    pldr_gemm_limits lim;
     pldr_config cfg;
     int n_shapes;
     pldr_tune_shape shapes[16];
@@ -794,10 +433,10 @@ static pldr_status measure(tuner *tu, trial *tr)
     CLBlastStatusCode os = CLBlastSuccess;
     if (tr->kind == K_INDIRECT || tr->kind == K_DIRECT) {
         if (tr->fam >= 0)
-            os = override_kernel(&tu->ocl, families[tr->fam].kernel, families[tr->fam].n_params,
+            os = pldr_clblast_override(&tu->ocl, families[tr->fam].kernel, families[tr->fam].n_params,
                                  families[tr->fam].names, tr->v);
         if (os == CLBlastSuccess)
-            os = override_threshold(&tu->ocl, tr->kind == K_DIRECT ? ALL_DIRECT : 0);
+            os = override_threshold(&tu->ocl, tr->kind == K_DIRECT ? PLDR_GEMM_ALL_DIRECT : 0);
     }
     if (os != CLBlastSuccess) {
         tr->failed = 1;
@@ -915,7 +554,7 @@ static int split_threshold(const tuner *tu, int s, size_t *thr)
         t++;
     while (t > 0 && (double)t * t * t > hi)
         t--;
-    if ((double)t * t * t <= lo || (double)t * t * t > hi || t >= ALL_DIRECT)
+    if ((double)t * t * t <= lo || (double)t * t * t > hi || t >= PLDR_GEMM_ALL_DIRECT)
         return 0;
     *thr = t;
     return 1;
@@ -984,7 +623,7 @@ static void tie_dims(int fam, size_t *v)
     if (fam == FAM_X1) {
         v[XP_MDIMA] = v[XP_MDIMC];
         v[XP_NDIMB] = v[XP_NDIMC];
-        if (!GEMMK1_UNEQUAL_TILES)
+        if (!PLDR_GEMMK1_UNEQUAL_TILES)
             v[XP_NWG] = v[XP_MWG];
     }
 }
@@ -1020,7 +659,7 @@ static int mutate(tuner *tu, int fam, const size_t *parent, size_t *v)
     int movable[XP_COUNT], n_mov = 0;
     for (int i = 0; i < f->n_params; i++)
         if (f->space[i].n > 1 &&
-            !(fam == FAM_X1 && (i == XP_MDIMA || i == XP_NDIMB || (!GEMMK1_UNEQUAL_TILES && i == XP_NWG))))
+            !(fam == FAM_X1 && (i == XP_MDIMA || i == XP_NDIMB || (!PLDR_GEMMK1_UNEQUAL_TILES && i == XP_NWG))))
             movable[n_mov++] = i;
     if (n_mov == 0)
         return 0;
@@ -1188,7 +827,7 @@ static pldr_status search(tuner *tu)
 typedef struct reply {
     pldr_child_head head;
     pldr_device_info info;
-    limits lim;
+    pldr_gemm_limits lim;
     double t[16];
     int failed, found;
 } reply;
@@ -1211,7 +850,7 @@ static pldr_status child_open(tuner *tu, reply *rep)
     if (st != PLDR_OK)
         return st;
     tu->ocl_open = 1;
-    device_limits(&tu->ocl, &tu->lim);
+    pldr_gemm_limits_get(&tu->ocl, &tu->lim);
     rep->info = tu->ocl.info;
     rep->lim = tu->lim;
     return setup_buffers(tu);
@@ -1284,9 +923,9 @@ static pldr_status child_confirm(void *ctx, void *out)
         return st;
     CLBlastStatusCode s = CLBlastSuccess;
     if (sol->ind >= 0 && tu->trials[sol->ind].fam >= 0)
-        s = override_kernel(&tu->ocl, "Xgemm", XP_COUNT, xgemm_names, tu->trials[sol->ind].v);
+        s = pldr_clblast_override(&tu->ocl, "Xgemm", XP_COUNT, pldr_xgemm_names, tu->trials[sol->ind].v);
     if (s == CLBlastSuccess && sol->dir >= 0 && tu->trials[sol->dir].fam >= 0)
-        s = override_kernel(&tu->ocl, "XgemmDirect", DP_COUNT, direct_names, tu->trials[sol->dir].v);
+        s = pldr_clblast_override(&tu->ocl, "XgemmDirect", DP_COUNT, pldr_direct_names, tu->trials[sol->dir].v);
     if (s == CLBlastSuccess)
         s = override_threshold(&tu->ocl, sol->thr);
     if (s != CLBlastSuccess) {
@@ -1359,10 +998,10 @@ static pldr_status write_file(tuner *tu, const char *model_dir, const solution *
     struct tm tmv;
     gmtime_r(&now, &tmv);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tmv);
-    json_object_set_new(root, "format", json_string(TUNE_FORMAT));
-    json_object_set_new(root, "version", json_integer(TUNE_VERSION));
+    json_object_set_new(root, "format", json_string(PLDR_GEMM_TUNING_FORMAT));
+    json_object_set_new(root, "version", json_integer(PLDR_GEMM_TUNING_VERSION));
     json_object_set_new(root, "created", json_string(when));
-    json_object_set_new(root, "clblast", json_string(CLBLAST_VERSION_STRING));
+    json_object_set_new(root, "clblast", json_string(PLDR_CLBLAST_VERSION_STRING));
     json_object_set_new(dev, "name", json_string(di->name));
     json_object_set_new(dev, "vendor", json_string(di->vendor));
     json_object_set_new(dev, "type", json_string(di->type));
@@ -1406,10 +1045,10 @@ static pldr_status write_file(tuner *tu, const char *model_dir, const solution *
     json_object_set_new(root, "total_after_ms", ms(res->total_after_s));
     if (tuned) {
         if (sol->ind >= 0 && tu->trials[sol->ind].fam >= 0)
-            json_object_set_new(params, "Xgemm", set_json(XP_COUNT, xgemm_names, tu->trials[sol->ind].v));
+            json_object_set_new(params, "Xgemm", set_json(XP_COUNT, pldr_xgemm_names, tu->trials[sol->ind].v));
         if (sol->dir >= 0 && tu->trials[sol->dir].fam >= 0)
-            json_object_set_new(params, "XgemmDirect", set_json(DP_COUNT, direct_names, tu->trials[sol->dir].v));
-        json_object_set_new(params, "GemmRoutine", set_json(1, &threshold_name, &sol->thr));
+            json_object_set_new(params, "XgemmDirect", set_json(DP_COUNT, pldr_direct_names, tu->trials[sol->dir].v));
+        json_object_set_new(params, "GemmRoutine", set_json(1, &pldr_gemm_threshold_name, &sol->thr));
     }
     json_object_set_new(root, "parameters", params);
     for (int i = 0; i < tu->n_trials; i++) {
@@ -1707,10 +1346,10 @@ static pldr_status child_check(void *ctx, void *out)
     if (st != PLDR_OK)
         return st;
     rep->info = ocl.info;
-    tuning t;
+    pldr_gemm_tuning t;
     int found = 0;
     char *path = NULL;
-    if (read_tuning(&ocl, cj->p->cache_dir, &t, &found, &path) == PLDR_OK && found && same_model(path, cj->cfg))
+    if (pldr_gemm_tuning_read(&ocl, cj->p->cache_dir, &t, &found, &path) == PLDR_OK && found && same_model(path, cj->cfg))
         rep->found = 1;
     free(path);
     pldr_ocl_close(&ocl);

@@ -1,4 +1,4 @@
-/* Per-device tuning of the engine's decode work-group shapes (see tune.h):
+/* Per-device tuning of the engine's decode work-group shapes (pldr.h, "Tuning"):
  * a coordinate search around the device's defaults, each candidate timed on
  * greedy decode steps of the model in a child process (src/tune/child.c), the
  * choice stored as PLDR_WG items in the cache directory. */
@@ -14,159 +14,18 @@
 
 #include "tune/child.h"
 #include "model/model.h"
-#include "tune/tune.h"
+#include "formats/tuning_file.h"
+#include "common/env.h"
 #include "common/util.h"
 
-#define DECODE_FORMAT "pldr-decode-tuning"
-#define DECODE_VERSION 1
-#define DECODE_MAX_BYTES (1u << 20)
+#define DECODE_MARGIN 0.03 /* a candidate must be this much faster (pldr.h) */
 #define MAX_CANDIDATES 32
 #define MIN_TIMED_S 0.5 /* seconds of timed decode steps per candidate, at least */
 #define MAX_RUNS 50
 
-/* The keys a decode tuning file may set (PLDR_WG's names, src/model/model.c);
- * attpre is a switch (0 or 1). */
-static const char *const tuned_keys[] = {"gemv", "rows", "wrows", "att", "pf", "attpre"};
-
 static const char *dtype_name(pldr_dtype d) { return pldr_dtype_name(d); }
 
 /* ------------------------------------------------------------ the file */
-
-char *pldr_decode_tuning_path(const pldr_device_info *info, const char *cache_dir)
-{
-    if (!info || (cache_dir && !*cache_dir))
-        return NULL;
-    const char *parts[] = {info->name, info->driver_version, info->platform_version};
-    uint64_t h = PLDR_FNV_INIT;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-        h = pldr_fnv1a(h, parts[i], strlen(parts[i]) + 1);
-    char *dir = cache_dir ? pldr_strdup(cache_dir) : pldr_default_cache_dir();
-    if (!dir)
-        return NULL;
-    char name[48];
-    snprintf(name, sizeof name, "decode-%016llx.json", (unsigned long long)h);
-    char *path = pldr_path_join(dir, name);
-    free(dir);
-    return path;
-}
-
-/* Whether items is a list of key=value over tuned_keys with values in
- * [1, 65536], or 0 and 1 for attpre ("" is valid: the defaults). */
-static int valid_items(const char *items)
-{
-    for (const char *p = items; *p;) {
-        const size_t len = strcspn(p, ",");
-        const char *eq = memchr(p, '=', len);
-        if (!eq)
-            return 0;
-        int known = 0;
-        for (size_t i = 0; i < sizeof tuned_keys / sizeof tuned_keys[0]; i++)
-            known |= (size_t)(eq - p) == strlen(tuned_keys[i]) && strncmp(p, tuned_keys[i], (size_t)(eq - p)) == 0;
-        const int is_switch = eq - p == 6 && strncmp(p, "attpre", 6) == 0;
-        char *end;
-        const long v = strtol(eq + 1, &end, 10);
-        if (!known || end == eq + 1 || end != p + len || v < (is_switch ? 0 : 1) || v > (is_switch ? 1 : 65536))
-            return 0;
-        p += len + (p[len] == ',');
-    }
-    return 1;
-}
-
-static int same_string(json_t *obj, const char *key, const char *want)
-{
-    json_t *v = json_object_get(obj, key);
-    return json_is_string(v) && strcmp(json_string_value(v), want) == 0;
-}
-
-static json_t *model_dims(const pldr_config *c)
-{
-    return json_pack("{s:i, s:i, s:i, s:i, s:i, s:i}", "n_layers", c->n_layers, "d_model", c->d_model, "n_heads",
-                     c->n_heads, "head_dim", c->head_dim, "d_ff", c->d_ff, "vocab_size", c->vocab_size);
-}
-
-/* Reads and checks the file at path: *root is NULL when there is none. */
-static pldr_status read_file(const char *path, const pldr_device_info *info, json_t **root)
-{
-    *root = NULL;
-    struct stat sb;
-    if (stat(path, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR))
-        return PLDR_OK;
-    unsigned char *text = NULL;
-    size_t len = 0;
-    pldr_status st = pldr_read_file(path, DECODE_MAX_BYTES, &text, &len);
-    if (st != PLDR_OK)
-        return st;
-    json_error_t jerr;
-    json_t *r = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
-    free(text);
-    if (!r)
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
-    json_t *dev = json_object_get(r, "device"), *ver = json_object_get(r, "version");
-    const char *why = NULL;
-    if (!json_is_object(r) || !same_string(r, "format", DECODE_FORMAT))
-        why = "not a pldr decode tuning file";
-    else if (!json_is_integer(ver) || json_integer_value(ver) != DECODE_VERSION)
-        why = "unsupported version";
-    else if (!json_is_object(dev) || !same_string(dev, "name", info->name) ||
-             !same_string(dev, "driver_version", info->driver_version) ||
-             !same_string(dev, "platform_version", info->platform_version))
-        why = "made for another device or driver";
-    else if (!json_is_object(json_object_get(r, "model")) || !json_is_object(json_object_get(r, "dtypes")))
-        why = "no model or dtypes object";
-    if (why) {
-        json_decref(r);
-        return pldr_fail(PLDR_ERR_FORMAT, "%s: %s", path, why);
-    }
-    const char *key;
-    json_t *val;
-    json_object_foreach(json_object_get(r, "dtypes"), key, val) {
-        json_t *wg = json_object_get(val, "work_groups");
-        if ((strcmp(key, "f32") != 0 && strcmp(key, "f16") != 0) || !json_is_object(val) || !json_is_string(wg) ||
-            !valid_items(json_string_value(wg)) || strlen(json_string_value(wg)) >= PLDR_WG_ITEMS_MAX) {
-            /* the message first: key belongs to r */
-            st = pldr_fail(PLDR_ERR_FORMAT, "%s: dtype entry '%.16s' is not {\"work_groups\": \"KEY=N,...\"} "
-                                            "over gemv, rows, wrows, att, pf and attpre", path, key);
-            json_decref(r);
-            return st;
-        }
-    }
-    *root = r;
-    return PLDR_OK;
-}
-
-int pldr_decode_tuning_lookup(const pldr_device_info *info, const char *cache_dir, const pldr_config *cfg,
-                              pldr_dtype dtype, char *items, size_t size)
-{
-    if (size)
-        items[0] = '\0';
-    if (pldr_tuning_disabled() || (cache_dir && !*cache_dir))
-        return 0;
-    char *path = pldr_decode_tuning_path(info, cache_dir);
-    if (!path)
-        return 0;
-    json_t *root = NULL;
-    pldr_status st = read_file(path, info, &root);
-    free(path);
-    if (st != PLDR_OK) {
-        pldr_log(PLDR_LOG_WARN, "ignoring the decode tuning file: %s (run 'pldr tune --stage decode' to "
-                        "rewrite it)", pldr_last_error());
-        pldr_clear_error();
-        return 0;
-    }
-    int found = 0;
-    json_t *dims = model_dims(cfg);
-    if (root && dims && json_equal(json_object_get(root, "model"), dims)) {
-        json_t *e = json_object_get(json_object_get(root, "dtypes"), dtype_name(dtype));
-        const char *wg = e ? json_string_value(json_object_get(e, "work_groups")) : NULL;
-        if (wg && strlen(wg) < size) {
-            memcpy(items, wg, strlen(wg) + 1);
-            found = 1;
-        }
-    }
-    json_decref(dims);
-    json_decref(root);
-    return found;
-}
 
 pldr_status pldr_decode_tuning_describe(const pldr_device_info *info, const char *cache_dir, char **path,
                                         char **summary)
@@ -178,7 +37,7 @@ pldr_status pldr_decode_tuning_describe(const pldr_device_info *info, const char
         return *summary ? PLDR_OK : pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
     }
     json_t *root = NULL;
-    pldr_status st = read_file(*path, info, &root);
+    pldr_status st = pldr_decode_tuning_read(*path, info, &root);
     if (st != PLDR_OK)
         return st;
     char buf[2048];
@@ -245,6 +104,14 @@ static void shape_items(const shape *s, int multi_lane, char *buf, size_t size)
         snprintf(buf, size, "gemv=%d,rows=%d,att=%d,pf=%d,attpre=%d", s->gemv, s->rows, s->att, s->pf, s->attpre);
 }
 
+/* Hashes each picked token into *(uint64_t *)user. */
+static int hash_token(const pldr_token_event *ev, void *user)
+{
+    if (ev->id >= 0)
+        *(uint64_t *)user = pldr_fnv1a(*(uint64_t *)user, &ev->id, sizeof ev->id);
+    return 0;
+}
+
 static pldr_status child_decode(void *ctx, void *out)
 {
     const decode_job *jb = ctx;
@@ -293,12 +160,13 @@ static pldr_status child_decode(void *ctx, void *out)
         int32_t next = 0;
         if ((st = pldr_eval_greedy(c, ids, prompt, &next)) != PLDR_OK)
             break;
+        /* the steps of pldr_generate, greedy, every one run (no [END]) */
+        pldr_generate_params gp = pldr_generate_default_params();
+        gp.max_tokens = p->steps;
+        gp.eos_id = PLDR_EOS_NONE;
         uint64_t h = PLDR_FNV_INIT;
         const double t0 = pldr_now();
-        for (int s = 0; s < p->steps && st == PLDR_OK; s++) {
-            st = pldr_eval_greedy(c, &next, 1, &next);
-            h = pldr_fnv1a(h, &next, sizeof next);
-        }
+        st = pldr_generate_ids(c, NULL, &next, 1, NULL, &gp, hash_token, &h, NULL);
         const double dt = pldr_now() - t0;
         if (st != PLDR_OK)
             break;
@@ -465,14 +333,14 @@ static int alternatives(const search *se, const shape *b, key k, shape *out)
 static pldr_status write_result(const search *se, const pldr_tune_decode_result *res)
 {
     json_t *root = NULL;
-    pldr_status st = read_file(res->path, &se->base.info, &root);
-    json_t *dims = model_dims(&se->base.cfg);
+    pldr_status st = pldr_decode_tuning_read(res->path, &se->base.info, &root);
+    json_t *dims = pldr_decode_tuning_dims(&se->base.cfg);
     if (st != PLDR_OK || !root || !json_equal(json_object_get(root, "model"), dims)) {
         /* a damaged file, none, or one for other dimensions: start afresh */
         pldr_clear_error();
         json_decref(root);
-        root = json_pack("{s:s, s:i, s:{s:s, s:s, s:s}, s:O, s:{}}", "format", DECODE_FORMAT, "version",
-                         DECODE_VERSION, "device", "name", se->base.info.name, "driver_version",
+        root = json_pack("{s:s, s:i, s:{s:s, s:s, s:s}, s:O, s:{}}", "format", PLDR_DECODE_TUNING_FORMAT, "version",
+                         PLDR_DECODE_TUNING_VERSION, "device", "name", se->base.info.name, "driver_version",
                          se->base.info.driver_version, "platform_version", se->base.info.platform_version, "model",
                          dims, "dtypes");
     }
@@ -554,7 +422,7 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
     logf_(se, "tuning the decode work-group shapes for %s (%s weights): each candidate decodes %d steps %d times "
               "in a process of its own",
           model_dir, dtype_name(p->dtype), p->steps, p->reps);
-    if (getenv("PLDR_WG"))
+    if (pldr_env_work_groups())
         logf_(se, "PLDR_WG is not applied while tuning (each candidate sets its own shapes); later loads apply "
                   "its items over the stored ones");
     pldr_status st;
@@ -583,7 +451,7 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
         int key_best = best;
         for (int a = 0; a < n_alt && st == PLDR_OK; a++) {
             const int i = try_shape(se, &alt[a], &st);
-            if (i >= 0 && se->cand[i].tok_s > se->cand[key_best].tok_s * (1.0 + PLDR_DECODE_MARGIN))
+            if (i >= 0 && se->cand[i].tok_s > se->cand[key_best].tok_s * (1.0 + DECODE_MARGIN))
                 key_best = i;
         }
         best = key_best;
@@ -608,8 +476,8 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
         for (int k = 0; k < 2; k++)
             if (again[k] > se->cand[which[k]].tok_s)
                 se->cand[which[k]].tok_s = again[k];
-        if (!(again[1] > again[0] * (1.0 + PLDR_DECODE_MARGIN) &&
-              se->cand[best].tok_s > se->cand[0].tok_s * (1.0 + PLDR_DECODE_MARGIN)))
+        if (!(again[1] > again[0] * (1.0 + DECODE_MARGIN) &&
+              se->cand[best].tok_s > se->cand[0].tok_s * (1.0 + DECODE_MARGIN)))
             best = 0;
     }
     if (st == PLDR_OK) {
@@ -632,7 +500,7 @@ pldr_status pldr_tune_decode(const char *model_dir, const pldr_tune_decode_param
                   res.tok_s_defaults, res.defaults);
         else
             logf_(se, "the defaults stay (%s, %.1f tok/s): no candidate was %.0f%% faster", res.defaults,
-                  res.tok_s_defaults, PLDR_DECODE_MARGIN * 100);
+                  res.tok_s_defaults, DECODE_MARGIN * 100);
         st = write_result(se, &res);
     }
     free(se);

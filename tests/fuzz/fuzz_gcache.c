@@ -26,6 +26,11 @@ pldr_status pldr_context_set_external_g(pldr_context *ctx, const float *a, const
     (void)ctx, (void)a, (void)a_lm, (void)g_lm;
     abort();
 }
+const pldr_config *pldr_model_config(const pldr_model *m)
+{
+    (void)m;
+    abort();
+}
 
 static int mem_fd = -1;
 

@@ -5,7 +5,7 @@
  * Shard contents come from the shard name: "a.safetensors" holds tensors x
  * and y, "b.safetensors" holds z, "c.safetensors" holds z and x (x repeats
  * a's), any other name an empty file. These are the fixtures of
- * tests/test_loader.c, so the seeds reach every rule of the check. */
+ * tests/unit/test_loader.c, so the seeds reach every rule of the check. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

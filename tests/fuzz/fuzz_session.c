@@ -2,8 +2,8 @@
  * pldr_session_load) from arbitrary bytes.
  *
  * The input goes into a memfd opened again through /proc/self/fd. The model
- * is a bare pldr_model whose dimensions, fingerprint and dtype are taken
- * from the input's own header (so that the payload is reached rather than
+ * is a stub whose dimensions, fingerprint and dtype are taken from the
+ * input's own header (so that the payload is reached rather than
  * refused as another model's), and the context is a stub: the state the
  * reader hands it must hold what the header promised, every byte of it
  * readable (the sanitizers check that), with finite logits. */
@@ -16,7 +16,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "model/model.h"
+#include "pldr.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -25,8 +25,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 struct pldr_context {
     pldr_cache_mode mode;
 };
+struct pldr_model {
+    pldr_config cfg;
+    uint64_t fingerprint;
+    pldr_dtype wtype;
+};
 
 static const pldr_model *cur_model;
+
+const pldr_config *pldr_model_config(const pldr_model *m) { return &m->cfg; }
+uint64_t pldr_model_fingerprint(const pldr_model *m) { return m->fingerprint; }
+pldr_dtype pldr_model_weight_dtype(const pldr_model *m) { return m->wtype; }
 
 pldr_cache_mode pldr_context_cache_mode(const pldr_context *c) { return c->mode; }
 int pldr_context_n_ctx(const pldr_context *c) { return c ? N_CTX : 0; }

@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-SRCDIR = os.environ.get("PLDR_SRCDIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRCDIR = os.environ.get("PLDR_SRCDIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLDR_BIN = os.environ.get("PLDR_BIN") or os.path.join(SRCDIR, "pldr")
 TESTTMP = os.environ.get("PLDR_TESTTMP") or os.path.join(os.getcwd(), "tests", "tmp")
 TINY_DIR = os.path.join(SRCDIR, "models", "pldr-tiny-pydocs")

@@ -4,7 +4,7 @@
 - Each sampler against NumPy: the distribution that temperature, top-k, top-p,
   min-p, the penalties and the logit bias define on fixed logits, computed in
   float64 here, against the frequencies of 40000 seeded draws through
-  pldr_gen_next (tests/gen_tool). Tolerance: every id's frequency within
+  pldr_gen_next (tests/unit/gen_tool). Tolerance: every id's frequency within
   5 standard deviations of its probability (sqrt(p (1 - p) / N)) plus 1e-3.
 - Incremental detokenization: the events' texts joined are pldr_detokenize of
   the same ids, on random ids rich in byte pieces (incomplete UTF-8).
@@ -18,14 +18,14 @@ import os
 import subprocess
 import sys
 
-import needs_numpy  # noqa: F401
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import needs_numpy  # noqa: F401,E402
+import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pldrtest import PLDR_BIN, SRCDIR, TESTTMP, Tap  # noqa: E402
 
 tap = Tap()
-TOOL = os.path.join(os.path.dirname(PLDR_BIN), "tests", "gen_tool")
+TOOL = os.path.join(os.path.dirname(PLDR_BIN), "tests", "unit", "gen_tool")
 MODEL = os.environ.get("PLDR_MODEL") or os.path.join(SRCDIR, "models", "pldr-tiny-pydocs")
 PROMPT = "To open a file in Python, use"
 GREEDY = " the :func:`open` function, and the :func:`open` function."

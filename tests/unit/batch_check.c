@@ -1,4 +1,4 @@
-/* Checks of pldr_eval_batch on one checkpoint (run by tests/test_batch.py on
+/* Checks of pldr_eval_batch on one checkpoint (run by tests/cli/test_batch.py on
  * random checkpoints): every sequence's logits in every batched step against
  * the same sequence run alone in a context of its own, with sequences that
  * start and finish at different times, reused slots, shared G-caches and
@@ -8,7 +8,7 @@
  *   batch_check MODEL_DIR DTYPE TOL --dump kv|kvg OUT
  *
  * --dump runs one short schedule of batched steps and writes what they gave
- * to OUT for another device's run to be compared with (tests/test_oclgrind.py
+ * to OUT for another device's run to be compared with (tests/parity/test_oclgrind.py
  * runs it under the simulator and on the default device): three sequences
  * with prompts of 3, 5 and 8 tokens prefilled in one call, three decode steps
  * of the three together with logits, one of two of them, then two greedy

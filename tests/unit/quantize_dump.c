@@ -1,5 +1,5 @@
 /* Writes what the loader's conversions (src/model/quantize.c) make of n
- * float32 values (n a multiple of 32), for tests/test_quant.py to compare with
+ * float32 values (n a multiple of 32), for tests/parity/test_quant.py to compare with
  * NumPy: Q8_0 quants (n bytes) and scales (n / 32 halves), Q4_0 quants
  * (n / 2 bytes) and scales (n / 32 halves), BF16 (n halves).
  * usage: quantize_dump IN.f32 OUT.bin */

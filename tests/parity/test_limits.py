@@ -17,7 +17,7 @@ through batch_gemv (PLDR_GEMM=clblast):
 - `pldr logits` in the work-group forms (PLDR_WG gpu=1) with every kernel
   capped at 16 work-items and 1 KiB of local memory: within 1e-4 of the
   float64 reference (pldr_ref.py) and 1e-5 of the uncapped run;
-- the batched decode (tests/batch_check --dump) with batch_gemv capped at
+- the batched decode (tests/unit/batch_check --dump) with batch_gemv capped at
   16, batch_attention and batch_argmax at 8, and 560 bytes of local memory
   (less than several kernels need at 64 work-items under PoCL): logits
   within 1e-5 of the uncapped run, greedy tokens equal;
@@ -36,7 +36,7 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import needs_numpy  # noqa: F401,E402
 import numpy as np  # noqa: E402
@@ -48,7 +48,7 @@ import pldrtest as pt  # noqa: E402
 TOL = 1e-4       # engine vs float64 reference
 SAME_TOL = 1e-5  # capped vs uncapped engine
 BASE = os.path.join(pt.TESTTMP, "limits")
-BATCH_CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "batch_check")
+BATCH_CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "unit", "batch_check")
 SHAPE = {"L": 2, "d": 30, "H": 3, "dk": 10, "F": 43, "R": 1, "D": 2, "Fa": 13, "V": 97, "Tmax": 64}
 IDS = [5, 17, 42, 9, 60, 3, 88, 12, 1, 33]
 # the work-group forms (the single-sequence cases), and the batched products

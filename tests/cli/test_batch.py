@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Batched evaluation of several sequences (pldr_eval_batch), on random
-checkpoints (mkmodel.py, seeded): tests/batch_check runs every sequence of a
+checkpoints (mkmodel.py, seeded): tests/unit/batch_check runs every sequence of a
 batch alone in a context of its own and compares each step's logits (max
 abs difference over max abs value; the batched products sum in another
 order than the one-token path, hence a tolerance, not equality): B = 2, 3
@@ -18,11 +18,11 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pldrtest as pt  # noqa: E402
 import mkmodel  # noqa: E402
 
-CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "batch_check")
+CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "unit", "batch_check")
 
 # name, dims, mkmodel options, weight dtype on the device, tolerance
 # (one checkpoint's kernels build once per weight dtype: the f16 case has
@@ -96,6 +96,30 @@ def check_cli(tap, work):
            "exit %d\n%s\n%r\n%r" % (rc, err, out, text))
     rc, out, err = pt.run_pldr(["batch", "-m", model, "-f", path, "--cache", "none"])
     tap.ok(rc == 2 and "--cache must be kv or kvg" in err, "pldr batch --cache none refused (exit 2)", err)
+    # pldr bench -b: one result per (dtype, B), named after its dtype, with
+    # the llama-batched-bench columns in md and every series in the svg
+    rc, out, err = pt.run_pldr(["bench", "-m", model, "-p", "4", "-n", "2", "-r", "1", "-b", "1,3",
+                                "--dtype", "f32,q4_0", "-o", "json"])
+    try:
+        res = json.loads(out)["results"] if rc == 0 else []
+    except ValueError:
+        res = []
+    keys = sorted((r.get("dtype"), r.get("batch")) for r in res)
+    fine = keys == [("f32", 1), ("f32", 3), ("q4_0", 1), ("q4_0", 3)] and all(
+        r["s_tg_tps"] > 0 and r["n_kv"] == r["batch"] * 6 and
+        abs(r["per_seq_tg_tps"] * r["batch"] - r["s_tg_tps"]) <= 1e-3 * r["s_tg_tps"] for r in res)
+    tap.ok(fine, "pldr bench -b 1,3 --dtype f32,q4_0 -o json: a result per dtype and B, aggregate = B x per sequence",
+           "exit %d\n%s\n%s" % (rc, err, out))
+    svg = os.path.join(work, "b.svg")
+    rc, out, err = pt.run_pldr(["bench", "-m", model, "-p", "4", "-n", "2", "-r", "1", "-b", "1,2",
+                                "--dtype", "q8_0", "-o", "svg", svg])
+    body = open(svg).read() if rc == 0 and os.path.exists(svg) else ""
+    tap.ok(rc == 0 and body.startswith("<svg") and body.rstrip().endswith("</svg>") and "q8_0" in body and
+           "(null)" not in body, "pldr bench -b 1,2 --dtype q8_0 -o svg: the plot names its series' dtype",
+           "exit %d\n%s\n%s" % (rc, err, body[:400]))
+    rc, out, err = pt.run_pldr(["bench", "-m", model, "-p", "4", "-n", "2", "-r", "1", "-b", "2", "--dtype", "q8_0"])
+    tap.ok(rc == 0 and "| q8_0 | kvg | 4 | 2 | 2 | 12 |" in out, "pldr bench -b 2 --dtype q8_0: the md row names q8_0",
+           "exit %d\n%s\n%s" % (rc, err, out))
 
 
 if __name__ == "__main__":

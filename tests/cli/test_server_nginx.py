@@ -16,7 +16,7 @@ import threading
 import time
 import http.client
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pldrtest as pt  # noqa: E402
 import servertest as st  # noqa: E402
@@ -25,7 +25,7 @@ MODEL = os.path.join(pt.SRCDIR, "models", "pldr-tiny-pydocs")
 PROMPTS = ["To open a file in Python, use", "The list type", "Return the number of", "class Foo(object):"]
 
 CONFIG = """\
-# nginx in front of two pldr serve replicas (tests/test_server_nginx.py)
+# nginx in front of two pldr serve replicas (tests/cli/test_server_nginx.py)
 {user}worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;

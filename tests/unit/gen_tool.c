@@ -1,4 +1,4 @@
-/* Drives the generation API for tests/test_generate.py.
+/* Drives the generation API for tests/cli/test_generate.py.
  *
  *   gen_tool sample N LOGITS PARAMS
  *       N draws from one row of logits ("1.5,0.2,..."), each by a fresh

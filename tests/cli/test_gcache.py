@@ -25,7 +25,7 @@ import struct
 import sys
 import zlib
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import needs_numpy  # noqa: F401,E402
 import numpy as np  # noqa: E402

@@ -1,6 +1,6 @@
 /* Reverses each work-group's block through local memory. With BARRIER 0 the
  * barrier between the local stores and the loads of other work-items' values
- * is missing: a data race that tests/test_oclgrind.py expects the simulator
+ * is missing: a data race that tests/parity/test_oclgrind.py expects the simulator
  * to report (the pass must be able to fail). */
 __kernel void local_copy(__global const int *in, __global int *out)
 {

@@ -1,8 +1,8 @@
 /* Greedy decoding enqueues the step after the one it returns (see
  * pldr_eval_greedy in src/engine/forward.c). These tests run the same sequences of
  * calls on a context with that look-ahead and on one without it
- * (PLDR_PIPELINE=0) and require identical tokens, logits, positions and
- * states, in particular when the look-ahead step is thrown away: a token other
+ * (pldr_context_params.pipeline = 0, which PLDR_PIPELINE=0 sets) and require
+ * identical tokens, logits, positions and states, in particular when the look-ahead step is thrown away: a token other
  * than the one returned, a logits eval, a state read, a reset.
  *
  * Model: $PLDR_MODEL (the bundled model in `make check`). */
@@ -23,11 +23,10 @@ static int new_pair(pldr_model *m, pldr_cache_mode mode, pair *p)
     pldr_context_params cp = pldr_context_default_params();
     cp.cache_mode = mode;
     cp.n_ctx = 64;
-    setenv("PLDR_PIPELINE", "1", 1);
+    cp.pipeline = 1;
     pldr_status a = pldr_context_new(m, &cp, &p->ahead);
-    setenv("PLDR_PIPELINE", "0", 1);
+    cp.pipeline = 0;
     pldr_status b = pldr_context_new(m, &cp, &p->plain);
-    unsetenv("PLDR_PIPELINE");
     return a == PLDR_OK && b == PLDR_OK;
 }
 

@@ -20,7 +20,7 @@ import shutil
 import struct
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import needs_numpy  # noqa: F401,E402
 import numpy as np  # noqa: E402

@@ -9,7 +9,7 @@ TAP output."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import needs_numpy  # noqa: F401,E402
 

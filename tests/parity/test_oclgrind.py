@@ -18,7 +18,7 @@ modes, and with decode attention split over several work-groups (att=4:
 blocks of 4 keys, so every step past the fourth token combines blocks).
 
 The batched decode (kernels/batch.cl through pldr_eval_batch) runs
-tests/batch_check's --dump schedule in the GPU form (batch_gemv for the
+tests/unit/batch_check's --dump schedule in the GPU form (batch_gemv for the
 products): three sequences with prompts of 3, 5 and 8 tokens, decode steps
 of three and of two rows with logits, then greedy steps (batch_argmax), in
 kvg with float32 and kv with half weights; logits within 1e-5 relative of
@@ -28,7 +28,7 @@ the default device's, greedy tokens equal.
 uninitialised in buffers written at an offset (clEnqueueWriteBuffer with a
 non-zero offset), which the engine does for every weight matrix.
 
-Two kernels with a known race (tests/oclgrind/local_copy.cl: a copy through
+Two kernels with a known race (tests/parity/oclgrind/local_copy.cl: a copy through
 local memory with its barrier removed, and the last-work-group hand-off the
 engine used to have) must be reported, so that a pass that cannot fail is
 noticed.
@@ -42,7 +42,7 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import needs_numpy  # noqa: F401,E402
 
@@ -55,7 +55,7 @@ OCLGRIND = shutil.which("oclgrind")
 OCLGRIND_KERNEL = shutil.which("oclgrind-kernel")
 BASE = os.path.join(pt.TESTTMP, "oclgrind")
 HERE = os.path.dirname(os.path.abspath(__file__))
-BATCH_CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "batch_check")
+BATCH_CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "unit", "batch_check")
 
 SHAPE = {"L": 2, "d": 30, "H": 3, "dk": 10, "F": 43, "R": 1, "D": 2, "Tmax": 64}
 # the simulator's forms: GPU (its defaults) and CPU (one work-item per row,
@@ -127,7 +127,7 @@ def greedy_case(tap, name, model, dtype, env):
 
 
 def batch_case(tap, name, model, mode, dtype, env):
-    n_ids = 6  # the greedy tokens at the end of the dump (tests/batch_check.c, dump_schedule)
+    n_ids = 6  # the greedy tokens at the end of the dump (tests/unit/batch_check.c, dump_schedule)
 
     def check():
         outs = {}

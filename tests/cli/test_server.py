@@ -9,14 +9,16 @@ G-cache (--g-cache FILE and first). TAP output."""
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pldrtest as pt  # noqa: E402
 import servertest as st  # noqa: E402
@@ -136,6 +138,18 @@ def check_choices(tap, sv, want):
               json.loads(det)["content"] == PROMPTS[0] and body["usage"]["prompt_tokens"] == len(ids))
         return ok, "%d ids" % len(ids), json.dumps(body)
     tap.check("/tokenize, /detokenize, and a prompt of token ids", token_prompt)
+
+    def with_pieces():
+        text = "The list type \u00e9"
+        ids = json.loads(sv.post("/tokenize", {"content": text})[2])["tokens"]
+        code, _, data = sv.post("/tokenize", {"content": text, "with_pieces": True})
+        got = json.loads(data)["tokens"]
+        det = [json.loads(sv.post("/detokenize", {"tokens": [t["id"]]})[2])["content"] for t in got[:3]]
+        ok = (code == 200 and [t["id"] for t in got] == ids and all(isinstance(t["piece"], str) for t in got) and
+              "".join(t["piece"] for t in got[:3]).strip() == "The list type" and
+              [t["piece"].strip() for t in got[:3]] == [d.strip() for d in det])
+        return ok, "", data.decode()
+    tap.check("/tokenize with_pieces: the same ids, each with its piece", with_pieces)
 
     def sampled_seed():
         a = sv.complete({"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
@@ -741,11 +755,15 @@ def check_shutdown(tap):
             health_draining, draining_body = 0, repr(e).encode()
             break
     keep.close()
-    try:
-        socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
-        refused = False
-    except OSError:
-        refused = True
+    # the listening socket closes just after /health turns 503
+    refused = False
+    t_end = time.time() + 2
+    while time.time() < t_end and not refused:
+        try:
+            socket.create_connection(("127.0.0.1", sv.port), timeout=2).close()
+            time.sleep(0.02)
+        except OSError:
+            refused = True
     rc = sv.stop()
     t.join()
     code, body = result.get("r", (0, None))
@@ -863,6 +881,40 @@ def check_connection_limit(tap):
         sv.stop()
 
 
+def check_ipv6(tap):
+    """--host ::1: the ready line names [::1] and a client reaches it over
+    IPv6 (skipped where the machine has no IPv6 loopback)."""
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as e:
+        tap.skip("--host ::1", "no IPv6 loopback: %s" % e)
+        return
+    log = open(os.path.join(pt.TESTTMP, "server-ipv6-%d.log" % os.getpid()), "w")
+    proc = subprocess.Popen([pt.PLDR_BIN, "serve", "-m", MODEL, "--host", "::1", "--port", "0", "--parallel", "1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://\[::1\]:(\d+)", line)
+        code = 0
+        if m:
+            c = http.client.HTTPConnection("::1", int(m.group(1)), timeout=30)
+            c.request("GET", "/health")
+            code = c.getresponse().status
+            c.close()
+        tap.ok(m is not None and code == 200, "--host ::1: listening on [::1], /health %d over IPv6" % code, line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        log.close()
+
+
 def check_gcache(tap):
     """--g-cache first: the first prompt's G-cache serves every later prompt,
     on every replica, as `pldr generate --g-cache` with the G-cache that
@@ -884,22 +936,14 @@ def check_gcache(tap):
     tap.ok(all(shared[p] != own[p] for p in later), "the later prompts' greedy texts change under the first's G-cache",
            json.dumps([own, shared]))
 
-    # two replicas of two slots: after the first request, four concurrent ones
-    # are spread over both replicas (the ones with the most free slots)
+    # two replicas of two slots: after the first request, one of four prompts,
+    # whose sequences go to the replicas with the most free slots: two each
     sv = st.Server(["-m", MODEL, "--device", "0,0", "--parallel", "2", "--g-cache", "first"], name="gfirst")
     try:
         code, body = sv.complete({"prompt": PROMPTS[0], "max_tokens": n, "temperature": 0})
         first = body["choices"][0]["text"] if code == 200 else body
-        out = [None] * 4
-
-        def client(i):
-            c, b = sv.complete({"prompt": later[i % 2], "max_tokens": n, "temperature": 0})
-            out[i] = b["choices"][0]["text"] if c == 200 else b
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        code, body = sv.complete({"prompt": later * 2, "max_tokens": n, "temperature": 0})
+        out = [c["text"] for c in body["choices"]] if code == 200 else [body] * 4
         seqs = [v for k, v in sorted(sv.metrics().items()) if k.startswith("pldr_device_sequences_total{")]
         bad = ["%r: %r != %r" % (later[i % 2], out[i], shared[later[i % 2]]) for i in range(4)
                if out[i] != shared[later[i % 2]]]
@@ -943,11 +987,14 @@ def check_command_line(tap):
         (["--max-queue", "-1"], 2, "--max-queue"),
         (["--api-key", "k", "--api-key-file", keyfile], 2, "--api-key-file"),
         (["--api-key="], 2, "--api-key"),
+        (["--g-cache", "first", "--g-cache", keyfile], 2, "--g-cache"),
         (["--frob"], 2, "--frob"),
+        (["--host", "nosuch.invalid", "--port", "0"], 2, "--host"),
         (["extra"], 2, "extra"),
         (["--api-key-file", keyfile], 3, keyfile),
         (["--api-key-file", os.path.join(pt.TESTTMP, "no-such-key")], 3, "no-such-key"),
         (["-m", os.path.join(pt.TESTTMP, "no-such-model")], 3, "no-such-model"),
+        (["--g-cache", os.path.join(pt.TESTTMP, "no-such-gcache"), "--port", "0"], 3, "no-such-gcache"),
         (["--device", "nosuchdevice", "--port", "0"], 4, "nosuchdevice"),
         (["--port", str(busy.getsockname()[1])], 1, "Address already in use"),
     ]
@@ -1007,6 +1054,7 @@ def main():
     check_shutdown(tap)
     check_shutdown_timeout(tap)
     check_gcache(tap)
+    check_ipv6(tap)
     check_connection_limit(tap)
     check_all_devices(tap, want)
     check_dtype_cache(tap)
