@@ -103,6 +103,7 @@ typedef struct pldr_device_info {
     int fp64;           /* cl_khr_fp64 */
     int unified_memory; /* CL_DEVICE_HOST_UNIFIED_MEMORY */
     unsigned mem_base_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, in bytes */
+    int int64;          /* 64-bit integers in kernels: CL_DEVICE_PROFILE FULL_PROFILE, or cles_khr_int64 */
 } pldr_device_info;
 
 /* Lists every device of every platform. Free the array with free(). */

@@ -24,7 +24,7 @@ inline float4 pv_tile(__local const float *p, __global const float *v_cache, con
 #pragma unroll
     for (int i = 0; i < ATT_WG / ATT_KG; i++) {
         const int kk = kg + i * ATT_KG;
-        a += p[kk] * vload4(0, vc + (long)min(t0 + kk, last_row) * DMODEL);
+        a += p[kk] * vload4(0, vc + (idx_t)min(t0 + kk, last_row) * DMODEL);
     }
     return a;
 }
@@ -69,7 +69,7 @@ inline void attend_row(__local const float *qg, __global const float *k_cache,
         const int n = min(ATT_WG, n_keys - t0);
         float s = -INFINITY;
         if (lid < n) {
-            __global const float *kr = k_cache + (long)(t0 + lid) * DMODEL + h * DK;
+            __global const float *kr = k_cache + (idx_t)(t0 + lid) * DMODEL + h * DK;
             s = 0.0f;
             for (int i = 0; i < DK; i++)
                 s += qg[i] * kr[i];
@@ -86,10 +86,10 @@ inline void attend_row(__local const float *qg, __global const float *k_cache,
         for (int m = 0; m < ATT_DIMS; m++) {
             const int j = lid + m * ATT_WG;
             if (j < DK) {
-                __global const float *vc = v_cache + (long)t0 * DMODEL + h * DK + j;
+                __global const float *vc = v_cache + (idx_t)t0 * DMODEL + h * DK + j;
                 float a = acc[m] * corr;
                 for (int kk = 0; kk < n; kk++)
-                    a += p[kk] * vc[(long)kk * DMODEL];
+                    a += p[kk] * vc[(idx_t)kk * DMODEL];
                 acc[m] = a;
             }
         }
@@ -118,7 +118,7 @@ __kernel void apply_g(__global const float *q, __global const float *g, const fl
 {
     const int gid = get_global_id(0);
     const int j = gid % DK, h = (gid / DK) % HEADS;
-    const long row = (long)(gid / DMODEL) * DMODEL + h * DK;
+    const idx_t row = (idx_t)(gid / DMODEL) * DMODEL + h * DK;
     __global const float *gh = g + h * DK * DK + j;
     float s = 0.0f;
     for (int i = 0; i < DK; i++)
@@ -138,7 +138,7 @@ void attention_prefill(__global const float *qg, __global const float *k_cache,
     __local float4 red[ATT_WG];
     const int wg = get_global_id(0) / ATT_WG;
     const int t = wg / HEADS, h = wg % HEADS;
-    const long row = (long)t * DMODEL + h * DK;
+    const idx_t row = (idx_t)t * DMODEL + h * DK;
     for (int i = get_local_id(0); i < DK; i += ATT_WG)
         qs[i] = qg[row + i];
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -174,7 +174,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     const int off = h * DK;
     const int t0 = sp * ATT_WG, n = min(ATT_WG, pos + 1 - t0);
     const int writer = sp == n_split - 1;
-    const long ko = (long)pos * DMODEL + off;
+    const idx_t ko = (idx_t)pos * DMODEL + off;
 #if ATT_PRELOAD && DK <= 64 && DK % 4 == 0 && ATT_WG >= DK
     /* loads that do not depend on q start first: this work-item's column of
      * G_LM and its key row (the writer's last key is written below) */
@@ -184,13 +184,13 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
         for (int i = 0; i < DK; i++)
             gcol[i] = g[h * DK * DK + i * DK + lid];
     const int pre_key = lid < n && t0 + lid < pos;
-    __global const float *kp = k_cache + (long)(t0 + lid) * DMODEL + off;
+    __global const float *kp = k_cache + (idx_t)(t0 + lid) * DMODEL + off;
     for (int i = 0; i < DK / 4; i++)
         krow[i] = pre_key ? vload4(i, kp) : (float4)0.0f;
 #endif
     for (int i = lid; i < DK / 2; i += ATT_WG) {
         const int2 pr = rope_pair(i);
-        const float2 cs = rope[(long)pos * (DK / 2) + i];
+        const float2 cs = rope[(idx_t)pos * (DK / 2) + i];
         const float q0 = qkv[off + pr.x], q1 = qkv[off + pr.y];
         q[pr.x] = q0 * cs.x - q1 * cs.y;
         q[pr.y] = q1 * cs.x + q0 * cs.y;
@@ -235,7 +235,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
     barrier(CLK_LOCAL_MEM_FENCE);
     float s = -INFINITY;
     if (lid < n) {
-        __global const float *kr = k_cache + (long)(t0 + lid) * DMODEL + off;
+        __global const float *kr = k_cache + (idx_t)(t0 + lid) * DMODEL + off;
         float4 a = 0.0f;
         for (int i = 0; i < DK / 4; i++)
             a += vload4(i, kr) * vload4(i, qg);
@@ -252,7 +252,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
      * exp(0) = 1); several: this split's (max, sum, acc) */
     const int alone = n_split == 1;
     __global float *out = alone ? (__global float *)(act + att_off) + off
-                                : part + ((long)h * n_split + sp) * (DK + 2) + 2;
+                                : part + ((idx_t)h * n_split + sp) * (DK + 2) + 2;
 #if ATT_PV4
     const float4 pv = pv_reduce(pv_tile(p, v_cache, t0, pos, h), red);
     if (lid < DK / 4)
@@ -265,7 +265,7 @@ void attention_decode(__global char *act, const int qkv_off, const int rope_off,
          * keys past the last one have p = 0 and read a valid row */
 #pragma unroll 16
         for (int kk = 0; kk < ATT_WG; kk++)
-            a += p[kk] * vc[(long)min(t0 + kk, pos) * DMODEL];
+            a += p[kk] * vc[(idx_t)min(t0 + kk, pos) * DMODEL];
         out[j] = alone ? a / sum : a;
     }
 #endif
@@ -282,7 +282,7 @@ __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
 void attention_combine(__global char *act, const int n_split, const int part_off, const int att_off)
 {
     const int h = get_group_id(0);
-    __global const float *ph = (__global const float *)(act + part_off) + (long)h * n_split * (DK + 2);
+    __global const float *ph = (__global const float *)(act + part_off) + (idx_t)h * n_split * (DK + 2);
     __global float *att = (__global float *)(act + att_off) + h * DK;
     for (int j = get_local_id(0); j < DK; j += ATT_WG) {
         float m = -INFINITY;
@@ -318,7 +318,7 @@ inline void attend_cpu(const float *q, __global const float *k_cache, __global c
         const int n = min(16, n_keys - t0);
         float s[16], mx = -INFINITY;
         for (int kk = 0; kk < n; kk++) {
-            __global const float *kr = k_cache + (long)(t0 + kk) * DMODEL + h * DK;
+            __global const float *kr = k_cache + (idx_t)(t0 + kk) * DMODEL + h * DK;
 #if DK % 16 == 0
             float16 d = 0.0f;
 #pragma unroll
@@ -344,7 +344,7 @@ inline void attend_cpu(const float *q, __global const float *k_cache, __global c
         for (int kk = 0; kk < n; kk++) {
             const float p = exp(s[kk] - new_max);
             run_sum += p;
-            __global const float *vr = v_cache + (long)(t0 + kk) * DMODEL + h * DK;
+            __global const float *vr = v_cache + (idx_t)(t0 + kk) * DMODEL + h * DK;
 #pragma unroll
             for (int i = 0; i < DK; i += 16)
                 vstore16(fma((float16)p, vload16(0, vr + i), vload16(0, acc + i)), 0, acc + i);
@@ -356,7 +356,7 @@ inline void attend_cpu(const float *q, __global const float *k_cache, __global c
         for (int kk = 0; kk < n; kk++) {
             const float p = exp(s[kk] - new_max);
             run_sum += p;
-            __global const float *vr = v_cache + (long)(t0 + kk) * DMODEL + h * DK;
+            __global const float *vr = v_cache + (idx_t)(t0 + kk) * DMODEL + h * DK;
 #pragma unroll
             for (int i = 0; i < DK; i++)
                 acc[i] += p * vr[i];
@@ -406,11 +406,11 @@ void attention_decode_cpu(__global char *act, const int qkv_off, const int rope_
     __global const float *qkv = (__global const float *)(act + qkv_off);
     __global const float2 *rope = (__global const float2 *)(act + rope_off);
     const int h = get_global_id(0), off = h * DK;
-    const long ko = (long)pos * DMODEL + off;
+    const idx_t ko = (idx_t)pos * DMODEL + off;
     float q[AC_DP], qg[AC_DP];
     for (int i = 0; i < DK / 2; i++) {
         const int2 pr = rope_pair(i);
-        const float2 cs = rope[(long)pos * (DK / 2) + i];
+        const float2 cs = rope[(idx_t)pos * (DK / 2) + i];
         const float q0 = qkv[off + pr.x], q1 = qkv[off + pr.y];
         q[pr.x] = q0 * cs.x - q1 * cs.y;
         q[pr.y] = q1 * cs.x + q0 * cs.y;
@@ -433,7 +433,7 @@ void attention_prefill_cpu(__global const float *qg, __global const float *k_cac
 {
     const int wg = get_global_id(0);
     const int t = wg / HEADS, h = wg % HEADS;
-    const long row = (long)t * DMODEL + h * DK;
+    const idx_t row = (idx_t)t * DMODEL + h * DK;
     float q[AC_DP];
 #pragma unroll
     for (int i = 0; i < AC_DP; i++)

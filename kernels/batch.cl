@@ -30,14 +30,14 @@ inline float batch_w1(__global const WT *row, __global const half *srow, const i
  * row one at a time. Same arguments as gemm_cpu. */
 #define BATCH_TILE 8
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void batch_gemv(__global const float *a, const long a_off, const int lda, __global const WT *w, __global const half *ws,
-                const int ldw, __global float *c, const long c_off, const int ldc, const int M, const int N, const int K)
+void batch_gemv(__global const float *a, const int a_off, const int lda, __global const WT *w, __global const half *ws,
+                const int ldw, __global float *c, const int c_off, const int ldc, const int M, const int N, const int K)
 {
     __local float red[GEMV_WG];
     const int lid = get_local_id(0);
     const int n = get_group_id(0) * GEMV_ROWS + lid / LANES, lane = lid % LANES;
     const int live = n < N;
-    const long wo = (long)(live ? n : 0) * ldw;
+    const idx_t wo = (idx_t)(live ? n : 0) * ldw;
     __global const WT *wr = WPTR(w, wo);
     __global const half *sr = SPTR(ws, wo);
     const int kv = K / 4;
@@ -52,7 +52,7 @@ void batch_gemv(__global const float *a, const long a_off, const int lda, __glob
 #pragma unroll
                 for (int i = 0; i < BATCH_TILE; i++)
                     if (m0 + i < M)
-                        acc[i] += dot(wv, vload4(k, a + a_off + (long)(m0 + i) * lda));
+                        acc[i] += dot(wv, vload4(k, a + a_off + (idx_t)(m0 + i) * lda));
             }
         if (live)
             for (int k = 4 * kv + lane; k < K; k += LANES) {
@@ -60,7 +60,7 @@ void batch_gemv(__global const float *a, const long a_off, const int lda, __glob
 #pragma unroll
                 for (int i = 0; i < BATCH_TILE; i++)
                     if (m0 + i < M)
-                        acc[i] += wk * a[a_off + (long)(m0 + i) * lda + k];
+                        acc[i] += wk * a[a_off + (idx_t)(m0 + i) * lda + k];
             }
         for (int i = 0; i < BATCH_TILE && m0 + i < M; i++) {
 #if LANES > 1
@@ -75,7 +75,7 @@ void batch_gemv(__global const float *a, const long a_off, const int lda, __glob
             barrier(CLK_LOCAL_MEM_FENCE);
 #endif
             if (lane == 0 && live)
-                c[c_off + (long)(m0 + i) * ldc + n] = acc[i];
+                c[c_off + (idx_t)(m0 + i) * ldc + n] = acc[i];
         }
     }
 }
@@ -93,15 +93,15 @@ __kernel void batch_qkv_rope(__global const float *qkv, __global const float *bi
     const int t = gid / (DK / 2 * HEADS);
     const int pos = seq[3 * t + 1], base = seq[3 * t + 2];
     const int2 p = rope_pair(i);
-    const float2 cs = rope[(long)pos * (DK / 2) + i];
-    rope_qkv_pair(qkv, bias, cs, t, h, p, q_out, k_cache, v_cache, (long)(base + pos) * DMODEL + h * DK);
+    const float2 cs = rope[(idx_t)pos * (DK / 2) + i];
+    rope_qkv_pair(qkv, bias, cs, t, h, p, q_out, k_cache, v_cache, (idx_t)(base + pos) * DMODEL + h * DK);
 }
 
 /* Attention of row t (one work-group per (row, head)): q @ G_LM of the row's
  * sequence (g + sequence * g_stride floats), scaled, then the keys 0 .. pos
  * of its sequence's cache region. */
 __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
-void batch_attention(__global const float *q, __global const float *g, const long g_stride, const float scale,
+void batch_attention(__global const float *q, __global const float *g, const int g_stride, const float scale,
                      __global const float *k_cache, __global const float *v_cache, __global const int *seq,
                      __global float *out)
 {
@@ -110,11 +110,11 @@ void batch_attention(__global const float *q, __global const float *g, const lon
     const int wg = get_group_id(0), lid = get_local_id(0);
     const int t = wg / HEADS, h = wg % HEADS;
     const int s = seq[3 * t], pos = seq[3 * t + 1], base = seq[3 * t + 2];
-    const long row = (long)t * DMODEL + h * DK;
+    const idx_t row = (idx_t)t * DMODEL + h * DK;
     for (int i = lid; i < DK; i += ATT_WG)
         qs[i] = q[row + i];
     barrier(CLK_LOCAL_MEM_FENCE);
-    __global const float *gh = g + s * g_stride + h * DK * DK;
+    __global const float *gh = g + (idx_t)s * g_stride + h * DK * DK;
     for (int j = lid; j < DK; j += ATT_WG) {
         float a = 0.0f;
         for (int i = 0; i < DK; i++)
@@ -122,7 +122,7 @@ void batch_attention(__global const float *q, __global const float *g, const lon
         qg[j] = a * scale;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    const long kb = (long)base * DMODEL;
+    const idx_t kb = (idx_t)base * DMODEL;
     attend_row(qg, k_cache + kb, v_cache + kb, h, pos + 1, out + row, p, scratch, red);
 }
 
@@ -131,19 +131,19 @@ void batch_attention(__global const float *q, __global const float *g, const lon
  * barrier (apply_g_cpu and attend_cpu, kernels/attention.cl). Global size
  * B * HEADS, work-groups of 1. */
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void batch_attention_cpu(__global const float *q, __global const float *g, const long g_stride, const float scale,
+void batch_attention_cpu(__global const float *q, __global const float *g, const int g_stride, const float scale,
                          __global const float *k_cache, __global const float *v_cache, __global const int *seq,
                          __global float *out)
 {
     const int wg = get_global_id(0);
     const int t = wg / HEADS, h = wg % HEADS;
     const int s = seq[3 * t], pos = seq[3 * t + 1], base = seq[3 * t + 2];
-    const long row = (long)t * DMODEL + h * DK;
+    const idx_t row = (idx_t)t * DMODEL + h * DK;
     float qv[AC_DP], qg[AC_DP];
     for (int i = 0; i < DK; i++)
         qv[i] = q[row + i];
-    apply_g_cpu(qv, g + s * g_stride + h * DK * DK, scale, qg);
-    const long kb = (long)base * DMODEL;
+    apply_g_cpu(qv, g + (idx_t)s * g_stride + h * DK * DK, scale, qg);
+    const idx_t kb = (idx_t)base * DMODEL;
     attend_cpu(qg, k_cache + kb, v_cache + kb, h, pos + 1, out + row);
 }
 #endif
@@ -157,5 +157,5 @@ void batch_argmax(__global const float *logits, const int n, __global int *out, 
     __local float best_v[ROW_WG];
     __local int best_i[ROW_WG];
     const int r = get_group_id(0);
-    row_argmax(logits + (long)r * n, n, flags, flag_index, best_v, best_i, out + out_off + r);
+    row_argmax(logits + (idx_t)r * n, n, flags, flag_index, best_v, best_i, out + out_off + r);
 }

@@ -22,6 +22,17 @@
  * LOAD_W4 and LOAD_W16 elements i .. i+3 and i .. i+15 (i a multiple of 4,
  * resp. 16). */
 #define WEIGHT_QUANT (WEIGHT_TYPE >= 3)
+
+/* Index arithmetic (element and byte offsets into buffers): 64-bit where the
+ * device has 64-bit integers (the full profile requires them; the embedded
+ * profile only with cles_khr_int64), else 32-bit, and then the host refuses
+ * every buffer over INT_MAX bytes (src/model/model.c, pldr_buffer), so that
+ * no offset into one exceeds INT_MAX. Kernel arguments are 32-bit. */
+#if INDEX64
+typedef long idx_t;
+#else
+typedef int idx_t;
+#endif
 #if WEIGHT_TYPE == 0
 #define WT float
 #elif WEIGHT_TYPE == 1

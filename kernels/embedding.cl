@@ -11,13 +11,13 @@ void embed_tokens(__global const int *ids, const int ids_offset, __global const 
     __local float row[DMODEL];
     __local float2 scratch[ROW_WG];
     const int t = get_group_id(0), lid = get_local_id(0);
-    const long base = (long)ids[ids_offset + t] * EMB_PITCH;
+    const idx_t base = (idx_t)ids[ids_offset + t] * EMB_PITCH;
     for (int i = lid; i < DMODEL; i += ROW_WG)
         row[i] = LOAD_W(emb, es, base + i) * scale;
     barrier(CLK_LOCAL_MEM_FENCE);
     const float stat = ln_local(row, DMODEL, ln_w, ln_b, scratch);
     for (int i = lid; i < DMODEL; i += ROW_WG)
-        x[(long)t * DMODEL + i] = row[i];
+        x[(idx_t)t * DMODEL + i] = row[i];
     if (lid == 0)
         flag_if_nonfinite(stat, flags, flag_index);
 }

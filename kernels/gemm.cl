@@ -37,7 +37,7 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
         __global const half *sr[GM_TN];
 #pragma unroll
         for (int j = 0; j < GM_TN; j++) {
-            const long wo = (long)min(n0 + j, N - 1) * ldw;
+            const idx_t wo = (idx_t)min(n0 + j, N - 1) * ldw;
             wr[j] = WPTR(w, wo);
             sr[j] = SPTR(ws, wo);
         }
@@ -48,7 +48,7 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
             __global const float *ar[GM_TM];
 #pragma unroll
             for (int i = 0; i < GM_TM; i++)
-                ar[i] = a + a_off + (long)min(m0 + i, M - 1) * lda;
+                ar[i] = a + a_off + (idx_t)min(m0 + i, M - 1) * lda;
             float16 acc[GM_TM][GM_TN];
 #pragma unroll
             for (int i = 0; i < GM_TM; i++)
@@ -83,7 +83,7 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
                 if (m0 + i < M)
                     for (int j = 0; j < GM_TN; j++)
                         if (n0 + j < N)
-                            c[c_off + (long)(m0 + i) * ldc + n0 + j] = s[j];
+                            c[c_off + (idx_t)(m0 + i) * ldc + n0 + j] = s[j];
             }
         }
     }

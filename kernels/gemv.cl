@@ -239,8 +239,8 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
     const int row = get_group_id(0) * GEMV_ROWS + get_local_id(0) / LANES;                         \
     const int lane = get_local_id(0) % LANES;                                                      \
     const int live = row < (n_out);                                                                \
-    const long wo_ = (long)(live ? row : 0) * (k_pitch);                                           \
-    const long wo2_ = (long)(live ? row + (n_out) : 0) * (k_pitch);                                \
+    const idx_t wo_ = (idx_t)(live ? row : 0) * (k_pitch);                                         \
+    const idx_t wo2_ = (idx_t)(live ? row + (n_out) : 0) * (k_pitch);                              \
     __global const WT *wr = WPTR(w, wo_), *wr2 = WPTR(w, wo2_);                                    \
     __global const half *sr = SPTR(ws, wo_), *sr2 = SPTR(ws, wo2_);                                \
     float4 wa[GEMV_PF], wb[GEMV_PF]
@@ -325,7 +325,7 @@ void argmax_parts(__global char *act, const int part_off, const int n_parts, con
 
 /* t = x - x0 for elements 4k .. 4k+3 of the LN input (x, or the embedding
  * row at base times scale when from_emb), zero beyond DMODEL. */
-inline float4 ln_t4(__global const float *x, __global const WT *emb, __global const half *es, const long base,
+inline float4 ln_t4(__global const float *x, __global const WT *emb, __global const half *es, const idx_t base,
                     const float scale,
                     const int from_emb, const float x0, const int k)
 {
@@ -367,7 +367,7 @@ inline float4 ln_g4(__global const float *ln_w, const int k)
 #define FOLD_PF (FOLD_NIT < 8 ? FOLD_NIT : 8)
 inline float ln_fold_rows(__global const WT *w, __global const half *ws, __global const float *sc, const int k_pitch,
                           const int n_out, __global const float *x, __global const WT *emb,
-                          __global const half *es, const long base, const float scale,
+                          __global const half *es, const idx_t base, const float scale,
                           const int from_emb, __global const float *ln_w, __global const float *ln_b,
                           __global float *x_norm, const int glu, __global float *y, __global int *flags,
                           const int flag_index, __local float4 *red, __local float *stat, __local float4 *ts,
@@ -379,7 +379,7 @@ inline float ln_fold_rows(__global const WT *w, __global const half *ws, __globa
     const int row = glu ? get_group_id(0) * half_rows + grp % half_rows : get_group_id(0) * GEMV_ROWS + grp;
     const int wrow = glu && grp >= half_rows ? row + n_out : row; /* the row of W (and of sc) */
     const int live = row < n_out;
-    const long wo = (long)(live ? wrow : 0) * k_pitch;
+    const idx_t wo = (idx_t)(live ? wrow : 0) * k_pitch;
     __global const WT *wr = WPTR(w, wo);
     __global const half *sr = SPTR(ws, wo);
     /* the row's constants, loaded now and used at the end */
@@ -471,7 +471,7 @@ __kernel void ln_fold_consts(__global const WT *w, __global const half *ws, __gl
         return;
     float s = 0.0f, c = 0.0f;
     for (int k = 0; k < DMODEL; k++) {
-        const float wv = LOAD_W(w, ws, (long)r * k_pitch + k);
+        const float wv = LOAD_W(w, ws, (idx_t)r * k_pitch + k);
         s += wv * ln_w[k];
         c += wv * ln_b[k];
     }
@@ -513,7 +513,7 @@ void gemv_wide(__global const WT *w, __global const half *ws, __global const flo
     const int lid = get_local_id(0);
     const int row = get_group_id(0) * GEMV_WROWS + lid / WLANES, lane = lid % WLANES;
     const int live = row < n_out;
-    const long wo = (long)(live ? row : 0) * k_pitch;
+    const idx_t wo = (idx_t)(live ? row : 0) * k_pitch;
     __global const WT *wr = WPTR(w, wo);
     __global const half *sr = SPTR(ws, wo);
     __global const float *x = AT(const float, x_off);
@@ -579,7 +579,7 @@ void gemv_embed(__global const WT *w, __global const half *ws, __global const fl
                 const int y_off, __local float *xs, const int flags_off, const int flag_index)
 {
     SC_PARTS(sc, n_out);
-    const long base = (long)*AT(const int, id_off) * EMB_PITCH;
+    const idx_t base = (idx_t)*AT(const int, id_off) * EMB_PITCH;
     __global float *x_norm = AT(float, xn_off), *y = AT(float, y_off);
     __global int *flags = AT(int, flags_off);
 #if LANES > 1

@@ -4,7 +4,7 @@ __kernel void glu_gate(__global const float *h, __global const float *b12, __glo
 {
     const int gid = get_global_id(0);
     const int f = gid % DFF;
-    const long t = gid / DFF;
+    const idx_t t = gid / DFF;
     const float a = h[t * 2 * DFF + f] + b12[f];
     const float b = h[t * 2 * DFF + DFF + f] + b12[DFF + f];
     g[gid] = silu(a) * b;

@@ -10,7 +10,7 @@ void bias_residual_layernorm(__global const float *y, __global const float *bias
     __local float row[DMODEL];
     __local float2 scratch[ROW_WG];
     const int t = get_global_id(0) / ROW_WG, lid = get_local_id(0); /* a global work offset skips rows */
-    const long base = (long)t * DMODEL;
+    const idx_t base = (idx_t)t * DMODEL;
     for (int i = lid; i < DMODEL; i += ROW_WG)
         row[i] = y[base + i] + bias[i] + residual[base + i];
     barrier(CLK_LOCAL_MEM_FENCE);

@@ -16,7 +16,7 @@ __kernel void metric_tensor(__global const float *q, const int T, __global float
     const int j = gid % DK, i = (gid / DK) % DK, h = gid / (DK * DK);
     float s = 0.0f;
     for (int t = 0; t < T; t++) {
-        const long r = (long)t * DMODEL + h * DK;
+        const idx_t r = (idx_t)t * DMODEL + h * DK;
         s += q[r + i] * q[r + j];
     }
     a0[gid] = s;
@@ -36,7 +36,7 @@ void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
     for (int j = 0; j < DK; j++)
         s[j] = 0.0f;
     for (int t = 0; t < T; t++) {
-        __global const float *r = q + (long)t * DMODEL + h * DK;
+        __global const float *r = q + (idx_t)t * DMODEL + h * DK;
         const float x = r[i];
 #if DK % 16 == 0
 #pragma unroll
@@ -50,7 +50,7 @@ void metric_tensor_cpu(__global const float *q, const int T, __global float *a0)
     }
 #pragma unroll
     for (int j = 0; j < DK; j++)
-        a0[(long)gid * DK + j] = s[j];
+        a0[(idx_t)gid * DK + j] = s[j];
 }
 #endif
 
@@ -179,7 +179,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
     const int row0 = get_group_id(0) * ML_ROWS, lid = get_local_id(0);
     for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
         const int r = e / DK, i = e % DK;
-        a[r][i] = row0 + r < n_rows ? a0[(long)(row0 + r) * DK + i] : 0.0f;
+        a[r][i] = row0 + r < n_rows ? a0[(idx_t)(row0 + r) * DK + i] : 0.0f;
     }
 #if ML_FAP > FA
     /* the padding of the hidden units, read by the gluw3 phase's float4 loads */
@@ -192,7 +192,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
         for (int k = 0; k < NUM_DENSE; k++) {
             const int u = r * NUM_DENSE + k;
             __local float (*src)[DK] = k == 0 ? a : cur;
-            __global const float *g12 = w12 + (long)u * 2 * FA * DK, *bb = b12 + u * 2 * FA;
+            __global const float *g12 = w12 + (idx_t)u * 2 * FA * DK, *bb = b12 + u * 2 * FA;
             /* hidden unit f: silu(gluw1) * gluw2, by row group and input split */
             for (int e = lid; e < FA * ML_RG * ML_KS; e += ML_WG) {
                 const int f = e % FA, q0 = (e / FA) % ML_RG * ML_RPG, ks = e / (FA * ML_RG);
@@ -224,7 +224,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
             barrier(CLK_LOCAL_MEM_FENCE);
 #endif
             /* gluw3: output j of every row over slice s of the hidden units */
-            __global const float *g3 = w3 + (long)u * DK * FA;
+            __global const float *g3 = w3 + (idx_t)u * DK * FA;
             __local float (*dst)[DK] = k == NUM_DENSE - 1 ? a : cur;
             for (int e = lid; e < DK * ML_S; e += ML_WG) {
                 const int j = e % DK, s = e / DK, f0 = s * ML_FL;
@@ -267,7 +267,7 @@ void metric_learner(__global const float *a0, __global float *a_out, const int n
     for (int e = lid; e < ML_ROWS * DK; e += ML_WG) {
         const int r = e / DK, i = e % DK;
         if (row0 + r < n_rows)
-            a_out[(long)(row0 + r) * DK + i] = a[r][i];
+            a_out[(idx_t)(row0 + r) * DK + i] = a[r][i];
     }
 }
 #endif
@@ -346,13 +346,13 @@ void metric_learner_cpu(__global const float *a0, __global float *a_out, const i
     const int row0 = get_group_id(0) * LC_ROWS;
     for (int r = 0; r < LC_ROWS; r++) {
         for (int i = 0; i < DK; i++)
-            a[r][i] = row0 + r < n_rows ? a0[(long)(row0 + r) * DK + i] : 0.0f;
+            a[r][i] = row0 + r < n_rows ? a0[(idx_t)(row0 + r) * DK + i] : 0.0f;
         lc_layernorm(a[r], ln0_w, ln0_b);
     }
     for (int res = 0; res < NUM_RES; res++) {
         for (int k = 0; k < NUM_DENSE; k++) {
             const int u = res * NUM_DENSE + k;
-            __global const float *g12 = w12 + (long)u * 2 * FA * DK, *bb = b12 + u * 2 * FA;
+            __global const float *g12 = w12 + (idx_t)u * 2 * FA * DK, *bb = b12 + u * 2 * FA;
             /* hidden units f0 .. f0+15: silu(gluw1) * gluw2 */
             for (int f0 = 0; f0 < FA; f0 += 16) {
                 float16 hg[LC_ROWS], hu[LC_ROWS];
@@ -379,7 +379,7 @@ void metric_learner_cpu(__global const float *a0, __global float *a_out, const i
                 }
             }
             /* gluw3: outputs j0 .. j0+15 */
-            __global const float *g3 = w3 + (long)u * DK * FA;
+            __global const float *g3 = w3 + (idx_t)u * DK * FA;
             for (int j0 = 0; j0 < DK; j0 += 16) {
                 float16 o[LC_ROWS];
 #pragma unroll
@@ -411,7 +411,7 @@ void metric_learner_cpu(__global const float *a0, __global float *a_out, const i
     for (int r = 0; r < LC_ROWS; r++)
         if (row0 + r < n_rows)
             for (int i = 0; i < DK; i++)
-                a_out[(long)(row0 + r) * DK + i] = a[r][i];
+                a_out[(idx_t)(row0 + r) * DK + i] = a[r][i];
 }
 
 /* plga_potential and plga_energy on CPU devices: a work-item per row i of a
@@ -423,8 +423,8 @@ void plga_potential_cpu(__global const float *a, __global const float *plga, __g
 {
     const int gid = get_global_id(0);
     const int h = gid / DK;
-    const long row = (long)gid * DK;
-    __global const float *w = plga + row, *ah = a + (long)h * DK * DK;
+    const idx_t row = (idx_t)gid * DK;
+    __global const float *w = plga + row, *ah = a + (idx_t)h * DK * DK;
 #if DK % 16 == 0
 #pragma unroll
     for (int j = 0; j < DK; j += 16) {
@@ -454,8 +454,8 @@ void plga_energy_cpu(__global const float *a_p, __global const float *plga, __gl
 {
     const int gid = get_global_id(0);
     const int h = gid / DK;
-    const long row = (long)gid * DK;
-    __global const float *al = plga + 3 * PLGA_SIZE + row, *ph = a_p + (long)h * DK * DK;
+    const idx_t row = (idx_t)gid * DK;
+    __global const float *al = plga + 3 * PLGA_SIZE + row, *ph = a_p + (idx_t)h * DK * DK;
     int finite = 1;
 #if DK % 16 == 0
 #pragma unroll

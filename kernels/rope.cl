@@ -18,14 +18,14 @@ inline int2 rope_pair(const int i)
  * (an offset in floats). Prefill and batched decode share it. */
 inline void rope_qkv_pair(__global const float *qkv, __global const float *bias, const float2 cs, const int t,
                           const int h, const int2 p, __global float *q_out, __global float *k_cache,
-                          __global float *v_cache, const long ko)
+                          __global float *v_cache, const idx_t ko)
 {
-    const long in = (long)t * 3 * DMODEL + h * DK;
+    const idx_t in = (idx_t)t * 3 * DMODEL + h * DK;
     const int off = h * DK;
     const float q0 = qkv[in + p.x] + bias[off + p.x], q1 = qkv[in + p.y] + bias[off + p.y];
     const float k0 = qkv[in + DMODEL + p.x] + bias[DMODEL + off + p.x];
     const float k1 = qkv[in + DMODEL + p.y] + bias[DMODEL + off + p.y];
-    const long qo = (long)t * DMODEL + off;
+    const idx_t qo = (idx_t)t * DMODEL + off;
     q_out[qo + p.x] = q0 * cs.x - q1 * cs.y;
     q_out[qo + p.y] = q1 * cs.x + q0 * cs.y;
     k_cache[ko + p.x] = k0 * cs.x - k1 * cs.y;
@@ -45,6 +45,6 @@ __kernel void qkv_rope(__global const float *qkv, __global const float *bias, __
     const int h = (gid / (DK / 2)) % HEADS;
     const int t = gid / (DK / 2 * HEADS);
     const int2 p = rope_pair(i);
-    const float2 cs = rope[(long)(pos0 + t) * (DK / 2) + i];
-    rope_qkv_pair(qkv, bias, cs, t, h, p, q_out, k_cache, v_cache, (long)(pos0 + t) * DMODEL + h * DK);
+    const float2 cs = rope[(idx_t)(pos0 + t) * (DK / 2) + i];
+    rope_qkv_pair(qkv, bias, cs, t, h, p, q_out, k_cache, v_cache, (idx_t)(pos0 + t) * DMODEL + h * DK);
 }

@@ -55,11 +55,11 @@ static pldr_status decode_rows(pldr_context *c, const pldr_batch_entry *e, const
             }
         if (m->wg_forms)
             TRY(LAUNCH(c, batch_attention, b * H * (size_t)m->att_wg, (size_t)m->att_wg, A_MEM(c->q),
-                       A_MEM(c->gg_all[l]), A_LONG((cl_long)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]),
+                       A_MEM(c->gg_all[l]), A_INT((int)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]),
                        A_MEM(c->v_all[l]), A_MEM(c->seqinfo), A_MEM(c->att)));
         else /* CPUs: a work-item per (row, head), no barriers */
             TRY(LAUNCH(c, batch_attention_cpu, b * H, 1, A_MEM(c->q), A_MEM(c->gg_all[l]),
-                       A_LONG((cl_long)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]), A_MEM(c->v_all[l]),
+                       A_INT((int)c->g_stride), A_FLT(scale), A_MEM(c->k_all[l]), A_MEM(c->v_all[l]),
                        A_MEM(c->seqinfo), A_MEM(c->att)));
         TRY(engine_gemm_rows(c, b, d, d, c->att, &ly->wo, dp, c->o));
         TRY(LAUNCH(c, brln, b * rw, rw, A_MEM(c->o), A_MEM(ly->bo), A_MEM(c->x), A_MEM(ly->ln1_w),

@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <clblast_c.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,6 +297,8 @@ static pldr_status context_alloc(pldr_context *c)
         while (round_align(c, c->kv_rows * d * 4) != c->kv_rows * d * 4)
             c->kv_rows++;
     c->g_stride = (S > 1 ? round_align(c, hdd * 4) : hdd * 4) / 4;
+    if (c->g_stride > INT_MAX) /* kernels/batch.cl takes it as an int */
+        return pldr_fail(PLDR_ERR_INVALID_ARGUMENT, "a G-cache of %zu floats per sequence is too large", c->g_stride);
     c->act_rows = (int)R;
 
     /* what the context will need, checked before anything is allocated */

@@ -149,7 +149,6 @@ typedef struct arg {
 /* sizes go to kernels as 32-bit integers (64-bit ones are optional in some
  * device profiles) */
 #define A_UINT(v) ((arg){sizeof(cl_uint), &(cl_uint){(v)}})
-#define A_LONG(v) ((arg){sizeof(cl_long), &(cl_long){(v)}})
 #define A_LOCAL(n) ((arg){(n), NULL})
 /* the scales argument of a kernel reading weight matrix *w (pldr_scales) */
 #define A_SCALES(w) ((arg){sizeof(cl_mem), &(cl_mem){pldr_scales(w)}})

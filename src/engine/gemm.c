@@ -92,8 +92,8 @@ pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_m
     if (m->own_gemm || (M > 32 && w->type == PLDR_DTYPE_F32))
         return engine_gemm(c, M, N, K, a, 0, w, w_pitch, out, 0);
     const size_t groups = (N + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
-    return LAUNCH(c, batch_gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(a), A_LONG(0),
-                  A_INT((int)K), A_MEM(w->data), A_SCALES(w), A_INT((int)w_pitch), A_MEM(out), A_LONG(0), A_INT((int)N),
+    return LAUNCH(c, batch_gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(a), A_INT(0),
+                  A_INT((int)K), A_MEM(w->data), A_SCALES(w), A_INT((int)w_pitch), A_MEM(out), A_INT(0), A_INT((int)N),
                   A_INT((int)M),
                   A_INT((int)N), A_INT((int)K));
 }

@@ -6,6 +6,7 @@
  * stays open until the model is freed. */
 #include "config.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -89,6 +90,12 @@ pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *o
                          "%s needs %zu bytes in one buffer, more than the %llu bytes %s allows in one "
                          "allocation (try a smaller --ctx, or --dtype f16)",
                          what, bytes, (unsigned long long)m->ocl.info.max_alloc_bytes, m->ocl.info.name);
+    if (!m->index64 && bytes > INT_MAX)
+        return pldr_fail(PLDR_ERR_DEVICE_MEMORY,
+                         "%s needs %zu bytes in one buffer, but %s has no 64-bit integers in kernels (an "
+                         "embedded profile without cles_khr_int64), so its kernels index at most %d bytes (try a "
+                         "smaller --ctx, fewer sequences, or --dtype f16)",
+                         what, bytes, m->ocl.info.name, INT_MAX);
     cl_int err;
     *out = clCreateBuffer(m->ocl.context, CL_MEM_READ_WRITE, bytes, NULL, &err);
     if (!*out) {
@@ -319,7 +326,8 @@ static int map_tensor(loader *ld, const st_tensor *t, size_t n, size_t align, cl
 {
     pldr_model *m = ld->m;
     if (!align || !t || t->dtype != ST_F32 || t->n_elements != n || t->nbytes == 0 ||
-        t->nbytes > m->ocl.info.max_alloc_bytes || (uintptr_t)t->data % align != 0)
+        t->nbytes > m->ocl.info.max_alloc_bytes || (!m->index64 && t->nbytes > INT_MAX) ||
+        (uintptr_t)t->data % align != 0)
         return 0;
     cl_int err;
     cl_mem buf = clCreateBuffer(m->ocl.context, CL_MEM_READ_ONLY | CL_MEM_USE_HOST_PTR, (size_t)t->nbytes,
@@ -710,30 +718,31 @@ static size_t device_wg_limit(const pldr_ocl *ocl)
 }
 
 /* The value of item KEY in m->kernel_limits (see pldr_model.kernel_limits),
- * or 0 where it has none; an item that is not KEY=N with N >= 1 is ignored
- * (fit_kernels warns of it). */
-static uint64_t limit_item(const pldr_model *m, const char *key)
+ * or -1 where it has none; an item that is not KEY=N with N >= 0 is ignored
+ * (check_limit_items warns of it). */
+static int64_t limit_item(const pldr_model *m, const char *key)
 {
     const size_t klen = strlen(key);
     for (const char *p = m->kernel_limits; *p;) {
         const size_t len = strcspn(p, ",");
-        if (len > klen && strncmp(p, key, klen) == 0 && p[klen] == '=') {
+        if (len > klen && strncmp(p, key, klen) == 0 && p[klen] == '=' && p[klen + 1] >= '0' && p[klen + 1] <= '9') {
             char *end;
             errno = 0;
             const unsigned long long v = strtoull(p + klen + 1, &end, 10);
-            if (end == p + len && end != p + klen + 1 && !errno && v >= 1)
-                return (uint64_t)v;
+            if (end == p + len && !errno && v <= INT64_MAX)
+                return (int64_t)v;
         }
         p += len + (p[len] == ',');
     }
-    return 0;
+    return -1;
 }
 
 /* The device's local memory, or less under PLDR_KERNEL_LIMITS' "local". */
 static uint64_t local_mem_limit(const pldr_model *m)
 {
-    const uint64_t cap = limit_item(m, "local"), dev = m->ocl.info.local_mem_bytes;
-    return cap && cap < dev ? cap : dev;
+    const int64_t cap = limit_item(m, "local");
+    const uint64_t dev = m->ocl.info.local_mem_bytes;
+    return cap > 0 && (uint64_t)cap < dev ? (uint64_t)cap : dev;
 }
 
 /* Kernel k's CL_KERNEL_WORK_GROUP_SIZE, or less under PLDR_KERNEL_LIMITS
@@ -741,15 +750,16 @@ static uint64_t local_mem_limit(const pldr_model *m)
 static cl_int kernel_wg_limit(const pldr_model *m, cl_kernel k, const char *name, size_t *kwg)
 {
     const cl_int err = clGetKernelWorkGroupInfo(k, m->ocl.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof *kwg, kwg, NULL);
-    uint64_t cap = limit_item(m, name);
-    if (!cap)
+    int64_t cap = limit_item(m, name);
+    if (cap < 1)
         cap = limit_item(m, "*");
-    if (err == CL_SUCCESS && cap && (*kwg == 0 || *kwg > cap))
+    if (err == CL_SUCCESS && cap > 0 && (*kwg == 0 || (uint64_t)*kwg > (uint64_t)cap))
         *kwg = (size_t)cap;
     return err;
 }
 
-/* Warns of each PLDR_KERNEL_LIMITS item that is not NAME=N with N >= 1. */
+/* Warns of each PLDR_KERNEL_LIMITS item that is not NAME=N with N >= 1
+ * (int64: 0 or 1). */
 static void check_limit_items(const pldr_model *m)
 {
     for (const char *p = m->kernel_limits; *p;) {
@@ -758,8 +768,10 @@ static void check_limit_items(const pldr_model *m)
         char *end = NULL;
         errno = 0;
         const unsigned long long v = eq && eq > p ? strtoull(eq + 1, &end, 10) : 0;
-        if (len && (!eq || eq == p || end == eq + 1 || end != p + len || errno || v < 1))
-            pldr_log(PLDR_LOG_WARN, "ignoring PLDR_KERNEL_LIMITS item '%.*s' (not NAME=N with N >= 1)", (int)len, p);
+        const int int64 = eq && eq - p == 5 && strncmp(p, "int64", 5) == 0;
+        if (len && (!eq || eq == p || end == eq + 1 || end != p + len || errno || (int64 ? v > 1 : v < 1)))
+            pldr_log(PLDR_LOG_WARN, "ignoring PLDR_KERNEL_LIMITS item '%.*s' (%s)", (int)len, p,
+                     int64 ? "int64 takes 0 or 1" : "not NAME=N with N >= 1");
         p += len + (p[len] == ',');
     }
 }
@@ -819,6 +831,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
                  sizeof m->kernel_limits - 1);
     else if (limits)
         snprintf(m->kernel_limits, sizeof m->kernel_limits, "%s", limits);
+    m->index64 = d->int64 && limit_item(m, "int64") != 0;
     settle_shapes(m);
 }
 
@@ -868,11 +881,11 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_TYPE=%d -DEMB_PITCH=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
-             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d",
+             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d -DINDEX64=%d",
              m->ocl.build_log ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, (int)m->wtype, m->emb_pitch, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
-             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm);
+             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64);
     int compiled = 0;
     const pldr_status st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                                           params->progress_user, &m->program, &compiled);

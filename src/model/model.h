@@ -88,8 +88,10 @@ struct pldr_model {
     /* PLDR_KERNEL_LIMITS, for testing the lowering on any device: limits
      * below the device's, "NAME=N" (kernel NAME's CL_KERNEL_WORK_GROUP_SIZE
      * taken as at most N; NAME "*" for every kernel) and "local=BYTES" (the
-     * device's local memory), comma-separated */
+     * device's local memory), "int64=0" (build as for a device without
+     * 64-bit integers), comma-separated */
     char kernel_limits[256];
+    int index64; /* 64-bit index arithmetic in the kernels (INDEX64); else no buffer over INT_MAX bytes */
 };
 
 /* Work per work-group of the one-work-item CPU kernels, passed to them as

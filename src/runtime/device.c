@@ -95,6 +95,9 @@ static void fill_info(cl_platform_id p, cl_device_id d, pldr_device_info *info)
     info->max_work_group_size = wg;
     info->unified_memory = unified == CL_TRUE;
     info->mem_base_align = base_align_bits / 8;
+    char profile[32] = "";
+    get_str(d, CL_DEVICE_PROFILE, profile, sizeof profile);
+    info->int64 = strcmp(profile, "FULL_PROFILE") == 0;
     size_t n = 0;
     info->fp16 = info->fp64 = 0;
     if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) == CL_SUCCESS && n > 0) {
@@ -103,6 +106,7 @@ static void fill_info(cl_platform_id p, cl_device_id d, pldr_device_info *info)
             ext[n] = '\0';
             info->fp16 = strstr(ext, "cl_khr_fp16") != NULL;
             info->fp64 = strstr(ext, "cl_khr_fp64") != NULL;
+            info->int64 |= strstr(ext, "cles_khr_int64") != NULL;
         }
         free(ext);
     }

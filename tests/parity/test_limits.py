@@ -9,21 +9,25 @@ rebuilds with smaller shapes where one does not fit, noting each change
 allows every kernel the device's maximum, so PLDR_KERNEL_LIMITS lowers the
 limits as a device with tighter ones would: "NAME=N" caps kernel NAME's
 CL_KERNEL_WORK_GROUP_SIZE, "*=N" every kernel's, "local=BYTES" the local
-memory.
+memory, and "int64=0" builds the kernels as for a device without 64-bit
+integers.
 
-On a small random checkpoint (tests/mkmodel.py):
-- `pldr logits` in the work-group (GPU) forms with every kernel capped at 16
-  work-items and 1 KiB of local memory: within 1e-4 of the float64
-  reference (pldr_ref.py) and 1e-5 of the uncapped run;
-- the batched decode (tests/unit/batch_check --dump, through batch_gemv: PLDR_GEMM
-  =clblast) with batch_gemv capped at 16, batch_attention and batch_argmax
-  at 8, and 560 bytes of local memory (less than several kernels need at 64
-  work-items under PoCL): logits within 1e-5 of the uncapped run, greedy
-  tokens equal;
+On a small random checkpoint (tests/mkmodel.py), with the batched products
+through batch_gemv (PLDR_GEMM=clblast):
+- `pldr logits` in the work-group forms (PLDR_WG gpu=1) with every kernel
+  capped at 16 work-items and 1 KiB of local memory: within 1e-4 of the
+  float64 reference (pldr_ref.py) and 1e-5 of the uncapped run;
+- the batched decode (tests/unit/batch_check --dump) with batch_gemv capped at
+  16, batch_attention and batch_argmax at 8, and 560 bytes of local memory
+  (less than several kernels need at 64 work-items under PoCL): logits
+  within 1e-5 of the uncapped run, greedy tokens equal;
 - `pldr bench -o json` under the same caps: kernel_notes names each batch
   kernel with its limit and new shape, kernel_options carry the lowered
   shapes; without caps kernel_notes is empty (PoCL's limits are the
   device's);
+- with "int64=0" the kernels are built with 32-bit index arithmetic, as for
+  an embedded-profile device without 64-bit integers: logits and the batched
+  decode bit-identical to the 64-bit build's;
 - a malformed item is named in a warning. TAP output."""
 
 import json
@@ -47,10 +51,13 @@ BASE = os.path.join(pt.TESTTMP, "limits")
 BATCH_CHECK = os.path.join(os.path.dirname(pt.PLDR_BIN), "tests", "unit", "batch_check")
 SHAPE = {"L": 2, "d": 30, "H": 3, "dk": 10, "F": 43, "R": 1, "D": 2, "Fa": 13, "V": 97, "Tmax": 64}
 IDS = [5, 17, 42, 9, 60, 3, 88, 12, 1, 33]
-GPU_FORMS = {"PLDR_WG": "gpu=1,gemv=64,rows=4,att=4,ml=64"}
-ALL_CAPPED = {"PLDR_KERNEL_LIMITS": "*=16,local=1024"}
+# the work-group forms (the single-sequence cases), and the batched products
+# through batch_gemv rather than the engine's GEMM (every case)
+GPU_FORMS = {"PLDR_WG": "gpu=1,gemv=64,rows=4,ml=64", "PLDR_GEMM": "clblast"}
 BATCH_FORM = {"PLDR_GEMM": "clblast"}
-BATCH_CAPPED = {"PLDR_KERNEL_LIMITS": "batch_gemv=16,batch_attention=8,batch_argmax=8,local=560"}
+ALL_CAPPED = {"PLDR_KERNEL_LIMITS": "*=16,local=1024"}
+NO_INT64 = {"PLDR_KERNEL_LIMITS": "int64=0"}
+BATCH_CAPPED = dict(BATCH_FORM, PLDR_KERNEL_LIMITS="batch_gemv=16,batch_attention=8,batch_argmax=8,local=560")
 
 
 def logits(model, env, out):
@@ -88,7 +95,7 @@ def main():
 
     def check_batch():
         outs = []
-        for name, env in (("plain", BATCH_FORM), ("capped", dict(BATCH_FORM, **BATCH_CAPPED))):
+        for name, env in (("plain", BATCH_FORM), ("capped", BATCH_CAPPED)):
             out = os.path.join(BASE, "batch-%s.bin" % name)
             rc, err = batch_dump(model, env, out)
             if rc != 0:
@@ -103,6 +110,26 @@ def main():
     tap.check("batched decode, batch_gemv capped at 16, batch_attention and batch_argmax at 8, 560 bytes of local "
               "memory", check_batch)
 
+    def check_int32():  # against the plain runs of check_logits and check_batch
+        out = os.path.join(BASE, "int32.npy")
+        rc, err = logits(model, dict(GPU_FORMS, **NO_INT64), out)
+        if rc != 0:
+            return False, "logits: exit %d" % rc, pt.tail(err)
+        outs = [pt.load_npy(os.path.join(BASE, "plain.npy")), pt.load_npy(out)]
+        out = os.path.join(BASE, "batch-int32.bin")
+        rc, err = batch_dump(model, dict(BATCH_FORM, **NO_INT64), out)
+        if rc != 0:
+            return False, "batched run: exit %d" % rc, pt.tail(err)
+        plain = np.fromfile(os.path.join(BASE, "batch-plain.bin"), dtype=np.float32)
+        got = np.fromfile(out, dtype=np.float32)
+        same_logits = bool(np.array_equal(outs[0], outs[1]))
+        same_batch = plain.size == got.size and bool(np.array_equal(plain, got))
+        return same_logits and same_batch, "logits %s, batched decode %s" % (
+            "bit-identical" if same_logits else "DIFFER (rel_err %.3g)" % pt.rel_err(outs[1], outs[0]),
+            "bit-identical" if same_batch else "DIFFERS")
+    tap.check("32-bit index arithmetic (int64=0, as on an embedded-profile device without 64-bit integers): "
+              "the same logits as 64-bit", check_int32)
+
     def bench(env):
         rc, out, err = pt.run_pldr(["bench", "-m", model, "-p", "0", "-n", "4", "--tg-prompt", "4", "-r", "1",
                                     "-o", "json"], env=env)
@@ -112,7 +139,7 @@ def main():
         return dev, dev["kernel_notes"]["f32"], err
 
     def check_notes():
-        dev, notes, err = bench(dict(BATCH_FORM, PLDR_KERNEL_LIMITS=BATCH_CAPPED["PLDR_KERNEL_LIMITS"]
+        dev, notes, err = bench(dict(BATCH_CAPPED, PLDR_KERNEL_LIMITS=BATCH_CAPPED["PLDR_KERNEL_LIMITS"]
                                      + ",bogus,batch_gemv=x"))
         if dev is None:
             return False, "capped: " + notes, pt.tail(err)

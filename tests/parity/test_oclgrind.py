@@ -18,11 +18,12 @@ modes, and with decode attention split over several work-groups (att=4:
 blocks of 4 keys, so every step past the fourth token combines blocks).
 
 The batched decode (kernels/batch.cl through pldr_eval_batch) runs
-tests/unit/batch_check's --dump schedule in the GPU form (batch_gemv for the
-products): three sequences with prompts of 3, 5 and 8 tokens, decode steps
-of three and of two rows with logits, then greedy steps (batch_argmax), in
-kvg with float32 and kv with half weights; logits within 1e-5 relative of
-the default device's, greedy tokens equal.
+tests/unit/batch_check's --dump schedule: three sequences with prompts of 3,
+5 and 8 tokens, decode steps of three and of two rows with logits, then
+greedy steps (batch_argmax); in the GPU form (batch_gemv, batch_attention)
+kvg with float32 and kv with half weights, in the CPU form (the engine's
+GEMM, batch_attention_cpu) kvg with half weights; logits within 1e-5
+relative of the default device's, greedy tokens equal.
 
 `--uninitialized` is left out: oclgrind 21.10 reports values as
 uninitialised in buffers written at an offset (clEnqueueWriteBuffer with a
@@ -203,6 +204,7 @@ def main():
     greedy_case(tap, "A_dff 12", fa12, "f16", CPU)
     batch_case(tap, "A_dff 13", fa13, "kvg", "f32", GPU)
     batch_case(tap, "A_dff 13", fa13, "kv", "f16", GPU)
+    batch_case(tap, "A_dff 13", fa13, "kvg", "f16", CPU)
     return tap.done()
 
 
