@@ -16,7 +16,8 @@
 #   svg; c = pldr serve on the GPU, then GPU + CPU, under bench/serve_bench.py.
 set -u
 part=${1:-all}
-. .devcl/device-opencl.sh setup .devcl >/dev/null 2>&1
+set -- setup .devcl  # dash passes no arguments to "."
+. .devcl/device-opencl.sh >/dev/null 2>&1
 export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(pwd)/.devcl/lib
 export PLDR_TUNING=0
 M=/tmp/pldr-110m
