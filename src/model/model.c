@@ -235,8 +235,8 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
                                                         region, pitch * esz, 0, cols * esz, 0, src, 0, NULL, NULL));
     }
     const double t0 = pldr_now();
-    const int q4 = w->type == PLDR_DTYPE_Q4_0, q = dtype_quantized(w->type);
-    const size_t row_bytes = w->type == PLDR_DTYPE_BF16 ? 2 * pitch : q4 ? pitch / 2 : pitch;
+    const int q = dtype_quantized(w->type);
+    const size_t row_bytes = pldr_row_bytes(w->type, pitch);
     const size_t nb = pitch / PLDR_QBLOCK; /* scales per row */
     const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0);
     if (need > ld->qstage_bytes) {
@@ -303,8 +303,7 @@ static pldr_status alloc_w(pldr_model *m, pldr_weight *w, size_t rows, size_t pi
     w->pitch = (int)pitch;
     if (n > m->max_matrix_elems)
         m->max_matrix_elems = n;
-    const size_t bytes = m->wtype == PLDR_DTYPE_Q4_0 ? n / 2 : m->wtype == PLDR_DTYPE_Q8_0 ? n
-                         : m->wtype == PLDR_DTYPE_F32 ? n * 4 : n * 2;
+    const size_t bytes = rows * pldr_row_bytes(m->wtype, pitch);
     TRY(pldr_buffer(m, bytes, what, &w->data, &m->device_bytes));
     const cl_uchar zero = 0;
     cl_int err = clEnqueueFillBuffer(m->ocl.queue, w->data, &zero, 1, 0, bytes, 0, NULL, NULL);

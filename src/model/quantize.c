@@ -102,9 +102,15 @@ typedef struct convert_job {
     int failed;
 } convert_job;
 
-static size_t row_bytes_of(pldr_dtype type, size_t pitch)
+size_t pldr_row_bytes(pldr_dtype type, size_t pitch)
 {
-    return type == PLDR_DTYPE_BF16 ? 2 * pitch : type == PLDR_DTYPE_Q4_0 ? pitch / 2 : pitch;
+    switch (type) {
+    case PLDR_DTYPE_F32: return 4 * pitch;
+    case PLDR_DTYPE_F16:
+    case PLDR_DTYPE_BF16: return 2 * pitch;
+    case PLDR_DTYPE_Q4_0: return pitch / 2;
+    default: return pitch; /* Q8_0 */
+    }
 }
 
 static void *convert_part(void *arg)
@@ -115,7 +121,7 @@ static void *convert_part(void *arg)
         j->failed = 1;
         return NULL;
     }
-    const size_t rb = row_bytes_of(j->type, j->pitch), nb = j->pitch / PLDR_QBLOCK;
+    const size_t rb = pldr_row_bytes(j->type, j->pitch), nb = j->pitch / PLDR_QBLOCK;
     for (size_t r = j->r0; r < j->r1; r++) {
         memcpy(row, j->src + r * j->cols, j->cols * sizeof(float));
         memset(row + j->cols, 0, (j->pitch - j->cols) * sizeof(float));

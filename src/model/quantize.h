@@ -25,6 +25,10 @@ void pldr_quantize_q8_0(const float *x, size_t n, int8_t *q, uint16_t *d);
  * (high nibble). q: n / 2 bytes, d: n / 32 halves. */
 void pldr_quantize_q4_0(const float *x, size_t n, uint8_t *q, uint16_t *d);
 
+/* Bytes of one row of `pitch` weights stored as `type` (the quants alone
+ * for Q8_0 and Q4_0; their scales are pitch / 32 halves more). */
+size_t pldr_row_bytes(pldr_dtype type, size_t pitch);
+
 /* Converts a matrix of `rows` rows of `cols` float32 values (src, row after
  * row) into `type` (PLDR_DTYPE_BF16, Q8_0 or Q4_0), each row padded with
  * zeros to `pitch` (a multiple of PLDR_QBLOCK for the quantized types): data
