@@ -330,6 +330,18 @@ def check_sampling(tap, sv, want):
     tap.check("frequency, presence and repeat penalties change the greedy text", penalties)
 
 
+def wait_idle(sv, busy, limit=1.0):
+    """Polls the busy slots for up to `limit` seconds until none is busy:
+    (the last count, the seconds waited)."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        busy = sv.busy_slots()
+        if busy == 0:
+            break
+        time.sleep(0.02)
+    return busy, time.time() - t0
+
+
 def check_disconnect(tap, sv):
     def disconnect():
         before = sv.metrics().get("pldr_generated_tokens_total", 0)
@@ -341,14 +353,7 @@ def check_disconnect(tap, sv):
         busy_during = sv.busy_slots()
         c.sock.shutdown(socket.SHUT_RDWR)
         c.close()
-        t0 = time.time()
-        busy = busy_during
-        while time.time() - t0 < 1.0:
-            busy = sv.busy_slots()
-            if busy == 0:
-                break
-            time.sleep(0.02)
-        dt = time.time() - t0
+        busy, dt = wait_idle(sv, busy_during)
         time.sleep(0.3)
         log = sv.stderr()
         cancelled = "(client gone, cancelled)" in log
@@ -368,14 +373,7 @@ def check_disconnect(tap, sv):
             time.sleep(0.01)
         c.sock.shutdown(socket.SHUT_RDWR)
         c.close()
-        t0 = time.time()
-        busy = busy_during
-        while time.time() - t0 < 1.0:
-            busy = sv.busy_slots()
-            if busy == 0:
-                break
-            time.sleep(0.02)
-        dt = time.time() - t0
+        busy, dt = wait_idle(sv, busy_during)
         time.sleep(0.3)
         gone = sv.stderr().count("(client gone, cancelled)") - gone_before
         return busy_during == 4 and busy == 0 and gone == 1, "busy %d -> %d in %.2f s" % (busy_during, busy, dt)
