@@ -10,14 +10,14 @@
 /* One float4 of row `row` (its scales at srow: kernels/common.cl) of a
  * weight matrix, at vector index i: the only place the batched products read
  * weights. */
-inline float4 batch_w4(__global const WT *row, __global const half *srow, const int i)
+inline float4 batch_w4(__global const WT *row, __global const ST *srow, const int i)
 {
     return LOAD_ROW4(row, srow, i);
 }
 
 /* Element k of the same row (the tail of a row whose length is not a
  * multiple of 4). */
-inline float batch_w1(__global const WT *row, __global const half *srow, const int k)
+inline float batch_w1(__global const WT *row, __global const ST *srow, const int k)
 {
     return LOAD_W(row, srow, k);
 }
@@ -30,7 +30,7 @@ inline float batch_w1(__global const WT *row, __global const half *srow, const i
  * row one at a time. Same arguments as gemm_cpu. */
 #define BATCH_TILE 8
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void batch_gemv(__global const float *a, const int a_off, const int lda, __global const WT *w, __global const half *ws,
+void batch_gemv(__global const float *a, const int a_off, const int lda, __global const WT *w, __global const ST *ws,
                 const int ldw, __global float *c, const int c_off, const int ldc, const int M, const int N, const int K)
 {
     __local float red[GEMV_WG];
@@ -39,7 +39,7 @@ void batch_gemv(__global const float *a, const int a_off, const int lda, __globa
     const int live = n < N;
     const idx_t wo = (idx_t)(live ? n : 0) * ldw;
     __global const WT *wr = WPTR(w, wo);
-    __global const half *sr = SPTR(ws, wo);
+    __global const ST *sr = SPTR(ws, wo);
     const int kv = K / 4;
     for (int m0 = 0; m0 < M; m0 += BATCH_TILE) {
         float acc[BATCH_TILE];

@@ -8,7 +8,7 @@
  * needs no cl_khr_fp16.
  *
  * Q8_0 and Q4_0 (llama.cpp's blocks) split every row into blocks of 32
- * weights with one half scale d each: Q8_0 holds x = d * q for a signed byte
+ * weights with one scale d each (half, or float with SCALE_F32): Q8_0 holds x = d * q for a signed byte
  * q; Q4_0 x = d * (q - 8) for a 4-bit q, two per byte (byte j of a block
  * holds weights j, low nibble, and j + 16, high nibble). Quants and scales
  * are two arrays ("structure of arrays", so that neighbouring work-items read
@@ -50,9 +50,19 @@ typedef int idx_t;
 #else
 #define WPTR(w, i) ((w) + (i))
 #endif
+/* The scales (ST): half, or float where SCALE_F32 is set (CPUs, whose
+ * compilers convert half in software: a dozen scalar instructions a block);
+ * WSCALE_B(s, b) reads block b's scale, WSCALE(s, i) element i's. */
+#if SCALE_F32
+#define ST float
+#define WSCALE_B(s, b) ((s)[b])
+#else
+#define ST half
+#define WSCALE_B(s, b) vload_half((b), (s))
+#endif
 #if WEIGHT_QUANT
 #define SPTR(s, i) ((s) + ((i) >> 5))
-#define WSCALE(s, i) vload_half((i) >> 5, (s))
+#define WSCALE(s, i) WSCALE_B((s), (i) >> 5)
 #else
 #define SPTR(s, i) (s)
 #endif

@@ -3,7 +3,7 @@
  * ids_offset lets a greedy decode step read the token the previous step's
  * argmax left on the device. */
 __kernel __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
-void embed_tokens(__global const int *ids, const int ids_offset, __global const WT *emb, __global const half *es,
+void embed_tokens(__global const int *ids, const int ids_offset, __global const WT *emb, __global const ST *es,
                   const float scale,
                   __global const float *ln_w, __global const float *ln_b, __global float *x,
                   __global int *flags, const int flag_index)

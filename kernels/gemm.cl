@@ -22,7 +22,7 @@
 
 #if OWN_GEMM
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void gemm_cpu(__global const float *a, const int a_off, const int lda, __global const WT *w, __global const half *ws,
+void gemm_cpu(__global const float *a, const int a_off, const int lda, __global const WT *w, __global const ST *ws,
               const int ldw,
               __global float *c, const int c_off, const int ldc, const int M, const int N, const int K)
 {
@@ -34,7 +34,7 @@ void gemm_cpu(__global const float *a, const int a_off, const int lda, __global 
         if (n0 >= N)
             break;
         __global const WT *wr[GM_TN];
-        __global const half *sr[GM_TN];
+        __global const ST *sr[GM_TN];
 #pragma unroll
         for (int j = 0; j < GM_TN; j++) {
             const idx_t wo = (idx_t)min(n0 + j, N - 1) * ldw;

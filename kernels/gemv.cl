@@ -36,20 +36,130 @@
 #define LOAD_ROW4(row, srow, i) LOAD_W4((row), (srow), 4 * (i))
 #endif
 
+/* A hint to bring the cache line at p in ahead of its use, where the
+ * compiler has one (clang's, as in PoCL: quantized rows are read too densely
+ * for a CPU's out-of-order window to keep enough misses in flight), else
+ * OpenCL's prefetch. */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_prefetch)
+#define PREFETCH(p) __builtin_prefetch(p)
+#endif
+#endif
+#ifndef PREFETCH
+#define PREFETCH(p) prefetch((p), 1)
+#endif
+/* bytes ahead of the quants being read (rows are contiguous, so this runs
+ * into the next rows, which the next work-items read) */
+#define PF_AHEAD 1024
+#define Q_SHIFT (WEIGHT_TYPE == 4 ? 4 : 5) /* log2 of a block's bytes */
+
 #if WEIGHT_QUANT
 /* The unscaled products of block b of a quantized row with x0, x1 (the
- * block's 32 values of x), lane by lane. */
+ * block's 32 values of x), lane by lane; for Q4_0 without the offset 8 (the
+ * caller subtracts 8 times the block's sum of x once per block instead of
+ * once per weight). The quants widen to 32 bits in one step (Q4_0: both
+ * nibbles of a byte from the same word): on CPUs the conversions, not the
+ * bytes, are what a quantized product costs. */
 inline float16 q_block_dot(__global const WT *wr, const int b, const float16 x0, const float16 x1)
 {
 #if WEIGHT_TYPE == 3
     return convert_float16(vload16(2 * b, wr)) * x0 + convert_float16(vload16(2 * b + 1, wr)) * x1;
 #else
-    const uchar16 q = vload16(b, wr); /* weights j (low nibbles) and j + 16 (high) */
-    return (convert_float16(q & (uchar)15) - 8.0f) * x0 + (convert_float16(q >> (uchar)4) - 8.0f) * x1;
+    const uint16 q = convert_uint16(vload16(b, wr)); /* weights j (low nibbles) and j + 16 (high) */
+    return convert_float16(q & 15u) * x0 + convert_float16(q >> 4) * x1;
 #endif
 }
 #endif
 
+#if LANES == 1
+/* On CPUs (a work-item per row; the work-items of a group run one after
+ * another on one core) x is prepared by one work-item in vector loops: spread
+ * over the group it was a scalar loop per work-item and a barrier per step,
+ * and every group repeats it, so on short (quantized) rows it cost as much
+ * as the product. */
+
+/* The sum of x over each block of 32 (xs, kv vectors of 4), into xb: Q4_0's
+ * offset per block (q_block_dot). Nothing to do for the other types. */
+#if WEIGHT_TYPE == 4
+#define XB_BLOCKS ((DFF > DMODEL ? DFF : DMODEL) / 32 + 1)
+#define XB_DECL __local float xb[XB_BLOCKS]
+inline void block_sums(__local const float *xs, const int kv, __local float *xb)
+{
+    if (get_local_id(0) == 0)
+        for (int b = 0; b < kv >> 3; b++)
+            xb[b] = hsum16(vload16(2 * b, xs) + vload16(2 * b + 1, xs));
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+#endif
+
+/* x into local memory, zero beyond k_dim. */
+inline void load_x(__local float *xs, __global const float *x, const int k_dim, const int k_pitch)
+{
+    if (get_local_id(0) == 0) {
+        int i = 0;
+        for (; i + 16 <= k_dim; i += 16)
+            vstore16(vload16(0, x + i), 0, xs + i);
+        for (; i < k_pitch; i++)
+            xs[i] = i < k_dim ? x[i] : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
+/* LayerNorm of the n values in xs, in place (ln_local's arithmetic: sums of
+ * x - x[0] and their squares); work-group 0 also stores the normalised row in
+ * x_norm and raises flags[flag_index] if it is not finite. */
+inline void ln_keep(__local float *xs, const int n, __global const float *ln_w, __global const float *ln_b,
+                    __global float *x_norm, __global int *flags, const int flag_index, __local float2 *scratch)
+{
+    if (get_local_id(0) == 0) {
+        const float x0 = xs[0];
+        float16 s1 = 0.0f, s2 = 0.0f;
+        int i = 0;
+        for (; i + 16 <= n; i += 16) {
+            const float16 t = vload16(0, xs + i) - x0;
+            s1 += t;
+            s2 += t * t;
+        }
+        float r1 = hsum16(s1), r2 = hsum16(s2);
+        for (; i < n; i++) {
+            const float t = xs[i] - x0;
+            r1 += t;
+            r2 += t * t;
+        }
+        const float m1 = r1 / n, mean = x0 + m1;
+        const float var = fmax(r2 / n - m1 * m1, 0.0f), rstd = rsqrt(var + LN_EPS);
+        const int keep = get_group_id(0) == 0;
+        for (i = 0; i + 16 <= n; i += 16) {
+            const float16 v = (vload16(0, xs + i) - mean) * rstd * vload16(0, ln_w + i) + vload16(0, ln_b + i);
+            vstore16(v, 0, xs + i);
+            if (keep)
+                vstore16(v, 0, x_norm + i);
+        }
+        for (; i < n; i++) {
+            xs[i] = (xs[i] - mean) * rstd * ln_w[i] + ln_b[i];
+            if (keep)
+                x_norm[i] = xs[i];
+        }
+        if (keep)
+            flag_if_nonfinite(mean + var, flags, flag_index);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
+/* The embedding row at base times scale into xs, zero beyond DMODEL. */
+inline void load_emb(__local float *xs, __global const WT *emb, __global const ST *es, const idx_t base,
+                     const float scale, const int k_pitch)
+{
+    if (get_local_id(0) == 0) {
+        int i = 0;
+        for (; i + 16 <= DMODEL; i += 16)
+            vstore16(LOAD_W16(emb, es, base + i) * scale, 0, xs + i);
+        for (; i < k_pitch; i++)
+            xs[i] = i < DMODEL ? LOAD_W(emb, es, base + i) * scale : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+#else
 /* x into local memory, zero beyond k_dim. */
 inline void load_x(__local float *xs, __global const float *x, const int k_dim, const int k_pitch)
 {
@@ -71,12 +181,17 @@ inline void ln_keep(__local float *xs, const int n, __global const float *ln_w, 
             flag_if_nonfinite(stat, flags, flag_index);
     }
 }
+#endif
+#ifndef XB_DECL
+#define XB_DECL __local float *xb = 0
+#define block_sums(xs, kv, xb) ((void)0)
+#endif
 
 /* The weights do not depend on x: each work-item starts loading the first
  * GEMV_PF vectors of its rows into registers before x is ready, so that the
  * memory latency overlaps the loading (and normalising) of x. */
-inline void prefetch_w(__global const WT *wr, __global const WT *wr2, __global const half *sr,
-                       __global const half *sr2, const int lane, const int kv, const int live, const int glu,
+inline void prefetch_w(__global const WT *wr, __global const WT *wr2, __global const ST *sr,
+                       __global const ST *sr2, const int lane, const int kv, const int live, const int glu,
                        float4 *wa, float4 *wb)
 {
 #pragma unroll
@@ -101,16 +216,17 @@ inline float3 row_early(__global const float *bias, __global const float *residu
 /* The rest of the product of this work-group's rows with xs, the reduction
  * over lanes, and the output (early: row_early). Returns W[row] . x + b[row]
  * (before the residual) in lane 0 of each row, -INFINITY elsewhere. */
-inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global const half *sr,
-                         __global const half *sr2, const float4 *wa, const float4 *wb,
+inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global const ST *sr,
+                         __global const ST *sr2, const float4 *wa, const float4 *wb,
                          const float3 early, const int kv, const int n_out, __local const float *xs,
                          const int has_residual, const int glu, __global float *y, __local float *red,
-                         __local float *red2)
+                         __local float *red2, __local float *xb)
 {
     const int lid = get_local_id(0);
     const int row = get_group_id(0) * GEMV_ROWS + lid / LANES;
     const int lane = lid % LANES;
     float acc = 0.0f, acc2 = 0.0f;
+    block_sums(xs, kv, xb);
 #pragma unroll
     for (int v = 0; v < GEMV_PF; v++) {
         const int k = lane + v * LANES;
@@ -132,18 +248,52 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
             a4 += LOAD_ROW4(wr, sr, k) * xv;
             b4 += glu ? LOAD_ROW4(wr2, sr2, k) * xv : (float4)0.0f;
         }
+        /* Q4_0: sum d_b * xb[b] per row, times -8 at the end */
+        float c = 0.0f, c2 = 0.0f;
         if (glu) {
             for (int b = k >> 3; b < kv >> 3; b++) {
                 const float16 x0 = vload16(2 * b, xs), x1 = vload16(2 * b + 1, xs);
-                a16 += q_block_dot(wr, b, x0, x1) * vload_half(b, sr);
-                b16 += q_block_dot(wr2, b, x0, x1) * vload_half(b, sr2);
+                PREFETCH(wr + (b << Q_SHIFT) + PF_AHEAD);
+                PREFETCH(wr2 + (b << Q_SHIFT) + PF_AHEAD);
+                PREFETCH(sr + b + PF_AHEAD / 4);
+                PREFETCH(sr2 + b + PF_AHEAD / 4);
+                const float d = WSCALE_B(sr, b), d2 = WSCALE_B(sr2, b);
+                a16 += q_block_dot(wr, b, x0, x1) * d;
+                b16 += q_block_dot(wr2, b, x0, x1) * d2;
+#if WEIGHT_TYPE == 4
+                c += d * xb[b];
+                c2 += d2 * xb[b];
+#endif
             }
         } else {
-            for (int b = k >> 3; b < kv >> 3; b++)
-                a16 += q_block_dot(wr, b, vload16(2 * b, xs), vload16(2 * b + 1, xs)) * vload_half(b, sr);
+            /* two blocks a step into two accumulators: one chain of
+             * multiply-adds a block would bound the loop by its latency */
+            int b = k >> 3;
+            for (; b + 1 < kv >> 3; b += 2) {
+                PREFETCH(wr + (b << Q_SHIFT) + PF_AHEAD);
+                PREFETCH(sr + b + PF_AHEAD / 4);
+                const float d = WSCALE_B(sr, b), e = WSCALE_B(sr, b + 1);
+                a16 += q_block_dot(wr, b, vload16(2 * b, xs), vload16(2 * b + 1, xs)) * d;
+                b16 += q_block_dot(wr, b + 1, vload16(2 * b + 2, xs), vload16(2 * b + 3, xs)) * e;
+#if WEIGHT_TYPE == 4
+                c += d * xb[b];
+                c2 += e * xb[b + 1];
+#endif
+            }
+            if (b < kv >> 3) {
+                const float d = WSCALE_B(sr, b);
+                a16 += q_block_dot(wr, b, vload16(2 * b, xs), vload16(2 * b + 1, xs)) * d;
+#if WEIGHT_TYPE == 4
+                c += d * xb[b];
+#endif
+            }
+            a16 += b16;
+            c += c2;
+            b16 = 0.0f;
+            c2 = 0.0f;
         }
-        acc += (a4.x + a4.y) + (a4.z + a4.w) + hsum16(a16);
-        acc2 += (b4.x + b4.y) + (b4.z + b4.w) + hsum16(b16);
+        acc += (a4.x + a4.y) + (a4.z + a4.w) + hsum16(a16) - 8.0f * c;
+        acc2 += (b4.x + b4.y) + (b4.z + b4.w) + hsum16(b16) - 8.0f * c2;
 #elif LANES == 1
         /* a work-item walks its whole row: vector accumulators, one
          * horizontal sum at the end */
@@ -242,7 +392,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
     const idx_t wo_ = (idx_t)(live ? row : 0) * (k_pitch);                                         \
     const idx_t wo2_ = (idx_t)(live ? row + (n_out) : 0) * (k_pitch);                              \
     __global const WT *wr = WPTR(w, wo_), *wr2 = WPTR(w, wo2_);                                    \
-    __global const half *sr = SPTR(ws, wo_), *sr2 = SPTR(ws, wo2_);                                \
+    __global const ST *sr = SPTR(ws, wo_), *sr2 = SPTR(ws, wo2_);                                \
     float4 wa[GEMV_PF], wb[GEMV_PF]
 
 /* Greedy decoding, first half: every work-group of the final GEMV writes the
@@ -325,7 +475,7 @@ void argmax_parts(__global char *act, const int part_off, const int n_parts, con
 
 /* t = x - x0 for elements 4k .. 4k+3 of the LN input (x, or the embedding
  * row at base times scale when from_emb), zero beyond DMODEL. */
-inline float4 ln_t4(__global const float *x, __global const WT *emb, __global const half *es, const idx_t base,
+inline float4 ln_t4(__global const float *x, __global const WT *emb, __global const ST *es, const idx_t base,
                     const float scale,
                     const int from_emb, const float x0, const int k)
 {
@@ -365,9 +515,9 @@ inline float4 ln_g4(__global const float *ln_w, const int k)
  * each live row, -INFINITY elsewhere. */
 #define FOLD_NIT ((DP4 + LANES - 1) / LANES)
 #define FOLD_PF (FOLD_NIT < 8 ? FOLD_NIT : 8)
-inline float ln_fold_rows(__global const WT *w, __global const half *ws, __global const float *sc, const int k_pitch,
+inline float ln_fold_rows(__global const WT *w, __global const ST *ws, __global const float *sc, const int k_pitch,
                           const int n_out, __global const float *x, __global const WT *emb,
-                          __global const half *es, const idx_t base, const float scale,
+                          __global const ST *es, const idx_t base, const float scale,
                           const int from_emb, __global const float *ln_w, __global const float *ln_b,
                           __global float *x_norm, const int glu, __global float *y, __global int *flags,
                           const int flag_index, __local float4 *red, __local float *stat, __local float4 *ts,
@@ -381,7 +531,7 @@ inline float ln_fold_rows(__global const WT *w, __global const half *ws, __globa
     const int live = row < n_out;
     const idx_t wo = (idx_t)(live ? wrow : 0) * k_pitch;
     __global const WT *wr = WPTR(w, wo);
-    __global const half *sr = SPTR(ws, wo);
+    __global const ST *sr = SPTR(ws, wo);
     /* the row's constants, loaded now and used at the end */
     const float s_row = live ? sc[wrow] : 0.0f, c_row = live ? sc[(glu ? 2 * n_out : n_out) + wrow] : 0.0f;
     float4 wv[FOLD_PF];
@@ -458,7 +608,7 @@ inline float ln_fold_rows(__global const WT *w, __global const half *ws, __globa
  * n_rows rows of W, sc = [s, c, b, gamma, beta] with s[r] = sum_k W[r,k]
  * gamma_k and c[r] = b[r] + sum_k W[r,k] beta_k (ln_fold_rows), b the bias,
  * and gamma, beta (DMODEL each) the LayerNorm's weights. */
-__kernel void ln_fold_consts(__global const WT *w, __global const half *ws, __global const float *bias,
+__kernel void ln_fold_consts(__global const WT *w, __global const ST *ws, __global const float *bias,
                              const int k_pitch, const int n_rows,
                              __global const float *ln_w, __global const float *ln_b, __global float *sc)
 {
@@ -485,16 +635,17 @@ __kernel void ln_fold_consts(__global const WT *w, __global const half *ws, __gl
     __global const float *bias = (sc) + 2 * (nt), *ln_w = (sc) + 3 * (nt), *ln_b = ln_w + DMODEL
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv(__global const WT *w, __global const half *ws, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
+void gemv(__global const WT *w, __global const ST *ws, __global const float *bias, const int k_dim, const int k_pitch, const int n_out,
           __global char *act, const int x_off, const int res_off, const int has_residual, const int glu,
           const int y_off, __local float *xs)
 {
     __local float red[GEMV_WG], red2[GEMV_WG];
+    XB_DECL;
     GEMV_SETUP(w, ws, k_pitch, n_out);
     prefetch_w(wr, wr2, sr, sr2, lane, k_pitch / 4, live, glu, wa, wb);
     const float3 early = row_early(bias, AT(const float, res_off), has_residual, glu, n_out);
     load_x(xs, AT(const float, x_off), k_dim, k_pitch);
-    gemv_finish(wr, wr2, sr, sr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2);
+    gemv_finish(wr, wr2, sr, sr2, wa, wb, early, k_pitch / 4, n_out, xs, has_residual, glu, AT(float, y_off), red, red2, xb);
 }
 
 /* A product without a LayerNorm on a multi-lane layout (the attention and
@@ -504,7 +655,7 @@ void gemv(__global const WT *w, __global const half *ws, __global const float *b
  * barrier before the weights stream. */
 #define WLANES (GEMV_WG / GEMV_WROWS)
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_wide(__global const WT *w, __global const half *ws, __global const float *bias, const int k_dim,
+void gemv_wide(__global const WT *w, __global const ST *ws, __global const float *bias, const int k_dim,
                const int k_pitch,
                const int n_out, __global char *act, const int x_off, const int res_off, const int has_residual,
                const int y_off)
@@ -515,7 +666,7 @@ void gemv_wide(__global const WT *w, __global const half *ws, __global const flo
     const int live = row < n_out;
     const idx_t wo = (idx_t)(live ? row : 0) * k_pitch;
     __global const WT *wr = WPTR(w, wo);
-    __global const half *sr = SPTR(ws, wo);
+    __global const ST *sr = SPTR(ws, wo);
     __global const float *x = AT(const float, x_off);
     const float b = live ? bias[row] : 0.0f;
     const float res = live && has_residual ? AT(const float, res_off)[row] : 0.0f;
@@ -540,7 +691,7 @@ void gemv_wide(__global const WT *w, __global const half *ws, __global const flo
 }
 
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_ln(__global const WT *w, __global const half *ws, __global const float *sc, const int k_dim, const int k_pitch, const int n_out,
+void gemv_ln(__global const WT *w, __global const ST *ws, __global const float *sc, const int k_dim, const int k_pitch, const int n_out,
              __global char *act, const int x_off, const int xn_off, const int glu, const int y_off,
              __local float *xs, const int flags_off, const int flag_index, const int argmax, const int part_off,
              const int logits_flag)
@@ -558,12 +709,13 @@ void gemv_ln(__global const WT *w, __global const half *ws, __global const float
 #else
     __local float red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
+    XB_DECL;
     GEMV_SETUP(w, ws, k_pitch, n_out);
     prefetch_w(wr, wr2, sr, sr2, lane, k_pitch / 4, live, glu, wa, wb);
     const float3 early = row_early(bias, bias, 0, glu, n_out);
     load_x(xs, x, k_dim, k_pitch);
     ln_keep(xs, k_dim, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    const float v = gemv_finish(wr, wr2, sr, sr2, wa, wb, early, k_pitch / 4, n_out, xs, 0, glu, y, red, red2);
+    const float v = gemv_finish(wr, wr2, sr, sr2, wa, wb, early, k_pitch / 4, n_out, xs, 0, glu, y, red, red2, xb);
 #endif
     if (argmax)
         argmax_part(v, n_out, AT(float, part_off), flags, logits_flag, red);
@@ -574,8 +726,8 @@ void gemv_ln(__global const WT *w, __global const half *ws, __global const float
  * in x_norm (the residual of the attention output), and y = W . x + b. One
  * launch instead of two. */
 __kernel __attribute__((reqd_work_group_size(GEMV_WG, 1, 1)))
-void gemv_embed(__global const WT *w, __global const half *ws, __global const float *sc, const int k_pitch,
-                const int n_out, __global const WT *emb, __global const half *es, __global char *act, const int id_off, const float scale, const int xn_off,
+void gemv_embed(__global const WT *w, __global const ST *ws, __global const float *sc, const int k_pitch,
+                const int n_out, __global const WT *emb, __global const ST *es, __global char *act, const int id_off, const float scale, const int xn_off,
                 const int y_off, __local float *xs, const int flags_off, const int flag_index)
 {
     SC_PARTS(sc, n_out);
@@ -590,13 +742,11 @@ void gemv_embed(__global const WT *w, __global const half *ws, __global const fl
 #else
     __local float red[GEMV_WG], red2[GEMV_WG];
     __local float2 scratch[GEMV_WG];
-    const int lid = get_local_id(0);
+    XB_DECL;
     GEMV_SETUP(w, ws, k_pitch, n_out);
     prefetch_w(wr, wr2, sr, sr2, lane, k_pitch / 4, live, 0, wa, wb);
-    for (int i = lid; i < k_pitch; i += GEMV_WG)
-        xs[i] = i < DMODEL ? LOAD_W(emb, es, base + i) * scale : 0.0f;
-    barrier(CLK_LOCAL_MEM_FENCE);
+    load_emb(xs, emb, es, base, scale, k_pitch);
     ln_keep(xs, DMODEL, ln_w, ln_b, x_norm, flags, flag_index, scratch);
-    gemv_finish(wr, wr2, sr, sr2, wa, wb, row_early(bias, bias, 0, 0, n_out), k_pitch / 4, n_out, xs, 0, 0, y, red, red2);
+    gemv_finish(wr, wr2, sr, sr2, wa, wb, row_early(bias, bias, 0, 0, n_out), k_pitch / 4, n_out, xs, 0, 0, y, red, red2, xb);
 #endif
 }

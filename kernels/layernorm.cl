@@ -23,7 +23,7 @@ void bias_residual_layernorm(__global const float *y, __global const float *bias
 
 /* Widens (dequantizes) a weight matrix of n elements to float32 for the
  * CLBlast GEMMs of the prefill. */
-__kernel void weight_to_float(__global const WT *src, __global const half *ws, __global float *dst, const uint n)
+__kernel void weight_to_float(__global const WT *src, __global const ST *ws, __global float *dst, const uint n)
 {
     for (uint i = get_global_id(0); i < n; i += get_global_size(0))
         dst[i] = LOAD_W(src, ws, i);

@@ -59,16 +59,16 @@ const char *pldr_model_kernel_notes(const pldr_model *m) { return m->kernel_note
 pldr_dtype pldr_model_weight_dtype(const pldr_model *m) { return m->wtype; }
 double pldr_model_quantize_seconds(const pldr_model *m) { return m->quantize_s; }
 
-double pldr_dtype_weight_bytes(pldr_dtype t)
+double pldr_dtype_weight_bytes(pldr_dtype t, int scale_bytes)
 {
     switch (t) {
     case PLDR_DTYPE_F16:
     case PLDR_DTYPE_BF16:
         return 2.0;
     case PLDR_DTYPE_Q8_0:
-        return 34.0 / 32.0;
+        return (32.0 + scale_bytes) / 32.0;
     case PLDR_DTYPE_Q4_0:
-        return 18.0 / 32.0;
+        return (16.0 + scale_bytes) / 32.0;
     default:
         return 4.0;
     }
@@ -238,7 +238,10 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
     const int q = dtype_quantized(w->type);
     const size_t row_bytes = pldr_row_bytes(w->type, pitch);
     const size_t nb = pitch / PLDR_QBLOCK; /* scales per row */
-    const size_t need = rows * row_bytes + (q ? rows * nb * 2 : 0);
+    /* quants, then half scales, then (scale_bytes 4) the same as floats */
+    const size_t s16 = (rows * row_bytes + 3) / 4 * 4, s32 = (s16 + rows * nb * 2 + 3) / 4 * 4;
+    const int sb = ld->m->scale_bytes;
+    const size_t need = q ? s32 + (sb == 4 ? rows * nb * 4 : 0) : rows * row_bytes;
     if (need > ld->qstage_bytes) {
         free(ld->qstage);
         if (!(ld->qstage = malloc(need))) {
@@ -248,14 +251,21 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
         ld->qstage_bytes = need;
     }
     unsigned char *data = ld->qstage;
-    uint16_t *scales = (uint16_t *)(void *)(data + rows * row_bytes);
+    uint16_t *scales = (uint16_t *)(void *)(data + s16);
     if (pldr_convert_rows(w->type, ld->staging, rows, cols, pitch, data, scales) != 0)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of host memory converting %s", t->name);
+    const void *sdata = scales;
+    if (q && sb == 4) {
+        float *f = (float *)(void *)(data + s32);
+        for (size_t i = 0; i < rows * nb; i++)
+            f[i] = pldr_half_to_float(scales[i]);
+        sdata = f;
+    }
     ld->m->quantize_s += pldr_now() - t0;
     cl_int err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->data, CL_TRUE, row_off * row_bytes, rows * row_bytes, data,
                                       0, NULL, NULL);
     if (err == CL_SUCCESS && q)
-        err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->scales, CL_TRUE, row_off * nb * 2, rows * nb * 2, scales, 0,
+        err = clEnqueueWriteBuffer(ld->m->ocl.queue, w->scales, CL_TRUE, row_off * nb * sb, rows * nb * sb, sdata, 0,
                                    NULL, NULL);
     return uploaded(ld, t, err);
 }
@@ -308,7 +318,7 @@ static pldr_status alloc_w(pldr_model *m, pldr_weight *w, size_t rows, size_t pi
     const cl_uchar zero = 0;
     cl_int err = clEnqueueFillBuffer(m->ocl.queue, w->data, &zero, 1, 0, bytes, 0, NULL, NULL);
     if (err == CL_SUCCESS && dtype_quantized(m->wtype)) {
-        const size_t sbytes = n / PLDR_QBLOCK * 2;
+        const size_t sbytes = n / PLDR_QBLOCK * (size_t)m->scale_bytes;
         TRY(pldr_buffer(m, sbytes, what, &w->scales, &m->device_bytes));
         err = clEnqueueFillBuffer(m->ocl.queue, w->scales, &zero, 1, 0, sbytes, 0, NULL, NULL);
     }
@@ -489,9 +499,8 @@ static pldr_status put_identity(pldr_model *m, pldr_weight *w, size_t n)
 {
     const size_t pitch = (size_t)w->pitch, elems = n * pitch;
     const int q = dtype_quantized(w->type);
-    const size_t bytes = w->type == PLDR_DTYPE_F32 ? elems * 4 : w->type == PLDR_DTYPE_Q8_0 ? elems
-                         : w->type == PLDR_DTYPE_Q4_0 ? elems / 2 : elems * 2;
-    const size_t sbytes = q ? elems / PLDR_QBLOCK * 2 : 0;
+    const size_t bytes = n * pldr_row_bytes(w->type, pitch);
+    const size_t sbytes = q ? elems / PLDR_QBLOCK * (size_t)m->scale_bytes : 0;
     unsigned char *data = calloc(bytes + sbytes + 1, 1);
     if (!data)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
@@ -511,12 +520,13 @@ static pldr_status put_identity(pldr_model *m, pldr_weight *w, size_t n)
         }
         }
     }
-    uint16_t *scales = (uint16_t *)(void *)(data + bytes);
-    for (size_t b = 0; b < sbytes / 2; b++)
-        scales[b] = pldr_float_to_half(1.0f);
+    const uint16_t one16 = pldr_float_to_half(1.0f);
+    const float one32 = 1.0f;
+    for (size_t b = 0; b < sbytes; b += (size_t)m->scale_bytes)
+        memcpy(data + bytes + b, m->scale_bytes == 4 ? (const void *)&one32 : (const void *)&one16, (size_t)m->scale_bytes);
     cl_int err = clEnqueueWriteBuffer(m->ocl.queue, w->data, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
     if (err == CL_SUCCESS && q)
-        err = clEnqueueWriteBuffer(m->ocl.queue, w->scales, CL_TRUE, 0, sbytes, scales, 0, NULL, NULL);
+        err = clEnqueueWriteBuffer(m->ocl.queue, w->scales, CL_TRUE, 0, sbytes, data + bytes, 0, NULL, NULL);
     free(data);
     return err == CL_SUCCESS ? PLDR_OK : pldr_cl_fail(&m->ocl, err, "uploading the head");
 }
@@ -796,6 +806,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
      * run as one work-item per piece of work, without barriers (the *_cpu
      * kernels); PLDR_WG's gpu=1 forces the work-group forms */
     m->wg_forms = !cpu;
+    m->scale_bytes = cpu ? 4 : 2;
     m->ml_wg = pow2_at_most(lim, cpu ? 64 : 512);
     /* measured: on a GPU 4 rows (two work-groups per compute unit at the 110M
      * shape), on a CPU 16 (each weight read serves more rows) */
@@ -880,11 +891,11 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_TYPE=%d -DEMB_PITCH=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
-             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d -DINDEX64=%d",
+             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d -DINDEX64=%d -DSCALE_F32=%d",
              m->ocl.build_log ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, (int)m->wtype, m->emb_pitch, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
-             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64);
+             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64, m->scale_bytes == 4);
     int compiled = 0;
     const pldr_status st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                                           params->progress_user, &m->program, &compiled);
@@ -1172,7 +1183,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     uint64_t matrix_elems = ((uint64_t)c->vocab_size + (uint64_t)c->n_outputs) * d +
                             (uint64_t)c->n_layers * (4 * d * d + 3 * F * d);
     uint64_t weight_bytes = m->n_params * 4 - matrix_elems * 4 +
-                            (uint64_t)((double)matrix_elems * pldr_dtype_weight_bytes(m->wtype));
+                            (uint64_t)((double)matrix_elems * pldr_dtype_weight_bytes(m->wtype, m->scale_bytes));
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
         goto fail;
 
@@ -1285,7 +1296,7 @@ void pldr_model_free(pldr_model *m)
 uint64_t pldr_model_decode_bytes(const pldr_model *m)
 {
     /* the embedding's bytes (scales included), less one row */
-    const double esz = pldr_dtype_weight_bytes(m->emb.type);
+    const double esz = pldr_dtype_weight_bytes(m->emb.type, m->scale_bytes);
     const uint64_t row = (uint64_t)((double)m->emb.pitch * esz);
     return m->device_bytes - (uint64_t)m->emb.rows * row + row;
 }

@@ -9,8 +9,8 @@
 /* A weight matrix on the device: `rows` rows of `pitch` elements (the row
  * length padded with zeros: to a multiple of 4, of 32 for the quantized
  * types) in the model's weight dtype (kernels/common.cl describes the
- * layouts). Q8_0 and Q4_0 keep their quants in data and one half scale per
- * block of 32 in scales (structure of arrays); the other types have no
+ * layouts). Q8_0 and Q4_0 keep their quants in data and one scale per
+ * block of 32 in scales (half, or float: scale_bytes) (structure of arrays); the other types have no
  * scales (NULL). Kernels that read a matrix take both buffers (pldr_scales). */
 typedef struct pldr_weight {
     cl_mem data;
@@ -80,6 +80,10 @@ struct pldr_model {
     int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf, gemv_wrows;
     int wg_forms; /* the prefill's work-group kernels (else the one-work-item CPU forms) */
     int own_gemm; /* prefill products through kernels/gemm.cl instead of CLBlast */
+    /* bytes of a Q8_0/Q4_0 block's scale on the device: 2 (half), or 4 on
+     * CPUs, whose OpenCL compilers convert half in software (SCALE_F32 in
+     * kernels/common.cl); the checkpoint's quantization is the same */
+    int scale_bytes;
     int att_preload; /* decode attention loads G_LM's column and the key row into registers first */
     int wg_tuned;    /* shapes from the device's decode tuning file (pldr tune) were applied */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */
@@ -112,9 +116,9 @@ static inline cl_mem pldr_scales(const pldr_weight *w)
     return w->scales ? w->scales : w->data;
 }
 
-/* Bytes of one weight of type t on the device, scales included (Q8_0:
- * 34 bytes per 32 weights, Q4_0: 18). */
-double pldr_dtype_weight_bytes(pldr_dtype t);
+/* Bytes of one weight of type t on the device, scales of scale_bytes
+ * included (Q8_0 with half scales: 34 bytes per 32 weights, Q4_0: 18). */
+double pldr_dtype_weight_bytes(pldr_dtype t, int scale_bytes);
 
 /* Creates a device buffer, recording its size in *counter when given. */
 pldr_status pldr_buffer(pldr_model *m, size_t bytes, const char *what, cl_mem *out, uint64_t *counter);
