@@ -683,7 +683,7 @@ static void apply_wg_items(pldr_model *m, const char *items, const char *source,
                 {"gemv", &m->gemv_wg, 0, wg},    {"rows", &m->gemv_rows, 0, wg},     {"mlrows", &m->ml_rows, 0, 64},
                 {"pf", &m->gemv_pf, 0, 16},      {"wrows", &m->gemv_wrows, 0, wg},   {"mlrg", &m->ml_rg, 0, 64},
                 {"mlks", &m->ml_ks, 0, wg},      {"mls", &m->ml_s, 0, wg},           {"mlkc", &m->ml_kc, 0, 64},
-                {"attpre", &m->att_preload, 1, 1}, {"gpu", &m->wg_forms, 1, 1}};
+                {"attpre", &m->att_preload, 1, 1}, {"gpu", &m->wg_forms, 1, 1}, {"fscale", &m->scale_f32, 1, 1}};
     char range[64];
     for (const char *p = items; *p;) {
         const size_t len = strcspn(p, ",");
@@ -806,7 +806,9 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
      * run as one work-item per piece of work, without barriers (the *_cpu
      * kernels); PLDR_WG's gpu=1 forces the work-group forms */
     m->wg_forms = !cpu;
-    m->scale_bytes = cpu ? 4 : 2;
+    /* float scales where half is converted in software (PoCL: a dozen
+     * scalar instructions a block); PLDR_WG's fscale switch overrides */
+    m->scale_f32 = cpu;
     m->ml_wg = pow2_at_most(lim, cpu ? 64 : 512);
     /* measured: on a GPU 4 rows (two work-groups per compute unit at the 110M
      * shape), on a CPU 16 (each weight read serves more rows) */
@@ -842,6 +844,7 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     else if (limits)
         snprintf(m->kernel_limits, sizeof m->kernel_limits, "%s", limits);
     m->index64 = d->int64 && limit_item(m, "int64") != 0;
+    m->scale_bytes = m->scale_f32 ? 4 : 2;
     settle_shapes(m);
 }
 

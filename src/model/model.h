@@ -84,6 +84,7 @@ struct pldr_model {
      * CPUs, whose OpenCL compilers convert half in software (SCALE_F32 in
      * kernels/common.cl); the checkpoint's quantization is the same */
     int scale_bytes;
+    int scale_f32; /* scale_bytes 4 (PLDR_WG fscale) */
     int att_preload; /* decode attention loads G_LM's column and the key row into registers first */
     int wg_tuned;    /* shapes from the device's decode tuning file (pldr tune) were applied */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */

@@ -13,8 +13,9 @@ width A_dff = 13 is not a multiple of 4 and one whose A_dff = 12 is. The
 kernels run in their GPU forms (the simulator is a GPU: multi-lane products
 with the LayerNorms folded in, work-group prefill kernels, CLBlast or the
 engine's GEMM) and their CPU forms (PLDR_WG gpu=0 and one work-item per
-row, PLDR_GEMM=own), with float32 and half weights, in the three cache
-modes, and with decode attention split over several work-groups (att=4:
+row, PLDR_GEMM=own), with float32, half, Q8_0 and Q4_0 weights (Q4_0 in
+the CPU form with float scales, PLDR_WG fscale=1, as CPUs get them), in the
+three cache modes, and with decode attention split over several work-groups (att=4:
 blocks of 4 keys, so every step past the fourth token combines blocks).
 
 The batched decode (kernels/batch.cl through pldr_eval_batch) runs
@@ -22,7 +23,7 @@ tests/unit/batch_check's --dump schedule: three sequences with prompts of 3,
 5 and 8 tokens, decode steps of three and of two rows with logits, then
 greedy steps (batch_argmax); in the GPU form (batch_gemv, batch_attention)
 kvg with float32 and kv with half weights, in the CPU form (the engine's
-GEMM, batch_attention_cpu) kvg with half weights; logits within 1e-5
+GEMM, batch_attention_cpu) kvg with half weights and kv with Q4_0; logits within 1e-5
 relative of the default device's, greedy tokens equal.
 
 `--uninitialized` is left out: oclgrind 21.10 reports values as
@@ -200,11 +201,16 @@ def main():
     logits_case(tap, "A_dff 13", fa13, ids, 3, "kv", "f16", CPU)
     logits_case(tap, "A_dff 13", fa13, ids[:6], 2, "none", "f16", GPU_OWN)
     logits_case(tap, "A_dff 12", fa12, ids, 3, "kvg", "f32", CPU)
+    # quantized weights: the CPU form's block loops with float scales (fscale=1, as
+    # on CPUs) and the GPU form's with half scales
+    logits_case(tap, "A_dff 13", fa13, ids, 3, "kvg", "q4_0", dict(CPU, PLDR_WG=CPU["PLDR_WG"] + ",fscale=1"))
+    logits_case(tap, "A_dff 13", fa13, ids, 3, "kv", "q8_0", GPU)
     greedy_case(tap, "A_dff 12", fa12, "f32", GPU)
     greedy_case(tap, "A_dff 12", fa12, "f16", CPU)
     batch_case(tap, "A_dff 13", fa13, "kvg", "f32", GPU)
     batch_case(tap, "A_dff 13", fa13, "kv", "f16", GPU)
     batch_case(tap, "A_dff 13", fa13, "kvg", "f16", CPU)
+    batch_case(tap, "A_dff 13", fa13, "kv", "q4_0", dict(CPU, PLDR_WG=CPU["PLDR_WG"] + ",fscale=1"))
     return tap.done()
 
 
