@@ -190,12 +190,23 @@ inline void ln_keep(__local float *xs, const int n, __global const float *ln_w, 
 /* The weights do not depend on x: each work-item starts loading the first
  * GEMV_PF vectors of its rows into registers before x is ready, so that the
  * memory latency overlaps the loading (and normalising) of x. */
+/* On CPUs (LANES == 1) quantized rows load nothing early: the work-items
+ * of a group run one after another, so the early loads were a strided pass
+ * over the first line of every row, each a cache miss the core waited for (a
+ * fifth of a quantized product's time under PoCL); their row walks prefetch
+ * instead. Float rows keep it (measured: 2-core PoCL f32 decode 10% slower
+ * without). */
+#if LANES == 1 && WEIGHT_QUANT
+#define PF_VECS 0
+#else
+#define PF_VECS GEMV_PF
+#endif
 inline void prefetch_w(__global const WT *wr, __global const WT *wr2, __global const ST *sr,
                        __global const ST *sr2, const int lane, const int kv, const int live, const int glu,
                        float4 *wa, float4 *wb)
 {
 #pragma unroll
-    for (int v = 0; v < GEMV_PF; v++) {
+    for (int v = 0; v < PF_VECS; v++) {
         const int k = lane + v * LANES;
         wa[v] = live && k < kv ? LOAD_ROW4(wr, sr, k) : (float4)0.0f;
         wb[v] = live && glu && k < kv ? LOAD_ROW4(wr2, sr2, k) : (float4)0.0f;
@@ -228,7 +239,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
     float acc = 0.0f, acc2 = 0.0f;
     block_sums(xs, kv, xb);
 #pragma unroll
-    for (int v = 0; v < GEMV_PF; v++) {
+    for (int v = 0; v < PF_VECS; v++) {
         const int k = lane + v * LANES;
         const float4 xv = k < kv ? vload4(k, xs) : (float4)0.0f;
         acc += dot(wa[v], xv);
@@ -242,7 +253,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
          * whole blocks: kv is a multiple of 8) */
         float4 a4 = 0.0f, b4 = 0.0f;
         float16 a16 = 0.0f, b16 = 0.0f;
-        int k = GEMV_PF;
+        int k = PF_VECS;
         for (; k < kv && (k & 7); k++) {
             const float4 xv = vload4(k, xs);
             a4 += LOAD_ROW4(wr, sr, k) * xv;
@@ -301,7 +312,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
         if (glu) {
             /* two independent chains per row */
             float4 c4 = 0.0f, d4 = 0.0f;
-            int k = GEMV_PF;
+            int k = PF_VECS;
             for (; k + 1 < kv; k += 2) {
                 const float4 xv = vload4(k, xs), xw = vload4(k + 1, xs);
                 a4 += LOAD_ROW4(wr, sr, k) * xv;
@@ -319,7 +330,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
         } else {
             /* four independent chains */
             float4 c4 = 0.0f, d4 = 0.0f, e4 = 0.0f;
-            int k = GEMV_PF;
+            int k = PF_VECS;
             for (; k + 3 < kv; k += 4) {
                 a4 += LOAD_ROW4(wr, sr, k) * vload4(k, xs);
                 c4 += LOAD_ROW4(wr, sr, k + 1) * vload4(k + 1, xs);
@@ -335,14 +346,14 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
 #else
         if (glu) {
 #pragma unroll 4
-            for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES) {
+            for (int k = lane + PF_VECS * LANES; k < kv; k += LANES) {
                 const float4 xv = vload4(k, xs);
                 acc += dot(LOAD_ROW4(wr, sr, k), xv);
                 acc2 += dot(LOAD_ROW4(wr2, sr2, k), xv);
             }
         } else {
 #pragma unroll 8
-            for (int k = lane + GEMV_PF * LANES; k < kv; k += LANES)
+            for (int k = lane + PF_VECS * LANES; k < kv; k += LANES)
                 acc += dot(LOAD_ROW4(wr, sr, k), vload4(k, xs));
         }
 #endif
