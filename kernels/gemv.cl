@@ -36,11 +36,12 @@
 #define LOAD_ROW4(row, srow, i) LOAD_W4((row), (srow), 4 * (i))
 #endif
 
-/* A hint to bring the cache line at p in ahead of its use, where the
- * compiler has one (clang's, as in PoCL: quantized rows are read too densely
- * for a CPU's out-of-order window to keep enough misses in flight), else
- * OpenCL's prefetch. */
-#if defined(__has_builtin)
+/* A hint to bring the cache line at p in ahead of its use: on CPUs
+ * (CPU_PREFETCH, set by the host) clang's builtin where the compiler has it
+ * (PoCL: quantized rows are read too densely for a core's out-of-order
+ * window to keep enough misses in flight); elsewhere OpenCL's prefetch, a
+ * no-op for most (oclgrind cannot run clang's). */
+#if CPU_PREFETCH && defined(__has_builtin)
 #if __has_builtin(__builtin_prefetch)
 #define PREFETCH(p) __builtin_prefetch(p)
 #endif

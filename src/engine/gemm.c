@@ -89,7 +89,10 @@ pldr_status engine_gemm_rows(pldr_context *c, size_t M, size_t N, size_t K, cl_m
                              size_t w_pitch, cl_mem out)
 {
     const pldr_model *m = c->m;
-    if (m->own_gemm || (M > 32 && w->type == PLDR_DTYPE_F32))
+    /* above 32 rows a GEMM, every dtype: CLBlast reads other dtypes widened
+     * into the scratch first (engine_gemm); batch_gemv stopped scaling there
+     * (H100: f16, q8_0 and q4_0 decoded no faster at 64 rows than at 32) */
+    if (m->own_gemm || M > 32)
         return engine_gemm(c, M, N, K, a, 0, w, w_pitch, out, 0);
     const size_t groups = (N + (size_t)m->gemv_rows - 1) / (size_t)m->gemv_rows;
     return LAUNCH(c, batch_gemv, groups * (size_t)m->gemv_wg, (size_t)m->gemv_wg, A_MEM(a), A_INT(0),
