@@ -24,9 +24,11 @@
 /* Rows of W in a dtype other than float32 are widened once per tile of
  * GM_TN rows into local memory (GM_WCACHE floats a row, the longest K of the
  * model's products) and the GM_BM tiles of A multiply the floats: widened
- * inside the loop over A's tiles, each weight was converted GM_BM times. */
+ * inside the loop over A's tiles, each weight was converted GM_BM times.
+ * Where that does not fit in GM_LOCAL bytes (the host's share of the
+ * device's local memory) the tiles widen as they load. */
 #define GM_KMAX (((DFF > DMODEL ? DFF : DMODEL) + 15) / 16 * 16)
-#if WEIGHT_TYPE != 0 && GM_TN * GM_KMAX * 4 <= 131072
+#if WEIGHT_TYPE != 0 && GM_TN * GM_KMAX * 4 <= GM_LOCAL
 #define GM_WCACHE GM_KMAX
 #else
 #define GM_WCACHE 0

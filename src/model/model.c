@@ -894,11 +894,12 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
              "-cl-std=CL1.2%s -DDMODEL=%d -DDK=%d -DHEADS=%d -DDFF=%d -DFA=%d -DNUM_RES=%d -DNUM_DENSE=%d "
              "-DLN_EPS=%.9gf -DREFERENCE_ROPE=%d -DWEIGHT_TYPE=%d -DEMB_PITCH=%d -DROW_WG=%d -DATT_WG=%d -DML_WG=%d "
              "-DGEMV_WG=%d -DGEMV_ROWS=%d -DML_ROWS=%d -DGEMV_PF=%d -DGEMV_WROWS=%d -DML_RG=%d -DML_KS=%d -DML_S=%d -DML_KC=%d "
-             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d -DINDEX64=%d -DSCALE_F32=%d -DCPU_PREFETCH=%d",
+             "-DATT_PRELOAD=%d -DLC_ROWS=%d -DGM_ROWS=%d -DGM_COLS=%d -DWG_FORMS=%d -DOWN_GEMM=%d -DINDEX64=%d -DSCALE_F32=%d -DCPU_PREFETCH=%d -DGM_LOCAL=%d",
              m->ocl.build_log ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, (int)m->wtype, m->emb_pitch, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
-             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64, m->scale_bytes == 4, strcmp(m->ocl.info.type, "CPU") == 0);
+             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64, m->scale_bytes == 4, strcmp(m->ocl.info.type, "CPU") == 0,
+             (int)(local_mem_limit(m) / 2 < 131072 ? local_mem_limit(m) / 2 : 131072));
     int compiled = 0;
     const pldr_status st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
                                           params->progress_user, &m->program, &compiled);
