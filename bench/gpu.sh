@@ -13,7 +13,11 @@
 #   commit before the change measured) and .devcl/pldr (this one), and bench/gpu.sh as
 #   .devcl/gpu.sh. Parts: a = single stream before/after (alternating), batched decode in
 #   every dtype, a PLDR_PROFILE run; b = the CPU (quantized, batched) and the two-device
-#   svg; c = pldr serve on the GPU, then GPU + CPU, under bench/serve_bench.py.
+#   svg; c = pldr serve on the GPU, then GPU + CPU, under bench/serve_bench.py;
+#   q = quantized weights on the GPU, before/after (alternating): batched f16/q8_0/q4_0 at
+#   B = 16..128, single-stream f32/q8_0/q4_0, and the prefill through CLBlast on the
+#   widened weights against the engine's own GEMM; qcpu = the same single-stream and B=16
+#   comparison on the machine's CPU (PoCL). Parts q and qcpu are not in all.
 set -u
 part=${1:-all}
 set -- setup .devcl  # dash passes no arguments to "."
@@ -44,6 +48,22 @@ if [ "$part" = b ] || [ "$part" = all ]; then
   # 5. both devices in one picture
   $N bench -m $M --device all -p 64 -n 128 -r 1 --cache kvg --dtype f32,f16 -b 1,16,64 -o svg $o/devices.svg > $o/svg.txt 2>&1
   tail -5 $o/svg.txt
+fi
+# the result rows of pldr bench (and any error) for the q and qcpu parts
+rows() { grep -E "^\| pldr-110m|rror"; }
+if [ "$part" = q ]; then
+  for i in 1 2; do for p in $B $N; do echo "== $p round $i"; $p bench -m $M --device nvidia -p 64 -n 64 -r 1 --cache kvg --dtype f16,q8_0,q4_0 -b 16,32,64,128 2>&1 | rows; done; done > $o/batched.md 2>&1
+  cat $o/batched.md
+  for i in 1 2; do for p in $B $N; do echo "== $p round $i"; $p bench -m $M --device nvidia -p 0 -n 128 -r 3 --cache kvg --dtype f32,q8_0,q4_0 2>&1 | rows; done; done > $o/single.md 2>&1
+  cat $o/single.md
+  for g in clblast own clblast own; do echo "== prefill PLDR_GEMM=$g"; PLDR_GEMM=$g $N bench -m $M --device nvidia -p 64,512 -n 0 -r 3 --cache kvg --dtype q8_0,q4_0 2>&1 | rows; done > $o/prefill.md 2>&1
+  cat $o/prefill.md
+fi
+if [ "$part" = qcpu ]; then
+  for i in 1 2; do for p in $B $N; do echo "== $p pocl round $i"; $p bench -m $M --device pocl -p 0 -n 128 -r 2 --cache kvg --dtype f32,q8_0,q4_0 2>&1 | rows; done; done > $o/pocl16-single.md 2>&1
+  cat $o/pocl16-single.md
+  for p in $B $N; do echo "== $p pocl batched"; $p bench -m $M --device pocl -p 64 -n 32 -r 1 --cache kvg --dtype f32,q8_0,q4_0 -b 16 2>&1 | rows; done > $o/pocl16-batched.md 2>&1
+  cat $o/pocl16-batched.md
 fi
 if [ "$part" = c ] || [ "$part" = all ]; then
   # 3. the server: one replica on the GPU, then GPU + CPU
