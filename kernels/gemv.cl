@@ -248,22 +248,16 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
     }
     if (row < n_out) {
 #if LANES == 1 && WEIGHT_QUANT
-        /* a work-item walks its whole row of quantized blocks: the rest of
-         * the first block as vectors, then block by block 32 quants against
-         * 32 values of x with one multiply by the block's scale (the rows are
+        /* a work-item walks its whole row of quantized blocks (nothing was
+         * loaded early: PF_VECS is 0), block by block 32 quants against 32
+         * values of x with one multiply by the block's scale (the rows are
          * whole blocks: kv is a multiple of 8) */
-        float4 a4 = 0.0f, b4 = 0.0f;
+        const int nb = kv >> 3;
         float16 a16 = 0.0f, b16 = 0.0f;
-        int k = PF_VECS;
-        for (; k < kv && (k & 7); k++) {
-            const float4 xv = vload4(k, xs);
-            a4 += LOAD_ROW4(wr, sr, k) * xv;
-            b4 += glu ? LOAD_ROW4(wr2, sr2, k) * xv : (float4)0.0f;
-        }
         /* Q4_0: sum d_b * xb[b] per row, times -8 at the end */
         float c = 0.0f, c2 = 0.0f;
         if (glu) {
-            for (int b = k >> 3; b < kv >> 3; b++) {
+            for (int b = 0; b < nb; b++) {
                 const float16 x0 = vload16(2 * b, xs), x1 = vload16(2 * b + 1, xs);
                 PREFETCH(wr + (b << Q_SHIFT) + PF_AHEAD);
                 PREFETCH(wr2 + (b << Q_SHIFT) + PF_AHEAD);
@@ -277,11 +271,13 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
                 c2 += d2 * xb[b];
 #endif
             }
+            acc2 += hsum16(b16) - 8.0f * c2;
         } else {
-            /* two blocks a step into two accumulators: one chain of
-             * multiply-adds a block would bound the loop by its latency */
-            int b = k >> 3;
-            for (; b + 1 < kv >> 3; b += 2) {
+            /* two blocks a step into two accumulators (a16 and b16, c and
+             * c2): one chain of multiply-adds a block would bound the loop by
+             * its latency */
+            int b = 0;
+            for (; b + 1 < nb; b += 2) {
                 PREFETCH(wr + (b << Q_SHIFT) + PF_AHEAD);
                 PREFETCH(sr + b + PF_AHEAD / 4);
                 const float d = WSCALE_B(sr, b), e = WSCALE_B(sr, b + 1);
@@ -292,7 +288,7 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
                 c2 += e * xb[b + 1];
 #endif
             }
-            if (b < kv >> 3) {
+            if (b < nb) {
                 const float d = WSCALE_B(sr, b);
                 a16 += q_block_dot(wr, b, vload16(2 * b, xs), vload16(2 * b + 1, xs)) * d;
 #if WEIGHT_TYPE == 4
@@ -301,11 +297,8 @@ inline float gemv_finish(__global const WT *wr, __global const WT *wr2, __global
             }
             a16 += b16;
             c += c2;
-            b16 = 0.0f;
-            c2 = 0.0f;
         }
-        acc += (a4.x + a4.y) + (a4.z + a4.w) + hsum16(a16) - 8.0f * c;
-        acc2 += (b4.x + b4.y) + (b4.z + b4.w) + hsum16(b16) - 8.0f * c2;
+        acc += hsum16(a16) - 8.0f * c;
 #elif LANES == 1
         /* a work-item walks its whole row: vector accumulators, one
          * horizontal sum at the end */
