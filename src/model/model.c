@@ -238,9 +238,9 @@ static PLDR_PRINTF(4, 5) pldr_status put_w(loader *ld, pldr_weight *w, size_t ro
     const int q = dtype_quantized(w->type);
     const size_t row_bytes = pldr_row_bytes(w->type, pitch);
     const size_t nb = pitch / PLDR_QBLOCK; /* scales per row */
-    /* quants, then half scales, then (scale_bytes 4) the same as floats */
+    /* quants, then half scales, then (float scales) the same as floats */
     const size_t s16 = (rows * row_bytes + 3) / 4 * 4, s32 = (s16 + rows * nb * 2 + 3) / 4 * 4;
-    const int sb = ld->m->scale_bytes;
+    const int sb = pldr_scale_bytes(ld->m);
     const size_t need = q ? s32 + (sb == 4 ? rows * nb * 4 : 0) : rows * row_bytes;
     if (need > ld->qstage_bytes) {
         free(ld->qstage);
@@ -318,7 +318,7 @@ static pldr_status alloc_w(pldr_model *m, pldr_weight *w, size_t rows, size_t pi
     const cl_uchar zero = 0;
     cl_int err = clEnqueueFillBuffer(m->ocl.queue, w->data, &zero, 1, 0, bytes, 0, NULL, NULL);
     if (err == CL_SUCCESS && dtype_quantized(m->wtype)) {
-        const size_t sbytes = n / PLDR_QBLOCK * (size_t)m->scale_bytes;
+        const size_t sbytes = n / PLDR_QBLOCK * (size_t)pldr_scale_bytes(m);
         TRY(pldr_buffer(m, sbytes, what, &w->scales, &m->device_bytes));
         err = clEnqueueFillBuffer(m->ocl.queue, w->scales, &zero, 1, 0, sbytes, 0, NULL, NULL);
     }
@@ -500,7 +500,7 @@ static pldr_status put_identity(pldr_model *m, pldr_weight *w, size_t n)
     const size_t pitch = (size_t)w->pitch, elems = n * pitch;
     const int q = dtype_quantized(w->type);
     const size_t bytes = n * pldr_row_bytes(w->type, pitch);
-    const size_t sbytes = q ? elems / PLDR_QBLOCK * (size_t)m->scale_bytes : 0;
+    const size_t sbytes = q ? elems / PLDR_QBLOCK * (size_t)pldr_scale_bytes(m) : 0;
     unsigned char *data = calloc(bytes + sbytes + 1, 1);
     if (!data)
         return pldr_fail(PLDR_ERR_HOST_MEMORY, "out of memory");
@@ -522,8 +522,8 @@ static pldr_status put_identity(pldr_model *m, pldr_weight *w, size_t n)
     }
     const uint16_t one16 = pldr_float_to_half(1.0f);
     const float one32 = 1.0f;
-    for (size_t b = 0; b < sbytes; b += (size_t)m->scale_bytes)
-        memcpy(data + bytes + b, m->scale_bytes == 4 ? (const void *)&one32 : (const void *)&one16, (size_t)m->scale_bytes);
+    for (size_t b = 0; b < sbytes; b += (size_t)pldr_scale_bytes(m))
+        memcpy(data + bytes + b, m->scale_f32 ? (const void *)&one32 : (const void *)&one16, (size_t)pldr_scale_bytes(m));
     cl_int err = clEnqueueWriteBuffer(m->ocl.queue, w->data, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
     if (err == CL_SUCCESS && q)
         err = clEnqueueWriteBuffer(m->ocl.queue, w->scales, CL_TRUE, 0, sbytes, data + bytes, 0, NULL, NULL);
@@ -787,10 +787,13 @@ static void check_limit_items(const pldr_model *m)
 
 static void settle_shapes(pldr_model *m);
 
+/* Whether m's device is a CPU (its OpenCL device type). */
+static int device_is_cpu(const pldr_model *m) { return strcmp(m->ocl.info.type, "CPU") == 0; }
+
 static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
 {
     const pldr_device_info *d = &m->ocl.info;
-    int cpu = strcmp(d->type, "CPU") == 0;
+    int cpu = device_is_cpu(m);
     const size_t lim = device_wg_limit(&m->ocl);
     m->row_wg = pow2_at_most(lim, cpu ? 64 : 256);
     m->att_wg = pow2_at_most(lim, 64);
@@ -844,7 +847,6 @@ static void choose_work_groups(pldr_model *m, const pldr_model_params *params)
     else if (limits)
         snprintf(m->kernel_limits, sizeof m->kernel_limits, "%s", limits);
     m->index64 = d->int64 && limit_item(m, "int64") != 0;
-    m->scale_bytes = m->scale_f32 ? 4 : 2;
     settle_shapes(m);
 }
 
@@ -898,7 +900,7 @@ static pldr_status build_program(pldr_model *m, const pldr_model_params *params)
              m->ocl.build_log ? "" : " -w", c->d_model, c->head_dim, c->n_heads, c->d_ff, c->a_dff, c->n_reslayer_a, c->n_dense_a,
              c->layer_norm_eps, c->reference_rope ? 1 : 0, (int)m->wtype, m->emb_pitch, m->row_wg, m->att_wg,
              m->ml_wg, m->gemv_wg, m->gemv_rows, m->ml_rows, m->gemv_pf, m->gemv_wrows, m->ml_rg, m->ml_ks, m->ml_s, m->ml_kc, m->att_preload,
-             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64, m->scale_bytes == 4, strcmp(m->ocl.info.type, "CPU") == 0,
+             PLDR_LEARNER_CPU_ROWS, PLDR_GEMM_CPU_ROWS, PLDR_GEMM_CPU_COLS, m->wg_forms, m->own_gemm, m->index64, m->scale_f32, device_is_cpu(m),
              (int)(local_mem_limit(m) / 2 < 131072 ? local_mem_limit(m) / 2 : 131072));
     int compiled = 0;
     const pldr_status st = pldr_ocl_build(&m->ocl, options, params->kernel_dir, params->cache_dir, params->progress,
@@ -1187,7 +1189,7 @@ pldr_status pldr_model_load(const char *dir, const pldr_model_params *params, pl
     uint64_t matrix_elems = ((uint64_t)c->vocab_size + (uint64_t)c->n_outputs) * d +
                             (uint64_t)c->n_layers * (4 * d * d + 3 * F * d);
     uint64_t weight_bytes = m->n_params * 4 - matrix_elems * 4 +
-                            (uint64_t)((double)matrix_elems * pldr_dtype_weight_bytes(m->wtype, m->scale_bytes));
+                            (uint64_t)((double)matrix_elems * pldr_dtype_weight_bytes(m->wtype, pldr_scale_bytes(m)));
     if ((st = check_device_fits(m, weight_bytes)) != PLDR_OK)
         goto fail;
 
@@ -1300,7 +1302,7 @@ void pldr_model_free(pldr_model *m)
 uint64_t pldr_model_decode_bytes(const pldr_model *m)
 {
     /* the embedding's bytes (scales included), less one row */
-    const double esz = pldr_dtype_weight_bytes(m->emb.type, m->scale_bytes);
+    const double esz = pldr_dtype_weight_bytes(m->emb.type, pldr_scale_bytes(m));
     const uint64_t row = (uint64_t)((double)m->emb.pitch * esz);
     return m->device_bytes - (uint64_t)m->emb.rows * row + row;
 }

@@ -10,7 +10,7 @@
  * length padded with zeros: to a multiple of 4, of 32 for the quantized
  * types) in the model's weight dtype (kernels/common.cl describes the
  * layouts). Q8_0 and Q4_0 keep their quants in data and one scale per
- * block of 32 in scales (half, or float: scale_bytes) (structure of arrays); the other types have no
+ * block of 32 in scales (half, or float: pldr_scale_bytes) (structure of arrays); the other types have no
  * scales (NULL). Kernels that read a matrix take both buffers (pldr_scales). */
 typedef struct pldr_weight {
     cl_mem data;
@@ -80,11 +80,11 @@ struct pldr_model {
     int row_wg, att_wg, ml_wg, ml_rows, gemv_wg, gemv_rows, gemv_pf, gemv_wrows;
     int wg_forms; /* the prefill's work-group kernels (else the one-work-item CPU forms) */
     int own_gemm; /* prefill products through kernels/gemm.cl instead of CLBlast */
-    /* bytes of a Q8_0/Q4_0 block's scale on the device: 2 (half), or 4 on
-     * CPUs, whose OpenCL compilers convert half in software (SCALE_F32 in
-     * kernels/common.cl); the checkpoint's quantization is the same */
-    int scale_bytes;
-    int scale_f32; /* scale_bytes 4 (PLDR_WG fscale) */
+    /* a Q8_0/Q4_0 block's scale on the device is a float (SCALE_F32 in
+     * kernels/common.cl; on CPUs, whose OpenCL compilers convert half in
+     * software; PLDR_WG fscale), else a half (pldr_scale_bytes); the
+     * checkpoint's quantization is the same */
+    int scale_f32;
     int att_preload; /* decode attention loads G_LM's column and the key row into registers first */
     int wg_tuned;    /* shapes from the device's decode tuning file (pldr tune) were applied */
     int ml_rg, ml_ks, ml_s, ml_kc; /* metric learner: row groups, input splits, gluw3 slices, inputs per weight batch */
@@ -116,6 +116,9 @@ static inline cl_mem pldr_scales(const pldr_weight *w)
 {
     return w->scales ? w->scales : w->data;
 }
+
+/* Bytes of a quantized block's scale on m's device: 4 (float) or 2 (half). */
+static inline int pldr_scale_bytes(const pldr_model *m) { return m->scale_f32 ? 4 : 2; }
 
 /* Bytes of one weight of type t on the device, scales of scale_bytes
  * included (Q8_0 with half scales: 34 bytes per 32 weights, Q4_0: 18). */
